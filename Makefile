@@ -1,0 +1,16 @@
+# The two commands of the README. Both install what they need first (deploy/install.sh).
+ACCEL ?= cpu
+
+.PHONY: install run test bench-serving
+
+install:
+	ALIGNLOOP_ACCEL=$(ACCEL) bash deploy/install.sh
+
+run: install
+	.venv/bin/alignloop serve
+
+test: install
+	.venv/bin/python -m pytest tests
+
+bench-serving: install
+	.venv/bin/python -m benchmarks.serving

@@ -1,0 +1,132 @@
+"""The `alignloop` command: build the base model, manage the registry, serve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from alignloop.config import Settings, load_settings
+
+log = logging.getLogger("alignloop")
+
+
+def ensure_base_policy(settings: Settings) -> str:
+    """The registry's current version, creating v0001 from the base model on first use."""
+    from inference.registry import PolicyRegistry
+
+    registry = PolicyRegistry(settings.registry_dir)
+    current = registry.current()
+    if current is not None:
+        return current
+    if settings.base_model is not None:
+        log.info("registry is empty: importing %s as the base policy", settings.base_model)
+        return registry.publish(settings.base_model, source=f"import:{settings.base_model}", make_current=True)
+    from inference.tiny_model import build_tiny_model
+
+    log.info("registry is empty: building the tiny base model (one-time, about a minute on 2 cores)")
+    with tempfile.TemporaryDirectory(dir=settings.state_dir) as tmp:
+        build_tiny_model(Path(tmp), settings.tiny_model)
+        return registry.publish(Path(tmp), source="tiny-model", extra={"tiny_model": settings.tiny_model.model_dump()},
+                                make_current=True)
+
+
+def _cmd_init_model(settings: Settings, args) -> None:
+    if args.out:
+        from inference.tiny_model import build_tiny_model
+
+        build_tiny_model(Path(args.out), settings.tiny_model)
+    else:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        print(ensure_base_policy(settings))
+
+
+def _cmd_serve(settings: Settings, args) -> None:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    version = ensure_base_policy(settings)
+    log.info("serving %s on http://%s:%d (keys: %s)", version, settings.gateway.host, settings.gateway.port,
+             "configured" if settings.gateway.api_keys else settings.state_dir / "api_keys.json")
+    uvicorn.run(create_app(settings), host=settings.gateway.host, port=settings.gateway.port,
+                log_level=settings.gateway.log_level, timeout_graceful_shutdown=10)
+
+
+def _cmd_registry(settings: Settings, args) -> None:
+    from inference.registry import PolicyRegistry
+
+    registry = PolicyRegistry(settings.registry_dir)
+    if args.action == "list":
+        current = registry.current()
+        for name in registry.names():
+            mark = "*" if name == current else " "
+            print(mark, json.dumps(asdict(registry.info(name))))
+    elif args.action == "publish":
+        print(registry.publish(Path(args.path), source=args.source or f"import:{args.path}",
+                               parent=registry.current(), make_current=args.make_current))
+    elif args.action == "set-current":
+        registry.set_current(args.version)
+        print(args.version)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="TOML file with settings (see alignloop/config.py)")
+    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting, e.g. --set gateway.port=9000 (repeatable)")
+    common.add_argument("--state-dir", type=Path, help="where the registry, keys and data live")
+
+    parser = argparse.ArgumentParser(prog="alignloop", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init-model", parents=[common], help="build the tiny base model into the registry (or --out)")
+    p.add_argument("--out", help="write the model to this directory instead of the registry")
+    p.set_defaults(run=_cmd_init_model)
+
+    p = sub.add_parser("serve", parents=[common], help="run the OpenAI-compatible gateway")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--base-model", type=Path, help="a HF checkpoint directory to serve as v0001")
+    p.set_defaults(run=_cmd_serve)
+
+    p = sub.add_parser("registry", parents=[common], help="list, publish or select policy versions")
+    rs = p.add_subparsers(dest="action", required=True)
+    rs.add_parser("list")
+    pub = rs.add_parser("publish")
+    pub.add_argument("path")
+    pub.add_argument("--source")
+    pub.add_argument("--make-current", action="store_true")
+    cur = rs.add_parser("set-current")
+    cur.add_argument("version")
+    p.set_defaults(run=_cmd_registry)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `alignloop` console script."""
+    args = build_parser().parse_args(argv)
+    overrides = list(args.overrides)
+    for flag, key in (("state_dir", "state_dir"), ("host", "gateway.host"), ("port", "gateway.port"),
+                      ("base_model", "base_model")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(args.config, overrides)
+    except (ValueError, OSError) as exc:
+        print(f"alignloop: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    args.run(settings, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""All of alignloop's configuration, typed, in one place.
+
+Precedence, lowest to highest: the defaults below < a TOML file (``--config``) < environment
+variables (``ALIGNLOOP_<SECTION>__<FIELD>``, e.g. ``ALIGNLOOP_GATEWAY__PORT=9000``) < CLI
+overrides (``--set gateway.port=9000`` and the named flags of each command).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ENV_PREFIX = "ALIGNLOOP_"
+
+
+class _Section(BaseModel):
+    # A typo in a config file or env var must fail loudly, not be ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class TinyModelConfig(_Section):
+    """Shape and pre-training budget of the locally built default policy."""
+
+    vocab_size: int = 512
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 2  # head_dim = hidden_size / num_heads; vLLM's CPU kernels need >= 32
+    intermediate_size: int = 512
+    max_position_embeddings: int = 512
+    corpus_examples: int = 6000
+    pretrain_steps: int = 250
+    batch_size: int = 32
+    seq_len: int = 128
+    learning_rate: float = 3e-3
+    seed: int = 0
+
+
+class EngineConfig(_Section):
+    """How vLLM runs the policy."""
+
+    dtype: str = "auto"  # "auto" = float32 on CPU, bfloat16 on GPU
+    max_model_len: int = 512
+    max_num_seqs: int = 64
+    enforce_eager: bool = True  # CUDA graphs buy nothing for a tiny model and cost start-up
+    cpu_kv_cache_gib: int = 1
+    gpu_memory_utilization: float = 0.85
+    seed: int = 0
+    swap_mode: Literal["in_place"] = "in_place"
+
+
+class ApiKeyConfig(_Section):
+    """One client credential and its limits."""
+
+    key: str
+    name: str
+    # user: may generate (and later rate its own completions); rater: may also rate others';
+    # admin: may change the deployed policy. Admin is a separate credential, not a superset.
+    role: Literal["user", "rater", "admin"] = "user"
+    requests_per_minute: int = 6000
+    max_tokens: int = 512
+    max_n: int = Field(default=9, ge=1, le=9)
+
+
+class GatewayConfig(_Section):
+    """The HTTP front door."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    served_model_name: str = "alignloop-policy"
+    # Empty: keys are generated once into <state_dir>/api_keys.json (mode 0600) and logged.
+    api_keys: list[ApiKeyConfig] = []
+    max_body_bytes: int = 256 * 1024
+    max_prompt_tokens: int = 384
+    default_max_tokens: int = 16
+    log_level: str = "info"
+
+
+class Settings(_Section):
+    """The whole configuration tree."""
+
+    state_dir: Path = Path(".alignloop")
+    # A Hugging Face checkpoint directory to serve as v1; empty builds the tiny model instead.
+    base_model: Path | None = None
+    tiny_model: TinyModelConfig = TinyModelConfig()
+    engine: EngineConfig = EngineConfig()
+    gateway: GatewayConfig = GatewayConfig()
+
+    @property
+    def registry_dir(self) -> Path:
+        """Where policy versions live."""
+        return self.state_dir / "registry"
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _parse_scalar(text: str) -> Any:
+    # JSON first so lists, numbers and booleans come through; anything else is a string.
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _nest(dotted: list[str], value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = value
+    for part in reversed(dotted):
+        out = {part: out}
+    return out
+
+
+def _from_env(environ: dict[str, str]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX):].lower().split("__")
+        merged = _deep_merge(merged, _nest(path, _parse_scalar(raw)))
+    return merged
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """Turn ``section.field=value`` into a nested dict."""
+    if "=" not in item:
+        raise ValueError(f"override {item!r} must look like section.field=value")
+    key, raw = item.split("=", 1)
+    return _nest(key.strip().split("."), _parse_scalar(raw))
+
+
+def load_settings(
+    config_file: Path | None = None,
+    overrides: list[str] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Build Settings from defaults, a TOML file, the environment and CLI overrides."""
+    merged: dict[str, Any] = {}
+    if config_file is not None:
+        with open(config_file, "rb") as f:
+            merged = tomllib.load(f)
+    merged = _deep_merge(merged, _from_env(dict(os.environ if environ is None else environ)))
+    for item in overrides or []:
+        merged = _deep_merge(merged, parse_override(item))
+    return Settings.model_validate(merged)

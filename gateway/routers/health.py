@@ -1,0 +1,32 @@
+"""Liveness, readiness and the Prometheus scrape endpoint."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.errors import error_response
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict:
+    """The process is up (it may still be loading the model)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request):
+    """Ready only once the engine has loaded and warmed up."""
+    engine = request.app.state.engine
+    if not engine.ready:
+        return error_response(503, "The engine is still loading or warming up.", code="not_ready",
+                              headers={"Retry-After": "5"})
+    return {"status": "ready", "policy_version": engine.version}
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,232 @@
+"""The serving engine: vLLM's AsyncLLM in process, plus in-place switching between policy versions.
+
+A weight swap must fail no request and must never let a request be served partly by one version
+and partly by another. Requests therefore hold a shared lease on the weights while the engine
+works on them; a swap takes the lease exclusively: it stops new requests from starting, waits for
+the running ones to finish, reloads the weights in place and lets the queue go again. Every
+output is tagged with the version that held the lease, so the label is exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from alignloop.config import EngineConfig
+from inference.registry import PolicyRegistry, RegistryError, validate_checkpoint
+
+log = logging.getLogger(__name__)
+
+# config.json keys that may differ between checkpoints of the same architecture.
+_VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures"}
+
+
+class _SwapGate:
+    """Many requests may hold the weights at once; a swap holds them alone. A waiting swap
+    blocks new requests so that it cannot be starved by a steady stream of them."""
+
+    def __init__(self) -> None:
+        self._cond = asyncio.Condition()
+        self._holders = 0
+        self._swapping = False
+
+    async def acquire_shared(self) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._swapping)
+            self._holders += 1
+
+    async def release_shared(self) -> None:
+        async with self._cond:
+            self._holders -= 1
+            self._cond.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self):
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._swapping)
+            self._swapping = True
+            await self._cond.wait_for(lambda: self._holders == 0)
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._swapping = False
+                self._cond.notify_all()
+
+
+@dataclass
+class Chunk:
+    """New output of one candidate (choice) of a request."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[dict] | None
+    finish_reason: str | None
+    version: str
+
+
+def _arch_fingerprint(path: Path) -> str:
+    config = json.loads((path / "config.json").read_text())
+    for key in _VOLATILE_CONFIG_KEYS:
+        config.pop(key, None)
+    tok = path / "tokenizer.json"
+    tok_hash = hashlib.sha256(tok.read_bytes()).hexdigest() if tok.exists() else ""
+    return hashlib.sha256((json.dumps(config, sort_keys=True) + tok_hash).encode()).hexdigest()
+
+
+class PolicyEngine:
+    """Serves one policy version at a time through vLLM and swaps versions in place."""
+
+    def __init__(self, registry: PolicyRegistry, config: EngineConfig):
+        self.registry = registry
+        self.config = config
+        self.version: str | None = None
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.max_model_len = config.max_model_len
+        self.ready = False
+        self._llm = None
+        self._gate = _SwapGate()
+        self._fingerprint = ""
+        self._swap_lock = asyncio.Lock()
+
+    async def start(self, version: str) -> None:
+        """Build the vLLM engine on a registry version and warm it up."""
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        path = self.registry.path(version)
+        validate_checkpoint(path)
+        # The CPU backend sizes its KV cache from this variable, not gpu_memory_utilization.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.cpu_kv_cache_gib))
+        dtype = self.config.dtype
+        if dtype == "auto" and not torch.cuda.is_available():
+            # vLLM's CPU "auto" is bfloat16; float32 keeps outputs identical to transformers'.
+            dtype = "float32"
+        args = AsyncEngineArgs(
+            model=str(path),
+            tokenizer=str(path),
+            load_format="safetensors",
+            dtype=dtype,
+            max_model_len=self.config.max_model_len,
+            max_num_seqs=self.config.max_num_seqs,
+            enforce_eager=self.config.enforce_eager,
+            gpu_memory_utilization=self.config.gpu_memory_utilization,
+            seed=self.config.seed,
+        )
+        started = time.monotonic()
+        log.info("engine: starting vLLM on %s (%s)", version, path)
+        self._llm = AsyncLLM.from_engine_args(args)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.version = version
+        self._fingerprint = _arch_fingerprint(path)
+        log.info("engine: started in %.1fs; warming up", time.monotonic() - started)
+        await self._warm_up()
+        self.ready = True
+        log.info("engine: ready, serving %s (%.1fs after start)", version, time.monotonic() - started)
+
+    async def _warm_up(self) -> None:
+        from vllm import SamplingParams
+
+        ids = self.tokenizer("warm up", add_special_tokens=False)["input_ids"]
+        async for _ in self.generate(ids, SamplingParams(max_tokens=4, temperature=0.0)):
+            pass
+
+    async def generate(self, prompt_token_ids: list[int], params, request_id: str | None = None) -> AsyncIterator[Chunk]:
+        """Stream new output of every candidate; aborts the engine request if the caller stops."""
+        from vllm.sampling_params import RequestOutputKind
+
+        params.output_kind = RequestOutputKind.DELTA
+        request_id = request_id or uuid.uuid4().hex
+        queue: asyncio.Queue = asyncio.Queue()
+        done = object()
+        await self._gate.acquire_shared()
+        version = self.version
+
+        async def pump() -> None:
+            # Drains the engine independently of how fast the caller reads, so a slow client
+            # cannot hold the weights (and so a pending swap) hostage.
+            try:
+                async for out in self._llm.generate({"prompt_token_ids": prompt_token_ids}, params, request_id):
+                    for c in out.outputs:
+                        logprobs = None
+                        if c.logprobs is not None:
+                            logprobs = [
+                                {tid: (lp.logprob, lp.decoded_token) for tid, lp in step.items()}
+                                for step in c.logprobs
+                            ]
+                        queue.put_nowait(Chunk(c.index, c.text, list(c.token_ids), logprobs, c.finish_reason, version))
+                queue.put_nowait(done)
+            except BaseException as exc:  # handed to the caller, who re-raises it
+                queue.put_nowait(exc)
+            finally:
+                await self._gate.release_shared()
+
+        task = asyncio.create_task(pump())
+        try:
+            while True:
+                item = await queue.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+                await self._llm.abort(request_id)
+
+    async def switch_to(self, version: str) -> float:
+        """Serve another registry version from the next request on; returns seconds taken.
+
+        Refuses (RegistryError) a checkpoint that is invalid or of another architecture; the
+        current version then keeps serving."""
+        path = self.registry.path(version)
+        validate_checkpoint(path)
+        if _arch_fingerprint(path) != self._fingerprint:
+            raise RegistryError(
+                f"{version} has another architecture or tokenizer than {self.version}; "
+                "an in-place swap needs the same shapes (restart the gateway on it instead)"
+            )
+        async with self._swap_lock:
+            if version == self.version:
+                return 0.0
+            started = time.monotonic()
+            async with self._gate.exclusive():
+                await self._llm.pause_generation(mode="wait")
+                try:
+                    await self._llm.collective_rpc("reload_weights", kwargs={"weights_path": str(path)})
+                except Exception as exc:
+                    # The reload failed part-way: put the old weights back before serving again.
+                    log.error("engine: loading %s failed (%s); restoring %s", version, exc, self.version)
+                    await self._llm.collective_rpc(
+                        "reload_weights", kwargs={"weights_path": str(self.registry.path(self.version))}
+                    )
+                    raise RegistryError(f"could not load {version}: {exc}") from exc
+                finally:
+                    await self._llm.resume_generation()
+                previous, self.version = self.version, version
+            took = time.monotonic() - started
+            log.info("engine: switched %s -> %s in %.3fs", previous, version, took)
+            return took
+
+    def shutdown(self) -> None:
+        """Stop the engine's worker processes."""
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None
+        self.ready = False

@@ -1,0 +1,164 @@
+"""The policy registry: immutable, numbered checkpoint versions on disk and a `current` pointer.
+
+Layout under the registry root::
+
+    versions/v0001/{config.json, model.safetensors, tokenizer files, ...}
+    versions/v0001/alignloop-version.json   metadata: parent, created, source, metrics, ...
+    CURRENT                    the name of the version to serve, e.g. "v0003"
+
+A version becomes visible only once complete: it is written into a hidden temporary directory
+and renamed into place, so a reader (the gateway) never sees a half-written checkpoint. CURRENT
+is replaced with an atomic rename. Only safetensors weights are accepted: pickle-based formats
+can execute code on load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+VERSION_RE = re.compile(r"^v(\d{4,})$")
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
+REQUIRED_FILES = ("config.json",)
+META_FILE = "alignloop-version.json"
+
+
+class RegistryError(Exception):
+    """A registry operation was refused (bad checkpoint, unknown version, ...)."""
+
+
+@dataclass
+class VersionInfo:
+    """Metadata of one policy version."""
+
+    name: str
+    created: float
+    source: str
+    parent: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def validate_checkpoint(path: Path) -> None:
+    """Refuse a directory that is not a complete safetensors-only HF checkpoint."""
+    if not path.is_dir():
+        raise RegistryError(f"checkpoint {path} is not a directory")
+    for name in REQUIRED_FILES:
+        if not (path / name).is_file():
+            raise RegistryError(f"checkpoint {path} has no {name}")
+    files = [p for p in path.rglob("*") if p.is_file()]
+    pickled = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
+    if pickled:
+        raise RegistryError(f"checkpoint {path} holds pickle-format files {pickled}; only safetensors is accepted")
+    if not any(p.suffix == ".safetensors" for p in files):
+        raise RegistryError(f"checkpoint {path} has no .safetensors weights")
+    try:
+        json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise RegistryError(f"checkpoint {path} has an unreadable config.json: {exc}") from exc
+
+
+class PolicyRegistry:
+    """Numbered, immutable policy versions plus an atomically switched `current` pointer."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.versions_dir = self.root / "versions"
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+
+    def names(self) -> list[str]:
+        """All complete versions, oldest first."""
+        found = [p.name for p in self.versions_dir.iterdir() if p.is_dir() and VERSION_RE.match(p.name)]
+        return sorted(found, key=lambda n: int(VERSION_RE.match(n).group(1)))
+
+    def path(self, name: str) -> Path:
+        """The checkpoint directory of a version."""
+        if not VERSION_RE.match(name) or not (self.versions_dir / name).is_dir():
+            raise RegistryError(f"unknown policy version {name!r}")
+        return self.versions_dir / name
+
+    def info(self, name: str) -> VersionInfo:
+        """The metadata of a version."""
+        return VersionInfo(**json.loads((self.path(name) / META_FILE).read_text()))
+
+    def current(self) -> str | None:
+        """The version that should be served, or None for an empty registry."""
+        pointer = self.root / "CURRENT"
+        return pointer.read_text().strip() if pointer.exists() else None
+
+    def set_current(self, name: str) -> None:
+        """Point CURRENT at an existing version (atomic)."""
+        validate_checkpoint(self.path(name))
+        _write_atomic(self.root / "CURRENT", name + "\n")
+
+    def publish(
+        self,
+        src: Path,
+        *,
+        source: str,
+        parent: str | None = None,
+        metrics: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+        make_current: bool = False,
+    ) -> str:
+        """Copy a checkpoint in as the next version; returns its name."""
+        src = Path(src)
+        validate_checkpoint(src)
+        staging = Path(tempfile.mkdtemp(dir=self.versions_dir, prefix=".staging-"))
+        try:
+            for item in src.iterdir():
+                if item.is_file():
+                    shutil.copy2(item, staging / item.name)
+            # Numbering races between two publishers are settled by rename: it fails if taken.
+            while True:
+                existing = self.names()
+                number = int(VERSION_RE.match(existing[-1]).group(1)) + 1 if existing else 1
+                name = f"v{number:04d}"
+                info = VersionInfo(name=name, created=time.time(), source=source, parent=parent,
+                                   metrics=metrics or {}, extra=extra or {})
+                meta = staging / META_FILE
+                if meta.exists():
+                    meta.chmod(stat.S_IWUSR | stat.S_IRUSR)
+                meta.write_text(json.dumps(asdict(info), indent=2))
+                for item in staging.iterdir():
+                    with open(item, "rb") as f:
+                        os.fsync(f.fileno())
+                    item.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+                try:
+                    os.rename(staging, self.versions_dir / name)
+                    break
+                except OSError:
+                    continue
+            _fsync_dir(self.versions_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if make_current:
+            self.set_current(name)
+        return name
