@@ -128,8 +128,10 @@ class PolicyEngine:
         )
         started = time.monotonic()
         log.info("engine: starting vLLM on %s (%s)", version, path)
-        self._llm = AsyncLLM.from_engine_args(args)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        # Construction blocks for tens of seconds (process spawn, model load): off the event loop,
+        # so that /healthz and /readyz answer meanwhile.
+        self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        self.tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, path)
         self.version = version
         self._fingerprint = _arch_fingerprint(path)
         log.info("engine: started in %.1fs; warming up", time.monotonic() - started)
