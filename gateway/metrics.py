@@ -33,6 +33,8 @@ class GatewayMetrics:
         self.swaps = Counter("alignloop_policy_swaps", "Policy version switches by outcome", ["outcome"], registry=r)
         self.swap_seconds = Histogram("alignloop_policy_swap_seconds", "Time to switch policy versions",
                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.cancelled = Counter("alignloop_requests_cancelled", "Generations aborted because the client went away",
+                                 ["route"], registry=r)
         self.ready = Gauge("alignloop_engine_ready", "1 once the engine has warmed up", registry=r)
 
     def set_version(self, version: str) -> None:
@@ -66,17 +68,25 @@ class HTTPMetricsMiddleware:
                 await self._too_large(send, status)
                 return
             received = 0
+            cut_off = False
 
             async def bounded_receive():
-                nonlocal received
+                nonlocal received, cut_off
                 message = await receive()
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > self.max_body:
+                        cut_off = True
                         raise _BodyTooLarge()
                 return message
 
             async def recording_send(message):
+                if cut_off:
+                    # The framework may turn the aborted read into an error of its own; the
+                    # client gets the real reason instead.
+                    if not status["sent"]:
+                        await self._too_large(send, status)
+                    return
                 if message["type"] == "http.response.start":
                     status["code"], status["sent"] = message["status"], True
                 await send(message)

@@ -35,6 +35,8 @@ class _SamplingFields(_Request):
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     user: str | None = Field(default=None, max_length=256)
+    # vLLM's extension, accepted by `vllm serve` too: generate exactly max_tokens.
+    ignore_eos: bool = False
 
     @field_validator("stop")
     @classmethod

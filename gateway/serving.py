@@ -113,7 +113,7 @@ class Serving:
         params = SamplingParams(
             n=req.n, temperature=req.temperature, top_p=req.top_p, max_tokens=max_tokens,
             stop=req.stop, seed=req.seed, presence_penalty=req.presence_penalty,
-            frequency_penalty=req.frequency_penalty, logprobs=logprobs,
+            frequency_penalty=req.frequency_penalty, logprobs=logprobs, ignore_eos=req.ignore_eos,
         )
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return _Job(route, f"{prefix}-{uuid.uuid4().hex}", prompt_ids, params, req.n, req.stream,
@@ -228,6 +228,7 @@ class Serving:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
                 await gen.aclose()
+                self.metrics.cancelled.labels(job.route).inc()
                 raise APIError(499, "Client closed the request.")
         task.result()
         return choices
@@ -238,6 +239,7 @@ class Serving:
         offsets = [0] * job.n
         opened: set[int] = set()
         generated = 0
+        finished = False
         try:
             pending = [first] if first else []
             while True:
@@ -258,9 +260,14 @@ class Serving:
                 yield _sse({"id": job.response_id, "object": chunk_obj, "created": created, "model": model,
                             "choices": [], "usage": self._usage(job, generated), "policy_version": version})
             yield _sse("[DONE]")
+            finished = True
         except Exception as exc:  # the status line is gone; tell the client in-band, as OpenAI does
             yield _sse(error_body(500, f"Generation failed: {exc}", code="generation_failed"))
             yield _sse("[DONE]")
+            finished = True
         finally:
+            # Reaching here unfinished means the client hung up: closing gen aborts the engine request.
+            if not finished:
+                self.metrics.cancelled.labels(job.route).inc()
             self._count(job, generated)
             await gen.aclose()

@@ -1,0 +1,223 @@
+"""Serving benchmark: the alignloop gateway vs vLLM's own OpenAI server, same model, machine, load.
+
+    .venv/bin/python -m benchmarks.serving [--concurrency 32] [--requests 320] [--max-tokens 64]
+
+Each system is started in turn on a free loopback port, warmed up, then driven by the same
+closed-loop load (N concurrent clients issuing the same list of seeded /v1/completions requests).
+Prints a Markdown table with requests/s, generated tokens/s, p50/p99 latency and the
+gateway/vLLM ratios, plus the machine it ran on; --json writes the raw figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+MODEL_NAME = "alignloop-policy"
+KEY = "sk-bench"
+PROMPTS = ["<|user|>Describe a {}.<|end|><|assistant|>", "<|user|>Count to {}.<|end|><|assistant|>",
+           "The {} dog sees the cat near the park.", "<|user|>Say hello to {}.<|end|><|assistant|>"]
+FILLERS = ["fox", "bear", "3", "5", "red", "blue", "Ada", "Kai"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def machine() -> str:
+    """One line describing the machine."""
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+    import vllm
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, "
+            f"torch {torch.__version__}, vllm {vllm.__version__}")
+
+
+def _requests(n: int, max_tokens: int) -> list[dict]:
+    return [{"model": MODEL_NAME, "prompt": PROMPTS[i % len(PROMPTS)].format(FILLERS[i % len(FILLERS)]),
+             "max_tokens": max_tokens, "temperature": 1.0, "seed": i, "ignore_eos": True} for i in range(n)]
+
+
+async def _drive(url: str, bodies: list[dict], concurrency: int) -> dict:
+    latencies: list[float] = []
+    tokens = 0
+    failures = 0
+    queue: asyncio.Queue = asyncio.Queue()
+    for b in bodies:
+        queue.put_nowait(b)
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal tokens, failures
+        while not queue.empty():
+            body = queue.get_nowait()
+            started = time.perf_counter()
+            r = await http.post("/v1/completions", json=body)
+            latencies.append(time.perf_counter() - started)
+            if r.status_code == 200:
+                tokens += r.json()["usage"]["completion_tokens"]
+            else:
+                failures += 1
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=600,
+                                 limits=limits) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "requests": len(bodies), "failures": failures, "wall_s": wall,
+        "requests_per_s": len(bodies) / wall, "tokens_per_s": tokens / wall, "generated_tokens": tokens,
+        "p50_s": statistics.median(latencies), "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+    }
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path, path: str) -> None:
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}); see {log}")
+        try:
+            if httpx.get(url + path, timeout=2, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"server not ready after 600s; see {log}")
+
+
+def _start(name: str, model_dir: Path, work: Path, max_model_len: int, max_num_seqs: int) -> tuple[subprocess.Popen, str, Path]:
+    port = _free_port()
+    log = work / f"{name}.log"
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), PYTHONUNBUFFERED="1")
+    if name == "vllm":
+        vllm_bin = shutil.which("vllm", path=str(Path(sys.executable).parent)) or "vllm"
+        cmd = [vllm_bin, "serve", str(model_dir), "--served-model-name", MODEL_NAME, "--port", str(port),
+               "--host", "127.0.0.1", "--max-model-len", str(max_model_len), "--max-num-seqs", str(max_num_seqs),
+               "--enforce-eager", "--api-key", KEY, "--disable-log-requests", "--seed", "0"]
+        import torch
+
+        if not torch.cuda.is_available():
+            cmd += ["--dtype", "float32"]
+        ready_path = "/v1/models"
+    else:
+        state = work / "state"
+        config = work / "gateway.toml"
+        config.write_text(f'state_dir = "{state}"\nbase_model = "{model_dir}"\n[gateway]\nport = {port}\n'
+                          f'log_level = "warning"\n'
+                          f'api_keys = [{{ key = "{KEY}", name = "bench", requests_per_minute = 100000000 }}]\n'
+                          f'[engine]\nmax_model_len = {max_model_len}\nmax_num_seqs = {max_num_seqs}\n')
+        cmd = [sys.executable, "-m", "alignloop", "serve", "--config", str(config)]
+        ready_path = "/readyz"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    _wait_ready(url, proc, log, ready_path)
+    return proc, url, log
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def run(model_dir: Path, concurrency: int, n_requests: int, max_tokens: int, max_model_len: int, max_num_seqs: int) -> dict:
+    """Benchmark both systems in turn; returns their figures and ratios."""
+    results = {}
+    bodies = _requests(n_requests, max_tokens)
+    warm = _requests(2 * concurrency, max_tokens)
+    with tempfile.TemporaryDirectory(prefix="alignloop-bench-") as tmp:
+        for name in ("vllm", "gateway"):
+            work = Path(tmp) / name
+            work.mkdir()
+            print(f"[bench] starting {name} ...", flush=True)
+            t0 = time.monotonic()
+            proc, url, _ = _start(name, model_dir, work, max_model_len, max_num_seqs)
+            try:
+                print(f"[bench] {name} ready in {time.monotonic() - t0:.0f}s; warming up", flush=True)
+                asyncio.run(_drive(url, warm, concurrency))
+                results[name] = asyncio.run(_drive(url, bodies, concurrency))
+                r = results[name]
+                print(f"[bench] {name}: {r['requests_per_s']:.2f} req/s, {r['tokens_per_s']:.0f} tok/s, "
+                      f"p50 {r['p50_s'] * 1000:.0f} ms, p99 {r['p99_s'] * 1000:.0f} ms, {r['failures']} failed", flush=True)
+            finally:
+                _stop(proc)
+    g, v = results["gateway"], results["vllm"]
+    results["ratio"] = {"requests_per_s": g["requests_per_s"] / v["requests_per_s"],
+                        "tokens_per_s": g["tokens_per_s"] / v["tokens_per_s"],
+                        "p50": g["p50_s"] / v["p50_s"], "p99": g["p99_s"] / v["p99_s"]}
+    return results
+
+
+def table(results: dict, args) -> str:
+    """The results as a Markdown table."""
+    rows = ["| system | req/s | gen tok/s | p50 ms | p99 ms | failed |", "|---|---|---|---|---|---|"]
+    for name in ("vllm", "gateway"):
+        r = results[name]
+        rows.append(f"| {name} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.0f} | {r['p50_s'] * 1000:.0f} | "
+                    f"{r['p99_s'] * 1000:.0f} | {r['failures']} |")
+    q = results["ratio"]
+    rows.append(f"| gateway / vllm | {q['requests_per_s']:.3f}x | {q['tokens_per_s']:.3f}x | {q['p50']:.3f}x | {q['p99']:.3f}x | |")
+    head = (f"Load: {args.concurrency} concurrent clients, {args.requests} requests of max_tokens={args.max_tokens} "
+            f"(temperature 1, seeded, ignore_eos), non-streaming /v1/completions.\nMachine: {machine()}\n")
+    return head + "\n" + "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help="HF checkpoint dir (default: build the tiny model)")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=320)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-model-len", type=int, default=512)
+    parser.add_argument("--max-num-seqs", type=int, default=64)
+    parser.add_argument("--json", type=Path, help="write the raw figures here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="alignloop-model-") as tmp:
+        model = args.model
+        if model is None:
+            import logging
+
+            from alignloop.config import TinyModelConfig
+            from inference.tiny_model import build_tiny_model
+
+            logging.basicConfig(level=logging.INFO)
+            model = build_tiny_model(Path(tmp) / "tiny", TinyModelConfig())
+        results = run(model, args.concurrency, args.requests, args.max_tokens, args.max_model_len, args.max_num_seqs)
+    print()
+    print(table(results, args))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Configuration precedence: defaults < TOML file < environment < CLI overrides."""
+
+import pytest
+from pydantic import ValidationError
+
+from alignloop.config import load_settings
+
+
+def test_precedence(tmp_path):
+    cfg = tmp_path / "a.toml"
+    cfg.write_text('[gateway]\nport = 1111\nhost = "0.0.0.0"\n[engine]\nmax_model_len = 128\n')
+    env = {"ALIGNLOOP_GATEWAY__PORT": "2222", "ALIGNLOOP_ENGINE__MAX_NUM_SEQS": "8"}
+    s = load_settings(cfg, ["gateway.port=3333"], environ=env)
+    assert s.gateway.port == 3333          # CLI beats env and file
+    assert s.engine.max_num_seqs == 8      # env beats default
+    assert s.engine.max_model_len == 128   # file beats default
+    assert s.gateway.host == "0.0.0.0"
+    assert load_settings(cfg, [], environ=env).gateway.port == 2222
+    assert load_settings(None, [], environ={}).gateway.port == 8000
+
+
+def test_lists_from_env_and_typos_fail():
+    keys = '[{"key": "k", "name": "n", "role": "rater"}]'
+    s = load_settings(None, [], environ={"ALIGNLOOP_GATEWAY__API_KEYS": keys})
+    assert s.gateway.api_keys[0].role == "rater"
+    with pytest.raises(ValidationError):
+        load_settings(None, ["gateway.prot=1"], environ={})
+    with pytest.raises(ValidationError):
+        load_settings(None, ["gateway.api_keys=[{\"key\": \"k\", \"name\": \"n\", \"max_n\": 10}]"], environ={})
+    with pytest.raises(ValueError):
+        load_settings(None, ["no-equals-sign"], environ={})

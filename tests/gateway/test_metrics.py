@@ -1,0 +1,62 @@
+"""/metrics parses as Prometheus text and counts what was served."""
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import MODEL
+
+
+def scrape(gateway) -> dict[tuple[str, tuple], float]:
+    text = httpx.get(f"{gateway.url}/metrics").text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_count_what_was_served(gateway):
+    before = scrape(gateway)
+    with gateway.client() as c:
+        for _ in range(3):
+            r = c.post("/v1/completions", json={"model": MODEL, "prompt": "The cat", "max_tokens": 5, "temperature": 0})
+            assert r.status_code == 200
+        assert c.post("/v1/completions", json={"model": MODEL, "prompt": "x", "n": 0}).status_code == 400
+    served = r.json()
+    after = scrape(gateway)
+
+    route = dict(route="/v1/completions", method="POST")
+    assert value(after, "alignloop_http_requests_total", **route, status="200") - value(before, "alignloop_http_requests_total", **route, status="200") == 3
+    assert value(after, "alignloop_http_requests_total", **route, status="400") - value(before, "alignloop_http_requests_total", **route, status="400") == 1
+    gen = value(after, "alignloop_generation_tokens_total") - value(before, "alignloop_generation_tokens_total")
+    assert gen == 3 * served["usage"]["completion_tokens"]
+    prompt = value(after, "alignloop_prompt_tokens_total") - value(before, "alignloop_prompt_tokens_total")
+    assert prompt == 3 * served["usage"]["prompt_tokens"]
+    ttft = value(after, "alignloop_time_to_first_token_seconds_count", route="completions") - value(before, "alignloop_time_to_first_token_seconds_count", route="completions")
+    assert ttft == 3
+    assert value(after, "alignloop_http_request_duration_seconds_count", route="/v1/completions") >= 4
+    assert value(after, "alignloop_engine_ready") == 1
+    assert value(after, "alignloop_policy_version_info", version=served["policy_version"]) == 1
+    # The scrape itself is in flight while it is rendered; nothing else is.
+    assert value(after, "alignloop_http_requests_in_flight") == 1
+
+
+def test_client_hangup_cancels_generation(gateway):
+    before = scrape(gateway)
+    body = {"model": MODEL, "prompt": "The", "max_tokens": 240, "n": 9, "ignore_eos": True, "stream": True}
+    with gateway.client() as c:
+        with c.stream("POST", "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            next(r.iter_lines())  # one event, then hang up mid-generation
+    import time
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        after = scrape(gateway)
+        if value(after, "alignloop_requests_cancelled_total", route="completions") > value(before, "alignloop_requests_cancelled_total", route="completions"):
+            break
+        time.sleep(0.2)
+    assert value(after, "alignloop_requests_cancelled_total", route="completions") == value(before, "alignloop_requests_cancelled_total", route="completions") + 1
+    # Far fewer tokens went out than the 9 x 240 the request asked for.
+    assert value(after, "alignloop_generation_tokens_total") - value(before, "alignloop_generation_tokens_total") < 9 * 240

@@ -1,0 +1,68 @@
+"""The policy registry: immutable numbered versions, an atomic pointer, safetensors only."""
+
+import json
+import os
+import stat
+
+import pytest
+
+from inference.registry import PolicyRegistry, RegistryError
+
+
+def test_publish_numbers_versions_and_keeps_metadata(tiny_model_dir, tmp_path):
+    reg = PolicyRegistry(tmp_path / "reg")
+    assert reg.names() == [] and reg.current() is None
+    v1 = reg.publish(tiny_model_dir, source="tiny-model", metrics={"loss": 1.5}, make_current=True)
+    v2 = reg.publish(tiny_model_dir, source="trainer", parent=v1)
+    assert (v1, v2) == ("v0001", "v0002")
+    assert reg.names() == ["v0001", "v0002"]
+    assert reg.current() == "v0001"
+    info = reg.info(v2)
+    assert info.parent == "v0001" and info.source == "trainer" and info.created > 0
+    assert reg.info(v1).metrics == {"loss": 1.5}
+    reg.set_current(v2)
+    assert reg.current() == "v0002"
+    assert (reg.root / "CURRENT").read_text() == "v0002\n"
+
+
+def test_versions_are_read_only(tiny_model_dir, tmp_path):
+    reg = PolicyRegistry(tmp_path / "reg")
+    path = reg.path(reg.publish(tiny_model_dir, source="t"))
+    for f in path.iterdir():
+        assert not f.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH), f
+
+
+def test_pickle_checkpoints_are_refused(tiny_model_dir, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (bad / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
+    reg = PolicyRegistry(tmp_path / "reg")
+    with pytest.raises(RegistryError, match="pickle"):
+        reg.publish(bad, source="t")
+    (bad / "pytorch_model.bin").unlink()
+    with pytest.raises(RegistryError, match="safetensors"):
+        reg.publish(bad, source="t")
+    assert reg.names() == []
+    assert not [p for p in reg.versions_dir.iterdir()], "a refused publish left files behind"
+
+
+def test_missing_config_and_unknown_versions(tmp_path):
+    reg = PolicyRegistry(tmp_path / "reg")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(RegistryError, match="config.json"):
+        reg.publish(empty, source="t")
+    for name in ("v0007", "../x", "latest"):
+        with pytest.raises(RegistryError, match="unknown"):
+            reg.path(name)
+    with pytest.raises(RegistryError):
+        reg.set_current("v0001")
+
+
+def test_half_written_versions_are_invisible(tiny_model_dir, tmp_path):
+    reg = PolicyRegistry(tmp_path / "reg")
+    (reg.versions_dir / ".staging-crashed").mkdir()
+    os.makedirs(reg.versions_dir / "v0001-partial")
+    assert reg.names() == []
+    assert reg.publish(tiny_model_dir, source="t") == "v0001"
