@@ -80,6 +80,22 @@ class GatewayConfig(_Section):
     log_level: str = "info"
 
 
+class FeedbackConfig(_Section):
+    """Where prompts, completions and preferences go."""
+
+    # "host:port[,host:port]"; empty runs on the embedded durable log alone (single machine).
+    kafka_bootstrap: str | None = None
+    # Record every served completion (prompt, candidates, version): what feedback refers to.
+    record_completions: bool = True
+    partitions: int = 3
+    replication_factor: int = 1
+    # Events accepted but not yet in Kafka (or, embedded, all events); past this the feedback API
+    # answers 503 rather than accept what it could lose.
+    max_spool_bytes: int = 512 * 1024 * 1024
+    max_batch_items: int = 100
+    kafka_timeout_s: float = 10.0
+
+
 class Settings(_Section):
     """The whole configuration tree."""
 
@@ -89,6 +105,7 @@ class Settings(_Section):
     tiny_model: TinyModelConfig = TinyModelConfig()
     engine: EngineConfig = EngineConfig()
     gateway: GatewayConfig = GatewayConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
 
     @property
     def registry_dir(self) -> Path:

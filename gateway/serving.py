@@ -21,6 +21,8 @@ from gateway import protocol as p
 from gateway.auth import Caller
 from gateway.errors import APIError, error_body
 from gateway.metrics import GatewayMetrics
+from feedback.events import CompletionServed, ServedChoice
+from feedback.recorder import FeedbackRecorder
 from inference.engine import Chunk, PolicyEngine
 
 
@@ -44,6 +46,8 @@ class _Job:
     stream: bool
     include_usage: bool
     started: float
+    caller: str
+    served: dict  # what the completion event records of the request: prompt or messages, prompt_text
 
 
 def _completion_logprobs(token_ids: list[int], steps: list[dict], text_offset: int) -> p.CompletionLogprobs:
@@ -77,8 +81,9 @@ def _sse(payload: dict | str) -> str:
 class Serving:
     """Validates requests against the caller's limits and runs them on the engine."""
 
-    def __init__(self, engine: PolicyEngine, config: GatewayConfig, metrics: GatewayMetrics):
-        self.engine, self.config, self.metrics = engine, config, metrics
+    def __init__(self, engine: PolicyEngine, config: GatewayConfig, metrics: GatewayMetrics,
+                 recorder: FeedbackRecorder | None = None):
+        self.engine, self.config, self.metrics, self.recorder = engine, config, metrics, recorder
 
     # ---- validation -------------------------------------------------------------------------
 
@@ -91,7 +96,7 @@ class Serving:
                                 f"'{self.config.served_model_name}'.", param="model", code="model_not_found")
 
     def _job(self, route: str, prefix: str, req, caller: Caller, prompt_ids: list[int],
-             max_tokens: int | None, logprobs: int | None) -> _Job:
+             max_tokens: int | None, logprobs: int | None, served: dict) -> _Job:
         from vllm import SamplingParams
 
         limits = caller.limits
@@ -117,7 +122,7 @@ class Serving:
         )
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return _Job(route, f"{prefix}-{uuid.uuid4().hex}", prompt_ids, params, req.n, req.stream,
-                    include_usage, time.monotonic())
+                    include_usage, time.monotonic(), caller.name, served)
 
     def _tokenize(self, text: str, *, special: bool) -> list[int]:
         return self.engine.tokenizer(text, add_special_tokens=special)["input_ids"]
@@ -136,7 +141,9 @@ class Serving:
             prompt_ids = list(req.prompt)
         if not prompt_ids:
             raise APIError(400, "The prompt is empty.", param="prompt", code="empty_prompt")
-        job = self._job("completions", "cmpl", req, caller, prompt_ids, req.max_tokens, req.logprobs)
+        prompt_text = req.prompt if isinstance(req.prompt, str) else self.engine.tokenizer.decode(prompt_ids)
+        job = self._job("completions", "cmpl", req, caller, prompt_ids, req.max_tokens, req.logprobs,
+                        {"prompt": prompt_text, "prompt_text": prompt_text})
 
         def render(rid: str, idx: int, text: str, ch: _Choice | Chunk, offset: int, final: bool, first: bool = False) -> dict:
             logprobs = None
@@ -158,7 +165,8 @@ class Serving:
         prompt_ids = self._tokenize(text, special=False)  # the template already placed any BOS
         max_tokens = req.max_completion_tokens or req.max_tokens
         top = req.top_logprobs or 0
-        job = self._job("chat", "chatcmpl", req, caller, prompt_ids, max_tokens, top if req.logprobs else None)
+        job = self._job("chat", "chatcmpl", req, caller, prompt_ids, max_tokens, top if req.logprobs else None,
+                        {"messages": messages, "prompt_text": text})
 
         def render(rid: str, idx: int, text: str, ch: _Choice | Chunk, offset: int, final: bool, first: bool = False) -> dict:
             logprobs = _chat_logprobs(ch.token_ids, ch.logprobs or [], top) if req.logprobs else None
@@ -181,6 +189,19 @@ class Serving:
         self.metrics.prompt_tokens.inc(len(job.prompt_ids))
         self.metrics.generation_tokens.inc(generated)
 
+    def _record(self, job: _Job, version: str, choices: list[_Choice]) -> None:
+        """Hand the served completion to the feedback recorder (never waits)."""
+        if self.recorder is None:
+            return
+        p_ = job.params
+        self.recorder.record_completion(CompletionServed(
+            request_id=job.response_id, route=job.route, prompt_tokens=len(job.prompt_ids),
+            choices=[ServedChoice(choice_id=f"{job.response_id}-{i}", text=c.text, completion_tokens=len(c.token_ids),
+                                  finish_reason=c.finish_reason) for i, c in enumerate(choices)],
+            sampling={"n": p_.n, "temperature": p_.temperature, "top_p": p_.top_p, "max_tokens": p_.max_tokens,
+                      "seed": p_.seed, "stop": p_.stop},
+            policy_version=version, caller=job.caller, **job.served))
+
     async def _run(self, job: _Job, request: Request, obj: str, model: str, render: Callable, response_model):
         gen = self.engine.generate(job.prompt_ids, job.params, job.response_id)
         try:
@@ -197,6 +218,7 @@ class Serving:
         choices = await self._collect(gen, first, request, job)
         generated = sum(len(c.token_ids) for c in choices)
         self._count(job, generated)
+        self._record(job, version, choices)
         body = {
             "id": job.response_id, "object": obj, "created": created, "model": model,
             "choices": [render(job.response_id, i, c.text, c, 0, True) for i, c in enumerate(choices)],
@@ -240,6 +262,7 @@ class Serving:
         opened: set[int] = set()
         generated = 0
         finished = False
+        served = [_Choice() for _ in range(job.n)]
         try:
             pending = [first] if first else []
             while True:
@@ -251,6 +274,10 @@ class Serving:
                     except StopAsyncIteration:
                         break
                 generated += len(c.token_ids)
+                kept = served[c.index]
+                kept.text += c.text
+                kept.token_ids += c.token_ids
+                kept.finish_reason = c.finish_reason or kept.finish_reason
                 choice = render(job.response_id, c.index, c.text, c, offsets[c.index], False, c.index not in opened)
                 opened.add(c.index)
                 offsets[c.index] += len(c.text)
@@ -261,6 +288,7 @@ class Serving:
                             "choices": [], "usage": self._usage(job, generated), "policy_version": version})
             yield _sse("[DONE]")
             finished = True
+            self._record(job, version, served)
         except Exception as exc:  # the status line is gone; tell the client in-band, as OpenAI does
             yield _sse(error_body(500, f"Generation failed: {exc}", code="generation_failed"))
             yield _sse("[DONE]")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from inference.tiny_model import build_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 USER_KEY, USER2_KEY, SLOW_KEY, ADMIN_KEY = "sk-test-alice", "sk-test-bob", "sk-test-slow", "sk-test-admin"
+RATER_KEY = "sk-test-rater"
 MODEL = "alignloop-policy"
 # Small enough to build in seconds, trained enough to answer the corpus' questions.
 TEST_MODEL = TinyModelConfig(pretrain_steps=120, corpus_examples=3000)
@@ -51,6 +53,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", TEST_MODEL)
 
 
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory):
+    """A real single-node Apache Kafka broker for the whole session."""
+    from deploy.kafka.broker import KafkaBroker
+
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka")).start()
+    yield broker
+    broker.stop()
+
+
 @dataclass
 class Gateway:
     """A running gateway process and what tests need to talk to it."""
@@ -58,15 +70,55 @@ class Gateway:
     url: str
     state_dir: Path
     registry: PolicyRegistry
-    process: subprocess.Popen
+    config: Path
     log: Path
+    process: subprocess.Popen | None = None
 
     def client(self, key: str = USER_KEY, **kw) -> httpx.Client:
         """An HTTP client with this key's bearer header."""
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=120, **kw)
 
+    def start(self, wait_ready: bool = True) -> "Gateway":
+        """Start `alignloop serve`; wait for /readyz (engine warm) or only /healthz."""
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen([sys.executable, "-m", "alignloop", "serve", "--config", str(self.config)],
+                                            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True)
+        path = "/readyz" if wait_ready else "/healthz"
+        deadline = time.monotonic() + 600
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.process.returncode}; log:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"gateway not ready after 600s; log:\n{self.tail()}")
+            try:
+                if httpx.get(f"{self.url}{path}", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
 
-def _write_config(path: Path, state_dir: Path, port: int) -> None:
+    def stop(self, kill: bool = False) -> None:
+        """Stop the process: SIGTERM (graceful) or SIGKILL (a crash)."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            self.process.wait(timeout=60)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+def _write_config(path: Path, state_dir: Path, port: int, kafka: str | None) -> None:
+    feedback = f'[feedback]\nkafka_bootstrap = "{kafka}"\nkafka_timeout_s = 3\n' if kafka else ""
     path.write_text(f"""
 state_dir = "{state_dir}"
 [gateway]
@@ -77,50 +129,38 @@ api_keys = [
   {{ key = "{USER_KEY}", name = "alice", role = "user", max_tokens = 256 }},
   {{ key = "{USER2_KEY}", name = "bob", role = "user", max_n = 2 }},
   {{ key = "{SLOW_KEY}", name = "slow", role = "user", requests_per_minute = 2 }},
+  {{ key = "{RATER_KEY}", name = "rita", role = "rater" }},
   {{ key = "{ADMIN_KEY}", name = "ops", role = "admin" }},
 ]
 [engine]
 max_model_len = 256
-""")
+{feedback}""")
+
+
+def make_gateway(root: Path, model_dir: Path, kafka: str | None) -> Gateway:
+    """A configured, not yet started gateway whose registry holds v0001 (current) and v0002
+    (same shapes, other weights)."""
+    state_dir = root / "state"
+    registry = PolicyRegistry(state_dir / "registry")
+    registry.publish(model_dir, source="tiny-model", make_current=True)
+    registry.publish(perturbed_copy(model_dir, root / "v2", seed=2), source="test:perturbed", parent="v0001")
+    config = root / "alignloop.toml"
+    _write_config(config, state_dir, free_port(), kafka)
+    port = int(next(line for line in config.read_text().splitlines() if line.startswith("port")).split("=")[1])
+    return Gateway(f"http://127.0.0.1:{port}", state_dir, registry, config, root / "gateway.log")
 
 
 @pytest.fixture(scope="session")
-def gateway(tmp_path_factory, tiny_model_dir) -> Gateway:
-    """`alignloop serve` as a real process on a loopback port, ready to serve.
+def gateway(tmp_path_factory, tiny_model_dir, kafka_broker) -> Gateway:
+    """The shared gateway: a real `alignloop serve` process publishing to the real Kafka broker."""
+    gw = make_gateway(tmp_path_factory.mktemp("gateway"), tiny_model_dir, kafka_broker.bootstrap).start()
+    yield gw
+    gw.stop()
 
-    The registry holds v0001 (the tiny model, current) and v0002 (same shapes, other weights)."""
-    root = tmp_path_factory.mktemp("gateway")
-    state_dir = root / "state"
-    registry = PolicyRegistry(state_dir / "registry")
-    registry.publish(tiny_model_dir, source="tiny-model", make_current=True)
-    registry.publish(perturbed_copy(tiny_model_dir, root / "v2", seed=2), source="test:perturbed", parent="v0001")
-    port = free_port()
-    config = root / "alignloop.toml"
-    _write_config(config, state_dir, port)
-    log = root / "gateway.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "alignloop", "serve", "--config", str(config)],
-                                cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"gateway exited with {proc.returncode}; log:\n{log.read_text(errors='replace')[-4000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gateway not ready after 600s; log:\n{log.read_text(errors='replace')[-4000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        yield Gateway(url, state_dir, registry, proc, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
+
+@pytest.fixture(scope="session")
+def embedded_gateway(tmp_path_factory, tiny_model_dir) -> Gateway:
+    """A second gateway with no broker configured: feedback goes to the embedded local log."""
+    gw = make_gateway(tmp_path_factory.mktemp("embedded"), tiny_model_dir, None).start()
+    yield gw
+    gw.stop()

@@ -1,6 +1,5 @@
 """Bad input of every kind gets an OpenAI-style JSON error with the documented 4xx status."""
 
-import time
 
 import pytest
 

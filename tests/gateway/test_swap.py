@@ -4,7 +4,6 @@ import json
 import threading
 import time
 
-import pytest
 
 from alignloop.config import TinyModelConfig
 from inference.tiny_model import build_tiny_model

@@ -1,0 +1,82 @@
+"""Starting and stopping the servers a benchmark compares."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def machine() -> str:
+    """One line describing the machine and the software versions."""
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+    import vllm
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores, {gpu}; Python {sys.version.split()[0]}, "
+            f"torch {torch.__version__}, vllm {vllm.__version__}")
+
+
+def launch(cmd: list[str], log: Path, url: str, ready_path: str, key: str) -> subprocess.Popen:
+    """Start a server process and wait until ready_path answers 200."""
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), PYTHONUNBUFFERED="1")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}):\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            if httpx.get(url + ready_path, timeout=2, headers={"Authorization": f"Bearer {key}"}).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    stop(proc)
+    raise RuntimeError(f"server not ready after 600s; see {log}")
+
+
+def launch_gateway(work: Path, model_dir: Path, key: str, extra_toml: str = "") -> tuple[subprocess.Popen, str]:
+    """`alignloop serve` on the given model with one unthrottled key; returns (process, url)."""
+    port = free_port()
+    config = work / "gateway.toml"
+    config.write_text(f'state_dir = "{work / "state"}"\nbase_model = "{model_dir}"\n{extra_toml}\n'
+                      f'[gateway]\nport = {port}\nlog_level = "warning"\n'
+                      f'api_keys = [{{ key = "{key}", name = "bench", requests_per_minute = 100000000 }}]\n')
+    url = f"http://127.0.0.1:{port}"
+    proc = launch([sys.executable, "-m", "alignloop", "serve", "--config", str(config)], work / "gateway.log",
+                  url, "/readyz", key)
+    return proc, url
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a server and everything it started."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

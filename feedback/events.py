@@ -1,0 +1,125 @@
+"""Every event the loop exchanges, in one place: versioned JSON schemas with unique event ids.
+
+The gateway writes them, the trainer reads them; neither defines its own. A reader accepts any
+schema_version it knows and refuses the rest, so old and new producers can share a topic.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+SCHEMA_VERSION = 1
+MIN_K, MAX_K = 2, 9
+MAX_TEXT = 16_384
+
+
+def new_event_id() -> str:
+    """A fresh, globally unique event id."""
+    return uuid.uuid4().hex
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: str = Field(default_factory=new_event_id)
+    timestamp: float = Field(default_factory=time.time)
+    # The served request the event belongs to; also the Kafka key, so one prompt's events share
+    # a partition and are read in order.
+    request_id: str
+
+    def key(self) -> bytes:
+        """The Kafka message key."""
+        return self.request_id.encode()
+
+    def to_bytes(self) -> bytes:
+        """The wire form."""
+        return self.model_dump_json().encode()
+
+
+class ServedChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    choice_id: str
+    text: str
+    completion_tokens: int
+    finish_reason: str | None = None
+
+
+class CompletionServed(_Event):
+    """A request the gateway answered, with every candidate it returned."""
+
+    type: Literal["completion"] = "completion"
+    route: Literal["completions", "chat"]
+    prompt: str | None = None                   # /v1/completions (text prompts)
+    messages: list[dict[str, str]] | None = None  # /v1/chat/completions
+    prompt_text: str                            # the exact text the policy saw (template applied)
+    prompt_tokens: int
+    choices: list[ServedChoice]
+    sampling: dict[str, Any]
+    policy_version: str
+    caller: str
+
+
+class Comparison(_Event):
+    """A ranking of K = 2..9 candidates of one request, best first; an inner group is a tie."""
+
+    type: Literal["comparison"] = "comparison"
+    ranking: list[list[str]]
+    rater: str
+    policy_version: str | None = None
+
+    @field_validator("ranking")
+    @classmethod
+    def _is_ranking(cls, ranking: list[list[str]]) -> list[list[str]]:
+        ids = [c for group in ranking for c in group]
+        if not MIN_K <= len(ids) <= MAX_K:
+            raise ValueError(f"a ranking compares {MIN_K} to {MAX_K} candidates, not {len(ids)}")
+        if len(set(ids)) != len(ids):
+            raise ValueError("a ranking names each candidate once")
+        if any(not group for group in ranking):
+            raise ValueError("a ranking has no empty tie groups")
+        return ranking
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(preferred, rejected) for every ordered pair; tied candidates form no pair."""
+        out = []
+        for i, better in enumerate(self.ranking):
+            for worse in self.ranking[i + 1:]:
+                out.extend((w, l) for w in better for l in worse)
+        return out
+
+
+class Rating(_Event):
+    """Thumbs up (+1) or down (-1) on one candidate."""
+
+    type: Literal["rating"] = "rating"
+    choice_id: str
+    rating: Literal[-1, 1]
+    rater: str
+
+
+class Demonstration(_Event):
+    """A user-written better response to a served prompt (SFT data)."""
+
+    type: Literal["demonstration"] = "demonstration"
+    response: str = Field(min_length=1, max_length=MAX_TEXT)
+    author: str
+
+
+FeedbackEvent = Annotated[Comparison | Rating | Demonstration, Field(discriminator="type")]
+AnyEvent = Annotated[CompletionServed | Comparison | Rating | Demonstration, Field(discriminator="type")]
+_ANY = TypeAdapter(AnyEvent)
+
+
+def parse_event(raw: bytes | str) -> CompletionServed | Comparison | Rating | Demonstration:
+    """Parse and validate one event from its wire form (ValueError if it is not one)."""
+    data = json.loads(raw)
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"unknown schema_version {data.get('schema_version')!r}")
+    return _ANY.validate_python(data)

@@ -1,0 +1,143 @@
+"""A durable, append-only local log of (topic, key, value) records with consumer-group offsets.
+
+Two uses, one mechanism:
+- the gateway's spool: every accepted event is written here (fsync'd) before the API answers,
+  and a shipper moves it to Kafka in order; what Kafka has acknowledged is then deleted;
+- the embedded default when no broker is configured: the log *is* the broker, and the trainer
+  reads it by offset with committed offsets per consumer group, as it would read Kafka.
+
+SQLite in WAL mode with synchronous=FULL gives the fsync'd, crash-safe append this needs; one
+transaction per batch makes many concurrent appends cost one fsync (group commit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    offset INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic  TEXT NOT NULL,
+    key    BLOB,
+    value  BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_by_topic ON records (topic, offset);
+CREATE TABLE IF NOT EXISTS group_offsets (
+    grp    TEXT NOT NULL,
+    topic  TEXT NOT NULL,
+    next   INTEGER NOT NULL,
+    PRIMARY KEY (grp, topic)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One log record; offsets increase across all topics of a log."""
+
+    offset: int
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+class Transaction:
+    """The writes of one LocalLog transaction."""
+
+    def __init__(self, cursor: sqlite3.Cursor):
+        self.cursor = cursor
+
+    def append(self, topic: str, key: bytes | None, value: bytes) -> int:
+        """Append one record; returns its offset."""
+        self.cursor.execute("INSERT INTO records (topic, key, value) VALUES (?, ?, ?)", (topic, key, value))
+        return self.cursor.lastrowid
+
+    def commit_offset(self, group: str, topic: str, next_offset: int) -> None:
+        """Set a consumer group's next offset."""
+        self.cursor.execute("INSERT INTO group_offsets (grp, topic, next) VALUES (?, ?, ?) "
+                            "ON CONFLICT (grp, topic) DO UPDATE SET next = excluded.next", (group, topic, next_offset))
+
+
+class LocalLog:
+    """Append, read from an offset, commit offsets per consumer group; safe across threads."""
+
+    def __init__(self, path: Path, extra_schema: str = ""):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA + extra_schema)
+        self._lock = threading.Lock()
+        self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._read_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """One atomic, durable write: everything done on the yielded Transaction or none of it."""
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield Transaction(cur)
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+
+    def append(self, records: Iterable[tuple[str, bytes | None, bytes]]) -> list[int]:
+        """Durably append records; returns their offsets."""
+        with self.transaction() as tx:
+            return [tx.append(*r) for r in records]
+
+    def read(self, from_offset: int, limit: int = 500, topic: str | None = None) -> list[Record]:
+        """Records with offset >= from_offset, oldest first (of one topic, or of all)."""
+        with self._lock:
+            if topic is None:
+                rows = self._db.execute("SELECT offset, topic, key, value FROM records WHERE offset >= ? "
+                                        "ORDER BY offset LIMIT ?", (from_offset, limit)).fetchall()
+            else:
+                rows = self._db.execute("SELECT offset, topic, key, value FROM records WHERE topic = ? AND offset >= ? "
+                                        "ORDER BY offset LIMIT ?", (topic, from_offset, limit)).fetchall()
+        return [Record(*row) for row in rows]
+
+    def committed(self, group: str, topic: str) -> int:
+        """The next offset the group has yet to process (0 if it never committed)."""
+        with self._lock:
+            row = self._db.execute("SELECT next FROM group_offsets WHERE grp = ? AND topic = ?", (group, topic)).fetchone()
+        return row[0] if row else 0
+
+    def commit(self, group: str, topic: str, next_offset: int) -> None:
+        """Record that the group has processed everything before next_offset."""
+        with self.transaction() as tx:
+            tx.commit_offset(group, topic, next_offset)
+
+    def delete_before(self, offset: int) -> None:
+        """Forget records before offset (once they are safely elsewhere)."""
+        with self._lock:
+            self._db.execute("DELETE FROM records WHERE offset < ?", (offset,))
+
+    def stats(self, from_offset: int = 0) -> tuple[int, int]:
+        """(records, bytes) at or after from_offset."""
+        with self._lock:
+            n, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(value)), 0) FROM records "
+                                       "WHERE offset >= ?", (from_offset,)).fetchone()
+        return n, size
+
+    def query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        """Read the extra tables a user keeps beside the log (on a connection of its own, so
+        readers do not wait for a writer's fsync)."""
+        with self._read_lock:
+            return self._reader.execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock, self._read_lock:
+            self._db.close()
+            self._reader.close()

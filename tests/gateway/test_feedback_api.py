@@ -1,0 +1,99 @@
+"""Hostile or malformed feedback is refused with the documented status and leaves no event behind."""
+
+import time
+
+import httpx
+import pytest
+
+from feedback.topics import FEEDBACK
+from tests.conftest import ADMIN_KEY, MODEL, RATER_KEY, USER2_KEY
+from tests.feedback.helpers import read_all_kafka
+from tests.gateway.test_metrics import scrape
+
+
+def accepted_count(gateway) -> float:
+    return sum(v for (name, labels), v in scrape(gateway).items()
+               if name == "alignloop_feedback_events_total" and ("outcome", "accepted") in labels)
+
+
+def feedback_on_kafka(gateway, broker) -> int:
+    deadline = time.monotonic() + 30
+    while scrape(gateway).get(("alignloop_spool_events", ()), 0) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return sum(1 for r in read_all_kafka(broker.bootstrap) if r.topic == FEEDBACK)
+
+
+@pytest.fixture(scope="module")
+def served(gateway):
+    """Two requests by alice (3 choices each) and one by bob."""
+    with gateway.client() as c:
+        a = [c.post("/v1/completions", json={"model": MODEL, "prompt": "The", "n": 3, "max_tokens": 6}).json()
+             for _ in range(2)]
+    with gateway.client(USER2_KEY) as c:
+        b = c.post("/v1/completions", json={"model": MODEL, "prompt": "A", "n": 2, "max_tokens": 6}).json()
+    ids = lambda r: [ch["id"] for ch in r["choices"]]  # noqa: E731
+    return {"a1": ids(a[0]), "a2": ids(a[1]), "b": ids(b), "a1_request": a[0]["id"], "b_request": b["id"]}
+
+
+def cases(s):
+    a, a2, b = s["a1"], s["a2"], s["b"]
+    return [
+        ("rankings", {"ranking": [a[0]]}, 400, None),
+        ("rankings", {"ranking": [f"x{i}" for i in range(10)]}, 400, None),
+        ("rankings", {"ranking": [a[0], [a[1], a[2], *[f"x{i}" for i in range(7)]]]}, 400, "bad_k"),
+        ("rankings", {"ranking": [a[0], a[0], a[1]]}, 400, "duplicate_choice"),
+        ("rankings", {"ranking": [a[0], [a[1], a[0]]]}, 400, "duplicate_choice"),
+        ("rankings", {"ranking": [a[0], "cmpl-never-served-0"]}, 404, "unknown_choice"),
+        ("rankings", {"ranking": [a[0], a2[0]]}, 400, "mixed_requests"),
+        ("rankings", {"ranking": [b[0], b[1]]}, 403, "not_your_completion"),
+        ("rankings", {"ranking": "abc"}, 400, None),
+        ("pairwise", {"chosen": a[0], "rejected": a[0]}, 400, "duplicate_choice"),
+        ("pairwise", {"chosen": a[0]}, 400, None),
+        ("pairwise", {"chosen": b[0], "rejected": b[1]}, 403, "not_your_completion"),
+        ("ratings", {"choice_id": a[0], "rating": 5}, 400, None),
+        ("ratings", {"choice_id": b[0], "rating": 1}, 403, "not_your_completion"),
+        ("ratings", {"choice_id": "nope", "rating": 1}, 404, "unknown_choice"),
+        ("demonstrations", {"request_id": s["b_request"], "response": "mine"}, 403, "not_your_completion"),
+        ("demonstrations", {"request_id": "cmpl-unknown", "response": "x"}, 404, "unknown_request"),
+        ("demonstrations", {"request_id": s["a1_request"], "response": ""}, 400, None),
+        ("demonstrations", {"request_id": s["a1_request"], "response": "x" * 16_385}, 400, None),
+        ("demonstrations", {"request_id": s["a1_request"], "response": "x" * 70_000}, 413, "body_too_large"),
+        ("batch", {"items": []}, 400, None),
+        ("batch", {"items": [{"kind": "rating", "choice_id": a[0], "rating": 1}] * 101}, 400, None),
+        ("batch", {"items": [{"kind": "rating", "choice_id": a[0], "rating": 1},
+                             {"kind": "ranking", "ranking": [a[0], b[0]]}]}, 403, "not_your_completion"),
+        ("batch", {"items": [{"kind": "rating", "choice_id": a[0], "rating": 1}, {"kind": "vote"}]}, 400, None),
+    ]
+
+
+def test_hostile_feedback_is_refused_and_leaves_nothing(gateway, kafka_broker, served):
+    before_metric, before_kafka = accepted_count(gateway), feedback_on_kafka(gateway, kafka_broker)
+    with gateway.client() as c:
+        for route, body, status, code in cases(served):
+            r = c.post(f"/v1/feedback/{route}", json=body)
+            assert r.status_code == status, (route, body, r.text)
+            err = r.json()["error"]
+            assert err["message"]
+            if code:
+                assert err["code"] == code, (route, body, err)
+        r = c.post("/v1/feedback/batch", json={"items": [{"kind": "rating", "choice_id": served["a1"][0], "rating": 1},
+                                                          {"kind": "rating", "choice_id": "nope", "rating": 1}]})
+        assert r.status_code == 404 and r.json()["error"]["param"] == "items.1.choice_id"
+    for key, status in ((ADMIN_KEY, 403), ("sk-wrong", 401)):
+        r = httpx.post(f"{gateway.url}/v1/feedback/ratings", headers={"Authorization": f"Bearer {key}"},
+                       json={"choice_id": served["a1"][0], "rating": 1})
+        assert r.status_code == status
+    assert accepted_count(gateway) == before_metric
+    assert feedback_on_kafka(gateway, kafka_broker) == before_kafka
+
+
+def test_rater_may_rate_anyones_and_batches_are_all_or_nothing(gateway, served):
+    with gateway.client(RATER_KEY) as c:
+        r = c.post("/v1/feedback/rankings", json={"ranking": [served["b"][1], served["b"][0]]})
+        assert r.status_code == 202, r.text
+        ok = c.post("/v1/feedback/batch", json={"items": [
+            {"kind": "rating", "choice_id": served["a1"][0], "rating": 1},
+            {"kind": "pairwise", "chosen": served["a2"][0], "rejected": served["a2"][1], "tie": True},
+            {"kind": "demonstration", "request_id": served["b_request"], "response": "Better."}]})
+    assert ok.status_code == 202, ok.text
+    assert len({a["event_id"] for a in ok.json()["accepted"]}) == 3
