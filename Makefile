@@ -1,7 +1,7 @@
 # The two commands of the README. Both install what they need first (deploy/install.sh).
 ACCEL ?= cpu
 
-.PHONY: install run test bench-serving
+.PHONY: install run test bench-serving bench-feedback
 
 install:
 	ALIGNLOOP_ACCEL=$(ACCEL) bash deploy/install.sh
@@ -14,3 +14,6 @@ test: install
 
 bench-serving: install
 	.venv/bin/python -m benchmarks.serving
+
+bench-feedback: install
+	.venv/bin/python -m benchmarks.feedback
