@@ -75,6 +75,12 @@ def _cmd_registry(settings: Settings, args) -> None:
         print(args.version)
 
 
+def _cmd_train(settings: Settings, args) -> None:
+    from trainer import cli
+
+    cli.run(settings, args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     common = argparse.ArgumentParser(add_help=False)
@@ -95,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int)
     p.add_argument("--base-model", type=Path, help="a HF checkpoint directory to serve as v0001")
     p.set_defaults(run=_cmd_serve)
+
+    p = sub.add_parser("train", parents=[common], help="train a stage: sft, rm or ppo (torchrun works too)")
+    from trainer.cli import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(run=_cmd_train)
 
     p = sub.add_parser("registry", parents=[common], help="list, publish or select policy versions")
     rs = p.add_subparsers(dest="action", required=True)

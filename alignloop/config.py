@@ -96,6 +96,59 @@ class FeedbackConfig(_Section):
     kafka_timeout_s: float = 10.0
 
 
+class SFTConfig(_Section):
+    """Supervised fine-tuning on demonstrations (loss on response tokens only)."""
+
+    epochs: int = 1
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    max_len: int = 256
+    seed: int = 0
+    save_every: int = 100  # steps between resumable checkpoints
+
+
+class RMConfig(_Section):
+    """Reward model training on K-wise rankings (one ranking = one batch element)."""
+
+    epochs: int = 1              # the paper trains its RM for one epoch
+    batch_size: int = 8          # rankings per step
+    learning_rate: float = 5e-5
+    max_len: int = 256
+    eval_fraction: float = 0.1   # held out for pairwise accuracy
+    seed: int = 0
+    save_every: int = 100
+
+
+class PPOConfig(_Section):
+    """PPO-ptx (defaults: the paper's where they fit a tiny model; see README "Training")."""
+
+    iterations: int = 20
+    rollout_batch: int = 32       # prompts per iteration (paper: 512)
+    minibatch: int = 8            # (paper: 64)
+    epochs: int = 1               # PPO epochs per batch (paper: 1)
+    max_new_tokens: int = 32
+    temperature: float = 1.0      # (paper: 1)
+    learning_rate: float = 1e-5
+    kl_coef: float = 0.02         # β (paper: 0.02)
+    target_kl: float | None = None  # set to adapt β towards this per-sequence KL
+    clip: float = 0.2             # (paper: 0.2)
+    value_clip: float = 0.2
+    vf_coef: float = 0.1
+    gamma: float = 1.0            # no discount (paper)
+    lam: float = 0.95
+    ptx_coef: float = 1.0         # γ; 0 gives plain PPO (paper: 27.8 at its scale)
+    ptx_batch: int = 16           # pretraining sequences per update
+    rollout_engine: Literal["vllm", "transformers"] = "vllm"
+    seed: int = 0
+    save_every: int = 5
+
+
+class TrainConfig(_Section):
+    sft: SFTConfig = SFTConfig()
+    rm: RMConfig = RMConfig()
+    ppo: PPOConfig = PPOConfig()
+
+
 class Settings(_Section):
     """The whole configuration tree."""
 
@@ -106,6 +159,7 @@ class Settings(_Section):
     engine: EngineConfig = EngineConfig()
     gateway: GatewayConfig = GatewayConfig()
     feedback: FeedbackConfig = FeedbackConfig()
+    train: TrainConfig = TrainConfig()
 
     @property
     def registry_dir(self) -> Path:

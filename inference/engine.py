@@ -87,6 +87,20 @@ def _arch_fingerprint(path: Path) -> str:
     return hashlib.sha256((json.dumps(config, sort_keys=True) + tok_hash).encode()).hexdigest()
 
 
+def engine_kwargs(path: Path, config: EngineConfig, **overrides) -> dict:
+    """vLLM engine arguments for a checkpoint (shared by serving and the trainer's rollouts)."""
+    # The CPU backend sizes its KV cache from this variable, not gpu_memory_utilization.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kv_cache_gib))
+    dtype = config.dtype
+    if dtype == "auto" and not torch.cuda.is_available():
+        # vLLM's CPU "auto" is bfloat16; float32 keeps outputs identical to transformers'.
+        dtype = "float32"
+    return dict(model=str(path), tokenizer=str(path), load_format="safetensors", dtype=dtype,
+                max_model_len=config.max_model_len, max_num_seqs=config.max_num_seqs,
+                enforce_eager=config.enforce_eager, gpu_memory_utilization=config.gpu_memory_utilization,
+                seed=config.seed) | overrides
+
+
 class PolicyEngine:
     """Serves one policy version at a time through vLLM and swaps versions in place."""
 
@@ -109,23 +123,7 @@ class PolicyEngine:
 
         path = self.registry.path(version)
         validate_checkpoint(path)
-        # The CPU backend sizes its KV cache from this variable, not gpu_memory_utilization.
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.cpu_kv_cache_gib))
-        dtype = self.config.dtype
-        if dtype == "auto" and not torch.cuda.is_available():
-            # vLLM's CPU "auto" is bfloat16; float32 keeps outputs identical to transformers'.
-            dtype = "float32"
-        args = AsyncEngineArgs(
-            model=str(path),
-            tokenizer=str(path),
-            load_format="safetensors",
-            dtype=dtype,
-            max_model_len=self.config.max_model_len,
-            max_num_seqs=self.config.max_num_seqs,
-            enforce_eager=self.config.enforce_eager,
-            gpu_memory_utilization=self.config.gpu_memory_utilization,
-            seed=self.config.seed,
-        )
+        args = AsyncEngineArgs(**engine_kwargs(path, self.config))
         started = time.monotonic()
         log.info("engine: starting vLLM on %s (%s)", version, path)
         # Construction blocks for tens of seconds (process spawn, model load): off the event loop,

@@ -1,0 +1,85 @@
+"""Training data on disk (JSON lines) and its tokenisation.
+
+    demonstrations.jsonl  {"prompt": str, "response": str}
+    rankings.jsonl        {"prompt": str, "responses": [str, ...], "ranking": [[i, ...], ...]}  best first
+    prompts.jsonl         {"prompt": str}
+    pretraining.jsonl     {"text": str}
+
+A prompt is the user's message; the policy sees it through its chat template, exactly as the
+gateway renders it, so what is trained is what is served.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """K responses to one prompt and their best-first ranking (inner lists are ties)."""
+
+    prompt: str
+    responses: list[str]
+    ranking: list[list[int]]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every record of a JSON-lines file."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    """Write records as JSON lines."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def load_rankings(path: Path) -> list[Ranking]:
+    """rankings.jsonl as Ranking records."""
+    return [Ranking(r["prompt"], r["responses"], r["ranking"]) for r in read_jsonl(path)]
+
+
+def prompt_ids(tok: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    """The token ids the policy sees for a user prompt (chat template, generation prompt on)."""
+    text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def response_ids(tok: PreTrainedTokenizerBase, response: str) -> list[int]:
+    """A response's token ids, ending in EOS as a finished reply does."""
+    return tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int, loss_from: list[int] | None = None,
+              max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad to one length; returns (input_ids, attention_mask, loss_mask), where loss_mask
+    marks tokens at or after loss_from[i] (the response), or every real token if not given."""
+    if max_len is not None:
+        sequences = [s[:max_len] for s in sequences]
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(sequences), width), dtype=torch.long)
+    loss = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, :len(s)] = torch.tensor(s)
+        attn[i, :len(s)] = 1
+        start = loss_from[i] if loss_from is not None else 0
+        loss[i, start:len(s)] = 1
+    return ids, attn, loss
+
+
+def encode_pairs(tok: PreTrainedTokenizerBase, prompts: list[str], responses: list[str],
+                 max_len: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(prompt, response) pairs as one padded batch whose loss mask covers the responses only."""
+    p = [prompt_ids(tok, x) for x in prompts]
+    seqs = [pi + response_ids(tok, y) for pi, y in zip(p, responses)]
+    return pad_batch(seqs, tok.pad_token_id, loss_from=[len(pi) for pi in p], max_len=max_len)

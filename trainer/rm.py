@@ -1,0 +1,102 @@
+"""Training the reward model on K-wise rankings, and measuring it (held-out pairwise accuracy)."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from alignloop.config import RMConfig
+from trainer import loop
+from trainer.checkpoint import has_training_state
+from trainer.data import Ranking, pad_batch, prompt_ids, response_ids
+from trainer.distributed import World, unwrap, wrap
+from trainer.reward_model import RewardModel, kwise_loss, ranking_pairs
+
+log = logging.getLogger(__name__)
+
+
+def split(rankings: list[Ranking], eval_fraction: float, seed: int) -> tuple[list[Ranking], list[Ranking]]:
+    """(train, held-out), held out by prompt so no prompt is on both sides."""
+    by_prompt: dict[str, list[Ranking]] = {}
+    for r in rankings:
+        by_prompt.setdefault(r.prompt, []).append(r)
+    prompts = sorted(by_prompt)
+    random.Random(seed).shuffle(prompts)
+    n_eval = int(len(prompts) * eval_fraction)
+    held = {p for p in prompts[:n_eval]}
+    return ([r for r in rankings if r.prompt not in held], [r for r in rankings if r.prompt in held])
+
+
+def score(model: torch.nn.Module, tok, prompts: list[str], responses: list[str], max_len: int = 256) -> torch.Tensor:
+    """r(x, y) for each (prompt, response); every response is forwarded once."""
+    seqs = [prompt_ids(tok, p) + response_ids(tok, r) for p, r in zip(prompts, responses)]
+    ids, attn, _ = pad_batch(seqs, tok.pad_token_id, max_len=max_len)
+    return model(ids, attn)
+
+
+def pairwise_accuracy(model: RewardModel, tok, rankings: list[Ranking], max_len: int = 256) -> float:
+    """The fraction of the held-out rankings' pairs that the model orders as the ranking does."""
+    right = total = 0
+    with torch.no_grad():
+        for r in rankings:
+            rewards = score(model, tok, [r.prompt] * len(r.responses), r.responses, max_len)
+            for w, l in ranking_pairs(r.ranking):
+                right += int(rewards[w] > rewards[l])
+                total += 1
+    return right / max(total, 1)
+
+
+def train_rm(init: Path, rankings: list[Ranking], out_dir: Path, cfg: RMConfig, world: World = World(),
+             reference: list[tuple[str, str]] | None = None, max_steps: int | None = None) -> dict[str, float]:
+    """Train a reward model from init (an SFT policy or an earlier RM) into out_dir.
+
+    Each step takes batch_size rankings; all responses of a ranking are forwarded once and its
+    pairs form one loss term. `reference` (prompt, response) pairs set the offset so that they
+    score 0 on average. Returns held-out metrics."""
+    out_dir = Path(out_dir)
+    torch.manual_seed(cfg.seed)
+    tok = AutoTokenizer.from_pretrained(init)
+    train, held_out = split(rankings, cfg.eval_fraction, cfg.seed)
+    model = RewardModel.from_pretrained(out_dir if has_training_state(out_dir) else init).train()
+    ddp = wrap(model, world)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+
+    def step(indices: list[int]) -> dict[str, float]:
+        batch = [train[i] for i in indices]
+        prompts = [r.prompt for r in batch for _ in r.responses]
+        responses = [y for r in batch for y in r.responses]
+        rewards = score(ddp, tok, prompts, responses, cfg.max_len)
+        losses, start = [], 0
+        for r in batch:
+            losses.append(kwise_loss(rewards[start:start + len(r.responses)], r.ranking))
+            start += len(r.responses)
+        loss = torch.stack(losses).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        return {"loss": world.mean(loss.item())}
+
+    def save(d: Path) -> None:
+        unwrap(ddp).save_pretrained(d)
+        tok.save_pretrained(d)
+
+    state = loop.run(name="rm", n_items=len(train), batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed,
+                     optimizer=optimizer, step=step, save=save, out_dir=out_dir, world=world,
+                     save_every=cfg.save_every, max_steps=max_steps)
+    model.eval()
+    if reference:
+        with torch.no_grad():
+            offset = score(model, tok, [p for p, _ in reference], [y for _, y in reference], cfg.max_len).mean()
+        model.offset += offset
+        if world.main:
+            model.save_pretrained(out_dir)
+    metrics = {"heldout_accuracy": pairwise_accuracy(model, tok, held_out, cfg.max_len) if held_out else float("nan"),
+               "heldout_rankings": len(held_out), "train_rankings": len(train), "steps": state.step,
+               "comparisons": sum(len(ranking_pairs(r.ranking)) for r in train)}
+    log.info("rm: held-out pairwise accuracy %.3f on %d rankings", metrics["heldout_accuracy"], len(held_out))
+    return metrics

@@ -1,0 +1,53 @@
+"""Supervised fine-tuning on demonstrations: next-token loss on the response tokens only."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from alignloop.config import SFTConfig
+from trainer import loop
+from trainer.checkpoint import has_training_state
+from trainer.data import encode_pairs
+from trainer.distributed import World, unwrap, wrap
+from trainer.lm import lm_loss
+
+log = logging.getLogger(__name__)
+
+
+def load_policy(path: Path) -> AutoModelForCausalLM:
+    """A causal LM from a safetensors checkpoint, in float32 for training."""
+    return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=torch.float32)
+
+
+def train_sft(base: Path, demos: list[tuple[str, str]], out_dir: Path, cfg: SFTConfig, world: World = World(),
+              max_steps: int | None = None) -> Path:
+    """Fine-tune base on (prompt, response) pairs into out_dir (resuming if it holds a state)."""
+    out_dir = Path(out_dir)
+    torch.manual_seed(cfg.seed)
+    tok = AutoTokenizer.from_pretrained(base)
+    model = load_policy(out_dir if has_training_state(out_dir) else base).train()
+    ddp = wrap(model, world)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+
+    def step(indices: list[int]) -> dict[str, float]:
+        ids, attn, loss_mask = encode_pairs(tok, [demos[i][0] for i in indices], [demos[i][1] for i in indices],
+                                            cfg.max_len)
+        loss = lm_loss(ddp(input_ids=ids, attention_mask=attn).logits, ids, loss_mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        return {"loss": world.mean(loss.item())}
+
+    def save(d: Path) -> None:
+        unwrap(ddp).save_pretrained(d, safe_serialization=True)
+        tok.save_pretrained(d)
+
+    loop.run(name="sft", n_items=len(demos), batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed,
+             optimizer=optimizer, step=step, save=save, out_dir=out_dir, world=world, save_every=cfg.save_every,
+             max_steps=max_steps)
+    return out_dir
