@@ -1,7 +1,7 @@
 # The two commands of the README. Both install what they need first (deploy/install.sh).
 ACCEL ?= cpu
 
-.PHONY: install run test bench-serving bench-feedback
+.PHONY: install run test bench-serving bench-feedback bench-training
 
 install:
 	ALIGNLOOP_ACCEL=$(ACCEL) bash deploy/install.sh
@@ -17,3 +17,7 @@ bench-serving: install
 
 bench-feedback: install
 	.venv/bin/python -m benchmarks.feedback
+
+bench-training:
+	ALIGNLOOP_ACCEL=$(ACCEL) ALIGNLOOP_EXTRAS=test,bench bash deploy/install.sh
+	.venv/bin/python -m benchmarks.training

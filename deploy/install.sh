@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 accel="${ALIGNLOOP_ACCEL:-cpu}"
+extras="${ALIGNLOOP_EXTRAS:-test}"   # add ",bench" for the benchmarks that compare with TRL
 case "$accel" in cpu|gpu) ;; *) echo "ALIGNLOOP_ACCEL must be cpu or gpu, not '$accel'" >&2; exit 2;; esac
 
 if ! command -v uv >/dev/null 2>&1; then
@@ -22,9 +23,9 @@ fi
 [ -d .venv ] || $uv venv --quiet .venv --python 3.11
 
 if [ "$accel" = cpu ]; then
-  $uv pip install --quiet --python .venv -e ".[cpu,test]" --override deploy/overrides-cpu.txt
+  $uv pip install --quiet --python .venv -e ".[cpu,$extras]" --override deploy/overrides-cpu.txt
 else
-  $uv pip install --quiet --python .venv -e ".[gpu,test]"
+  $uv pip install --quiet --python .venv -e ".[gpu,$extras]"
 fi
 touch ".venv/.alignloop-$accel"
 echo "install: .venv ready ($accel): $(.venv/bin/python -c 'import vllm, torch; print("vllm", vllm.__version__, "torch", torch.__version__)' 2>/dev/null | tail -1)"

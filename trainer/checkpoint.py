@@ -14,8 +14,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-STATE_TENSORS = "training_state.safetensors"
-STATE_JSON = "training_state.json"
+# In a folder of its own: vLLM's loader (and the registry's copy) take every top-level
+# *.safetensors of a checkpoint as model weights.
+STATE_DIR = "training_state"
+STATE_TENSORS = "optimizer_and_rng.safetensors"
+STATE_JSON = "state.json"
 
 
 @dataclass
@@ -30,7 +33,7 @@ class TrainState:
 
 def save_training_state(path: Path, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
     """Write optimizer state, RNG states and the position in the data to path."""
-    path = Path(path)
+    path = Path(path) / STATE_DIR
     path.mkdir(parents=True, exist_ok=True)
     opt = optimizer.state_dict()
     tensors = {f"opt.{pid}.{name}": value.detach().clone().contiguous()
@@ -47,7 +50,7 @@ def save_training_state(path: Path, optimizer: torch.optim.Optimizer, state: Tra
 
 def load_training_state(path: Path, optimizer: torch.optim.Optimizer) -> TrainState:
     """Restore what save_training_state wrote; returns the TrainState."""
-    path = Path(path)
+    path = Path(path) / STATE_DIR
     tensors = load_file(path / STATE_TENSORS)
     meta = json.loads((path / STATE_JSON).read_text())
     slots: dict[int, dict[str, torch.Tensor]] = {}
@@ -64,4 +67,4 @@ def load_training_state(path: Path, optimizer: torch.optim.Optimizer) -> TrainSt
 
 def has_training_state(path: Path) -> bool:
     """Whether path holds a resumable training state."""
-    return (Path(path) / STATE_JSON).exists()
+    return (Path(path) / STATE_DIR / STATE_JSON).exists()

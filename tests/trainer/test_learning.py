@@ -33,6 +33,7 @@ def stages(tmp_path_factory, tiny_model_dir):
 def test_reward_model_learns_the_hidden_rule(stages):
     _, _, _, metrics = stages
     assert metrics["heldout_rankings"] > 50
+    print(f"\nRM: {metrics}")
     assert metrics["heldout_accuracy"] >= 0.85, metrics
 
 
@@ -62,5 +63,9 @@ def test_ppo_raises_reward_and_ptx_limits_the_alignment_tax(stages):
     ppo_policy, ptx_policy = load_policy(root / "ppo").eval(), load_policy(root / "ppo_ptx").eval()
 
     after = mean_reward(ppo_policy, rm, tok, HELDOUT_PROMPTS)
+    ptx_loss, ppo_loss = pretraining_loss(ptx_policy, tok, pretrain_eval), pretraining_loss(ppo_policy, tok, pretrain_eval)
+    sft_loss = pretraining_loss(load_policy(sft).eval(), tok, pretrain_eval)
+    print(f"\nheld-out greedy reward: SFT {before:.3f} -> PPO {after:.3f}; pretraining LM loss: SFT {sft_loss:.3f}, "
+          f"PPO {ppo_loss:.3f}, PPO-ptx {ptx_loss:.3f}")
     assert after > before + 0.1, (before, after)
-    assert pretraining_loss(ptx_policy, tok, pretrain_eval) < pretraining_loss(ppo_policy, tok, pretrain_eval)
+    assert ptx_loss < ppo_loss

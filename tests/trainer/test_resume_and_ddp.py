@@ -25,7 +25,8 @@ def test_interrupted_rm_training_resumes_exactly(tiny_model_dir, tmp_path):
     data = synthetic.rankings(60, k=4, seed=9)
     train_rm(tiny_model_dir, data, tmp_path / "straight", CFG, max_steps=6)
     train_rm(tiny_model_dir, data, tmp_path / "resumed", CFG, max_steps=3)  # "killed" after step 3
-    state = json.loads((tmp_path / "resumed" / "training_state.json").read_text())
+    state = json.loads((tmp_path / "resumed" / "training_state" / "state.json").read_text())
+    assert not (tmp_path / "resumed" / "training_state.safetensors").exists()  # vLLM would load it as weights
     assert state["train_state"]["step"] == 3
     train_rm(tiny_model_dir, data, tmp_path / "resumed", CFG, max_steps=6)  # a new run picks it up
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
