@@ -81,6 +81,18 @@ def _cmd_train(settings: Settings, args) -> None:
     cli.run(settings, args)
 
 
+def _cmd_trainer(settings: Settings, args) -> None:
+    from trainer.service import TrainerService
+
+    service = TrainerService(settings)
+    try:
+        service.run_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     common = argparse.ArgumentParser(add_help=False)
@@ -107,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(run=_cmd_train)
+
+    p = sub.add_parser("trainer", parents=[common],
+                       help="the online trainer: consume feedback, retrain RM + PPO-ptx, gate, promote")
+    p.set_defaults(run=_cmd_trainer)
 
     p = sub.add_parser("registry", parents=[common], help="list, publish or select policy versions")
     rs = p.add_subparsers(dest="action", required=True)

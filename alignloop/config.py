@@ -78,6 +78,9 @@ class GatewayConfig(_Section):
     max_prompt_tokens: int = 384
     default_max_tokens: int = 16
     log_level: str = "info"
+    # How often the gateway looks at the registry's CURRENT pointer (the trainer promotes by
+    # moving it); 0 turns watching off.
+    registry_poll_s: float = 1.0
 
 
 class FeedbackConfig(_Section):
@@ -143,10 +146,26 @@ class PPOConfig(_Section):
     save_every: int = 5
 
 
+class LoopConfig(_Section):
+    """The trainer service: when to retrain, and the gate a candidate must pass."""
+
+    min_new_comparisons: int = 50   # a round starts after this many new comparisons ...
+    max_interval_s: float = 600.0   # ... or after this long, if there is any new one
+    poll_s: float = 1.0
+    group: str = "alignloop-trainer"
+    sft_version: str = "v0001"      # the KL anchor and PPO reference
+    eval_fraction: float = 0.2      # of the collected prompts, held out for the gate
+    gate_margin: float = 0.0        # candidate reward must exceed serving reward by this
+    kl_budget: float = 10.0         # mean per-answer KL from SFT on held-out prompts
+    ptx_regression: float = 0.25    # allowed relative rise of the pretraining LM loss over SFT's
+    metrics_port: int = 9400        # 0: no Prometheus endpoint
+
+
 class TrainConfig(_Section):
     sft: SFTConfig = SFTConfig()
     rm: RMConfig = RMConfig()
     ppo: PPOConfig = PPOConfig()
+    loop: LoopConfig = LoopConfig()
 
 
 class Settings(_Section):

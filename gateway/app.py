@@ -17,6 +17,7 @@ from feedback.recorder import FeedbackRecorder
 from gateway.routers import admin, feedback, health, openai
 from gateway.serving import Serving
 from inference.engine import PolicyEngine
+from gateway.deployment import watch_registry
 from inference.registry import PolicyRegistry
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,11 @@ def create_app(settings: Settings) -> FastAPI:
             metrics.set_version(engine.version)
 
         starting = asyncio.create_task(start())
+        watching = asyncio.create_task(watch_registry(app)) if settings.gateway.registry_poll_s > 0 else None
         yield
         starting.cancel()
+        if watching is not None:
+            watching.cancel()
         engine.shutdown()
         recorder.close()
 

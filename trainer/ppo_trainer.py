@@ -67,7 +67,7 @@ def pretraining_loss(policy, tok, texts: list[str]) -> float:
 
 def train_ppo(sft_dir: Path, rm_dir: Path, prompts: list[str], pretrain_texts: list[str], out_dir: Path,
               cfg: PPOConfig, world: World = World(), engine: EngineConfig = EngineConfig(),
-              sampler: "VLLMSampler | None" = None) -> dict[str, float]:
+              sampler: "VLLMSampler | None" = None, init: Path | None = None) -> dict[str, float]:
     """Optimise the SFT policy against the RM into out_dir (HF checkpoint; resumes if it can).
 
     With rollout_engine "vllm" a VLLMSampler is started on the policy (or `sampler`, already
@@ -77,7 +77,7 @@ def train_ppo(sft_dir: Path, rm_dir: Path, prompts: list[str], pretrain_texts: l
     resume = has_training_state(out_dir)
     torch.manual_seed(cfg.seed)
     tok = AutoTokenizer.from_pretrained(sft_dir)
-    policy = load_policy(out_dir if resume else sft_dir).train()
+    policy = load_policy(out_dir if resume else (init or sft_dir)).train()
     reference = load_policy(sft_dir).eval().requires_grad_(False)
     reward_model = RewardModel.from_pretrained(rm_dir).eval().requires_grad_(False)
     value = RewardModel.from_pretrained(out_dir / VALUE_DIR if resume else rm_dir).train()  # value head from the RM

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict
 
 from gateway.auth import admin
+from gateway.deployment import switch_version
 from gateway.errors import APIError
 from inference.registry import RegistryError
 
@@ -34,22 +35,14 @@ async def versions(request: Request) -> dict:
 
 async def _switch(request: Request, version: str) -> dict:
     state = request.app.state
-    engine = state.engine
-    if not engine.ready:
+    if not state.engine.ready:
         raise APIError(503, "The engine is still warming up.", code="not_ready", headers={"Retry-After": "5"})
-    previous = engine.version
+    previous = state.engine.version
     try:
-        seconds = await engine.switch_to(version)
-        engine.registry.set_current(version)
+        seconds = await switch_version(request.app, version)
     except RegistryError as exc:
-        state.metrics.swaps.labels("refused").inc()
         status = 404 if "unknown policy version" in str(exc) else 409
         raise APIError(status, str(exc), param="version", code="version_refused") from exc
-    if previous != version:
-        state.history.append(previous)
-    state.metrics.swaps.labels("ok").inc()
-    state.metrics.swap_seconds.observe(seconds)
-    state.metrics.set_version(version)
     return {"serving": version, "previous": previous, "seconds": round(seconds, 4), "at": time.time()}
 
 

@@ -101,3 +101,32 @@ def test_unknown_or_incompatible_version_is_refused_and_serving_continues(gatewa
     with gateway.client() as c:
         r = c.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 3})
     assert r.status_code == 200 and r.json()["policy_version"] == serving
+
+
+def _serving_within(gateway, version: str, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    with gateway.client() as c:
+        while time.monotonic() < deadline:
+            r = c.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2})
+            assert r.status_code == 200, r.text
+            if r.json()["policy_version"] == version:
+                return True
+            time.sleep(0.3)
+    return False
+
+
+def test_gateway_follows_the_registry_pointer(gateway, tmp_path):
+    with gateway.client(ADMIN_KEY) as admin:
+        serving = admin.get("/admin/versions").json()["serving"]
+    target = "v0002" if serving != "v0002" else "v0001"
+    gateway.registry.set_current(target)  # what the trainer does when it promotes
+    assert _serving_within(gateway, target)
+
+    other = build_tiny_model(tmp_path / "other", TinyModelConfig(hidden_size=64, pretrain_steps=1, corpus_examples=200))
+    odd = gateway.registry.publish(other, source="test:other-shape")
+    gateway.registry.set_current(odd)
+    deadline = time.monotonic() + 30
+    while gateway.registry.current() != target and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert gateway.registry.current() == target, "a refused version must not stay CURRENT"
+    assert _serving_within(gateway, target, timeout=2)

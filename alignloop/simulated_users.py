@@ -1,0 +1,103 @@
+"""A simulated user population: clients that ask for K candidates and rank them by a hidden taste.
+
+They talk to the gateway over HTTP like any client (completions, then the feedback API); their
+rule (trainer/synthetic.py: hidden_score, blue things first) is never given to the trainer, which
+sees only the rankings.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import httpx
+
+from trainer.synthetic import hidden_score, rank
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Tally:
+    """What the population did and saw."""
+
+    requests: int = 0
+    failed: int = 0
+    rankings: int = 0
+    versions: Counter = field(default_factory=Counter)
+    errors: list = field(default_factory=list)
+
+
+class Population:
+    """`users` client threads ranking `k` candidates per request until stopped."""
+
+    def __init__(self, url: str, key: str, prompts: list[str], users: int = 4, k: int = 4, max_tokens: int = 24,
+                 model: str = "alignloop-policy", pause_s: float = 0.0, seed: int = 0):
+        self.url, self.key, self.prompts, self.users, self.k = url, key, prompts, users, k
+        self.max_tokens, self.model, self.pause_s, self.seed = max_tokens, model, pause_s, seed
+        self.tally = Tally()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _user(self, n: int) -> None:
+        rng = random.Random(self.seed * 100 + n)
+        with httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=120) as http:
+            while not self._stop.is_set():
+                prompt = rng.choice(self.prompts)
+                try:
+                    r = http.post("/v1/chat/completions", json={
+                        "model": self.model, "n": self.k, "max_tokens": self.max_tokens, "temperature": 1.0,
+                        "messages": [{"role": "user", "content": prompt}]})
+                except httpx.HTTPError as exc:
+                    with self._lock:
+                        self.tally.requests += 1
+                        self.tally.failed += 1
+                        self.tally.errors.append(repr(exc))
+                    continue
+                with self._lock:
+                    self.tally.requests += 1
+                    if r.status_code != 200:
+                        self.tally.failed += 1
+                        self.tally.errors.append(r.text[:200])
+                        continue
+                    body = r.json()
+                    self.tally.versions[body["policy_version"]] += 1
+                ids = [c["id"] for c in body["choices"]]
+                order = rank([c["message"]["content"] for c in body["choices"]])
+                ranking = [[ids[i] for i in group] for group in order]
+                if len(ranking) < 2:
+                    continue  # all equally good to this user: nothing to say
+                f = http.post("/v1/feedback/rankings", json={"ranking": [g[0] if len(g) == 1 else g for g in ranking]})
+                with self._lock:
+                    if f.status_code == 202:
+                        self.tally.rankings += 1
+                    else:
+                        self.tally.errors.append(f.text[:200])
+                if self.pause_s:
+                    time.sleep(self.pause_s)
+
+    def start(self) -> "Population":
+        """Start the user threads."""
+        self._threads = [threading.Thread(target=self._user, args=(i,), daemon=True) for i in range(self.users)]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> Tally:
+        """Stop and return the tally."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=120)
+        return self.tally
+
+
+def win_rate(answers_a: list[str], answers_b: list[str]) -> float:
+    """How often the hidden rule prefers a's answer over b's (ties count half)."""
+    wins = sum(1.0 if hidden_score(a) > hidden_score(b) else 0.5 if hidden_score(a) == hidden_score(b) else 0.0
+               for a, b in zip(answers_a, answers_b))
+    return wins / len(answers_a)

@@ -1,0 +1,162 @@
+"""The trainer service (`alignloop trainer`): consume feedback, retrain, gate, publish, promote.
+
+    loop: poll events -> store (de-duplicated) -> commit offsets
+          when >= N new comparisons (or T seconds with any): one round
+    round: RM (warm start from the last) on all comparisons -> PPO-ptx from the serving policy on
+           the collected prompts -> gate on held-out prompts -> publish the candidate with its
+           lineage -> promote it (move CURRENT; the gateway follows) or keep it marked rejected
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from alignloop.config import Settings
+from feedback.source import open_source
+from inference.corpus import pretraining_texts
+from inference.registry import PolicyRegistry
+from trainer.dataset_store import DatasetStore
+from trainer.gate import evaluate
+from trainer.ppo_trainer import train_ppo
+from trainer.rm import train_rm
+
+log = logging.getLogger(__name__)
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry):
+        self.dataset = Gauge("alignloop_trainer_dataset", "Stored items by kind", ["kind"], registry=registry)
+        self.pending = Gauge("alignloop_trainer_new_comparisons", "Comparisons since the last round", registry=registry)
+        self.consumed = Counter("alignloop_trainer_consumed_events", "Events polled (before de-duplication)",
+                                registry=registry)
+        self.rounds = Counter("alignloop_trainer_rounds", "Rounds by gate decision", ["decision"], registry=registry)
+        self.round_seconds = Histogram("alignloop_trainer_round_seconds", "Duration of a round",
+                                       buckets=(10, 30, 60, 120, 300, 600, 1800, 3600), registry=registry)
+        self.rm_accuracy = Gauge("alignloop_trainer_rm_heldout_accuracy", "RM held-out pairwise accuracy", registry=registry)
+        self.reward = Gauge("alignloop_trainer_reward", "Mean RM score on held-out prompts", ["policy"], registry=registry)
+        self.kl = Gauge("alignloop_trainer_kl_from_sft", "Candidate's KL from SFT on held-out prompts", registry=registry)
+        self.ptx = Gauge("alignloop_trainer_ptx_loss", "Candidate's pretraining LM loss", registry=registry)
+        self.promoted = Gauge("alignloop_trainer_last_promoted_info", "1 for the last promoted version", ["version"],
+                              registry=registry)
+
+
+def _held_out(prompt: str, fraction: float) -> bool:
+    # By a hash of the text, so a prompt stays on its side of the split from round to round.
+    return int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
+
+
+class TrainerService:
+    """One trainer process: a consumer group member that trains and publishes."""
+
+    def __init__(self, settings: Settings, metrics_registry: CollectorRegistry | None = None):
+        self.settings = settings
+        self.cfg = settings.train.loop
+        self.work = settings.state_dir / "trainer"
+        self.store = DatasetStore(self.work / "dataset.db")
+        self.registry = PolicyRegistry(settings.registry_dir)
+        self.source = open_source(settings.feedback, settings.state_dir, self.cfg.group)
+        self.metrics_registry = metrics_registry or CollectorRegistry()
+        self.metrics = _Metrics(self.metrics_registry)
+        last = self.store.last_round()
+        self._last_round_at = last["finished"] if last else time.time()
+        self._last_round_comparisons = last["comparisons"] if last else 0
+        self._refresh_gauges()
+
+    def _refresh_gauges(self) -> dict[str, int]:
+        counts = self.store.counts()
+        for kind, n in counts.items():
+            self.metrics.dataset.labels(kind).set(n)
+        self.metrics.pending.set(counts["comparisons"] - self._last_round_comparisons)
+        return counts
+
+    def consume_once(self, timeout_s: float = 1.0) -> int:
+        """Poll, store, then commit; returns the number of events polled."""
+        batch = self.source.poll(timeout_s=timeout_s)
+        if batch:
+            self.store.store(batch)
+            self.source.commit()  # only now: a crash before this re-delivers, and the store skips repeats
+            self.metrics.consumed.inc(len(batch))
+            self._refresh_gauges()
+        return len(batch)
+
+    def due(self) -> bool:
+        """Whether enough new feedback has come in for a round."""
+        new = self.store.counts()["comparisons"] - self._last_round_comparisons
+        waited = time.time() - self._last_round_at
+        return new >= self.cfg.min_new_comparisons or (new > 0 and waited >= self.cfg.max_interval_s)
+
+    def run_round(self) -> dict:
+        """Train, gate, publish and (if it passes) promote one candidate; returns the round's record."""
+        started = time.time()
+        last = self.store.last_round()
+        number = (last["round"] + 1) if last else 1
+        counts = self.store.counts()
+        rankings = self.store.rankings()
+        prompts = self.store.prompts()
+        train_prompts = [p for p in prompts if not _held_out(p, self.cfg.eval_fraction)] or prompts
+        eval_prompts = [p for p in prompts if _held_out(p, self.cfg.eval_fraction)] or prompts
+        serving = self.registry.current()
+        sft = self.registry.path(self.cfg.sft_version)
+        round_dir = self.work / "rounds" / f"r{number:04d}"
+        log.info("round %d: %d rankings, %d prompts (%d held out); serving %s", number, len(rankings), len(prompts),
+                 len(eval_prompts), serving)
+
+        rm_init = Path(last["rm_dir"]) if last and last["rm_dir"] and Path(last["rm_dir"]).exists() else sft
+        rm_metrics = train_rm(rm_init, rankings, round_dir / "rm", self.settings.train.rm)
+        self.metrics.rm_accuracy.set(rm_metrics["heldout_accuracy"])
+        pretraining = pretraining_texts(512, seed=number)
+        ppo_metrics = train_ppo(sft, round_dir / "rm", train_prompts, pretraining, round_dir / "policy",
+                                self.settings.train.ppo, engine=self.settings.engine, init=self.registry.path(serving))
+        gate = evaluate(round_dir / "policy", self.registry.path(serving), sft, round_dir / "rm", eval_prompts,
+                        pretraining_texts(64, seed=10_000), margin=self.cfg.gate_margin, kl_budget=self.cfg.kl_budget,
+                        ptx_regression=self.cfg.ptx_regression, max_new_tokens=self.settings.train.ppo.max_new_tokens)
+        decision = "promoted" if gate.passed else "rejected"
+        lineage = {"round": number, "rm": str(round_dir / "rm"), "rm_init": str(rm_init), "sft": self.cfg.sft_version,
+                   "data": {**counts, "rankings": len(rankings), "prompts": len(prompts),
+                            "consumed": self.store.consumed()},
+                   "config": self.settings.train.model_dump(),
+                   "gate": {"decision": decision, "reasons": gate.reasons, **gate.metrics}}
+        version = self.registry.publish(round_dir / "policy", source="trainer", parent=serving,
+                                        metrics={**{f"rm_{k}": v for k, v in rm_metrics.items()},
+                                                 **{f"ppo_{k}": v for k, v in ppo_metrics.items()}, **gate.metrics},
+                                        extra=lineage)
+        if gate.passed:
+            self.registry.set_current(version)
+            self.metrics.promoted.clear()
+            self.metrics.promoted.labels(version).set(1)
+        for policy in ("candidate", "serving"):
+            self.metrics.reward.labels(policy).set(gate.metrics.get(f"{policy}_reward", float("nan")))
+        self.metrics.kl.set(gate.metrics.get("kl_from_sft", float("nan")))
+        self.metrics.ptx.set(gate.metrics.get("candidate_ptx_loss", float("nan")))
+        self.metrics.rounds.labels(decision).inc()
+        self.metrics.round_seconds.observe(time.time() - started)
+        record = {"round": number, "version": version, "decision": decision, "reasons": gate.reasons, **gate.metrics,
+                  "rm_heldout_accuracy": rm_metrics["heldout_accuracy"], "seconds": time.time() - started}
+        self.store.record_round(number, started, counts["comparisons"], version, str(round_dir / "rm"), decision, record)
+        self._last_round_at, self._last_round_comparisons = time.time(), counts["comparisons"]
+        log.info("round %d: %s %s (reward %.3f vs serving %.3f, KL %.2f, ptx %.3f; %.0fs)%s", number, decision, version,
+                 gate.metrics.get("candidate_reward", float("nan")), gate.metrics.get("serving_reward", float("nan")),
+                 gate.metrics.get("kl_from_sft", float("nan")), gate.metrics.get("candidate_ptx_loss", float("nan")),
+                 time.time() - started, "" if gate.passed else f": {'; '.join(gate.reasons)}")
+        self._refresh_gauges()
+        return record
+
+    def run_forever(self, stop=None) -> None:
+        """Consume and train until stop() returns True."""
+        if self.cfg.metrics_port:
+            start_http_server(self.cfg.metrics_port, addr="127.0.0.1", registry=self.metrics_registry)
+        log.info("trainer: consuming as group %s; a round every %d new comparisons or %.0fs", self.cfg.group,
+                 self.cfg.min_new_comparisons, self.cfg.max_interval_s)
+        while not (stop and stop()):
+            self.consume_once(self.cfg.poll_s)
+            if self.due():
+                self.run_round()
+
+    def close(self) -> None:
+        """Leave the consumer group."""
+        self.source.close()
