@@ -1,12 +1,15 @@
 # The two commands of the README. Both install what they need first (deploy/install.sh).
 ACCEL ?= cpu
 
-.PHONY: install run test bench-serving bench-feedback bench-training
+.PHONY: install run serve test bench-serving bench-feedback bench-training
 
 install:
 	ALIGNLOOP_ACCEL=$(ACCEL) bash deploy/install.sh
 
 run: install
+	.venv/bin/alignloop demo
+
+serve: install
 	.venv/bin/alignloop serve
 
 test: install

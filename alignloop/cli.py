@@ -81,6 +81,17 @@ def _cmd_train(settings: Settings, args) -> None:
     cli.run(settings, args)
 
 
+def _cmd_demo(settings: Settings, args) -> None:
+    from alignloop import demo
+
+    common = [a for item in args.overrides for a in ("--set", item)]
+    if args.config:
+        common = ["--config", str(args.config), *common]
+    common += ["--set", f"state_dir={settings.state_dir}", "--set", f"gateway.port={settings.gateway.port}",
+               "--set", f"gateway.host={settings.gateway.host}"]
+    sys.exit(demo.run(settings, common, args.rounds, args.users))
+
+
 def _cmd_trainer(settings: Settings, args) -> None:
     from trainer.service import TrainerService
 
@@ -119,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(run=_cmd_train)
+
+    p = sub.add_parser("demo", parents=[common],
+                       help="the whole loop on embedded defaults: gateway, trainer, simulated users")
+    p.add_argument("--rounds", type=int, default=3, help="stop after this many promoted versions")
+    p.add_argument("--users", type=int, default=4)
+    p.add_argument("--port", type=int)
+    p.set_defaults(run=_cmd_demo)
 
     p = sub.add_parser("trainer", parents=[common],
                        help="the online trainer: consume feedback, retrain RM + PPO-ptx, gate, promote")

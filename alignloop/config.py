@@ -159,6 +159,9 @@ class LoopConfig(_Section):
     kl_budget: float = 10.0         # mean per-answer KL from SFT on held-out prompts
     ptx_regression: float = 0.25    # allowed relative rise of the pretraining LM loss over SFT's
     metrics_port: int = 9400        # 0: no Prometheus endpoint
+    # Caps a round's RM training; it still draws from all comparisons so far, warm-starting from
+    # the last RM, so learning accumulates across rounds. None: full epochs every round.
+    rm_max_steps: int | None = None
 
 
 class TrainConfig(_Section):

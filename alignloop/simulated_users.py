@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import random
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -47,7 +46,7 @@ class Population:
     def _user(self, n: int) -> None:
         rng = random.Random(self.seed * 100 + n)
         with httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=120) as http:
-            while not self._stop.is_set():
+            while not self._stop.wait(self.pause_s):
                 prompt = rng.choice(self.prompts)
                 try:
                     r = http.post("/v1/chat/completions", json={
@@ -78,8 +77,6 @@ class Population:
                         self.tally.rankings += 1
                     else:
                         self.tally.errors.append(f.text[:200])
-                if self.pause_s:
-                    time.sleep(self.pause_s)
 
     def start(self) -> "Population":
         """Start the user threads."""

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,12 +10,7 @@ from pathlib import Path
 
 import httpx
 
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from alignloop.processes import free_port, stop_group
 
 
 def machine() -> str:
@@ -72,11 +65,4 @@ def launch_gateway(work: Path, model_dir: Path, key: str, extra_toml: str = "") 
 
 def stop(proc: subprocess.Popen) -> None:
     """Stop a server and everything it started."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    stop_group(proc)

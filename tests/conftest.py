@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from alignloop.config import TinyModelConfig
+from alignloop.processes import free_port, stop_group
 from inference.registry import PolicyRegistry
 from inference.tiny_model import build_tiny_model
 
@@ -27,13 +26,6 @@ RATER_KEY = "sk-test-rater"
 MODEL = "alignloop-policy"
 # Small enough to build in seconds, trained enough to answer the corpus' questions.
 TEST_MODEL = TinyModelConfig(pretrain_steps=120, corpus_examples=3000)
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def perturbed_copy(src: Path, dst: Path, seed: int, scale: float = 0.05) -> Path:
@@ -103,14 +95,7 @@ class Gateway:
         """Stop the process: SIGTERM (graceful) or SIGKILL (a crash)."""
         if self.process is None:
             return
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-            self.process.wait(timeout=60)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_group(self.process, kill=kill)
         self.process = None
 
     def tail(self) -> str:

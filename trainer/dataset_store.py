@@ -97,6 +97,11 @@ class DatasetStore:
                 "comparisons": self._rows("SELECT COUNT(*) FROM comparisons")[0][0],
                 "events": self._rows("SELECT COUNT(*) FROM seen")[0][0]}
 
+    def joined_count(self) -> int:
+        """Comparisons whose completion is stored too (what a round can train on)."""
+        return self._rows("SELECT COUNT(*) FROM comparisons c JOIN completions p USING (request_id) "
+                          "WHERE p.prompt IS NOT NULL")[0][0]
+
     def comparison_ids(self) -> list[str]:
         """Every stored comparison's event id (for consistency checks)."""
         return [r[0] for r in self._rows("SELECT event_id FROM comparisons ORDER BY seq")]

@@ -58,6 +58,14 @@ def run(*, name: str, n_items: int, batch_size: int, epochs: int, seed: int, opt
     return state
 
 
+def optimize(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params, max_grad_norm: float = 1.0) -> None:
+    """One optimiser step on loss, with gradient-norm clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+
+
 def checkpoint(out_dir: Path, optimizer: torch.optim.Optimizer, state: TrainState, save: Callable[[Path], None],
                world: World) -> None:
     """Model and training state, written by the main process."""

@@ -49,6 +49,17 @@ def greedy_responses(policy, tok, prompts: list[str], max_new_tokens: int) -> li
     return [tok.decode(o, skip_special_tokens=True) for o in out]
 
 
+def sampled_responses(path: Path, prompts: list[str], per_prompt: int = 16, max_new_tokens: int = 24) -> list[str]:
+    """per_prompt answers sampled at temperature 1 from the checkpoint at path, for each prompt."""
+    tok = AutoTokenizer.from_pretrained(path)
+    sampler = TransformersSampler(load_policy(path), tok.pad_token_id, tok.eos_token_id)
+    out = []
+    for i, p in enumerate(prompts):
+        ids = sampler.generate([prompt_ids(tok, p)] * per_prompt, max_new_tokens, 1.0, seed=1000 + i)
+        out += [tok.decode(x, skip_special_tokens=True) for x in ids]
+    return out
+
+
 def mean_reward(policy, reward_model: RewardModel, tok, prompts: list[str], max_new_tokens: int = 32) -> float:
     """Mean RM score of the policy's greedy answers to prompts."""
     from trainer.rm import score

@@ -75,10 +75,7 @@ def train_rm(init: Path, rankings: list[Ranking], out_dir: Path, cfg: RMConfig, 
             losses.append(kwise_loss(rewards[start:start + len(r.responses)], r.ranking))
             start += len(r.responses)
         loss = torch.stack(losses).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        loop.optimize(loss, optimizer, model.parameters())
         return {"loss": world.mean(loss.item())}
 
     def save(d: Path) -> None:

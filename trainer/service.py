@@ -64,6 +64,7 @@ class TrainerService:
         self.metrics = _Metrics(self.metrics_registry)
         last = self.store.last_round()
         self._last_round_at = last["finished"] if last else time.time()
+        # Counted in joined comparisons: a comparison is trainable once its completion is stored too.
         self._last_round_comparisons = last["comparisons"] if last else 0
         self._refresh_gauges()
 
@@ -71,7 +72,7 @@ class TrainerService:
         counts = self.store.counts()
         for kind, n in counts.items():
             self.metrics.dataset.labels(kind).set(n)
-        self.metrics.pending.set(counts["comparisons"] - self._last_round_comparisons)
+        self.metrics.pending.set(self.store.joined_count() - self._last_round_comparisons)
         return counts
 
     def consume_once(self, timeout_s: float = 1.0) -> int:
@@ -84,9 +85,15 @@ class TrainerService:
             self._refresh_gauges()
         return len(batch)
 
+    def catch_up(self, max_s: float = 30.0) -> None:
+        """Consume until nothing more is waiting (or max_s), so a round trains on all there is."""
+        deadline = time.monotonic() + max_s
+        while self.consume_once(timeout_s=0.5) and time.monotonic() < deadline:
+            pass
+
     def due(self) -> bool:
-        """Whether enough new feedback has come in for a round."""
-        new = self.store.counts()["comparisons"] - self._last_round_comparisons
+        """Whether enough new trainable feedback has come in for a round."""
+        new = self.store.joined_count() - self._last_round_comparisons
         waited = time.time() - self._last_round_at
         return new >= self.cfg.min_new_comparisons or (new > 0 and waited >= self.cfg.max_interval_s)
 
@@ -96,8 +103,13 @@ class TrainerService:
         last = self.store.last_round()
         number = (last["round"] + 1) if last else 1
         counts = self.store.counts()
+        joined = self.store.joined_count()
         rankings = self.store.rankings()
         prompts = self.store.prompts()
+        if not rankings:
+            log.info("round %d: no trainable rankings yet; waiting", number)
+            self._last_round_at = time.time()
+            return {"round": number, "decision": "skipped"}
         train_prompts = [p for p in prompts if not _held_out(p, self.cfg.eval_fraction)] or prompts
         eval_prompts = [p for p in prompts if _held_out(p, self.cfg.eval_fraction)] or prompts
         serving = self.registry.current()
@@ -107,7 +119,7 @@ class TrainerService:
                  len(eval_prompts), serving)
 
         rm_init = Path(last["rm_dir"]) if last and last["rm_dir"] and Path(last["rm_dir"]).exists() else sft
-        rm_metrics = train_rm(rm_init, rankings, round_dir / "rm", self.settings.train.rm)
+        rm_metrics = train_rm(rm_init, rankings, round_dir / "rm", self.settings.train.rm, max_steps=self.cfg.rm_max_steps)
         self.metrics.rm_accuracy.set(rm_metrics["heldout_accuracy"])
         pretraining = pretraining_texts(512, seed=number)
         ppo_metrics = train_ppo(sft, round_dir / "rm", train_prompts, pretraining, round_dir / "policy",
@@ -137,8 +149,8 @@ class TrainerService:
         self.metrics.round_seconds.observe(time.time() - started)
         record = {"round": number, "version": version, "decision": decision, "reasons": gate.reasons, **gate.metrics,
                   "rm_heldout_accuracy": rm_metrics["heldout_accuracy"], "seconds": time.time() - started}
-        self.store.record_round(number, started, counts["comparisons"], version, str(round_dir / "rm"), decision, record)
-        self._last_round_at, self._last_round_comparisons = time.time(), counts["comparisons"]
+        self.store.record_round(number, started, joined, version, str(round_dir / "rm"), decision, record)
+        self._last_round_at, self._last_round_comparisons = time.time(), joined
         log.info("round %d: %s %s (reward %.3f vs serving %.3f, KL %.2f, ptx %.3f; %.0fs)%s", number, decision, version,
                  gate.metrics.get("candidate_reward", float("nan")), gate.metrics.get("serving_reward", float("nan")),
                  gate.metrics.get("kl_from_sft", float("nan")), gate.metrics.get("candidate_ptx_loss", float("nan")),
@@ -155,6 +167,7 @@ class TrainerService:
         while not (stop and stop()):
             self.consume_once(self.cfg.poll_s)
             if self.due():
+                self.catch_up()
                 self.run_round()
 
     def close(self) -> None:

@@ -37,10 +37,7 @@ def train_sft(base: Path, demos: list[tuple[str, str]], out_dir: Path, cfg: SFTC
         ids, attn, loss_mask = encode_pairs(tok, [demos[i][0] for i in indices], [demos[i][1] for i in indices],
                                             cfg.max_len)
         loss = lm_loss(ddp(input_ids=ids, attention_mask=attn).logits, ids, loss_mask)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        loop.optimize(loss, optimizer, model.parameters())
         return {"loss": world.mean(loss.item())}
 
     def save(d: Path) -> None:

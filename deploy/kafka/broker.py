@@ -13,25 +13,19 @@ from __future__ import annotations
 import argparse
 import base64
 import logging
-import os
-import signal
 import socket
 import subprocess
 import time
 import uuid
 from pathlib import Path
 
+from alignloop.processes import free_port, stop_group
+
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 POM = Path(__file__).resolve().parent / "pom.xml"
 JARS = REPO / ".cache" / "kafka-jars"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ensure_jars(jars: Path = JARS) -> Path:
@@ -55,8 +49,8 @@ class KafkaBroker:
 
     def __init__(self, data_dir: Path, port: int | None = None, partitions: int = 3):
         self.data_dir = Path(data_dir)
-        self.port = port or _free_port()
-        self.controller_port = _free_port()
+        self.port = port or free_port()
+        self.controller_port = free_port()
         self.partitions = partitions
         self.process: subprocess.Popen | None = None
 
@@ -141,14 +135,7 @@ class KafkaBroker:
         """Stop the broker (its data stays for the next start)."""
         if self.process is None:
             return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=30)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_group(self.process, timeout=30)
         self.process = None
 
 

@@ -1,0 +1,47 @@
+"""The trainer's consumption: a crash between storing and committing loses and doubles nothing."""
+
+from alignloop.config import Settings
+from feedback.events import Comparison, CompletionServed, ServedChoice
+from feedback.local_log import LocalLog
+from feedback.topics import topic_for
+from trainer.service import TrainerService
+
+
+def events(n: int) -> list:
+    out = []
+    for i in range(n):
+        rid = f"chatcmpl-{i}"
+        out.append(CompletionServed(request_id=rid, route="chat", messages=[{"role": "user", "content": f"Describe a fox {i}."}],
+                                    prompt_text="x", prompt_tokens=3, sampling={}, policy_version="v0001", caller="a",
+                                    choices=[ServedChoice(choice_id=f"{rid}-{k}", text=f"answer {k}", completion_tokens=2)
+                                             for k in range(3)]))
+        out.append(Comparison(request_id=rid, ranking=[[f"{rid}-2"], [f"{rid}-0", f"{rid}-1"]], rater="a"))
+    return out
+
+
+def test_crash_before_commit_redelivers_and_nothing_doubles(tmp_path):
+    settings = Settings(state_dir=tmp_path)
+    settings.train.loop.metrics_port = 0
+    log = LocalLog(tmp_path / "feedback" / "events.db")
+    batch = events(30)
+    log.append([(topic_for(e), e.key(), e.to_bytes()) for e in batch])
+
+    crashed = TrainerService(settings)
+    crashed.store.store(crashed.source.poll())  # stored ... and the process dies before commit
+    crashed.close()
+
+    service = TrainerService(settings)
+    while service.consume_once(timeout_s=0.1):
+        pass
+    assert service.store.counts() == {"completions": 30, "comparisons": 30, "events": 60}
+    ids = service.store.comparison_ids()
+    assert len(ids) == len(set(ids)) == 30
+    rankings = service.store.rankings()
+    assert len(rankings) == 30
+    assert rankings[0].responses == ["answer 2", "answer 0", "answer 1"] and rankings[0].ranking == [[0], [1, 2]]
+    # More events later are picked up from the committed position, once.
+    log.append([(topic_for(e), e.key(), e.to_bytes()) for e in batch[:4]])  # re-sent duplicates
+    while service.consume_once(timeout_s=0.1):
+        pass
+    assert service.store.counts()["comparisons"] == 30
+    service.close()
