@@ -1,7 +1,7 @@
 # The two commands of the README. Both install what they need first (deploy/install.sh).
 ACCEL ?= cpu
 
-.PHONY: install run serve test bench-serving bench-feedback bench-training
+.PHONY: install run serve test bench-serving bench-feedback bench-training bench-swap
 
 install:
 	ALIGNLOOP_ACCEL=$(ACCEL) bash deploy/install.sh
@@ -24,3 +24,6 @@ bench-feedback: install
 bench-training:
 	ALIGNLOOP_ACCEL=$(ACCEL) ALIGNLOOP_EXTRAS=test,bench bash deploy/install.sh
 	.venv/bin/python -m benchmarks.training
+
+bench-swap: install
+	.venv/bin/python -m benchmarks.swap

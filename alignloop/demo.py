@@ -57,7 +57,7 @@ def run(settings: Settings, common: list[str], rounds: int, users: int) -> int:
     logs = state / "logs"
     logs.mkdir(exist_ok=True)
     loop_args = [*common, *[a for s in DEMO_SETTINGS for a in ("--set", s)]]
-    print(f"[demo] base policy {base}; starting the gateway on {url} (log: {logs / 'gateway.log'})", flush=True)
+    print(f"[demo] serving {base} at start; starting the gateway on {url} (log: {logs / 'gateway.log'})", flush=True)
     gateway = _spawn(["serve", *loop_args], logs / "gateway.log")
     trainer = None
     population = None
@@ -126,8 +126,8 @@ def run(settings: Settings, common: list[str], rounds: int, users: int) -> int:
                         sampled_responses(registry.path(base), held_out))
         print(f"[demo] done: {rounds} promotions, {tally.requests} requests, {tally.failed} failed, "
               f"versions served {dict(tally.versions)}", flush=True)
-        print(f"[demo] the users' hidden rule prefers {final}'s answers over {base}'s {rate:.0%} of the time "
-              f"on prompts no user asked (50% = no change)", flush=True)
+        print(f"[demo] the users' hidden rule prefers {final}'s answers over those of {base} (served when the demo "
+              f"started) {rate:.0%} of the time, on prompts no user asked (50% = no change)", flush=True)
         print(json.dumps({"final": final, "win_rate_vs_base": rate, "failed_requests": tally.failed}), flush=True)
         return 0 if tally.failed == 0 else 1
     except KeyboardInterrupt:

@@ -50,12 +50,14 @@ def launch(cmd: list[str], log: Path, url: str, ready_path: str, key: str) -> su
     raise RuntimeError(f"server not ready after 600s; see {log}")
 
 
-def launch_gateway(work: Path, model_dir: Path, key: str, extra_toml: str = "") -> tuple[subprocess.Popen, str]:
-    """`alignloop serve` on the given model with one unthrottled key; returns (process, url)."""
+def launch_gateway(work: Path, model_dir: Path, key: str, extra_toml: str = "",
+                   gateway_toml: str = "") -> tuple[subprocess.Popen, str]:
+    """`alignloop serve` on the given model with one unthrottled key; returns (process, url).
+    extra_toml holds other sections; gateway_toml lines go into [gateway]."""
     port = free_port()
     config = work / "gateway.toml"
     config.write_text(f'state_dir = "{work / "state"}"\nbase_model = "{model_dir}"\n{extra_toml}\n'
-                      f'[gateway]\nport = {port}\nlog_level = "warning"\n'
+                      f'[gateway]\nport = {port}\nlog_level = "warning"\n{gateway_toml}\n'
                       f'api_keys = [{{ key = "{key}", name = "bench", requests_per_minute = 100000000 }}]\n')
     url = f"http://127.0.0.1:{port}"
     proc = launch([sys.executable, "-m", "alignloop", "serve", "--config", str(config)], work / "gateway.log",

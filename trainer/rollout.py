@@ -83,6 +83,8 @@ class VLLMSampler:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(model_dir)})
 
     def close(self) -> None:
-        engine = getattr(self.llm, "llm_engine", None)
-        if engine is not None and hasattr(engine, "shutdown"):
-            engine.shutdown()
+        # Stop the engine's processes now, not in an exit-time finalizer (which would log into
+        # streams the caller may already have closed).
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()

@@ -130,3 +130,22 @@ def test_gateway_follows_the_registry_pointer(gateway, tmp_path):
         time.sleep(0.3)
     assert gateway.registry.current() == target, "a refused version must not stay CURRENT"
     assert _serving_within(gateway, target, timeout=2)
+
+
+def test_a_corrupted_version_is_never_served(gateway):
+    """Weights damaged after publishing (disk error, tampering): the switch is refused before loading."""
+    with gateway.client(ADMIN_KEY) as admin:
+        serving = admin.get("/admin/versions").json()["serving"]
+    other = "v0002" if serving != "v0002" else "v0001"
+    victim = gateway.registry.publish(gateway.registry.path(other), source="test:to-corrupt")
+    weights = gateway.registry.path(victim) / "model.safetensors"
+    weights.chmod(0o644)
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) - 1000])
+    with gateway.client(ADMIN_KEY) as admin:
+        r = admin.post("/admin/policy", json={"version": victim})
+    assert r.status_code == 409 and "safetensors" in r.json()["error"]["message"]
+    gateway.registry.set_current(victim)  # and by the pointer, as the trainer would
+    time.sleep(3)
+    assert gateway.registry.current() == serving
+    assert _serving_within(gateway, serving, timeout=2)

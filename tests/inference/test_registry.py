@@ -66,3 +66,18 @@ def test_half_written_versions_are_invisible(tiny_model_dir, tmp_path):
     os.makedirs(reg.versions_dir / "v0001-partial")
     assert reg.names() == []
     assert reg.publish(tiny_model_dir, source="t") == "v0001"
+
+
+def test_corrupt_weights_are_refused(tiny_model_dir, tmp_path):
+    import shutil
+
+    reg = PolicyRegistry(tmp_path / "reg")
+    for damage in ("truncate", "garbage"):
+        bad = tmp_path / damage
+        shutil.copytree(tiny_model_dir, bad)
+        weights = bad / "model.safetensors"
+        data = weights.read_bytes()
+        weights.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00" * len(data))
+        with pytest.raises(RegistryError, match="not a valid safetensors"):
+            reg.publish(bad, source="t")
+    assert reg.names() == []
