@@ -100,20 +100,22 @@ def main() -> None:
         finally:
             stop(proc)
 
-    near = lambda s, e: any(t - 1.0 <= e and s <= t + 3.0 for t, _ in swaps)  # noqa: E731
-    around = [r for r in rows if near(r[0], r[1])]
-    steady = [r for r in rows if not near(r[0], r[1])]
+    # Requests are placed by when they finished: near a swap if within [t - 1 s, t + 3 s] of one.
+    near = lambda end: any(t - 1.0 <= end <= t + 3.0 for t, _ in swaps)  # noqa: E731
+    around = [r for r in rows if near(r[1])]
+    steady = [r for r in rows if not near(r[1])]
     failed = sum(1 for r in rows if not r[2])
     to_full = []
     for i, (t, target) in enumerate(swaps):
         later = swaps[i + 1][0] if i + 1 < len(swaps) else float("inf")
-        started_after = sorted((r for r in rows if t <= r[0] < later), key=lambda r: r[0])
-        last_old = max((r[0] for r in started_after if r[3] != target), default=t)
+        # Requests that started after this promotion and finished before the next one.
+        between = [r for r in rows if t <= r[0] and r[1] < later]
+        last_old = max((r[0] for r in between if r[3] != target), default=t)
         to_full.append(last_old - t)
     a, s = _window_stats(around), _window_stats(steady)
-    # Throughput in a window: requests finishing in it per second of window time.
-    window_time = sum(4.0 for _ in swaps)
-    steady_time = (max(r[1] for r in rows) - min(r[0] for r in rows)) - window_time
+    first, last = min(r[0] for r in rows), max(r[1] for r in rows)
+    window_time = sum(min(t + 3.0, last) - max(t - 1.0, first) for t, _ in swaps)
+    steady_time = (last - first) - window_time
     print(f"\nMachine: {machine()}")
     print(f"Load: {args.clients} clients, chat completions of 32 tokens, {args.seconds:.0f} s, {args.swaps} swaps "
           f"by moving CURRENT (gateway polls it every {args.poll} s); mode: in place.\n")
