@@ -89,7 +89,7 @@ def _cmd_demo(settings: Settings, args) -> None:
         common = ["--config", str(args.config), *common]
     common += ["--set", f"state_dir={settings.state_dir}", "--set", f"gateway.port={settings.gateway.port}",
                "--set", f"gateway.host={settings.gateway.host}"]
-    sys.exit(demo.run(settings, common, args.rounds, args.users))
+    sys.exit(demo.run(settings, common, args.rounds, args.users, args.minutes))
 
 
 def _cmd_trainer(settings: Settings, args) -> None:
@@ -133,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", parents=[common],
                        help="the whole loop on embedded defaults: gateway, trainer, simulated users")
-    p.add_argument("--rounds", type=int, default=3, help="stop after this many promoted versions")
-    p.add_argument("--users", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=2, help="stop after this many promoted versions")
+    p.add_argument("--minutes", type=float, default=30.0, help="... or after this long")
+    p.add_argument("--users", type=int, default=3)
     p.add_argument("--port", type=int)
     p.set_defaults(run=_cmd_demo)
 

@@ -3,7 +3,7 @@
 Starts the gateway (vLLM) and the trainer service as processes, and a simulated user population
 that asks for 4 candidates at a time and ranks them by a taste the trainer never sees. Prints the
 traffic, each training round's gate decision and each version switch as they happen; stops after
---rounds promotions (or Ctrl-C) and reports how often the users' rule prefers the final policy's
+--rounds promotions (or --minutes, or Ctrl-C) and reports how often the users' rule prefers the final policy's
 answers over the base policy's, on prompts no user asked.
 """
 
@@ -40,8 +40,8 @@ def _spawn(args: list[str], log_path: Path) -> subprocess.Popen:
                             env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
 
 
-def run(settings: Settings, common: list[str], rounds: int, users: int) -> int:
-    """Run the loop until `rounds` candidates were promoted; returns a process exit code."""
+def run(settings: Settings, common: list[str], rounds: int, users: int, minutes: float = 30.0) -> int:
+    """Run the loop until `rounds` candidates were promoted (or `minutes` passed); returns an exit code."""
     from alignloop.cli import ensure_base_policy
     from alignloop.simulated_users import Population, win_rate
     from gateway.auth import load_or_create_keys
@@ -87,7 +87,8 @@ def run(settings: Settings, common: list[str], rounds: int, users: int) -> int:
         serving = base
         promoted: list[str] = []
         last_print, last_requests, t0 = time.monotonic(), 0, time.monotonic()
-        while len(promoted) < rounds:
+        deadline = time.monotonic() + 60 * minutes
+        while len(promoted) < rounds and time.monotonic() < deadline:
             time.sleep(1)
             if trainer.poll() is not None:
                 print(f"[demo] the trainer exited; see {logs / 'trainer.log'}", file=sys.stderr)
@@ -118,13 +119,16 @@ def run(settings: Settings, common: list[str], rounds: int, users: int) -> int:
                 last_print, last_requests = time.monotonic(), tally.requests
         tally = population.stop()
         population = None
+        if not promoted:
+            print(f"[demo] no candidate was promoted within {minutes:g} minutes; see {logs / 'trainer.log'}", flush=True)
+            return 1
         from trainer.ppo_trainer import sampled_responses
 
         held_out = [f"Describe a {a}." for a in ANIMALS[7:]]
         final = promoted[-1]
         rate = win_rate(sampled_responses(registry.path(final), held_out),
                         sampled_responses(registry.path(base), held_out))
-        print(f"[demo] done: {rounds} promotions, {tally.requests} requests, {tally.failed} failed, "
+        print(f"[demo] done: {len(promoted)} promotions, {tally.requests} requests, {tally.failed} failed, "
               f"versions served {dict(tally.versions)}", flush=True)
         print(f"[demo] the users' hidden rule prefers {final}'s answers over those of {base} (served when the demo "
               f"started) {rate:.0%} of the time, on prompts no user asked (50% = no change)", flush=True)

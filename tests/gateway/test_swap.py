@@ -4,8 +4,10 @@ import json
 import threading
 import time
 
+import pytest
 
 from alignloop.config import TinyModelConfig
+from inference.registry import RegistryError
 from inference.tiny_model import build_tiny_model
 from tests.conftest import ADMIN_KEY, MODEL
 from tests.gateway.test_parity import transformers_greedy
@@ -145,7 +147,9 @@ def test_a_corrupted_version_is_never_served(gateway):
     with gateway.client(ADMIN_KEY) as admin:
         r = admin.post("/admin/policy", json={"version": victim})
     assert r.status_code == 409 and "safetensors" in r.json()["error"]["message"]
-    gateway.registry.set_current(victim)  # and by the pointer, as the trainer would
+    with pytest.raises(RegistryError):
+        gateway.registry.set_current(victim)  # the registry itself will not point at it
+    (gateway.registry.root / "CURRENT").write_text(victim + "\n")  # a pointer damaged by hand
     time.sleep(3)
     assert gateway.registry.current() == serving
     assert _serving_within(gateway, serving, timeout=2)
