@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -24,9 +25,11 @@ from alignloop.processes import free_port, stop_group
 
 log = logging.getLogger("alignloop.demo")
 
-# Small rounds so that a 2-core machine shows several of them within minutes.
+# Small rounds so that a 2-core machine shows several of them within minutes. The tiny model's
+# answers move far from SFT's (always one colour is ~10-20 nats per answer), hence the KL budget.
 DEMO_SETTINGS = [
     "train.loop.min_new_comparisons=40", "train.loop.max_interval_s=3600", "train.loop.rm_max_steps=60",
+    "train.loop.kl_budget=25",
     "train.rm.learning_rate=0.001",
     "train.ppo.iterations=8", "train.ppo.rollout_batch=16", "train.ppo.minibatch=8",
     "train.ppo.max_new_tokens=24", "train.ppo.learning_rate=0.0002", "train.ppo.save_every=0",
@@ -48,6 +51,9 @@ def run(settings: Settings, common: list[str], rounds: int, users: int, minutes:
     from inference.corpus import ANIMALS
     from inference.registry import PolicyRegistry
 
+    # A plain SIGTERM would end this process without its `finally`, leaving the gateway and the
+    # trainer running: turn it into an orderly exit.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     state = settings.state_dir
     state.mkdir(parents=True, exist_ok=True)
     base = ensure_base_policy(settings)

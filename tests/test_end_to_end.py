@@ -17,6 +17,7 @@ TRAIN_PROMPTS = [f"Describe a {a}." for a in ANIMALS[:7]]
 HELDOUT_PROMPTS = [f"Describe a {a}." for a in ANIMALS[7:]]
 LOOP_SETTINGS = [
     "train.loop.min_new_comparisons=40", "train.loop.max_interval_s=3600", "train.loop.rm_max_steps=60",
+    "train.loop.kl_budget=25",
     "train.rm.learning_rate=0.001",
     "train.ppo.iterations=8", "train.ppo.rollout_batch=16", "train.ppo.minibatch=8", "train.ppo.max_new_tokens=24",
     "train.ppo.learning_rate=0.0002", "train.ppo.rollout_engine=transformers", "train.ppo.save_every=0",
