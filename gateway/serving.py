@@ -74,6 +74,18 @@ def _chat_logprobs(token_ids: list[int], steps: list[dict], top: int) -> p.ChatL
     return p.ChatLogprobs(content=content)
 
 
+class _ClosingStreamingResponse(StreamingResponse):
+    """Closes its event generator however the response ends. When a client hangs up, Starlette
+    cancels the send; a generator suspended at a `yield` would otherwise keep its engine request
+    running until the garbage collector finalises it."""
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
 def _sse(payload: dict | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
@@ -214,7 +226,7 @@ class Serving:
         created = int(time.time())
         if job.stream:
             events = self._stream(job, gen, first, obj, model, created, version, render)
-            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+            return _ClosingStreamingResponse(events, media_type="text/event-stream", headers=headers)
         choices = await self._collect(gen, first, request, job)
         generated = sum(len(c.token_ids) for c in choices)
         self._count(job, generated)
