@@ -25,10 +25,16 @@ LOOP_SETTINGS = [
 
 
 @pytest.fixture
-def loop_gateway(tmp_path, tiny_model_dir, kafka_broker):
-    gw = make_gateway(tmp_path / "gw", tiny_model_dir, kafka_broker.bootstrap).start()
+def loop_gateway(tmp_path, tiny_model_dir):
+    """A gateway with a broker of its own: the trainer must see only this test's users, not the
+    events other tests left on the session's topics."""
+    from deploy.kafka.broker import KafkaBroker
+
+    broker = KafkaBroker(tmp_path / "kafka").start()
+    gw = make_gateway(tmp_path / "gw", tiny_model_dir, broker.bootstrap).start()
     yield gw
     gw.stop()
+    broker.stop()
 
 
 def test_the_loop_improves_the_served_policy(loop_gateway, tmp_path):
@@ -60,9 +66,10 @@ def test_the_loop_improves_the_served_policy(loop_gateway, tmp_path):
     assert info.parent and info.extra["data"]["comparisons"] > 0 and info.extra["data"]["consumed"]
     assert gw.registry.current() == final
 
-    rate = win_rate(sampled_responses(gw.registry.path(final), HELDOUT_PROMPTS),
-                    sampled_responses(gw.registry.path("v0001"), HELDOUT_PROMPTS))
+    # 3 held-out prompts x 32 sampled answers per policy: 96 pairs.
+    rate = win_rate(sampled_responses(gw.registry.path(final), HELDOUT_PROMPTS, per_prompt=32),
+                    sampled_responses(gw.registry.path("v0001"), HELDOUT_PROMPTS, per_prompt=32))
     print(f"\nversions served: {dict(tally.versions)}; promoted {promoted}; "
           f"hidden-rule win rate of {final} vs v0001 on held-out prompts: {rate:.3f}")
     print(json.dumps({k: info.extra["gate"][k] for k in ("candidate_reward", "serving_reward", "kl_from_sft")}))
-    assert rate > 0.65
+    assert rate > 0.60  # the stated margin: 10 points over no change
