@@ -35,6 +35,10 @@ class RegistryError(Exception):
     """A registry operation was refused (bad checkpoint, unknown version, ...)."""
 
 
+class UnknownVersion(RegistryError):
+    """No complete version of that name exists."""
+
+
 @dataclass
 class VersionInfo:
     """Metadata of one policy version."""
@@ -120,7 +124,7 @@ class PolicyRegistry:
     def path(self, name: str) -> Path:
         """The checkpoint directory of a version."""
         if not VERSION_RE.match(name) or not (self.versions_dir / name).is_dir():
-            raise RegistryError(f"unknown policy version {name!r}")
+            raise UnknownVersion(f"unknown policy version {name!r}")
         return self.versions_dir / name
 
     def info(self, name: str) -> VersionInfo:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from gateway.auth import admin
 from gateway.deployment import switch_version
 from gateway.errors import APIError
-from inference.registry import RegistryError
+from inference.registry import RegistryError, UnknownVersion
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin)])
 
@@ -41,7 +41,7 @@ async def _switch(request: Request, version: str) -> dict:
     try:
         seconds = await switch_version(request.app, version)
     except RegistryError as exc:
-        status = 404 if "unknown policy version" in str(exc) else 409
+        status = 404 if isinstance(exc, UnknownVersion) else 409
         raise APIError(status, str(exc), param="version", code="version_refused") from exc
     return {"serving": version, "previous": previous, "seconds": round(seconds, 4), "at": time.time()}
 
