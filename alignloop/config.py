@@ -50,7 +50,8 @@ class EngineConfig(_Section):
     cpu_kv_cache_gib: int = 1
     gpu_memory_utilization: float = 0.85
     seed: int = 0
-    swap_mode: Literal["in_place"] = "in_place"
+    # How a new version replaces the served one: see inference/engine.py.
+    swap_mode: Literal["in_place", "blue_green"] = "in_place"
 
 
 class ApiKeyConfig(_Section):

@@ -72,7 +72,7 @@ class Comparison(_Event):
     type: Literal["comparison"] = "comparison"
     ranking: list[list[str]]
     rater: str
-    policy_version: str | None = None
+    policy_version: str | None = None  # the version that served the ranked choices (one request, one version)
 
     @field_validator("ranking")
     @classmethod
@@ -102,6 +102,7 @@ class Rating(_Event):
     choice_id: str
     rating: Literal[-1, 1]
     rater: str
+    policy_version: str | None = None  # the version that served the rated choice (canaries included)
 
 
 class Demonstration(_Event):
@@ -110,6 +111,7 @@ class Demonstration(_Event):
     type: Literal["demonstration"] = "demonstration"
     response: str = Field(min_length=1, max_length=MAX_TEXT)
     author: str
+    policy_version: str | None = None  # the version whose answer the user rewrote
 
 
 FeedbackEvent = Annotated[Comparison | Rating | Demonstration, Field(discriminator="type")]

@@ -30,9 +30,13 @@ class GatewayMetrics:
         self.generation_tokens = Counter("alignloop_generation_tokens", "Tokens generated", registry=r)
         self.policy = Gauge("alignloop_policy_version_info", "1 for the policy version being served",
                             ["version"], registry=r)
+        self.canary = Gauge("alignloop_canary_fraction", "Share of new requests sent to the canary version",
+                            ["version"], registry=r)
+        self.served_by = Counter("alignloop_generations_by_policy_version", "Generation requests by the version "
+                                 "that served them", ["version"], registry=r)
         self.swaps = Counter("alignloop_policy_swaps", "Policy version switches by outcome", ["outcome"], registry=r)
-        self.swap_seconds = Histogram("alignloop_policy_swap_seconds", "Time to switch policy versions",
-                                      buckets=_LATENCY_BUCKETS, registry=r)
+        self.swap_seconds = Histogram("alignloop_policy_swap_seconds", "Time from a switch's start until new "
+                                      "requests go to the new version", ["mode"], buckets=_LATENCY_BUCKETS, registry=r)
         self.cancelled = Counter("alignloop_requests_cancelled", "Generations aborted because the client went away",
                                  ["route"], registry=r)
         self.ready = Gauge("alignloop_engine_ready", "1 once the engine has warmed up", registry=r)
@@ -41,6 +45,12 @@ class GatewayMetrics:
         """Mark version as the one served."""
         self.policy.clear()
         self.policy.labels(version=version).set(1)
+
+    def set_canary(self, version: str | None, fraction: float = 0.0) -> None:
+        """Show the canary (or that there is none)."""
+        self.canary.clear()
+        if version is not None:
+            self.canary.labels(version=version).set(fraction)
 
 
 class _BodyTooLarge(Exception):

@@ -23,7 +23,8 @@ from gateway.errors import APIError, error_body
 from gateway.metrics import GatewayMetrics
 from feedback.events import CompletionServed, ServedChoice
 from feedback.recorder import FeedbackRecorder
-from inference.engine import Chunk, PolicyEngine
+from inference.engine import PolicyEngine
+from inference.replica import Chunk
 
 
 @dataclass
@@ -222,6 +223,7 @@ class Serving:
             first = None
         self.metrics.ttft.labels(job.route).observe(time.monotonic() - job.started)
         version = first.version if first else self.engine.version
+        self.metrics.served_by.labels(version).inc()
         headers = {"X-Policy-Version": version, "X-Request-Id": job.response_id}
         created = int(time.time())
         if job.stream:

@@ -1,232 +1,202 @@
-"""The serving engine: vLLM's AsyncLLM in process, plus in-place switching between policy versions.
+"""The serving engine: which vLLM engine answers a request, and switching between policy versions.
 
-A weight swap must fail no request and must never let a request be served partly by one version
-and partly by another. Requests therefore hold a shared lease on the weights while the engine
-works on them; a swap takes the lease exclusively: it stops new requests from starting, waits for
-the running ones to finish, reloads the weights in place and lets the queue go again. Every
-output is tagged with the version that held the lease, so the label is exact.
+Two switch modes (``engine.swap_mode``, or per call):
+
+- ``in_place``: one engine; new requests wait while the running ones finish, the weights are
+  reloaded in the same engine (well under a second for small models), then the queue goes on.
+  Needs no extra memory; needs the same architecture.
+- ``blue_green``: a second engine is started on the new version beside the serving one (tens of
+  seconds, during which the old one keeps serving at full speed, minus the CPU or GPU the start
+  takes). New requests then go to the new engine; the old one finishes its running requests and
+  is shut down. Needs memory for two engines for a while; allows another architecture as long as
+  the tokenizer is the same (prompts are tokenized before a request is routed).
+
+A canary is a second engine on a candidate version that takes a fraction of the requests; every
+response and every feedback event names the version that served it. Promoting the canary's version
+makes its engine the serving one without starting anything.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import json
 import logging
-import os
+import random
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
-import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from alignloop.config import EngineConfig
 from inference.registry import PolicyRegistry, RegistryError, validate_checkpoint
+from inference.replica import Chunk, EngineReplica
 
 log = logging.getLogger(__name__)
 
-# config.json keys that may differ between checkpoints of the same architecture.
-_VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures"}
-
-
-class _SwapGate:
-    """Many requests may hold the weights at once; a swap holds them alone. A waiting swap
-    blocks new requests so that it cannot be starved by a steady stream of them."""
-
-    def __init__(self) -> None:
-        self._cond = asyncio.Condition()
-        self._holders = 0
-        self._swapping = False
-
-    async def acquire_shared(self) -> None:
-        async with self._cond:
-            await self._cond.wait_for(lambda: not self._swapping)
-            self._holders += 1
-
-    async def release_shared(self) -> None:
-        async with self._cond:
-            self._holders -= 1
-            self._cond.notify_all()
-
-    @contextlib.asynccontextmanager
-    async def exclusive(self):
-        async with self._cond:
-            await self._cond.wait_for(lambda: not self._swapping)
-            self._swapping = True
-            await self._cond.wait_for(lambda: self._holders == 0)
-        try:
-            yield
-        finally:
-            async with self._cond:
-                self._swapping = False
-                self._cond.notify_all()
+SWAP_MODES = ("in_place", "blue_green")
 
 
 @dataclass
-class Chunk:
-    """New output of one candidate (choice) of a request."""
+class Switch:
+    """How a switch went: the method used and the seconds until new requests went to the new version."""
 
-    index: int
-    text: str
-    token_ids: list[int]
-    logprobs: list[dict] | None
-    finish_reason: str | None
+    method: str  # "in_place", "blue_green", "canary_promoted" or "none" (already serving it)
+    seconds: float
+
+
+@dataclass
+class Canary:
+    """A candidate version taking a fraction of the traffic."""
+
     version: str
-
-
-def _arch_fingerprint(path: Path) -> str:
-    config = json.loads((path / "config.json").read_text())
-    for key in _VOLATILE_CONFIG_KEYS:
-        config.pop(key, None)
-    tok = path / "tokenizer.json"
-    tok_hash = hashlib.sha256(tok.read_bytes()).hexdigest() if tok.exists() else ""
-    return hashlib.sha256((json.dumps(config, sort_keys=True) + tok_hash).encode()).hexdigest()
-
-
-def engine_kwargs(path: Path, config: EngineConfig, **overrides) -> dict:
-    """vLLM engine arguments for a checkpoint (shared by serving and the trainer's rollouts)."""
-    # The CPU backend sizes its KV cache from this variable, not gpu_memory_utilization.
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kv_cache_gib))
-    dtype = config.dtype
-    if dtype == "auto" and not torch.cuda.is_available():
-        # vLLM's CPU "auto" is bfloat16; float32 keeps outputs identical to transformers'.
-        dtype = "float32"
-    return dict(model=str(path), tokenizer=str(path), load_format="safetensors", dtype=dtype,
-                max_model_len=config.max_model_len, max_num_seqs=config.max_num_seqs,
-                enforce_eager=config.enforce_eager, gpu_memory_utilization=config.gpu_memory_utilization,
-                seed=config.seed) | overrides
+    fraction: float
 
 
 class PolicyEngine:
-    """Serves one policy version at a time through vLLM and swaps versions in place."""
+    """Serves the current policy version (and optionally a canary) and switches versions."""
 
     def __init__(self, registry: PolicyRegistry, config: EngineConfig):
         self.registry = registry
         self.config = config
-        self.version: str | None = None
-        self.tokenizer: PreTrainedTokenizerBase | None = None
         self.max_model_len = config.max_model_len
         self.ready = False
-        self._llm = None
-        self._gate = _SwapGate()
-        self._fingerprint = ""
-        self._swap_lock = asyncio.Lock()
+        self._active: EngineReplica | None = None
+        self._canary: EngineReplica | None = None
+        self._canary_fraction = 0.0
+        self._route_rng = random.Random(config.seed)
+        self._swap_lock = asyncio.Lock()  # one switch or canary change at a time
+        self._retiring: dict[asyncio.Task, EngineReplica] = {}
+
+    @property
+    def version(self) -> str | None:
+        """The version serving the main traffic."""
+        return self._active.version if self._active else None
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase | None:
+        return self._active.tokenizer if self._active else None
+
+    @property
+    def canary(self) -> Canary | None:
+        return Canary(self._canary.version, self._canary_fraction) if self._canary else None
+
+    def engines(self) -> list[dict]:
+        """Every live engine: the version it holds, its role and its running requests."""
+        roles = [("serving", self._active), ("canary", self._canary)]
+        roles += [("retiring", r) for r in self._retiring.values()]
+        return [{"version": r.version, "role": role, "in_flight": r.in_flight} for role, r in roles if r is not None]
 
     async def start(self, version: str) -> None:
         """Build the vLLM engine on a registry version and warm it up."""
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        path = self.registry.path(version)
-        validate_checkpoint(path)
-        args = AsyncEngineArgs(**engine_kwargs(path, self.config))
-        started = time.monotonic()
-        log.info("engine: starting vLLM on %s (%s)", version, path)
-        # Construction blocks for tens of seconds (process spawn, model load): off the event loop,
-        # so that /healthz and /readyz answer meanwhile.
-        self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
-        self.tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, path)
-        self.version = version
-        self._fingerprint = _arch_fingerprint(path)
-        log.info("engine: started in %.1fs; warming up", time.monotonic() - started)
-        await self._warm_up()
+        self._active = await EngineReplica.launch(version, self.registry.path(version), self.config)
         self.ready = True
-        log.info("engine: ready, serving %s (%.1fs after start)", version, time.monotonic() - started)
 
-    async def _warm_up(self) -> None:
-        from vllm import SamplingParams
-
-        ids = self.tokenizer("warm up", add_special_tokens=False)["input_ids"]
-        async for _ in self.generate(ids, SamplingParams(max_tokens=4, temperature=0.0)):
-            pass
+    def _route(self) -> EngineReplica:
+        if self._canary is not None and self._route_rng.random() < self._canary_fraction:
+            return self._canary
+        return self._active
 
     async def generate(self, prompt_token_ids: list[int], params, request_id: str | None = None) -> AsyncIterator[Chunk]:
-        """Stream new output of every candidate; aborts the engine request if the caller stops."""
-        from vllm.sampling_params import RequestOutputKind
-
-        params.output_kind = RequestOutputKind.DELTA
-        request_id = request_id or uuid.uuid4().hex
-        queue: asyncio.Queue = asyncio.Queue()
-        done = object()
-        await self._gate.acquire_shared()
-        version = self.version
-
-        async def pump() -> None:
-            # Drains the engine independently of how fast the caller reads, so a slow client
-            # cannot hold the weights (and so a pending swap) hostage.
-            try:
-                async for out in self._llm.generate({"prompt_token_ids": prompt_token_ids}, params, request_id):
-                    for c in out.outputs:
-                        logprobs = None
-                        if c.logprobs is not None:
-                            logprobs = [
-                                {tid: (lp.logprob, lp.decoded_token) for tid, lp in step.items()}
-                                for step in c.logprobs
-                            ]
-                        queue.put_nowait(Chunk(c.index, c.text, list(c.token_ids), logprobs, c.finish_reason, version))
-                queue.put_nowait(done)
-            except BaseException as exc:  # handed to the caller, who re-raises it
-                queue.put_nowait(exc)
-            finally:
-                await self._gate.release_shared()
-
-        task = asyncio.create_task(pump())
+        """Stream new output of every candidate from the engine this request is routed to."""
+        # Routing and counting happen before the first await, so a switch that moves traffic away
+        # from an engine sees every request already sent to it and waits for them before retiring it.
+        replica = self._route()
+        replica.in_flight += 1
         try:
-            while True:
-                item = await queue.get()
-                if item is done:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            async for chunk in replica.generate(prompt_token_ids, params, request_id):
+                yield chunk
         finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-                await self._llm.abort(request_id)
+            replica.in_flight -= 1
 
-    async def switch_to(self, version: str) -> float:
-        """Serve another registry version from the next request on; returns seconds taken.
+    async def switch_to(self, version: str, mode: str | None = None) -> Switch:
+        """Serve another registry version from the next request on.
 
-        Refuses (RegistryError) a checkpoint that is invalid or of another architecture; the
-        current version then keeps serving."""
+        Refuses (RegistryError) a checkpoint that is invalid or cannot be loaded; the current version
+        then keeps serving."""
+        mode = mode or self.config.swap_mode
+        if mode not in SWAP_MODES:
+            raise ValueError(f"unknown swap mode {mode!r}; use one of {SWAP_MODES}")
         path = self.registry.path(version)
         validate_checkpoint(path)
-        if _arch_fingerprint(path) != self._fingerprint:
-            raise RegistryError(
-                f"{version} has another architecture or tokenizer than {self.version}; "
-                "an in-place swap needs the same shapes (restart the gateway on it instead)"
-            )
         async with self._swap_lock:
             if version == self.version:
-                return 0.0
+                return Switch("none", 0.0)
             started = time.monotonic()
-            async with self._gate.exclusive():
-                await self._llm.pause_generation(mode="wait")
-                try:
-                    await self._llm.collective_rpc("reload_weights", kwargs={"weights_path": str(path)})
-                except Exception as exc:
-                    # The reload failed part-way: put the old weights back before serving again.
-                    log.error("engine: loading %s failed (%s); restoring %s", version, exc, self.version)
-                    await self._llm.collective_rpc(
-                        "reload_weights", kwargs={"weights_path": str(self.registry.path(self.version))}
-                    )
-                    raise RegistryError(f"could not load {version}: {exc}") from exc
-                finally:
-                    await self._llm.resume_generation()
-                previous, self.version = self.version, version
+            previous = self.version
+            if self._canary is not None and self._canary.version == version:
+                # Promote the canary: its engine is already warm.
+                old, self._active, self._canary = self._active, self._canary, None
+                self._retire(old)
+                how = "canary_promoted"
+            elif mode == "in_place":
+                await self._active.reload(version, path)
+                how = "in_place"
+            else:
+                await self.settled()  # at most two engines of the main traffic at a time
+                new = await self._launch_compatible(version)
+                old, self._active = self._active, new
+                self._retire(old)
+                how = "blue_green"
             took = time.monotonic() - started
-            log.info("engine: switched %s -> %s in %.3fs", previous, version, took)
-            return took
+            log.info("engine: switched %s -> %s (%s) in %.3fs", previous, version, how, took)
+            return Switch(how, took)
+
+    async def start_canary(self, version: str, fraction: float) -> None:
+        """Send `fraction` of new requests to `version` on an engine of its own."""
+        if not 0.0 < fraction < 1.0:
+            raise ValueError("a canary fraction is between 0 and 1 (exclusive)")
+        path = self.registry.path(version)
+        validate_checkpoint(path)
+        async with self._swap_lock:
+            if version == self.version:
+                raise RegistryError(f"{version} is already the serving version")
+            if self._canary is not None and self._canary.version == version:
+                self._canary_fraction = fraction
+                return
+            replica = await self._launch_compatible(version)
+            old, self._canary, self._canary_fraction = self._canary, replica, fraction
+            if old is not None:
+                self._retire(old)
+            log.info("engine: canary %s takes %.0f%% of new requests", version, 100 * fraction)
+
+    async def stop_canary(self) -> str | None:
+        """Send all traffic to the serving version again; returns the canary's version."""
+        async with self._swap_lock:
+            old, self._canary = self._canary, None
+            if old is None:
+                return None
+            self._retire(old)
+            log.info("engine: canary %s stopped", old.version)
+            return old.version
+
+    async def _launch_compatible(self, version: str) -> EngineReplica:
+        path = self.registry.path(version)
+        replica = await EngineReplica.launch(version, path, self.config)
+        if replica.tokenizer_fingerprint != self._active.tokenizer_fingerprint:
+            await asyncio.to_thread(replica.shutdown)
+            raise RegistryError(f"{version} has another tokenizer than {self.version}; requests are tokenized "
+                                "before they are routed, so both must share one (restart the gateway on it)")
+        return replica
+
+    def _retire(self, replica: EngineReplica) -> None:
+        # In the background: the switch is done once new requests go elsewhere; the old engine
+        # finishes what it has (at most max_tokens per request) and then gives its memory back.
+        task = asyncio.create_task(replica.retire())
+        self._retiring[task] = replica
+        task.add_done_callback(lambda t: self._retiring.pop(t, None))
+
+    async def settled(self) -> None:
+        """Wait until every engine taken out of service has been shut down."""
+        while self._retiring:
+            await asyncio.gather(*list(self._retiring), return_exceptions=True)
+            await asyncio.sleep(0)  # let the done-callbacks run
 
     def shutdown(self) -> None:
-        """Stop the engine's worker processes."""
-        if self._llm is not None:
-            self._llm.shutdown()
-            self._llm = None
+        """Stop every engine's worker processes."""
+        for task in list(self._retiring):
+            task.cancel()
+        for replica in (self._active, self._canary, *self._retiring.values()):
+            if replica is not None:
+                replica.shutdown()
+        self._active = self._canary = None
         self.ready = False

@@ -11,7 +11,7 @@ from typing import Protocol
 import torch
 
 from alignloop.config import EngineConfig
-from inference.engine import engine_kwargs
+from inference.replica import engine_kwargs
 
 log = logging.getLogger(__name__)
 

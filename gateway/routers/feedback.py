@@ -55,7 +55,8 @@ def _submission(item, caller: Caller, recorder, at: str) -> Submission:
         event = _comparison(recorder, [[g] if isinstance(g, str) else g for g in item.ranking], caller, f"{at}ranking")
     elif isinstance(item, p.RatingFeedback):
         served = _owned(recorder, item.choice_id, caller, f"{at}choice_id")
-        event = Rating(request_id=served.request_id, choice_id=item.choice_id, rating=item.rating, rater=caller.name)
+        event = Rating(request_id=served.request_id, choice_id=item.choice_id, rating=item.rating, rater=caller.name,
+                       policy_version=served.policy_version)
     else:
         owner = recorder.request_owner(item.request_id)
         if owner is None:
@@ -64,7 +65,8 @@ def _submission(item, caller: Caller, recorder, at: str) -> Submission:
         if owner.caller != caller.name and caller.role != "rater":
             raise APIError(403, "That request was made by another caller.", param=f"{at}request_id",
                            code="not_your_completion")
-        event = Demonstration(request_id=item.request_id, response=item.response, author=caller.name)
+        event = Demonstration(request_id=item.request_id, response=item.response, author=caller.name,
+                              policy_version=owner.policy_version)
     # Idempotency keys are per caller: two clients may pick the same key without colliding.
     scoped = f"{caller.name}:{item.idempotency_key}" if item.idempotency_key else None
     return Submission(event, scoped)

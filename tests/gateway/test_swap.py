@@ -1,15 +1,19 @@
 """Switching the served policy version while requests flow fails none of them."""
 
 import json
+import shutil
 import threading
 import time
+from pathlib import Path
 
 import pytest
+import torch
 
 from alignloop.config import TinyModelConfig
 from inference.registry import RegistryError
 from inference.tiny_model import build_tiny_model
 from tests.conftest import ADMIN_KEY, MODEL
+from tests.feedback.helpers import wait_for_events
 from tests.gateway.test_parity import transformers_greedy
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Count to 6."}], "max_tokens": 24}
@@ -34,43 +38,158 @@ def _load(gateway, stop: threading.Event, results: list, stream: bool) -> None:
                 results.append((started, False, repr(exc), None, None))
 
 
-def test_swap_under_load_fails_nothing_and_relabels(gateway):
+def _serving(gateway) -> str:
     with gateway.client(ADMIN_KEY) as admin:
-        before = admin.get("/admin/versions").json()
-        assert before["serving"] == "v0001"
+        return admin.get("/admin/versions").json()["serving"]
+
+
+def _switch_under_load(gateway, target: str, mode: str) -> None:
+    """Switch to `target` while 6 clients stream and not; no request may fail or be mislabelled."""
+    with gateway.client(ADMIN_KEY) as admin:
+        previous = admin.get("/admin/versions").json()["serving"]
         stop, results = threading.Event(), []
         workers = [threading.Thread(target=_load, args=(gateway, stop, results, i % 2 == 0)) for i in range(6)]
         for w in workers:
             w.start()
         time.sleep(3)
-        switched = admin.post("/admin/policy", json={"version": "v0002"})
+        switched = admin.post("/admin/policy", json={"version": target, "mode": mode})
         switched_at = time.monotonic()
         time.sleep(3)
         stop.set()
         for w in workers:
             w.join(timeout=120)
     assert switched.status_code == 200, switched.text
-    assert switched.json()["previous"] == "v0001" and switched.json()["serving"] == "v0002"
+    assert switched.json()["previous"] == previous and switched.json()["serving"] == target
+    assert switched.json()["method"] == mode
     failed = [r for r in results if not r[1]]
     assert not failed, failed[:5]
     assert all(r[3] == r[4] for r in results), "body and header disagree on the version"
     versions = {r[3] for r in results}
-    assert versions == {"v0001", "v0002"}, versions
+    assert versions == {previous, target}, versions
     late = [r for r in results if r[0] > switched_at]
-    assert late and all(r[3] == "v0002" for r in late)
-    assert gateway.registry.current() == "v0002"
+    assert late and all(r[3] == target for r in late)
+    assert gateway.registry.current() == target
 
-    # The new weights are really the ones serving: greedy output equals transformers' on v0002.
+
+def _assert_greedy_is(gateway, version: str) -> None:
+    """The weights serving are really `version`'s: greedy output equals transformers' on them."""
     with gateway.client() as c:
         r = c.post("/v1/chat/completions", json={**CHAT, "temperature": 0}).json()
-    tok_path = gateway.registry.path("v0002")
+    tok_path = gateway.registry.path(version)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tok_path)
     ids = tok(tok.apply_chat_template(CHAT["messages"], add_generation_prompt=True, tokenize=False),
               add_special_tokens=False)["input_ids"]
-    assert r["policy_version"] == "v0002"
+    assert r["policy_version"] == version
     assert r["choices"][0]["message"]["content"] == transformers_greedy(tok_path, ids, 24)
+
+
+def _engines_settle(gateway, expected: list[dict], timeout: float = 60) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    with gateway.client(ADMIN_KEY) as admin:
+        while True:
+            engines = admin.get("/admin/versions").json()["engines"]
+            if engines == expected or time.monotonic() > deadline:
+                return engines
+            time.sleep(0.5)
+
+
+def test_swap_under_load_fails_nothing_and_relabels(gateway):
+    assert _serving(gateway) == "v0001"
+    _switch_under_load(gateway, "v0002", "in_place")
+    _assert_greedy_is(gateway, "v0002")
+
+
+def _fewer_layers_copy(src: Path, dst: Path) -> Path:
+    """The same tokenizer on a model of another shape (its first layer only)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(src, torch_dtype=torch.float32)
+    model.model.layers = model.model.layers[:1]
+    model.config.num_hidden_layers = 1
+    model.save_pretrained(dst, safe_serialization=True)
+    for f in src.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(f, dst / f.name)
+    return dst
+
+
+def test_blue_green_swap_under_load_fails_nothing_and_retires_the_old_engine(gateway, tmp_path):
+    serving = _serving(gateway)
+    target = "v0002" if serving != "v0002" else "v0001"
+    _switch_under_load(gateway, target, "blue_green")
+    _assert_greedy_is(gateway, target)
+    assert _engines_settle(gateway, [{"version": target, "role": "serving", "in_flight": 0}]) == [
+        {"version": target, "role": "serving", "in_flight": 0}], "the old engine was not shut down"
+
+    # Blue/green can change the architecture (same tokenizer); in place cannot.
+    shallow = gateway.registry.publish(_fewer_layers_copy(gateway.registry.path(target), tmp_path / "shallow"),
+                                       source="test:one-layer", parent=target)
+    with gateway.client(ADMIN_KEY) as admin:
+        r = admin.post("/admin/policy", json={"version": shallow, "mode": "in_place"})
+        assert r.status_code == 409 and "architecture" in r.json()["error"]["message"]
+        r = admin.post("/admin/policy", json={"version": shallow, "mode": "blue_green"})
+        assert r.status_code == 200, r.text
+        _assert_greedy_is(gateway, shallow)
+        r = admin.post("/admin/policy", json={"version": target, "mode": "blue_green"})
+        assert r.status_code == 200, r.text
+        r = admin.post("/admin/policy", json={"version": target, "mode": "sideways"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "mode"
+    _assert_greedy_is(gateway, target)
+
+
+def test_canary_takes_a_fraction_and_its_feedback_is_labelled(gateway, kafka_broker):
+    serving = _serving(gateway)
+    candidate = "v0002" if serving != "v0002" else "v0001"
+    with gateway.client(ADMIN_KEY) as admin:
+        assert admin.delete("/admin/canary").status_code == 404
+        assert admin.post("/admin/canary", json={"version": candidate, "fraction": 1.5}).status_code == 400
+        assert admin.post("/admin/canary", json={"version": serving, "fraction": 0.5}).status_code == 409
+        assert admin.post("/admin/canary", json={"version": "v9999", "fraction": 0.5}).status_code == 404
+        r = admin.post("/admin/canary", json={"version": candidate, "fraction": 0.5})
+        assert r.status_code == 200, r.text
+        listing = admin.get("/admin/versions").json()
+        assert listing["canary"] == {"version": candidate, "fraction": 0.5}
+        assert {e["role"]: e["version"] for e in listing["engines"]} == {"serving": serving, "canary": candidate}
+        metrics = admin.get("/metrics").text
+        assert f'alignloop_canary_fraction{{version="{candidate}"}} 0.5' in metrics
+
+    served = []
+    with gateway.client() as c:
+        for i in range(40):
+            r = c.post("/v1/completions", json={"model": MODEL, "prompt": f"Say {i}.", "max_tokens": 4, "n": 2,
+                                                "temperature": 1.0})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["policy_version"] == r.headers["x-policy-version"]
+            served.append(body)
+        by_version = {v: [b for b in served if b["policy_version"] == v] for v in (serving, candidate)}
+        assert sum(map(len, by_version.values())) == 40
+        # 40 fair coin flips: outside 8..32 has probability below 1e-4.
+        assert 8 <= len(by_version[candidate]) <= 32, {v: len(b) for v, b in by_version.items()}
+        feedback = {}
+        for version, bodies in by_version.items():
+            ids = [ch["id"] for ch in bodies[0]["choices"]]
+            a = c.post("/v1/feedback/pairwise", json={"chosen": ids[0], "rejected": ids[1]})
+            b = c.post("/v1/feedback/ratings", json={"choice_id": ids[0], "rating": 1})
+            assert a.status_code == b.status_code == 202, (a.text, b.text)
+            feedback[a.json()["event_id"]] = feedback[b.json()["event_id"]] = version
+    found = wait_for_events(gateway, kafka_broker.bootstrap, set(feedback))
+    assert {e: found[e].event.policy_version for e in feedback} == feedback
+
+    # Promoting the canary's version reuses its warm engine: no start-up, the old engine retires.
+    with gateway.client(ADMIN_KEY) as admin:
+        r = admin.post("/admin/policy", json={"version": candidate})
+        assert r.status_code == 200 and r.json()["serving"] == candidate, r.text
+        assert r.json()["method"] == "canary_promoted", "promoting a canary reuses its engine"
+        assert admin.get("/admin/versions").json()["canary"] is None
+    assert _engines_settle(gateway, [{"version": candidate, "role": "serving", "in_flight": 0}]) == [
+        {"version": candidate, "role": "serving", "in_flight": 0}]
+    with gateway.client() as c:
+        versions = {c.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}).json()["policy_version"]
+                    for _ in range(10)}
+    assert versions == {candidate}
 
 
 def test_rollback_restores_previous_version(gateway):

@@ -1,0 +1,234 @@
+"""One vLLM engine (AsyncLLM, in process) serving one policy version, with in-place weight reload.
+
+A weight reload must fail no request and must never let a request be served partly by one version
+and partly by another. Requests therefore hold a shared lease on the weights while the engine
+works on them; a reload takes the lease exclusively: it stops new requests from starting, waits
+for the running ones to finish, reloads the weights in place and lets the queue go again. Every
+output is tagged with the version that held the lease, so the label is exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from alignloop.config import EngineConfig
+from inference.registry import RegistryError, validate_checkpoint
+
+log = logging.getLogger(__name__)
+
+# config.json keys that may differ between checkpoints of the same architecture.
+_VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures"}
+
+
+class _SwapGate:
+    """Many requests may hold the weights at once; a reload holds them alone. A waiting reload
+    blocks new requests so that it cannot be starved by a steady stream of them."""
+
+    def __init__(self) -> None:
+        self._cond = asyncio.Condition()
+        self._holders = 0
+        self._swapping = False
+
+    async def acquire_shared(self) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._swapping)
+            self._holders += 1
+
+    async def release_shared(self) -> None:
+        async with self._cond:
+            self._holders -= 1
+            self._cond.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self):
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._swapping)
+            self._swapping = True
+            await self._cond.wait_for(lambda: self._holders == 0)
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._swapping = False
+                self._cond.notify_all()
+
+
+@dataclass
+class Chunk:
+    """New output of one candidate (choice) of a request."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[dict] | None
+    finish_reason: str | None
+    version: str
+
+
+def tokenizer_fingerprint(path: Path) -> str:
+    """Hash of the tokenizer: two versions with the same one give the same token ids to a prompt."""
+    tok = path / "tokenizer.json"
+    return hashlib.sha256(tok.read_bytes()).hexdigest() if tok.exists() else ""
+
+
+def arch_fingerprint(path: Path) -> str:
+    """Hash of the model's shapes and tokenizer: equal means the weights can be swapped in place."""
+    config = json.loads((path / "config.json").read_text())
+    for key in _VOLATILE_CONFIG_KEYS:
+        config.pop(key, None)
+    return hashlib.sha256((json.dumps(config, sort_keys=True) + tokenizer_fingerprint(path)).encode()).hexdigest()
+
+
+def engine_kwargs(path: Path, config: EngineConfig, **overrides) -> dict:
+    """vLLM engine arguments for a checkpoint (shared by serving and the trainer's rollouts)."""
+    # The CPU backend sizes its KV cache from this variable, not gpu_memory_utilization.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kv_cache_gib))
+    dtype = config.dtype
+    if dtype == "auto" and not torch.cuda.is_available():
+        # vLLM's CPU "auto" is bfloat16; float32 keeps outputs identical to transformers'.
+        dtype = "float32"
+    return dict(model=str(path), tokenizer=str(path), load_format="safetensors", dtype=dtype,
+                max_model_len=config.max_model_len, max_num_seqs=config.max_num_seqs,
+                enforce_eager=config.enforce_eager, gpu_memory_utilization=config.gpu_memory_utilization,
+                seed=config.seed) | overrides
+
+
+class EngineReplica:
+    """A started vLLM engine and the version it serves; counts the requests it is working on."""
+
+    def __init__(self, llm, version: str, path: Path, tokenizer: PreTrainedTokenizerBase):
+        self.llm, self.version, self.path, self.tokenizer = llm, version, path, tokenizer
+        self.fingerprint = arch_fingerprint(path)
+        self.tokenizer_fingerprint = tokenizer_fingerprint(path)
+        self.in_flight = 0  # requests routed here and not yet finished (incremented before any await)
+        self._gate = _SwapGate()
+
+    @classmethod
+    async def launch(cls, version: str, path: Path, config: EngineConfig) -> "EngineReplica":
+        """Build and warm up an engine on a checkpoint; RegistryError if it cannot be loaded."""
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        validate_checkpoint(path)
+        args = AsyncEngineArgs(**engine_kwargs(path, config))
+        started = time.monotonic()
+        log.info("engine: starting vLLM on %s (%s)", version, path)
+        # Construction blocks for tens of seconds (process spawn, model load): off the event loop,
+        # so that requests, /healthz and /readyz are answered meanwhile.
+        try:
+            llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        except Exception as exc:
+            raise RegistryError(f"could not start an engine on {version}: {exc}") from exc
+        try:
+            tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, path)
+            replica = cls(llm, version, path, tokenizer)
+            log.info("engine: %s started in %.1fs; warming up", version, time.monotonic() - started)
+            await replica._warm_up()
+        except BaseException:
+            llm.shutdown()
+            raise
+        log.info("engine: %s ready (%.1fs after start)", version, time.monotonic() - started)
+        return replica
+
+    async def _warm_up(self) -> None:
+        from vllm import SamplingParams
+
+        ids = self.tokenizer("warm up", add_special_tokens=False)["input_ids"]
+        async for _ in self.generate(ids, SamplingParams(max_tokens=4, temperature=0.0)):
+            pass
+
+    async def generate(self, prompt_token_ids: list[int], params, request_id: str | None = None) -> AsyncIterator[Chunk]:
+        """Stream new output of every candidate; aborts the engine request if the caller stops."""
+        from vllm.sampling_params import RequestOutputKind
+
+        params.output_kind = RequestOutputKind.DELTA
+        request_id = request_id or uuid.uuid4().hex
+        queue: asyncio.Queue = asyncio.Queue()
+        done = object()
+        await self._gate.acquire_shared()
+        version = self.version
+
+        async def pump() -> None:
+            # Drains the engine independently of how fast the caller reads, so a slow client
+            # cannot hold the weights (and so a pending reload) hostage.
+            try:
+                async for out in self.llm.generate({"prompt_token_ids": prompt_token_ids}, params, request_id):
+                    for c in out.outputs:
+                        logprobs = None
+                        if c.logprobs is not None:
+                            logprobs = [
+                                {tid: (lp.logprob, lp.decoded_token) for tid, lp in step.items()}
+                                for step in c.logprobs
+                            ]
+                        queue.put_nowait(Chunk(c.index, c.text, list(c.token_ids), logprobs, c.finish_reason, version))
+                queue.put_nowait(done)
+            except BaseException as exc:  # handed to the caller, who re-raises it
+                queue.put_nowait(exc)
+            finally:
+                await self._gate.release_shared()
+
+        task = asyncio.create_task(pump())
+        try:
+            while True:
+                item = await queue.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+                await self.llm.abort(request_id)
+
+    async def reload(self, version: str, path: Path) -> None:
+        """Swap this engine's weights for another version's of the same architecture, in place."""
+        if arch_fingerprint(path) != self.fingerprint:
+            raise RegistryError(
+                f"{version} has another architecture or tokenizer than {self.version}; "
+                "an in-place swap needs the same shapes (use swap mode blue_green, or restart the gateway on it)"
+            )
+        async with self._gate.exclusive():
+            await self.llm.pause_generation(mode="wait")
+            try:
+                await self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(path)})
+            except Exception as exc:
+                # The reload failed part-way: put the old weights back before serving again.
+                log.error("engine: loading %s failed (%s); restoring %s", version, exc, self.version)
+                await self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(self.path)})
+                raise RegistryError(f"could not load {version}: {exc}") from exc
+            finally:
+                await self.llm.resume_generation()
+            self.version, self.path = version, path
+
+    async def drain(self) -> None:
+        """Wait until no request routed here is still running."""
+        while self.in_flight:
+            await asyncio.sleep(0.02)
+
+    async def retire(self) -> None:
+        """Let running requests finish, then stop the engine's worker processes."""
+        await self.drain()
+        await asyncio.to_thread(self.shutdown)
+        log.info("engine: retired the engine that served %s", self.version)
+
+    def shutdown(self) -> None:
+        """Stop the engine's worker processes now."""
+        if self.llm is not None:
+            self.llm.shutdown()
+            self.llm = None
