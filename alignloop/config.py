@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from alignloop.failpoints import ENV as FAILPOINT_ENV  # shares the prefix but is not a setting
+
 ENV_PREFIX = "ALIGNLOOP_"
 
 
@@ -153,6 +155,7 @@ class LoopConfig(_Section):
     min_new_comparisons: int = 50   # a round starts after this many new comparisons ...
     max_interval_s: float = 600.0   # ... or after this long, if there is any new one
     poll_s: float = 1.0
+    consume_batch: int = 500        # events per poll per topic: one dataset transaction
     group: str = "alignloop-trainer"
     sft_version: str = "v0001"      # the KL anchor and PPO reference
     eval_fraction: float = 0.2      # of the collected prompts, held out for the gate
@@ -218,7 +221,7 @@ def _nest(dotted: list[str], value: Any) -> dict[str, Any]:
 def _from_env(environ: dict[str, str]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name == FAILPOINT_ENV:
             continue
         path = name[len(ENV_PREFIX):].lower().split("__")
         merged = _deep_merge(merged, _nest(path, _parse_scalar(raw)))

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import stat
 import tempfile
 import time
@@ -25,10 +26,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignloop.failpoints import failpoint
+
 VERSION_RE = re.compile(r"^v(\d{4,})$")
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 REQUIRED_FILES = ("config.json",)
 META_FILE = "alignloop-version.json"
+
+
+_STAGING = ".staging-"
+_HOST = socket.gethostname().replace("-", "_")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class RegistryError(Exception):
@@ -116,6 +133,17 @@ class PolicyRegistry:
         self.versions_dir = self.root / "versions"
         self.versions_dir.mkdir(parents=True, exist_ok=True)
 
+    def _remove_abandoned_staging(self) -> None:
+        # A publisher killed mid-copy leaves its staging directory behind; it is invisible to
+        # readers, but takes disk. Only this host's, and only those whose process is gone.
+        for d in self.versions_dir.glob(f"{_STAGING}{_HOST}-*"):
+            try:
+                pid = int(d.name[len(f"{_STAGING}{_HOST}-"):].split("-")[0])
+            except ValueError:
+                continue
+            if not _alive(pid):
+                shutil.rmtree(d, ignore_errors=True)
+
     def names(self) -> list[str]:
         """All complete versions, oldest first."""
         found = [p.name for p in self.versions_dir.iterdir() if p.is_dir() and VERSION_RE.match(p.name)]
@@ -154,11 +182,13 @@ class PolicyRegistry:
         """Copy a checkpoint in as the next version; returns its name."""
         src = Path(src)
         validate_checkpoint(src)
-        staging = Path(tempfile.mkdtemp(dir=self.versions_dir, prefix=".staging-"))
+        self._remove_abandoned_staging()
+        staging = Path(tempfile.mkdtemp(dir=self.versions_dir, prefix=f"{_STAGING}{_HOST}-{os.getpid()}-"))
         try:
             for item in src.iterdir():
                 if item.is_file():
                     shutil.copy2(item, staging / item.name)
+            failpoint("registry.publish.staged")
             # Numbering races between two publishers are settled by rename: it fails if taken.
             while True:
                 existing = self.names()
@@ -183,6 +213,7 @@ class PolicyRegistry:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        failpoint("registry.publish.renamed")
         if make_current:
             self.set_current(name)
         return name

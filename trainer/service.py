@@ -17,6 +17,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from alignloop.config import Settings
+from alignloop.failpoints import failpoint
 from feedback.source import open_source
 from inference.corpus import pretraining_texts
 from inference.registry import PolicyRegistry
@@ -77,9 +78,10 @@ class TrainerService:
 
     def consume_once(self, timeout_s: float = 1.0) -> int:
         """Poll, store, then commit; returns the number of events polled."""
-        batch = self.source.poll(timeout_s=timeout_s)
+        batch = self.source.poll(timeout_s=timeout_s, max_records=self.cfg.consume_batch)
         if batch:
             self.store.store(batch)
+            failpoint("trainer.consume.stored")
             self.source.commit()  # only now: a crash before this re-delivers, and the store skips repeats
             self.metrics.consumed.inc(len(batch))
             self._refresh_gauges()
@@ -110,6 +112,9 @@ class TrainerService:
             log.info("round %d: no trainable rankings yet; waiting", number)
             self._last_round_at = time.time()
             return {"round": number, "decision": "skipped"}
+        published = self._published(number)
+        if published is not None:
+            return self._finish_published_round(number, published, started, joined)
         train_prompts = [p for p in prompts if not _held_out(p, self.cfg.eval_fraction)] or prompts
         eval_prompts = [p for p in prompts if _held_out(p, self.cfg.eval_fraction)] or prompts
         serving = self.registry.current()
@@ -128,7 +133,7 @@ class TrainerService:
                         pretraining_texts(64, seed=10_000), margin=self.cfg.gate_margin, kl_budget=self.cfg.kl_budget,
                         ptx_regression=self.cfg.ptx_regression, max_new_tokens=self.settings.train.ppo.max_new_tokens)
         decision = "promoted" if gate.passed else "rejected"
-        lineage = {"round": number, "rm": str(round_dir / "rm"), "rm_init": str(rm_init), "sft": self.cfg.sft_version,
+        lineage = {"round": number, "work_dir": str(self.work), "rm": str(round_dir / "rm"), "rm_init": str(rm_init), "sft": self.cfg.sft_version,
                    "data": {**counts, "rankings": len(rankings), "prompts": len(prompts),
                             "consumed": self.store.consumed()},
                    "config": self.settings.train.model_dump(),
@@ -137,24 +142,45 @@ class TrainerService:
                                         metrics={**{f"rm_{k}": v for k, v in rm_metrics.items()},
                                                  **{f"ppo_{k}": v for k, v in ppo_metrics.items()}, **gate.metrics},
                                         extra=lineage)
-        if gate.passed:
-            self.registry.set_current(version)
+        return self._finish_published_round(number, version, started, joined)
+
+    def _published(self, number: int) -> str | None:
+        """The version this trainer already published for round `number`, if a crash came after that."""
+        for name in reversed(self.registry.names()):
+            extra = self.registry.info(name).extra
+            if extra.get("round") == number and extra.get("work_dir") == str(self.work):
+                return name
+        return None
+
+    def _finish_published_round(self, number: int, version: str, started: float, joined: int) -> dict:
+        # Every step here is idempotent, so a trainer restarted after a crash anywhere in it ends
+        # the round exactly as an uninterrupted one would, instead of training and publishing it twice.
+        info = self.registry.info(version)
+        gate = info.extra["gate"]
+        decision = gate["decision"]
+        if info.created < started:
+            log.info("round %d: %s was published before a restart; finishing the round", number, version)
+        if decision == "promoted":
+            if self.registry.current() != version:
+                self.registry.set_current(version)
+            failpoint("trainer.round.promoted")
             self.metrics.promoted.clear()
             self.metrics.promoted.labels(version).set(1)
+        metrics = {k: gate[k] for k in gate if k not in ("decision", "reasons")}
         for policy in ("candidate", "serving"):
-            self.metrics.reward.labels(policy).set(gate.metrics.get(f"{policy}_reward", float("nan")))
-        self.metrics.kl.set(gate.metrics.get("kl_from_sft", float("nan")))
-        self.metrics.ptx.set(gate.metrics.get("candidate_ptx_loss", float("nan")))
+            self.metrics.reward.labels(policy).set(metrics.get(f"{policy}_reward", float("nan")))
+        self.metrics.kl.set(metrics.get("kl_from_sft", float("nan")))
+        self.metrics.ptx.set(metrics.get("candidate_ptx_loss", float("nan")))
         self.metrics.rounds.labels(decision).inc()
         self.metrics.round_seconds.observe(time.time() - started)
-        record = {"round": number, "version": version, "decision": decision, "reasons": gate.reasons, **gate.metrics,
-                  "rm_heldout_accuracy": rm_metrics["heldout_accuracy"], "seconds": time.time() - started}
-        self.store.record_round(number, started, joined, version, str(round_dir / "rm"), decision, record)
+        record = {"round": number, "version": version, "decision": decision, "reasons": gate["reasons"], **metrics,
+                  "rm_heldout_accuracy": info.metrics.get("rm_heldout_accuracy"), "seconds": time.time() - started}
+        self.store.record_round(number, started, joined, version, info.extra["rm"], decision, record)
         self._last_round_at, self._last_round_comparisons = time.time(), joined
         log.info("round %d: %s %s (reward %.3f vs serving %.3f, KL %.2f, ptx %.3f; %.0fs)%s", number, decision, version,
-                 gate.metrics.get("candidate_reward", float("nan")), gate.metrics.get("serving_reward", float("nan")),
-                 gate.metrics.get("kl_from_sft", float("nan")), gate.metrics.get("candidate_ptx_loss", float("nan")),
-                 time.time() - started, "" if gate.passed else f": {'; '.join(gate.reasons)}")
+                 metrics.get("candidate_reward", float("nan")), metrics.get("serving_reward", float("nan")),
+                 metrics.get("kl_from_sft", float("nan")), metrics.get("candidate_ptx_loss", float("nan")),
+                 time.time() - started, "" if decision == "promoted" else f": {'; '.join(gate['reasons'])}")
         self._refresh_gauges()
         return record
 

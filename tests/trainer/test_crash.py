@@ -29,10 +29,14 @@ def logged_feedback(n: int) -> list:
     return out
 
 
-def start_trainer(config, log):
+def start_trainer(config, log, failpoint: str | None = None):
     out = open(log, "ab")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("ALIGNLOOP_FAILPOINT", None)
+    if failpoint:
+        env["ALIGNLOOP_FAILPOINT"] = failpoint
     return subprocess.Popen([sys.executable, "-m", "alignloop", "trainer", "--config", str(config)], cwd=REPO,
-                            stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                            stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 def wait_for(predicate, timeout, what):
@@ -84,3 +88,57 @@ def test_killed_mid_training_then_restarted(tiny_model_dir, tmp_path):
     v2 = registry.info("v0002")
     assert v2.parent == "v0001" and v2.extra["gate"]["decision"] in ("promoted", "rejected")
     assert v2.extra["data"]["comparisons"] == 40
+
+
+def test_killed_at_every_dangerous_point_then_restarted(tiny_model_dir, tmp_path):
+    """Crash exactly where two writes must look atomic: after storing events but before committing
+    their offsets, mid-copy into the registry, after the version appears but before CURRENT moves,
+    after CURRENT moves but before the round is recorded. Each restart must finish the job once."""
+    state = tmp_path / "state"
+    registry = PolicyRegistry(state / "registry")
+    registry.publish(tiny_model_dir, source="tiny-model", make_current=True)
+    events = logged_feedback(30)
+    LocalLog(state / "feedback" / "events.db").append([(topic_for(e), e.key(), e.to_bytes()) for e in events])
+    config = tmp_path / "trainer.toml"
+    # A gate that passes anything: this test is about where the process dies, not what it learns.
+    config.write_text(f'state_dir = "{state}"\n'
+                      "[train.loop]\nmin_new_comparisons = 10\nrm_max_steps = 2\nmetrics_port = 0\nconsume_batch = 7\nkl_budget = 1000.0\n"
+                      "ptx_regression = 100.0\ngate_margin = -1000.0\n"
+                      "[train.rm]\nbatch_size = 4\nlearning_rate = 0.001\n"
+                      "[train.ppo]\niterations = 1\nrollout_batch = 4\nminibatch = 4\nmax_new_tokens = 8\n"
+                      'rollout_engine = "transformers"\n')
+    log = tmp_path / "trainer.log"
+    store_path = state / "trainer" / "dataset.db"
+
+    for point in ("trainer.consume.stored", "registry.publish.staged", "registry.publish.renamed",
+                  "trainer.round.promoted"):
+        proc = start_trainer(config, log, failpoint=point)
+        assert proc.wait(timeout=600) == -signal.SIGKILL, f"the trainer did not die at {point}:\n{log.read_text()[-3000:]}"
+        assert f"failpoint {point}" in log.read_text(errors="replace")
+        if point == "trainer.consume.stored":
+            assert 0 < len(DatasetStore(store_path).comparison_ids()) < 30, "should die after the first batch"
+        if point == "registry.publish.staged":
+            assert registry.names() == ["v0001"], "a half-copied version must stay invisible"
+            assert list((state / "registry" / "versions").glob(".staging-*")), "expected the abandoned staging dir"
+        if point == "registry.publish.renamed":
+            assert registry.names() == ["v0001", "v0002"] and registry.current() == "v0001"
+        if point == "trainer.round.promoted":
+            assert registry.current() == "v0002" and DatasetStore(store_path).last_round() is None
+
+    last = start_trainer(config, log)
+    try:
+        wait_for(lambda: DatasetStore(store_path).last_round(), 300, "the round to be recorded")
+    finally:
+        last.send_signal(signal.SIGKILL)
+        last.wait()
+    store = DatasetStore(store_path)
+    expected = {e.event_id for e in events if e.type == "comparison"}
+    assert sorted(store.comparison_ids()) == sorted(expected)  # nothing lost, nothing doubled
+    assert registry.names() == ["v0001", "v0002"], "the round was published twice"
+    assert not list((state / "registry" / "versions").glob(".staging-*")), "abandoned staging dir left behind"
+    for name in registry.names():
+        validate_checkpoint(registry.path(name))
+    assert registry.current() == "v0002"
+    record = store.last_round()
+    assert record["round"] == 1 and record["version"] == "v0002"
+    assert registry.info("v0002").extra["round"] == 1
