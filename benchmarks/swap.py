@@ -1,12 +1,14 @@
-"""Swap benchmark: serving through policy switches under load.
+"""Swap benchmark: serving through policy switches under load, in both swap modes.
 
-    .venv/bin/python -m benchmarks.swap [--clients 16] [--seconds 48] [--swaps 4]
+    .venv/bin/python -m benchmarks.swap [--clients 16] [--swaps 3] [--modes in_place,blue_green]
 
-A gateway serves a closed-loop load while its policy is promoted back and forth between two
-versions by moving the registry's CURRENT pointer (what the trainer does). Reported: requests/s
-and p99 latency of requests near a swap (from 1 s before to 3 s after) vs the rest (steady
-state), failed requests, and, per swap, the time from promotion until every request that starts
-is served by the new version. Mode: in place (pause, reload, resume); blue/green is not built.
+For each mode, a gateway (engine.swap_mode = that mode) serves a closed-loop load while its policy
+is promoted back and forth between two versions by moving the registry's CURRENT pointer (what
+the trainer does). A swap is complete once a request that started after the promotion is served
+by the new version; the next one comes `--settle` seconds later. Reported per mode: requests/s
+and p99 latency of requests that finished during a swap (from 1 s before the promotion to 3 s
+after it completed) vs the rest (steady state), failed requests, and per swap the time from
+promotion until every request that starts is served by the new version.
 """
 
 from __future__ import annotations
@@ -42,9 +44,9 @@ def _other_weights(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _client(url: str, stop_at: float, out: list, lock: threading.Lock) -> None:
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as http:
-        while time.monotonic() < stop_at:
+def _client(url: str, stop: threading.Event, out: list, lock: threading.Lock) -> None:
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=300) as http:
+        while not stop.is_set():
             t0 = time.monotonic()
             try:
                 r = http.post("/v1/chat/completions", json=BODY)
@@ -64,68 +66,98 @@ def _window_stats(rows: list) -> dict:
             "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))], "span_s": span}
 
 
+def run_mode(mode: str, base: Path, work: Path, args) -> dict:
+    """Load one gateway in `mode` through `args.swaps` promotions; returns the rows and swap times."""
+    work.mkdir()
+    proc, url = launch_gateway(work, base, KEY, gateway_toml=f"registry_poll_s = {args.poll}",
+                               extra_toml=f'[engine]\nswap_mode = "{mode}"')
+    try:
+        registry = PolicyRegistry(work / "state" / "registry")
+        versions = [registry.current(), registry.publish(_other_weights(base, work / "other"), source="bench")]
+        rows: list = []
+        lock, stop_load = threading.Lock(), threading.Event()
+        threads = [threading.Thread(target=_client, args=(url, stop_load, rows, lock)) for _ in range(args.clients)]
+        start = time.monotonic()
+        for t in threads:
+            t.start()
+        swaps = []
+        time.sleep(args.settle)
+        for i in range(args.swaps):
+            target = versions[(i + 1) % 2]
+            promoted = time.monotonic()
+            registry.set_current(target)
+            print(f"[bench] {mode} t={promoted - start:.1f}s: promoted {target}", flush=True)
+            # Complete once a request that started after the promotion comes back from the target.
+            while True:
+                with lock:
+                    done = any(r[0] >= promoted and r[3] == target for r in rows)
+                if done:
+                    break
+                if time.monotonic() - promoted > 600:
+                    raise RuntimeError(f"{mode}: {target} not served 600 s after promotion; see {work}/gateway.log")
+                time.sleep(0.05)
+            print(f"[bench] {mode} t={time.monotonic() - start:.1f}s: serving {target}", flush=True)
+            swaps.append((promoted, target))
+            time.sleep(args.settle)
+        stop_load.set()
+        for t in threads:
+            t.join()
+    finally:
+        stop(proc)
+    to_full = []
+    for i, (t, target) in enumerate(swaps):
+        later = swaps[i + 1][0] if i + 1 < len(swaps) else float("inf")
+        between = [r for r in rows if t <= r[0] and r[1] < later]
+        last_old = max((r[0] for r in between if r[3] != target), default=t)
+        to_full.append(last_old - t)
+    return {"rows": rows, "swaps": [(t, t + d) for (t, _), d in zip(swaps, to_full)], "to_full": to_full}
+
+
+def report(mode: str, result: dict) -> str:
+    """One mode's table row pair, failures and promotion-to-100% times."""
+    rows, windows = result["rows"], [(t - 1.0, done + 3.0) for t, done in result["swaps"]]
+    near = lambda end: any(a <= end <= b for a, b in windows)  # noqa: E731
+    around = [r for r in rows if near(r[1])]
+    steady = [r for r in rows if not near(r[1])]
+    first, last = min(r[0] for r in rows), max(r[1] for r in rows)
+    window_time = sum(min(b, last) - max(a, first) for a, b in windows)
+    steady_time = (last - first) - window_time
+    a, s = _window_stats(around), _window_stats(steady)
+    failed = sum(1 for r in rows if not r[2])
+    ratio = (a["requests"] / window_time) / (s["requests"] / steady_time)
+    return (f"| {mode} | steady state | {s['requests']} | {s['requests'] / steady_time:.1f} | {s['p50_ms']:.0f} | "
+            f"{s['p99_ms']:.0f} | | |\n"
+            f"| {mode} | during swaps | {a['requests']} | {a['requests'] / window_time:.1f} | {a['p50_ms']:.0f} | "
+            f"{a['p99_ms']:.0f} | {failed} of {len(rows)} | "
+            + ", ".join(f"{x:.2f}" for x in result["to_full"]) + f" |\n"
+            f"| {mode} | during / steady | | {ratio:.2f}x | | {a['p99_ms'] / s['p99_ms']:.2f}x | | |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=48)
-    parser.add_argument("--swaps", type=int, default=4)
+    parser.add_argument("--swaps", type=int, default=3)
+    parser.add_argument("--settle", type=float, default=10.0, help="seconds of steady load around swaps")
+    parser.add_argument("--modes", default="in_place,blue_green")
     parser.add_argument("--poll", type=float, default=0.25, help="gateway.registry_poll_s")
     args = parser.parse_args()
     from inference.tiny_model import build_tiny_model
 
+    results = {}
     with tempfile.TemporaryDirectory(prefix="alignloop-swap-") as tmp:
         work = Path(tmp)
         base = build_tiny_model(work / "base", TinyModelConfig())
-        proc, url = launch_gateway(work, base, KEY, gateway_toml=f"registry_poll_s = {args.poll}")
-        try:
-            registry = PolicyRegistry(work / "state" / "registry")
-            versions = [registry.current(), registry.publish(_other_weights(base, work / "other"), source="bench")]
-            rows: list = []
-            lock = threading.Lock()
-            start = time.monotonic()
-            stop_at = start + args.seconds
-            threads = [threading.Thread(target=_client, args=(url, stop_at, rows, lock)) for _ in range(args.clients)]
-            for t in threads:
-                t.start()
-            swaps = []
-            gap = args.seconds / (args.swaps + 1)
-            for i in range(args.swaps):
-                time.sleep(max(0.0, start + gap * (i + 1) - time.monotonic()))
-                target = versions[(i + 1) % 2]
-                swaps.append((time.monotonic(), target))
-                registry.set_current(target)
-                print(f"[bench] t={time.monotonic() - start:.1f}s: promoted {target}", flush=True)
-            for t in threads:
-                t.join()
-        finally:
-            stop(proc)
+        for mode in args.modes.split(","):
+            results[mode] = run_mode(mode, base, work / mode, args)
 
-    # Requests are placed by when they finished: near a swap if within [t - 1 s, t + 3 s] of one.
-    near = lambda end: any(t - 1.0 <= end <= t + 3.0 for t, _ in swaps)  # noqa: E731
-    around = [r for r in rows if near(r[1])]
-    steady = [r for r in rows if not near(r[1])]
-    failed = sum(1 for r in rows if not r[2])
-    to_full = []
-    for i, (t, target) in enumerate(swaps):
-        later = swaps[i + 1][0] if i + 1 < len(swaps) else float("inf")
-        # Requests that started after this promotion and finished before the next one.
-        between = [r for r in rows if t <= r[0] and r[1] < later]
-        last_old = max((r[0] for r in between if r[3] != target), default=t)
-        to_full.append(last_old - t)
-    a, s = _window_stats(around), _window_stats(steady)
-    first, last = min(r[0] for r in rows), max(r[1] for r in rows)
-    window_time = sum(min(t + 3.0, last) - max(t - 1.0, first) for t, _ in swaps)
-    steady_time = (last - first) - window_time
     print(f"\nMachine: {machine()}")
-    print(f"Load: {args.clients} clients, chat completions of 32 tokens, {args.seconds:.0f} s, {args.swaps} swaps "
-          f"by moving CURRENT (gateway polls it every {args.poll} s); mode: in place.\n")
-    print("| window | requests | req/s | p50 ms | p99 ms |\n|---|---|---|---|---|")
-    print(f"| steady state | {s['requests']} | {s['requests'] / steady_time:.1f} | {s['p50_ms']:.0f} | {s['p99_ms']:.0f} |")
-    print(f"| around swaps (-1 s..+3 s) | {a['requests']} | {a['requests'] / window_time:.1f} | {a['p50_ms']:.0f} | "
-          f"{a['p99_ms']:.0f} |")
-    print(f"\nFailed requests: {failed} of {len(rows)}.")
-    print("Promotion to 100% of new requests on the new version, per swap (s): "
-          + ", ".join(f"{x:.2f}" for x in to_full))
+    print(f"Load: {args.clients} closed-loop clients, chat completions of 32 tokens; {args.swaps} swaps per mode "
+          f"by moving CURRENT (gateway polls it every {args.poll} s), {args.settle:.0f} s of steady load between.")
+    print("'During swaps': requests that finished from 1 s before a promotion to 3 s after it completed.\n")
+    print("| mode | window | requests | req/s | p50 ms | p99 ms | failed | promotion to 100% new (s) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for mode, result in results.items():
+        print(report(mode, result))
 
 
 if __name__ == "__main__":
