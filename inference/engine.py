@@ -74,10 +74,12 @@ class PolicyEngine:
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase | None:
+        """The serving version's tokenizer (a canary's is the same by construction)."""
         return self._active.tokenizer if self._active else None
 
     @property
     def canary(self) -> Canary | None:
+        """The candidate taking a share of the traffic, if any."""
         return Canary(self._canary.version, self._canary_fraction) if self._canary else None
 
     def engines(self) -> list[dict]:

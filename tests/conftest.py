@@ -102,7 +102,7 @@ class Gateway:
         return self.log.read_text(errors="replace")[-4000:]
 
 
-def _write_config(path: Path, state_dir: Path, port: int, kafka: str | None) -> None:
+def _write_config(path: Path, state_dir: Path, port: int, kafka: str | None, swap_mode: str) -> None:
     feedback = f'[feedback]\nkafka_bootstrap = "{kafka}"\nkafka_timeout_s = 3\n' if kafka else ""
     path.write_text(f"""
 state_dir = "{state_dir}"
@@ -119,10 +119,11 @@ api_keys = [
 ]
 [engine]
 max_model_len = 256
+swap_mode = "{swap_mode}"
 {feedback}""")
 
 
-def make_gateway(root: Path, model_dir: Path, kafka: str | None) -> Gateway:
+def make_gateway(root: Path, model_dir: Path, kafka: str | None, swap_mode: str = "in_place") -> Gateway:
     """A configured, not yet started gateway whose registry holds v0001 (current) and v0002
     (same shapes, other weights)."""
     state_dir = root / "state"
@@ -130,7 +131,7 @@ def make_gateway(root: Path, model_dir: Path, kafka: str | None) -> Gateway:
     registry.publish(model_dir, source="tiny-model", make_current=True)
     registry.publish(perturbed_copy(model_dir, root / "v2", seed=2), source="test:perturbed", parent="v0001")
     config = root / "alignloop.toml"
-    _write_config(config, state_dir, free_port(), kafka)
+    _write_config(config, state_dir, free_port(), kafka, swap_mode)
     port = int(next(line for line in config.read_text().splitlines() if line.startswith("port")).split("=")[1])
     return Gateway(f"http://127.0.0.1:{port}", state_dir, registry, config, root / "gateway.log")
 
@@ -145,7 +146,8 @@ def gateway(tmp_path_factory, tiny_model_dir, kafka_broker) -> Gateway:
 
 @pytest.fixture(scope="session")
 def embedded_gateway(tmp_path_factory, tiny_model_dir) -> Gateway:
-    """A second gateway with no broker configured: feedback goes to the embedded local log."""
-    gw = make_gateway(tmp_path_factory.mktemp("embedded"), tiny_model_dir, None).start()
+    """A second gateway with no broker configured (feedback goes to the embedded local log), and
+    blue/green as its swap mode."""
+    gw = make_gateway(tmp_path_factory.mktemp("embedded"), tiny_model_dir, None, swap_mode="blue_green").start()
     yield gw
     gw.stop()

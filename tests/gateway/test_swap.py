@@ -272,3 +272,44 @@ def test_a_corrupted_version_is_never_served(gateway):
     time.sleep(3)
     assert gateway.registry.current() == serving
     assert _serving_within(gateway, serving, timeout=2)
+
+
+def test_blue_green_gateway_follows_the_pointer_and_refuses_what_it_cannot_serve(embedded_gateway, tmp_path):
+    """A gateway configured for blue/green: the trainer's promotion (moving CURRENT) starts a new
+    engine and moves traffic to it; a corrupt version and one with another tokenizer are refused
+    (the latter after its engine was started and checked) and the pointer goes back."""
+    gw = embedded_gateway
+    serving = _serving(gw)
+    target = "v0002" if serving != "v0002" else "v0001"
+    stop, results = threading.Event(), []
+    workers = [threading.Thread(target=_load, args=(gw, stop, results, i % 2 == 0)) for i in range(2)]
+    for w in workers:
+        w.start()
+    try:
+        gw.registry.set_current(target)
+        assert _serving_within(gw, target, timeout=300)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(timeout=120)
+    assert results and not [r for r in results if not r[1]], [r for r in results if not r[1]][:5]
+    assert _engines_settle(gw, [{"version": target, "role": "serving", "in_flight": 0}]) == [
+        {"version": target, "role": "serving", "in_flight": 0}]
+
+    victim = gw.registry.publish(gw.registry.path(serving), source="test:to-corrupt")
+    weights = gw.registry.path(victim) / "model.safetensors"
+    weights.chmod(0o644)
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    other = gw.registry.publish(build_tiny_model(tmp_path / "other", TinyModelConfig(
+        hidden_size=64, pretrain_steps=1, corpus_examples=200)), source="test:other-tokenizer")
+    for bad in (victim, other):
+        (gw.registry.root / "CURRENT").write_text(bad + "\n")  # as a careless operator might
+        deadline = time.monotonic() + 300
+        while gw.registry.current() != target and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert gw.registry.current() == target, f"{bad} must not stay CURRENT"
+        assert _serving_within(gw, target, timeout=2)
+    assert _engines_settle(gw, [{"version": target, "role": "serving", "in_flight": 0}]) == [
+        {"version": target, "role": "serving", "in_flight": 0}], "the refused engine was not shut down"
+    with gw.client(ADMIN_KEY) as admin:
+        assert admin.get("/admin/versions").json()["swap_mode"] == "blue_green"

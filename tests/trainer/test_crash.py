@@ -1,5 +1,6 @@
 """Killing the trainer mid-round and restarting it: the same dataset, a consistent registry."""
 
+import json
 import os
 import signal
 import subprocess
@@ -46,19 +47,33 @@ def wait_for(predicate, timeout, what):
         time.sleep(0.2)
 
 
-def test_killed_mid_training_then_restarted(tiny_model_dir, tmp_path):
+def prepare(tmp_path, model_dir, n: int, **sections: dict):
+    """A registry holding v0001, n logged rankings, and a trainer config; `sections` (loop=, rm=,
+    ppo=) override train.<section> fields."""
     state = tmp_path / "state"
     registry = PolicyRegistry(state / "registry")
-    registry.publish(tiny_model_dir, source="tiny-model", make_current=True)
-    events = logged_feedback(40)
+    registry.publish(model_dir, source="tiny-model", make_current=True)
+    events = logged_feedback(n)
     LocalLog(state / "feedback" / "events.db").append([(topic_for(e), e.key(), e.to_bytes()) for e in events])
+    # A gate that passes anything: these tests are about where the process dies, not what it learns.
+    train = {"loop": {"min_new_comparisons": 10, "metrics_port": 0, "kl_budget": 1000.0, "ptx_regression": 100.0,
+                      "gate_margin": -1000.0},
+             "rm": {"batch_size": 4, "learning_rate": 0.001},
+             "ppo": {"minibatch": 4, "rollout_engine": "transformers"}}
+    for section, fields in sections.items():
+        train[section].update(fields)
+    lines = [f'state_dir = "{state}"']
+    for section, fields in train.items():
+        lines += [f"[train.{section}]", *(f"{k} = {json.dumps(v)}" for k, v in fields.items())]
     config = tmp_path / "trainer.toml"
-    config.write_text(f'state_dir = "{state}"\n'
-                      "[train.loop]\nmin_new_comparisons = 10\nrm_max_steps = 6\nmetrics_port = 0\nkl_budget = 1000.0\n"
-                      "ptx_regression = 10.0\ngate_margin = -1000.0\n"
-                      "[train.rm]\nbatch_size = 4\nsave_every = 2\nlearning_rate = 0.001\n"
-                      "[train.ppo]\niterations = 4\nrollout_batch = 8\nminibatch = 4\nmax_new_tokens = 12\n"
-                      'save_every = 1\nrollout_engine = "transformers"\n')
+    config.write_text("\n".join(lines) + "\n")
+    return state, registry, events, config
+
+
+def test_killed_mid_training_then_restarted(tiny_model_dir, tmp_path):
+    state, registry, events, config = prepare(
+        tmp_path, tiny_model_dir, 40, loop={"rm_max_steps": 6}, rm={"save_every": 2},
+        ppo={"iterations": 4, "rollout_batch": 8, "max_new_tokens": 12, "save_every": 1})
     log = tmp_path / "trainer.log"
 
     first = start_trainer(config, log)
@@ -94,19 +109,9 @@ def test_killed_at_every_dangerous_point_then_restarted(tiny_model_dir, tmp_path
     """Crash exactly where two writes must look atomic: after storing events but before committing
     their offsets, mid-copy into the registry, after the version appears but before CURRENT moves,
     after CURRENT moves but before the round is recorded. Each restart must finish the job once."""
-    state = tmp_path / "state"
-    registry = PolicyRegistry(state / "registry")
-    registry.publish(tiny_model_dir, source="tiny-model", make_current=True)
-    events = logged_feedback(30)
-    LocalLog(state / "feedback" / "events.db").append([(topic_for(e), e.key(), e.to_bytes()) for e in events])
-    config = tmp_path / "trainer.toml"
-    # A gate that passes anything: this test is about where the process dies, not what it learns.
-    config.write_text(f'state_dir = "{state}"\n'
-                      "[train.loop]\nmin_new_comparisons = 10\nrm_max_steps = 2\nmetrics_port = 0\nconsume_batch = 7\nkl_budget = 1000.0\n"
-                      "ptx_regression = 100.0\ngate_margin = -1000.0\n"
-                      "[train.rm]\nbatch_size = 4\nlearning_rate = 0.001\n"
-                      "[train.ppo]\niterations = 1\nrollout_batch = 4\nminibatch = 4\nmax_new_tokens = 8\n"
-                      'rollout_engine = "transformers"\n')
+    state, registry, events, config = prepare(
+        tmp_path, tiny_model_dir, 30, loop={"rm_max_steps": 2, "consume_batch": 7},
+        ppo={"iterations": 1, "rollout_batch": 4, "max_new_tokens": 8})
     log = tmp_path / "trainer.log"
     store_path = state / "trainer" / "dataset.db"
 
