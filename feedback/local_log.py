@@ -123,6 +123,12 @@ class LocalLog:
         with self._lock:
             self._db.execute("DELETE FROM records WHERE offset < ?", (offset,))
 
+    def count(self, topic: str, from_offset: int = 0) -> int:
+        """Records of one topic at or after from_offset."""
+        with self._read_lock:
+            return self._reader.execute("SELECT COUNT(*) FROM records WHERE topic = ? AND offset >= ?",
+                                        (topic, from_offset)).fetchone()[0]
+
     def stats(self, from_offset: int = 0) -> tuple[int, int]:
         """(records, bytes) at or after from_offset."""
         with self._lock:

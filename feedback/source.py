@@ -37,6 +37,9 @@ class EventSource(Protocol):
     def commit(self) -> None:
         """Mark everything polled so far as processed."""
 
+    def lag(self) -> dict[str, int]:
+        """Per topic, how many events the group has not committed yet (consumer lag)."""
+
     def close(self) -> None:
         """Release the connection."""
 
@@ -71,6 +74,16 @@ class KafkaSource:
     def commit(self) -> None:
         self._consumer.commit()
 
+    def lag(self) -> dict[str, int]:
+        parts = list(self._consumer.assignment())
+        if not parts:
+            return {}
+        end = self._consumer.end_offsets(parts)
+        out: dict[str, int] = {}
+        for tp in parts:
+            out[tp.topic] = out.get(tp.topic, 0) + max(0, end[tp] - (self._consumer.committed(tp) or 0))
+        return out
+
     def close(self) -> None:
         self._consumer.close()
 
@@ -100,6 +113,9 @@ class LocalLogSource:
             if self._polled[topic] != self._next[topic]:
                 self._log.commit(self._group, topic, self._polled[topic])
         self._next = dict(self._polled)
+
+    def lag(self) -> dict[str, int]:
+        return {topic: self._log.count(topic, self._next[topic]) for topic in self._topics}
 
     def close(self) -> None:
         self._log.close()

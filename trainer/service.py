@@ -33,6 +33,8 @@ class _Metrics:
     def __init__(self, registry: CollectorRegistry):
         self.dataset = Gauge("alignloop_trainer_dataset", "Stored items by kind", ["kind"], registry=registry)
         self.pending = Gauge("alignloop_trainer_new_comparisons", "Comparisons since the last round", registry=registry)
+        self.lag = Gauge("alignloop_trainer_consumer_lag", "Events on a topic not yet stored and committed",
+                         ["topic"], registry=registry)
         self.consumed = Counter("alignloop_trainer_consumed_events", "Events polled (before de-duplication)",
                                 registry=registry)
         self.rounds = Counter("alignloop_trainer_rounds", "Rounds by gate decision", ["decision"], registry=registry)
@@ -67,6 +69,7 @@ class TrainerService:
         self._last_round_at = last["finished"] if last else time.time()
         # Counted in joined comparisons: a comparison is trainable once its completion is stored too.
         self._last_round_comparisons = last["comparisons"] if last else 0
+        self._lag_at = 0.0
         self._refresh_gauges()
 
     def _refresh_gauges(self) -> dict[str, int]:
@@ -75,6 +78,14 @@ class TrainerService:
             self.metrics.dataset.labels(kind).set(n)
         self.metrics.pending.set(self.store.joined_count() - self._last_round_comparisons)
         return counts
+
+    def refresh_lag(self) -> dict[str, int]:
+        """Measure the consumer group's lag per topic and show it."""
+        lag = self.source.lag()
+        for topic, n in lag.items():
+            self.metrics.lag.labels(topic).set(n)
+        self._lag_at = time.monotonic()
+        return lag
 
     def consume_once(self, timeout_s: float = 1.0) -> int:
         """Poll, store, then commit; returns the number of events polled."""
@@ -85,6 +96,8 @@ class TrainerService:
             self.source.commit()  # only now: a crash before this re-delivers, and the store skips repeats
             self.metrics.consumed.inc(len(batch))
             self._refresh_gauges()
+        if time.monotonic() - self._lag_at > 5.0:  # a network round trip on Kafka: not every poll
+            self.refresh_lag()
         return len(batch)
 
     def catch_up(self, max_s: float = 30.0) -> None:

@@ -1,9 +1,15 @@
-"""The trainer's consumption: a crash between storing and committing loses and doubles nothing."""
+"""The trainer's consumption: a crash between storing and committing loses and doubles nothing;
+consumer lag is measured on the embedded log and on Kafka."""
+
+import time
+import uuid
+
+from prometheus_client import generate_latest
 
 from alignloop.config import Settings
 from feedback.events import Comparison, CompletionServed, ServedChoice
 from feedback.local_log import LocalLog
-from feedback.topics import topic_for
+from feedback.topics import COMPLETIONS, FEEDBACK, topic_for
 from trainer.service import TrainerService
 
 
@@ -31,8 +37,10 @@ def test_crash_before_commit_redelivers_and_nothing_doubles(tmp_path):
     crashed.close()
 
     service = TrainerService(settings)
+    assert service.refresh_lag() == {COMPLETIONS: 30, FEEDBACK: 30}  # stored, but never committed
     while service.consume_once(timeout_s=0.1):
         pass
+    assert service.refresh_lag() == {COMPLETIONS: 0, FEEDBACK: 0}
     assert service.store.counts() == {"completions": 30, "comparisons": 30, "events": 60}
     ids = service.store.comparison_ids()
     assert len(ids) == len(set(ids)) == 30
@@ -45,3 +53,33 @@ def test_crash_before_commit_redelivers_and_nothing_doubles(tmp_path):
         pass
     assert service.store.counts()["comparisons"] == 30
     service.close()
+
+
+def test_consumer_lag_on_kafka(kafka_broker, tmp_path):
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
+    for e in events(5):
+        producer.send(topic_for(e), key=e.key(), value=e.to_bytes())
+    producer.flush()
+    producer.close()
+    settings = Settings(state_dir=tmp_path)
+    settings.train.loop.metrics_port = 0
+    settings.train.loop.consume_batch = 1
+    settings.train.loop.group = f"lag-test-{uuid.uuid4().hex}"  # a new group starts from the beginning
+    settings.feedback.kafka_bootstrap = kafka_broker.bootstrap
+    service = TrainerService(settings)
+    try:
+        deadline = time.monotonic() + 60
+        while not service.consume_once(timeout_s=0.5):  # the first polls may only join the group
+            assert time.monotonic() < deadline, "nothing consumed from Kafka"
+        lag = service.refresh_lag()
+        assert set(lag) == {COMPLETIONS, FEEDBACK} and sum(lag.values()) >= 9, lag  # 10 sent, 1 committed
+        service.cfg.consume_batch = 500  # the session's topics may hold other tests' events too
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and sum(service.refresh_lag().values()):
+            service.consume_once(timeout_s=0.2)
+        assert service.refresh_lag() == {COMPLETIONS: 0, FEEDBACK: 0}
+        assert "alignloop_trainer_consumer_lag" in generate_latest(service.metrics_registry).decode()
+    finally:
+        service.close()
