@@ -115,7 +115,7 @@ def _fewer_layers_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_blue_green_swap_under_load_fails_nothing_and_retires_the_old_engine(gateway, tmp_path):
+def test_blue_green_swap_under_load_fails_nothing_and_retires_the_old_engine(gateway):
     serving = _serving(gateway)
     target = "v0002" if serving != "v0002" else "v0001"
     _switch_under_load(gateway, target, "blue_green")
@@ -123,20 +123,9 @@ def test_blue_green_swap_under_load_fails_nothing_and_retires_the_old_engine(gat
     assert _engines_settle(gateway, [{"version": target, "role": "serving", "in_flight": 0}]) == [
         {"version": target, "role": "serving", "in_flight": 0}], "the old engine was not shut down"
 
-    # Blue/green can change the architecture (same tokenizer); in place cannot.
-    shallow = gateway.registry.publish(_fewer_layers_copy(gateway.registry.path(target), tmp_path / "shallow"),
-                                       source="test:one-layer", parent=target)
     with gateway.client(ADMIN_KEY) as admin:
-        r = admin.post("/admin/policy", json={"version": shallow, "mode": "in_place"})
-        assert r.status_code == 409 and "architecture" in r.json()["error"]["message"]
-        r = admin.post("/admin/policy", json={"version": shallow, "mode": "blue_green"})
-        assert r.status_code == 200, r.text
-        _assert_greedy_is(gateway, shallow)
-        r = admin.post("/admin/policy", json={"version": target, "mode": "blue_green"})
-        assert r.status_code == 200, r.text
         r = admin.post("/admin/policy", json={"version": target, "mode": "sideways"})
         assert r.status_code == 400 and r.json()["error"]["param"] == "mode"
-    _assert_greedy_is(gateway, target)
 
 
 def test_canary_takes_a_fraction_and_its_feedback_is_labelled(gateway, kafka_broker):
@@ -276,8 +265,9 @@ def test_a_corrupted_version_is_never_served(gateway):
 
 def test_blue_green_gateway_follows_the_pointer_and_refuses_what_it_cannot_serve(embedded_gateway, tmp_path):
     """A gateway configured for blue/green: the trainer's promotion (moving CURRENT) starts a new
-    engine and moves traffic to it; a corrupt version and one with another tokenizer are refused
-    (the latter after its engine was started and checked) and the pointer goes back."""
+    engine and moves traffic to it, also to a model of another depth; a corrupt version and one
+    with another tokenizer are refused (the latter after its engine was started and checked) and
+    the pointer goes back."""
     gw = embedded_gateway
     serving = _serving(gw)
     target = "v0002" if serving != "v0002" else "v0001"
@@ -295,6 +285,17 @@ def test_blue_green_gateway_follows_the_pointer_and_refuses_what_it_cannot_serve
     assert results and not [r for r in results if not r[1]], [r for r in results if not r[1]][:5]
     assert _engines_settle(gw, [{"version": target, "role": "serving", "in_flight": 0}]) == [
         {"version": target, "role": "serving", "in_flight": 0}]
+
+    # Blue/green can change the architecture (same tokenizer); in place cannot.
+    shallow = gw.registry.publish(_fewer_layers_copy(gw.registry.path(target), tmp_path / "shallow"),
+                                  source="test:one-layer", parent=target)
+    with gw.client(ADMIN_KEY) as admin:
+        r = admin.post("/admin/policy", json={"version": shallow, "mode": "in_place"})
+        assert r.status_code == 409 and "architecture" in r.json()["error"]["message"]
+    gw.registry.set_current(shallow)
+    assert _serving_within(gw, shallow, timeout=300)
+    _assert_greedy_is(gw, shallow)
+    target = shallow
 
     victim = gw.registry.publish(gw.registry.path(serving), source="test:to-corrupt")
     weights = gw.registry.path(victim) / "model.safetensors"
