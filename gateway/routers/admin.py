@@ -1,13 +1,12 @@
-"""Admin routes (admin credential only): the policy versions and which one is served."""
+"""Admin routes (admin credential only): the policy versions, which one is served, and the canary."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict
-
-from fastapi import APIRouter, Depends, Request
 from typing import Literal
 
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.auth import admin
