@@ -123,6 +123,14 @@ class LocalLog:
         with self._lock:
             self._db.execute("DELETE FROM records WHERE offset < ?", (offset,))
 
+    def delete_topic_before(self, topic: str, offset: int) -> tuple[int, int]:
+        """Forget one topic's records before offset; returns (records, bytes) removed."""
+        with self.transaction() as tx:
+            n, size = tx.cursor.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(value)), 0) FROM records "
+                                        "WHERE topic = ? AND offset < ?", (topic, offset)).fetchone()
+            tx.cursor.execute("DELETE FROM records WHERE topic = ? AND offset < ?", (topic, offset))
+        return n, size
+
     def count(self, topic: str, from_offset: int = 0) -> int:
         """Records of one topic at or after from_offset."""
         with self._read_lock:

@@ -4,7 +4,8 @@ Served completions are handed over without waiting (serving never waits on the d
 feedback is acknowledged only once it is fsync'd to the local log. A writer thread group-commits
 both; a shipper thread sends what the log holds to Kafka in order (acks=all, idempotent producer)
 and forgets it once acknowledged. If Kafka is down, events wait in the log and go out when it
-returns, also after a gateway restart. With no broker configured the log is the destination.
+returns, also after a gateway restart. With no broker configured the log is the destination, and
+events are deleted from it once the trainer's consumer group has committed them.
 
 The log's database also keeps which choice ids were served to whom (so users may only rate what
 they were served, even after a restart) and the idempotency keys already used.
@@ -33,6 +34,7 @@ from feedback.topics import topic_for
 log = logging.getLogger(__name__)
 
 SHIPPER_GROUP = "alignloop-kafka-shipper"
+_RETENTION_EVERY_S = 1.0
 ANY_TOPIC = "*"
 _INDEX_SCHEMA = """
 CREATE TABLE IF NOT EXISTS served (
@@ -90,15 +92,20 @@ class _Metrics:
         self.sent = Counter("alignloop_kafka_sent_events", "Events acknowledged by Kafka", registry=registry)
         self.failures = Counter("alignloop_kafka_send_failures", "Failed attempts to deliver a batch to Kafka",
                                 registry=registry)
-        self.spool_events = Gauge("alignloop_spool_events", "Events accepted but not yet delivered", registry=registry)
-        self.spool_bytes = Gauge("alignloop_spool_bytes", "Bytes accepted but not yet delivered", registry=registry)
+        self.spool_events = Gauge("alignloop_spool_events", "Events accepted but not yet delivered "
+                                   "(to Kafka; embedded: to the trainer)", registry=registry)
+        self.spool_bytes = Gauge("alignloop_spool_bytes", "Bytes accepted but not yet delivered "
+                                  "(to Kafka; embedded: to the trainer)", registry=registry)
         self.kafka_up = Gauge("alignloop_kafka_connected", "1 while the shipper reaches Kafka", registry=registry)
 
 
 class FeedbackRecorder:
     """Accepts events durably and delivers them to Kafka (or keeps them, embedded)."""
 
-    def __init__(self, config: FeedbackConfig, state_dir: Path, registry: CollectorRegistry):
+    def __init__(self, config: FeedbackConfig, state_dir: Path, registry: CollectorRegistry,
+                 consumer_groups: tuple[str, ...] = ()):
+        """Embedded, `consumer_groups` are the readers (the trainer's group) whose commits let
+        events be deleted from the log; with none, the log keeps everything."""
         self.config = config
         self.log = LocalLog(Path(state_dir) / "feedback" / "events.db", _INDEX_SCHEMA)
         self.metrics = _Metrics(registry)
@@ -111,11 +118,15 @@ class FeedbackRecorder:
         self._shipped = 0 if self.embedded else self.log.committed(SHIPPER_GROUP, ANY_TOPIC)
         events, size = self.log.stats(self._shipped)
         self._undelivered = [events, size]
+        self._undelivered_lock = threading.Lock()  # the writer adds, the shipper or retention subtracts
         self._update_spool_gauges()
         self._threads = [threading.Thread(target=self._write_loop, name="feedback-writer", daemon=True)]
         if not self.embedded:
             self._wake = threading.Event()
             self._threads.append(threading.Thread(target=self._ship_loop, name="kafka-shipper", daemon=True))
+        elif consumer_groups:
+            self._groups = consumer_groups
+            self._threads.append(threading.Thread(target=self._retain_loop, name="feedback-retention", daemon=True))
         for t in self._threads:
             t.start()
         if events and not self.embedded:
@@ -213,9 +224,7 @@ class FeedbackRecorder:
                     if item[0] == "completion":
                         for c in item[1].choices:
                             self._pending.pop(c.choice_id, None)
-        self._undelivered[0] += added[0]
-        self._undelivered[1] += added[1]
-        self._update_spool_gauges()
+        self._count_undelivered(added[0], added[1])
         self.metrics.completions.labels("recorded").inc(sum(1 for i in batch if i[0] == "completion"))
         for future, outcome in results:
             if isinstance(outcome, Exception):
@@ -316,18 +325,43 @@ class FeedbackRecorder:
             self.log.commit(SHIPPER_GROUP, ANY_TOPIC, self._shipped)
             self.log.delete_before(self._shipped)
             self.metrics.sent.inc(len(batch))
-            self._undelivered[0] -= len(batch)
-            self._undelivered[1] -= sum(len(r.value) for r in batch)
-            self._update_spool_gauges()
+            self._count_undelivered(-len(batch), -sum(len(r.value) for r in batch))
         if producer is not None:
             producer.close(timeout=5)
+
+    # ---- embedded retention --------------------------------------------------------------------
+
+    def _retain_loop(self) -> None:
+        # Embedded, this log is the topic the trainer reads. Once every named group has committed
+        # a record, the trainer has it in its own dataset store, so it can go: the spool then
+        # measures what the trainer has yet to take, as it measures what Kafka has yet to take
+        # otherwise, and a long-running single-machine setup neither fills the disk nor hits
+        # max_spool_bytes. A group that never committed keeps everything (nothing is lost).
+        retained: dict[str, int] = {}
+        while not self._stop.wait(_RETENTION_EVERY_S):
+            try:
+                for topic in ALL_TOPICS:
+                    floor = min(self.log.committed(g, topic) for g in self._groups)
+                    if floor <= retained.get(topic, 0):
+                        continue
+                    events, size = self.log.delete_topic_before(topic, floor)
+                    retained[topic] = floor
+                    self._count_undelivered(-events, -size)
+            except Exception:  # a busy or failing disk: try again next time, never stop serving
+                log.exception("feedback: could not remove consumed events from the local log")
+
+    def _count_undelivered(self, events: int, size: int) -> None:
+        with self._undelivered_lock:
+            self._undelivered[0] += events
+            self._undelivered[1] += size
+        self._update_spool_gauges()
 
     def _update_spool_gauges(self) -> None:
         self.metrics.spool_events.set(self._undelivered[0])
         self.metrics.spool_bytes.set(self._undelivered[1])
 
     def undelivered(self) -> int:
-        """Events accepted but not yet delivered to Kafka (embedded: all events)."""
+        """Events accepted but not yet delivered to Kafka (embedded: not yet consumed by the trainer)."""
         return self._undelivered[0]
 
     def close(self, drain_timeout: float = 10.0) -> None:

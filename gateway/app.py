@@ -32,7 +32,8 @@ def create_app(settings: Settings) -> FastAPI:
                            "run `alignloop init-model` (or `alignloop serve`, which does it) first")
     engine = PolicyEngine(registry, settings.engine)
     metrics = GatewayMetrics()
-    recorder = FeedbackRecorder(settings.feedback, settings.state_dir, metrics.registry)
+    recorder = FeedbackRecorder(settings.feedback, settings.state_dir, metrics.registry,
+                                consumer_groups=(settings.train.loop.group,))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

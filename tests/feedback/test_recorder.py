@@ -1,4 +1,5 @@
-"""The recorder on its own: a full spool refuses, and a restarted recorder replays its spool."""
+"""The recorder on its own: a full spool refuses, a restarted recorder replays its spool, and the
+embedded log lets go of what the trainer has consumed."""
 
 import asyncio
 import time
@@ -73,3 +74,34 @@ def test_spool_is_replayed_after_a_restart(tmp_path, kafka_broker):
     mine = [e for e in events if e.request_id == "replay-1"]
     assert [e.type for e in mine].count("completion") == 1
     assert {e.event_id for e in mine if e.type == "rating"} == set(ids)
+
+
+def test_embedded_log_deletes_what_the_trainer_committed_and_accepts_again(tmp_path):
+    from feedback.source import LocalLogSource
+
+    registry = CollectorRegistry()
+    rec = FeedbackRecorder(FeedbackConfig(max_spool_bytes=3000), tmp_path, registry, consumer_groups=("trainer",))
+    try:
+        rec.record_completion(completion("kept"))
+        accepted = 0
+        with pytest.raises(SpoolFull):
+            for i in range(100):
+                asyncio.run(rec.submit([rating(f"r{i}")]))
+                accepted += 1
+        assert rec.undelivered() == accepted + 1
+        time.sleep(2)  # no group has committed anything: nothing may be deleted
+        assert rec.undelivered() == accepted + 1 and rec.log.stats()[0] == accepted + 1
+
+        trainer = LocalLogSource(tmp_path / "feedback" / "events.db", "trainer")
+        consumed = trainer.poll(max_records=1000)
+        trainer.commit()
+        trainer.close()
+        assert len(consumed) == accepted + 1
+        wait_for(lambda: rec.undelivered() == 0)
+        assert rec.log.stats() == (0, 0)
+        assert registry.get_sample_value("alignloop_spool_bytes") == 0
+        assert rec.served("kept-0").caller == "alice"  # the served index is not the log: it stays
+        asyncio.run(rec.submit([rating("kept")]))  # room again
+        assert rec.undelivered() == 1
+    finally:
+        rec.close(drain_timeout=0)
