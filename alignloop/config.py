@@ -50,10 +50,18 @@ class EngineConfig(_Section):
     max_num_seqs: int = 64
     enforce_eager: bool = True  # CUDA graphs buy nothing for a tiny model and cost start-up
     cpu_kv_cache_gib: int = 1
-    gpu_memory_utilization: float = 0.85
+    # Share of GPU memory each engine may take. None: 0.85 with in-place swaps; 0.42 with blue/green,
+    # which runs two engines at once while it switches (lower it likewise to run a canary in place mode).
+    gpu_memory_utilization: float | None = None
     seed: int = 0
     # How a new version replaces the served one: see inference/engine.py.
     swap_mode: Literal["in_place", "blue_green"] = "in_place"
+
+    def gpu_memory_share(self) -> float:
+        """The GPU memory fraction one engine is given (see gpu_memory_utilization)."""
+        if self.gpu_memory_utilization is not None:
+            return self.gpu_memory_utilization
+        return 0.42 if self.swap_mode == "blue_green" else 0.85
 
 
 class ApiKeyConfig(_Section):

@@ -102,7 +102,7 @@ def engine_kwargs(path: Path, config: EngineConfig, **overrides) -> dict:
         dtype = "float32"
     return dict(model=str(path), tokenizer=str(path), load_format="safetensors", dtype=dtype,
                 max_model_len=config.max_model_len, max_num_seqs=config.max_num_seqs,
-                enforce_eager=config.enforce_eager, gpu_memory_utilization=config.gpu_memory_utilization,
+                enforce_eager=config.enforce_eager, gpu_memory_utilization=config.gpu_memory_share(),
                 seed=config.seed) | overrides
 
 
@@ -131,7 +131,11 @@ class EngineReplica:
         try:
             llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         except Exception as exc:
-            raise RegistryError(f"could not start an engine on {version}: {exc}") from exc
+            hint = ""
+            if torch.cuda.is_available():
+                hint = (f" (each engine asks for {config.gpu_memory_share():.2f} of GPU memory; a second engine, for "
+                        "blue/green or a canary, needs engine.gpu_memory_utilization below 0.5)")
+            raise RegistryError(f"could not start an engine on {version}: {exc}{hint}") from exc
         try:
             tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, path)
             replica = cls(llm, version, path, tokenizer)

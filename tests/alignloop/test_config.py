@@ -29,3 +29,11 @@ def test_lists_from_env_and_typos_fail():
         load_settings(None, ["gateway.api_keys=[{\"key\": \"k\", \"name\": \"n\", \"max_n\": 10}]"], environ={})
     with pytest.raises(ValueError):
         load_settings(None, ["no-equals-sign"], environ={})
+
+
+def test_blue_green_halves_each_engines_gpu_memory_unless_set():
+    from alignloop.config import EngineConfig
+
+    assert EngineConfig().gpu_memory_share() == 0.85
+    assert EngineConfig(swap_mode="blue_green").gpu_memory_share() == 0.42  # two engines while switching
+    assert EngineConfig(swap_mode="blue_green", gpu_memory_utilization=0.3).gpu_memory_share() == 0.3
