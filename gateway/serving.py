@@ -283,6 +283,11 @@ class Serving:
                 if pending:
                     c = pending.pop()
                 else:
+                    # When the engine is ahead of the client, chunks are already queued and neither
+                    # taking one nor sending it suspends: without this yield one stream could hold
+                    # the event loop until it ends, so other requests would stall and a client's
+                    # hang-up would go unnoticed until the whole answer had been generated.
+                    await asyncio.sleep(0)
                     try:
                         c = await anext(gen)
                     except StopAsyncIteration:

@@ -19,6 +19,7 @@ makes its engine the serving one without starting anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -105,8 +106,11 @@ class PolicyEngine:
         replica = self._route()
         replica.in_flight += 1
         try:
-            async for chunk in replica.generate(prompt_token_ids, params, request_id):
-                yield chunk
+            # aclosing: when our caller closes us (a client hung up), the replica's generator is
+            # closed at once, aborting the engine request, instead of whenever it is collected.
+            async with contextlib.aclosing(replica.generate(prompt_token_ids, params, request_id)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
         finally:
             replica.in_flight -= 1
 
