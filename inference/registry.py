@@ -40,11 +40,11 @@ _HOST = socket.gethostname().replace("-", "_")
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0 only checks; PermissionError would mean alive but not ours
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 

@@ -146,7 +146,9 @@ class TrainerService:
                         pretraining_texts(64, seed=10_000), margin=self.cfg.gate_margin, kl_budget=self.cfg.kl_budget,
                         ptx_regression=self.cfg.ptx_regression, max_new_tokens=self.settings.train.ppo.max_new_tokens)
         decision = "promoted" if gate.passed else "rejected"
-        lineage = {"round": number, "work_dir": str(self.work), "rm": str(round_dir / "rm"), "rm_init": str(rm_init), "sft": self.cfg.sft_version,
+        # round + work_dir let a restarted trainer recognise a version it published before a crash.
+        lineage = {"round": number, "work_dir": str(self.work), "rm": str(round_dir / "rm"), "rm_init": str(rm_init),
+                   "sft": self.cfg.sft_version,
                    "data": {**counts, "rankings": len(rankings), "prompts": len(prompts),
                             "consumed": self.store.consumed()},
                    "config": self.settings.train.model_dump(),
