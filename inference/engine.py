@@ -91,7 +91,9 @@ class PolicyEngine:
 
     async def start(self, version: str) -> None:
         """Build the vLLM engine on a registry version and warm it up."""
-        self._active = await EngineReplica.launch(version, self.registry.path(version), self.config)
+        path = self.registry.path(version)
+        validate_checkpoint(path)
+        self._active = await EngineReplica.launch(version, path, self.config)
         self.ready = True
 
     def _route(self) -> EngineReplica:

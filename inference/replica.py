@@ -25,7 +25,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from alignloop.config import EngineConfig
-from inference.registry import RegistryError, validate_checkpoint
+from inference.registry import RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +118,11 @@ class EngineReplica:
 
     @classmethod
     async def launch(cls, version: str, path: Path, config: EngineConfig) -> "EngineReplica":
-        """Build and warm up an engine on a checkpoint; RegistryError if it cannot be loaded."""
+        """Build and warm up an engine on a checkpoint (validated by the caller); RegistryError if it
+        cannot be started."""
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        validate_checkpoint(path)
         args = AsyncEngineArgs(**engine_kwargs(path, config))
         started = time.monotonic()
         log.info("engine: starting vLLM on %s (%s)", version, path)
