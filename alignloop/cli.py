@@ -6,42 +6,21 @@ import argparse
 import json
 import logging
 import sys
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from alignloop.config import Settings, load_settings
+from alignloop.bootstrap import ensure_base_policy
+from core.config import Settings, load_settings
 
 log = logging.getLogger("alignloop")
 
 
-def ensure_base_policy(settings: Settings) -> str:
-    """The registry's current version, creating v0001 from the base model on first use."""
-    from inference.registry import PolicyRegistry
-
-    registry = PolicyRegistry(settings.registry_dir)
-    current = registry.current()
-    if current is not None:
-        return current
-    if settings.base_model is not None:
-        log.info("registry is empty: importing %s as the base policy", settings.base_model)
-        return registry.publish(settings.base_model, source=f"import:{settings.base_model}", make_current=True)
-    from inference.tiny_model import build_tiny_model
-
-    log.info("registry is empty: building the tiny base model (one-time, about a minute on 2 cores)")
-    with tempfile.TemporaryDirectory(dir=settings.state_dir) as tmp:
-        build_tiny_model(Path(tmp), settings.tiny_model)
-        return registry.publish(Path(tmp), source="tiny-model", extra={"tiny_model": settings.tiny_model.model_dump()},
-                                make_current=True)
-
-
 def _cmd_init_model(settings: Settings, args) -> None:
     if args.out:
-        from inference.tiny_model import build_tiny_model
+        from synthetic.tiny_model import build_tiny_model
 
         build_tiny_model(Path(args.out), settings.tiny_model)
     else:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
         print(ensure_base_policy(settings))
 
 
@@ -50,18 +29,17 @@ def _cmd_serve(settings: Settings, args) -> None:
 
     from gateway.app import create_app
 
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
     version = ensure_base_policy(settings)
     log.info("serving %s on http://%s:%d (keys: %s)", version, settings.gateway.host, settings.gateway.port,
-             "configured" if settings.gateway.api_keys else settings.state_dir / "api_keys.json")
+             "configured" if settings.gateway.api_keys else settings.paths.api_keys)
     uvicorn.run(create_app(settings), host=settings.gateway.host, port=settings.gateway.port,
                 log_level=settings.gateway.log_level, timeout_graceful_shutdown=10)
 
 
 def _cmd_registry(settings: Settings, args) -> None:
-    from inference.registry import PolicyRegistry
+    from registry.store import PolicyRegistry
 
-    registry = PolicyRegistry(settings.registry_dir)
+    registry = PolicyRegistry(settings.paths.registry)
     if args.action == "list":
         current = registry.current()
         for name in registry.names():

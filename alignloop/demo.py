@@ -5,6 +5,9 @@ that asks for 4 candidates at a time and ranks them by a taste the trainer never
 traffic, each training round's gate decision and each version switch as they happen; stops after
 --rounds promotions (or --minutes, or Ctrl-C) and reports how often the users' rule prefers the final policy's
 answers over the base policy's, on prompts no user asked.
+
+The console carries only that story; every process's own log (the demo's HTTP requests included)
+goes to <state_dir>/logs/.
 """
 
 from __future__ import annotations
@@ -16,14 +19,18 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from alignloop.config import Settings
-from alignloop.processes import free_port, stop_group
-
-log = logging.getLogger("alignloop.demo")
+from alignloop.bootstrap import ensure_base_policy
+from core.config import Settings
+from core.processes import free_port, stop_group
+from gateway.auth import load_or_create_keys
+from registry.store import PolicyRegistry
+from synthetic.corpus import ANIMALS
+from synthetic.users import Population, win_rate
 
 # Small rounds so that a 2-core machine shows several of them within minutes. The tiny model's
 # answers move far from SFT's (always one colour is ~10-20 nats per answer), hence the KL budget.
@@ -35,6 +42,29 @@ DEMO_SETTINGS = [
     "train.ppo.max_new_tokens=24", "train.ppo.learning_rate=0.0002", "train.ppo.save_every=0",
     "train.ppo.rollout_engine=transformers",
 ]
+TRAIN_PROMPTS = [f"Describe a {a}." for a in ANIMALS[:7]]
+HELDOUT_PROMPTS = [f"Describe a {a}." for a in ANIMALS[7:]]
+
+
+def say(message: str) -> None:
+    """One line of the demo's story on the console."""
+    print(f"[demo] {message}", flush=True)
+
+
+def _log_to_file(path: Path) -> None:
+    # Everything logged in this process (httpx logs every request at INFO) goes to the file only.
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    # ... except the one-time build of the base model, whose progress (with rates) belongs to the story.
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter("[demo] %(message)s"))
+    for name in ("alignloop", "synthetic.tiny_model"):
+        logging.getLogger(name).addHandler(console)
 
 
 def _spawn(args: list[str], log_path: Path) -> subprocess.Popen:
@@ -43,105 +73,118 @@ def _spawn(args: list[str], log_path: Path) -> subprocess.Popen:
                             env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
 
 
+@dataclass
+class _Story:
+    """What the demo has reported so far."""
+
+    serving: str
+    reported: set[str]
+    promoted: list[str] = field(default_factory=list)
+    last_print: float = field(default_factory=time.monotonic)
+    last_requests: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def new_versions(self, registry: PolicyRegistry) -> None:
+        """Tell each round's gate decision once its version appears in the registry."""
+        for name in registry.names():
+            if name in self.reported:
+                continue
+            self.reported.add(name)
+            info = registry.info(name)
+            gate = info.extra.get("gate", {})
+            decision = gate.get("decision", "?")
+            why = "" if decision == "promoted" else f": {'; '.join(gate.get('reasons', []))}"
+            say(f"round {info.extra.get('round')}: candidate {name} {decision.upper()} "
+                f"(reward {gate.get('candidate_reward', float('nan')):.2f} vs serving "
+                f"{gate.get('serving_reward', float('nan')):.2f}, KL {gate.get('kl_from_sft', float('nan')):.2f}, "
+                f"from {info.extra.get('data', {}).get('comparisons', 0)} comparisons){why}")
+            if decision == "promoted":
+                self.promoted.append(name)
+
+    def traffic(self, population: Population) -> None:
+        """Tell version switches as users see them, and a traffic summary every 15 s."""
+        tally = population.tally
+        newest = max(tally.versions, key=lambda v: int(v[1:])) if tally.versions else self.serving
+        if newest != self.serving:
+            say(f"users are now served {newest} (was {self.serving})")
+            self.serving = newest
+        if time.monotonic() - self.last_print >= 15:
+            rate = (tally.requests - self.last_requests) / (time.monotonic() - self.last_print)
+            say(f"{time.monotonic() - self.started:.0f}s: {tally.requests} requests ({rate:.1f}/s), "
+                f"{tally.failed} failed, {tally.rankings} rankings given, serving {self.serving}")
+            self.last_print, self.last_requests = time.monotonic(), tally.requests
+
+
+def _wait_ready(gateway: subprocess.Popen, url: str, log: Path) -> bool:
+    while gateway.poll() is None:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    print(f"[demo] the gateway exited; see {log}", file=sys.stderr)
+    return False
+
+
+def _report(registry: PolicyRegistry, base: str, final: str, population_tally) -> int:
+    from trainer.evaluate import sampled_responses
+
+    rate = win_rate(sampled_responses(registry.path(final), HELDOUT_PROMPTS),
+                    sampled_responses(registry.path(base), HELDOUT_PROMPTS))
+    say(f"the users' hidden rule prefers {final}'s answers over those of {base} (served when the demo started) "
+        f"{rate:.0%} of the time, on prompts no user asked (50% = no change)")
+    print(json.dumps({"final": final, "win_rate_vs_base": rate, "failed_requests": population_tally.failed}), flush=True)
+    return 0 if population_tally.failed == 0 else 1
+
+
 def run(settings: Settings, common: list[str], rounds: int, users: int, minutes: float = 30.0) -> int:
     """Run the loop until `rounds` candidates were promoted (or `minutes` passed); returns an exit code."""
-    from alignloop.cli import ensure_base_policy
-    from alignloop.simulated_users import Population, win_rate
-    from gateway.auth import load_or_create_keys
-    from inference.corpus import ANIMALS
-    from inference.registry import PolicyRegistry
-
     # A plain SIGTERM would end this process without its `finally`, leaving the gateway and the
     # trainer running: turn it into an orderly exit.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    state = settings.state_dir
-    state.mkdir(parents=True, exist_ok=True)
+    logs = settings.paths.logs
+    logs.mkdir(parents=True, exist_ok=True)
+    _log_to_file(logs / "demo.log")
+    say(f"preparing {settings.state_dir} (the first run builds the tiny base model: about a minute)")
     base = ensure_base_policy(settings)
-    registry = PolicyRegistry(settings.registry_dir)
-    key = next(k.key for k in load_or_create_keys(settings.gateway.api_keys, state) if k.role != "admin")
+    registry = PolicyRegistry(settings.paths.registry)
+    key = next(k.key for k in load_or_create_keys(settings.gateway.api_keys, settings.state_dir) if k.role != "admin")
     url = f"http://{settings.gateway.host}:{settings.gateway.port}"
-    logs = state / "logs"
-    logs.mkdir(exist_ok=True)
     loop_args = [*common, *[a for s in DEMO_SETTINGS for a in ("--set", s)]]
-    print(f"[demo] serving {base} at start; starting the gateway on {url} (log: {logs / 'gateway.log'})", flush=True)
+    say(f"serving {base} at start; starting the gateway on {url} (log: {logs / 'gateway.log'})")
     gateway = _spawn(["serve", *loop_args], logs / "gateway.log")
-    trainer = None
-    population = None
+    trainer = population = None
     try:
         started = time.monotonic()
-        while True:
-            if gateway.poll() is not None:
-                print(f"[demo] the gateway exited; see {logs / 'gateway.log'}", file=sys.stderr)
-                return 1
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        print(f"[demo] gateway ready in {time.monotonic() - started:.0f}s; starting the trainer "
-              f"(log: {logs / 'trainer.log'}) and {users} simulated users", flush=True)
+        if not _wait_ready(gateway, url, logs / "gateway.log"):
+            return 1
+        say(f"gateway ready in {time.monotonic() - started:.0f}s; starting the trainer "
+            f"(log: {logs / 'trainer.log'}) and {users} simulated users")
         metrics_port = free_port()
         trainer = _spawn(["trainer", *loop_args, "--set", f"train.loop.metrics_port={metrics_port}"],
                          logs / "trainer.log")
-        train_prompts = [f"Describe a {a}." for a in ANIMALS[:7]]
-        population = Population(url, key, train_prompts, users=users, k=4, pause_s=1.0).start()
-        print(f"[demo] trainer metrics on http://127.0.0.1:{metrics_port}/metrics; gateway metrics on {url}/metrics",
-              flush=True)
-
-        reported: set[str] = set(registry.names())
-        serving = base
-        promoted: list[str] = []
-        last_print, last_requests, t0 = time.monotonic(), 0, time.monotonic()
+        population = Population(url, key, TRAIN_PROMPTS, users=users, k=4, pause_s=1.0).start()
+        say(f"trainer metrics on http://127.0.0.1:{metrics_port}/metrics; gateway metrics on {url}/metrics")
+        story = _Story(serving=base, reported=set(registry.names()))
         deadline = time.monotonic() + 60 * minutes
-        while len(promoted) < rounds and time.monotonic() < deadline:
+        while len(story.promoted) < rounds and time.monotonic() < deadline:
             time.sleep(1)
             if trainer.poll() is not None:
                 print(f"[demo] the trainer exited; see {logs / 'trainer.log'}", file=sys.stderr)
                 return 1
-            for name in registry.names():
-                if name in reported:
-                    continue
-                reported.add(name)
-                info = registry.info(name)
-                gate = info.extra.get("gate", {})
-                print(f"[demo] round {info.extra.get('round')}: candidate {name} {gate.get('decision', '?').upper()} "
-                      f"(reward {gate.get('candidate_reward', float('nan')):.2f} vs serving "
-                      f"{gate.get('serving_reward', float('nan')):.2f}, KL {gate.get('kl_from_sft', float('nan')):.2f}, "
-                      f"from {info.extra.get('data', {}).get('comparisons', 0)} comparisons)"
-                      + ("" if gate.get("decision") == "promoted" else f": {'; '.join(gate.get('reasons', []))}"),
-                      flush=True)
-                if gate.get("decision") == "promoted":
-                    promoted.append(name)
-            tally = population.tally
-            newest = max(tally.versions, key=lambda v: int(v[1:])) if tally.versions else serving
-            if newest != serving:
-                print(f"[demo] users are now served {newest} (was {serving})", flush=True)
-                serving = newest
-            if time.monotonic() - last_print >= 15:
-                rate = (tally.requests - last_requests) / (time.monotonic() - last_print)
-                print(f"[demo] {time.monotonic() - t0:.0f}s: {tally.requests} requests ({rate:.1f}/s), "
-                      f"{tally.failed} failed, {tally.rankings} rankings given, serving {serving}", flush=True)
-                last_print, last_requests = time.monotonic(), tally.requests
+            story.new_versions(registry)
+            story.traffic(population)
         tally = population.stop()
         population = None
-        if not promoted:
-            print(f"[demo] no candidate was promoted within {minutes:g} minutes; see {logs / 'trainer.log'}", flush=True)
+        if not story.promoted:
+            say(f"no candidate was promoted within {minutes:g} minutes; see {logs / 'trainer.log'}")
             return 1
-        from trainer.ppo_trainer import sampled_responses
-
-        held_out = [f"Describe a {a}." for a in ANIMALS[7:]]
-        final = promoted[-1]
-        rate = win_rate(sampled_responses(registry.path(final), held_out),
-                        sampled_responses(registry.path(base), held_out))
-        print(f"[demo] done: {len(promoted)} promotions, {tally.requests} requests, {tally.failed} failed, "
-              f"versions served {dict(tally.versions)}", flush=True)
-        print(f"[demo] the users' hidden rule prefers {final}'s answers over those of {base} (served when the demo "
-              f"started) {rate:.0%} of the time, on prompts no user asked (50% = no change)", flush=True)
-        print(json.dumps({"final": final, "win_rate_vs_base": rate, "failed_requests": tally.failed}), flush=True)
-        return 0 if tally.failed == 0 else 1
+        say(f"done: {len(story.promoted)} promotions, {tally.requests} requests, {tally.failed} failed, "
+            f"versions served {dict(tally.versions)}")
+        return _report(registry, base, story.promoted[-1], tally)
     except KeyboardInterrupt:
-        print("[demo] interrupted", flush=True)
+        say("interrupted")
         return 130
     finally:
         if population is not None:
@@ -149,4 +192,3 @@ def run(settings: Settings, common: list[str], rounds: int, users: int, minutes:
         if trainer is not None:
             stop_group(trainer, timeout=30)
         stop_group(gateway, timeout=30)
-    return 0

@@ -110,9 +110,9 @@ def main() -> None:
     args = parser.parse_args()
     import logging
 
-    from alignloop.config import TinyModelConfig
+    from core.config import TinyModelConfig
     from deploy.kafka.broker import KafkaBroker
-    from inference.tiny_model import build_tiny_model
+    from synthetic.tiny_model import build_tiny_model
 
     logging.basicConfig(level=logging.INFO)
     with tempfile.TemporaryDirectory(prefix="alignloop-fbench-model-") as tmp:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from alignloop.processes import free_port, stop_group
+from core.processes import free_port, stop_group
 
 
 def machine() -> str:

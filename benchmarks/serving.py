@@ -154,8 +154,8 @@ def main() -> None:
         if model is None:
             import logging
 
-            from alignloop.config import TinyModelConfig
-            from inference.tiny_model import build_tiny_model
+            from core.config import TinyModelConfig
+            from synthetic.tiny_model import build_tiny_model
 
             logging.basicConfig(level=logging.INFO)
             model = build_tiny_model(Path(tmp) / "tiny", TinyModelConfig())

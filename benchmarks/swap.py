@@ -25,9 +25,9 @@ import httpx
 import torch
 from safetensors.torch import load_file, save_file
 
-from alignloop.config import TinyModelConfig
+from core.config import TinyModelConfig
 from benchmarks.processes import launch_gateway, machine, stop
-from inference.registry import PolicyRegistry
+from registry.store import PolicyRegistry
 
 KEY = "sk-bench"
 BODY = {"model": "alignloop-policy", "max_tokens": 32, "ignore_eos": True, "temperature": 1.0,
@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--modes", default="in_place,blue_green")
     parser.add_argument("--poll", type=float, default=0.25, help="gateway.registry_poll_s")
     args = parser.parse_args()
-    from inference.tiny_model import build_tiny_model
+    from synthetic.tiny_model import build_tiny_model
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="alignloop-swap-") as tmp:

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from alignloop.config import PPOConfig, RMConfig, SFTConfig, TinyModelConfig
+from core.config import PPOConfig, RMConfig, SFTConfig, TinyModelConfig
 from benchmarks.processes import machine
-from trainer import synthetic
+from synthetic import task
 from trainer.data import Ranking, pad_batch, prompt_ids, response_ids
 from trainer.reward_model import ranking_pairs
 
@@ -45,7 +45,7 @@ def accuracy(score_fn, tok, rankings: list[Ranking]) -> float:
 
 def ours(sft: Path, train: list[Ranking], held: list[Ranking], work: Path, lr: float, rankings_per_step: int) -> dict:
     from trainer.reward_model import RewardModel
-    from trainer.rm import train_rm
+    from trainer.reward_training import train_rm
 
     t = time.perf_counter()
     train_rm(sft, train, work / "ours", RMConfig(batch_size=rankings_per_step, learning_rate=lr, eval_fraction=0.0,
@@ -83,11 +83,11 @@ def trl(sft: Path, train: list[Ranking], held: list[Ranking], work: Path, lr: fl
 
 
 def ppo_rates(sft: Path, rm: Path, work: Path, iterations: int) -> dict:
-    from inference.corpus import pretraining_texts
-    from trainer.ppo_trainer import train_ppo
+    from synthetic.corpus import pretraining_texts
+    from trainer.ppo_training import train_ppo
 
     out = {}
-    prompts = synthetic.prompts(64, seed=31)
+    prompts = task.prompts(64, seed=31)
     for engine in ("transformers", "vllm"):
         cfg = PPOConfig(iterations=iterations, rollout_batch=32, minibatch=8, max_new_tokens=32, ptx_coef=1.0,
                         rollout_engine=engine, save_every=0)
@@ -106,15 +106,15 @@ def main() -> None:
     parser.add_argument("--ppo-iterations", type=int, default=6)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from inference.tiny_model import build_tiny_model
+    from synthetic.tiny_model import build_tiny_model
     from trainer.sft import train_sft
 
     with tempfile.TemporaryDirectory(prefix="alignloop-tbench-") as tmp:
         work = Path(tmp)
         base = build_tiny_model(work / "base", TinyModelConfig())
-        sft = train_sft(base, synthetic.demonstrations(480, seed=1), work / "sft", SFTConfig(learning_rate=1e-3))
-        train = synthetic.rankings(args.rankings, k=9, seed=21)
-        held = synthetic.rankings(args.heldout, k=9, seed=22)
+        sft = train_sft(base, task.demonstrations(480, seed=1), work / "sft", SFTConfig(learning_rate=1e-3))
+        train = task.rankings(args.rankings, k=9, seed=21)
+        held = task.rankings(args.heldout, k=9, seed=22)
         k = 9
         ours_r = ours(sft, train, held, work, args.lr, args.rankings_per_step)
         log.info("ours: %s", ours_r)

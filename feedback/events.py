@@ -13,9 +13,28 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
+from core.limits import MAX_K, MAX_TEXT_CHARS, MIN_K
+
 SCHEMA_VERSION = 1
-MIN_K, MAX_K = 2, 9
-MAX_TEXT = 16_384
+
+
+class RankingError(ValueError):
+    """A ranking that is not one: `code` says how (bad_k, duplicate_choice, empty_group)."""
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.code = code
+
+
+def check_ranking(ranking: list[list[str]]) -> None:
+    """The rule every ranking obeys: K = MIN_K..MAX_K candidates, each named once, no empty tie group."""
+    ids = [c for group in ranking for c in group]
+    if len(set(ids)) != len(ids):
+        raise RankingError("a ranking names each choice once", "duplicate_choice")
+    if not MIN_K <= len(ids) <= MAX_K:
+        raise RankingError(f"a ranking compares {MIN_K} to {MAX_K} choices, not {len(ids)}", "bad_k")
+    if any(not group for group in ranking):
+        raise RankingError("a ranking has no empty tie groups", "empty_group")
 
 
 def new_event_id() -> str:
@@ -77,13 +96,7 @@ class Comparison(_Event):
     @field_validator("ranking")
     @classmethod
     def _is_ranking(cls, ranking: list[list[str]]) -> list[list[str]]:
-        ids = [c for group in ranking for c in group]
-        if not MIN_K <= len(ids) <= MAX_K:
-            raise ValueError(f"a ranking compares {MIN_K} to {MAX_K} candidates, not {len(ids)}")
-        if len(set(ids)) != len(ids):
-            raise ValueError("a ranking names each candidate once")
-        if any(not group for group in ranking):
-            raise ValueError("a ranking has no empty tie groups")
+        check_ranking(ranking)
         return ranking
 
     def pairs(self) -> list[tuple[str, str]]:
@@ -109,7 +122,7 @@ class Demonstration(_Event):
     """A user-written better response to a served prompt (SFT data)."""
 
     type: Literal["demonstration"] = "demonstration"
-    response: str = Field(min_length=1, max_length=MAX_TEXT)
+    response: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
     author: str
     policy_version: str | None = None  # the version whose answer the user rewrote
 

@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import durable_sqlite
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     offset INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -67,29 +69,18 @@ class LocalLog:
     """Append, read from an offset, commit offsets per consumer group; safe across threads."""
 
     def __init__(self, path: Path, extra_schema: str = ""):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self.path = Path(path)
+        self._db = durable_sqlite.connect(self.path)
         self._db.executescript(_SCHEMA + extra_schema)
         self._lock = threading.Lock()
-        self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._reader = durable_sqlite.connect(self.path)
         self._read_lock = threading.Lock()
 
     @contextlib.contextmanager
     def transaction(self):
         """One atomic, durable write: everything done on the yielded Transaction or none of it."""
-        with self._lock:
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield Transaction(cur)
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
+        with durable_sqlite.transaction(self._db, self._lock) as cur:
+            yield Transaction(cur)
 
     def append(self, records: Iterable[tuple[str, bytes | None, bytes]]) -> list[int]:
         """Durably append records; returns their offsets."""

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from alignloop.config import FeedbackConfig
+from core.config import FeedbackConfig
+from core.paths import StatePaths
 from feedback.events import parse_event
 from feedback.local_log import LocalLog
 from feedback.topics import ALL as ALL_TOPICS
@@ -125,4 +126,4 @@ def open_source(config: FeedbackConfig, state_dir: Path, group: str) -> EventSou
     """Kafka when a broker is configured, else the gateway's embedded log under state_dir."""
     if config.kafka_bootstrap:
         return KafkaSource(config.kafka_bootstrap, group)
-    return LocalLogSource(Path(state_dir) / "feedback" / "events.db", group)
+    return LocalLogSource(StatePaths(Path(state_dir)).feedback_log, group)

@@ -1,4 +1,4 @@
-"""The gateway application: wiring of engine, keys, metrics and routers."""
+"""The gateway application: builds the services and wires the routers to them."""
 
 from __future__ import annotations
 
@@ -9,66 +9,67 @@ import time
 
 from fastapi import FastAPI
 
-from alignloop.config import Settings
-from gateway.auth import KeyStore, load_or_create_keys
-from gateway.errors import install_error_handlers
-from gateway.metrics import GatewayMetrics, HTTPMetricsMiddleware
+from core.config import Settings
 from feedback.recorder import FeedbackRecorder
+from gateway.auth import KeyStore, load_or_create_keys
+from gateway.dependencies import Services
+from gateway.deployment import Deployment
+from gateway.errors import install_error_handlers
+from gateway.metrics import GatewayMetrics
+from gateway.middleware import HTTPMetricsMiddleware
 from gateway.routers import admin, feedback, health, openai
 from gateway.serving import Serving
-from inference.engine import PolicyEngine
-from gateway.deployment import watch_registry
-from inference.registry import PolicyRegistry
+from registry.store import PolicyRegistry
 
 log = logging.getLogger(__name__)
 
 
+def build_services(settings: Settings) -> Services:
+    """Everything the routes use, for one gateway process."""
+    registry = PolicyRegistry(settings.paths.registry)
+    if registry.current() is None:
+        raise RuntimeError(f"the registry at {settings.paths.registry} has no current version; "
+                           "run `alignloop init-model` (or `alignloop serve`, which does it) first")
+    metrics = GatewayMetrics()
+    deployment = Deployment(registry, settings.engine, metrics)
+    recorder = FeedbackRecorder(settings.feedback, settings.paths.feedback_log, metrics.registry,
+                                consumer_groups=(settings.train.loop.group,))
+    serving = Serving(deployment.engine, settings.gateway, metrics,
+                      recorder if settings.feedback.record_completions else None)
+    keys = KeyStore(load_or_create_keys(settings.gateway.api_keys, settings.state_dir))
+    return Services(settings, deployment, serving, recorder, keys, metrics, started_at=time.time())
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The FastAPI app; the engine starts in the background so /healthz answers at once."""
-    registry = PolicyRegistry(settings.registry_dir)
-    version = registry.current()
-    if version is None:
-        raise RuntimeError(f"the registry at {settings.registry_dir} has no current version; "
-                           "run `alignloop init-model` (or `alignloop serve`, which does it) first")
-    engine = PolicyEngine(registry, settings.engine)
-    metrics = GatewayMetrics()
-    recorder = FeedbackRecorder(settings.feedback, settings.state_dir, metrics.registry,
-                                consumer_groups=(settings.train.loop.group,))
+    services = build_services(settings)
+    deployment = services.deployment
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         async def start() -> None:
+            version = deployment.registry.current()
             try:
-                await engine.start(version)
+                await deployment.start(version)
             except Exception:
                 log.exception("engine failed to start on %s; the gateway stays unready", version)
-                return
-            metrics.ready.set(1)
-            metrics.set_version(engine.version)
 
         starting = asyncio.create_task(start())
-        watching = asyncio.create_task(watch_registry(app)) if settings.gateway.registry_poll_s > 0 else None
+        poll_s = settings.gateway.registry_poll_s
+        watching = asyncio.create_task(deployment.follow_registry(poll_s)) if poll_s > 0 else None
         yield
         starting.cancel()
         if watching is not None:
             watching.cancel()
-        engine.shutdown()
-        recorder.close()
+        deployment.shutdown()
+        services.recorder.close()
 
     app = FastAPI(title="alignloop gateway", lifespan=lifespan)
-    app.state.settings = settings
-    app.state.engine = engine
-    app.state.metrics = metrics
-    app.state.keys = KeyStore(load_or_create_keys(settings.gateway.api_keys, settings.state_dir))
-    app.state.recorder = recorder
-    app.state.serving = Serving(engine, settings.gateway, metrics,
-                                recorder if settings.feedback.record_completions else None)
-    app.state.history = []  # versions served before the current one, for rollback
-    app.state.started_at = time.time()
+    app.state.services = services
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(feedback.router)
     app.include_router(admin.router)
     app.include_router(health.router)
-    app.add_middleware(HTTPMetricsMiddleware, metrics=metrics, max_body_bytes=settings.gateway.max_body_bytes)
+    app.add_middleware(HTTPMetricsMiddleware, metrics=services.metrics, max_body_bytes=settings.gateway.max_body_bytes)
     return app

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from fastapi import Request
 
-from alignloop.config import ApiKeyConfig
+from core.config import ApiKeyConfig
+from core.paths import StatePaths
 from gateway.errors import APIError
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def load_or_create_keys(configured: list[ApiKeyConfig], state_dir: Path) -> list
     """The configured keys, or keys generated once into the state directory."""
     if configured:
         return configured
-    path = state_dir / "api_keys.json"
+    path = StatePaths(state_dir).api_keys
     if path.exists():
         return [ApiKeyConfig(**k) for k in json.loads(path.read_text())]
     keys = [
@@ -100,21 +101,3 @@ class KeyStore:
             raise APIError(429, f"Rate limit of {cfg.requests_per_minute} requests/min reached for this key.",
                            code="rate_limit_exceeded", headers={"Retry-After": str(max(1, round(wait)))})
         return Caller(name=cfg.name, role=cfg.role, limits=cfg)
-
-
-def client(request: Request) -> Caller:
-    """FastAPI dependency: any valid key that may generate (user or rater)."""
-    caller = request.app.state.keys.authenticate(request)
-    if caller.role == "admin":
-        # The admin credential changes what is deployed; keeping it off the data path means a
-        # leaked client key never carries admin rights and the admin key is rarely sent.
-        raise APIError(403, "The admin key is for /admin routes only; use a client key.", code="wrong_key_role")
-    return caller
-
-
-def admin(request: Request) -> Caller:
-    """FastAPI dependency: the admin credential."""
-    caller = request.app.state.keys.authenticate(request)
-    if caller.role != "admin":
-        raise APIError(403, "This route needs the admin key.", code="admin_required")
-    return caller

@@ -1,13 +1,8 @@
-"""Prometheus metrics of the gateway, and the ASGI middleware that records the HTTP-level ones."""
+"""Prometheus metrics of the gateway (the HTTP-level ones are recorded by gateway/middleware.py)."""
 
 from __future__ import annotations
 
-import json
-import time
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-from gateway.errors import error_body
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -51,72 +46,3 @@ class GatewayMetrics:
         self.canary.clear()
         if version is not None:
             self.canary.labels(version=version).set(fraction)
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-class HTTPMetricsMiddleware:
-    """Counts requests, times them to their last byte, and bounds request bodies.
-
-    Pure ASGI (not BaseHTTPMiddleware) so that streamed responses are timed to the end and not
-    buffered."""
-
-    def __init__(self, app, metrics: GatewayMetrics, max_body_bytes: int):
-        self.app, self.metrics, self.max_body = app, metrics, max_body_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started = time.monotonic()
-        status = {"code": 500, "sent": False}
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        self.metrics.in_flight.inc()
-        try:
-            if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-                await self._too_large(send, status)
-                return
-            received = 0
-            cut_off = False
-
-            async def bounded_receive():
-                nonlocal received, cut_off
-                message = await receive()
-                if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
-                    if received > self.max_body:
-                        cut_off = True
-                        raise _BodyTooLarge()
-                return message
-
-            async def recording_send(message):
-                if cut_off:
-                    # The framework may turn the aborted read into an error of its own; the
-                    # client gets the real reason instead.
-                    if not status["sent"]:
-                        await self._too_large(send, status)
-                    return
-                if message["type"] == "http.response.start":
-                    status["code"], status["sent"] = message["status"], True
-                await send(message)
-
-            try:
-                await self.app(scope, bounded_receive, recording_send)
-            except _BodyTooLarge:
-                if not status["sent"]:
-                    await self._too_large(send, status)
-        finally:
-            self.metrics.in_flight.dec()
-            route = scope.get("route")
-            label = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(label, scope["method"], str(status["code"])).inc()
-            self.metrics.latency.labels(label).observe(time.monotonic() - started)
-
-    async def _too_large(self, send, status) -> None:
-
-        body = json.dumps(error_body(413, f"Request body exceeds {self.max_body} bytes.", code="body_too_large")).encode()
-        status["code"], status["sent"] = 413, True
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})

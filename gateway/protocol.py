@@ -10,7 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-MAX_N = 9  # the most candidates a ranking can compare (K = 2..9)
+from core.limits import MAX_BATCH_ITEMS, MAX_ID_CHARS, MAX_K, MAX_TEXT_CHARS, MIN_K
+from inference.sampling import Sampling
 
 
 class _Request(BaseModel):
@@ -27,7 +28,7 @@ class _SamplingFields(_Request):
     model: str
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1, le=MAX_N)
+    n: int = Field(default=1, ge=1, le=MAX_K)  # K candidates to rank
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
@@ -45,6 +46,13 @@ class _SamplingFields(_Request):
         if len(stops) > 4 or any(len(s) > 64 or not s for s in stops):
             raise ValueError("stop takes at most 4 non-empty sequences of at most 64 characters")
         return v
+
+    def to_sampling(self, max_tokens: int, logprobs: int | None) -> Sampling:
+        """The engine's sampling settings for this request (max_tokens and logprobs resolved by the caller)."""
+        stops = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return Sampling(n=self.n, max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, stop=stops,
+                        seed=self.seed, presence_penalty=self.presence_penalty,
+                        frequency_penalty=self.frequency_penalty, logprobs=logprobs, ignore_eos=self.ignore_eos)
 
 
 class CompletionRequest(_SamplingFields):
@@ -179,8 +187,8 @@ class ModelList(BaseModel):
 
 # ---- Feedback API (alignloop's own, not OpenAI's) -------------------------------------------
 
-_ID = Field(min_length=1, max_length=128)
-_IDEMPOTENCY = Field(default=None, min_length=1, max_length=128)
+_ID = Field(min_length=1, max_length=MAX_ID_CHARS)
+_IDEMPOTENCY = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
 
 
 class PairwiseFeedback(_Request):
@@ -197,7 +205,7 @@ class RankingFeedback(_Request):
     """K = 2..9 choices of one request, best first; a nested list is a group of ties."""
 
     kind: Literal["ranking"] = "ranking"
-    ranking: list[str | list[str]] = Field(min_length=2, max_length=MAX_N)
+    ranking: list[str | list[str]] = Field(min_length=MIN_K, max_length=MAX_K)
     idempotency_key: str | None = _IDEMPOTENCY
 
 
@@ -215,7 +223,7 @@ class DemonstrationFeedback(_Request):
 
     kind: Literal["demonstration"] = "demonstration"
     request_id: str = _ID
-    response: str = Field(min_length=1, max_length=16_384)
+    response: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
     idempotency_key: str | None = _IDEMPOTENCY
 
 
@@ -226,7 +234,7 @@ FeedbackItem = Annotated[PairwiseFeedback | RankingFeedback | RatingFeedback | D
 class BatchFeedback(_Request):
     """Several feedback items, accepted all together or not at all."""
 
-    items: list[FeedbackItem] = Field(min_length=1, max_length=100)
+    items: list[FeedbackItem] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
 
 
 class FeedbackAccepted(BaseModel):

@@ -28,9 +28,12 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from alignloop.config import EngineConfig
-from inference.registry import PolicyRegistry, RegistryError, validate_checkpoint
-from inference.replica import Chunk, EngineReplica
+from core.config import EngineConfig
+from registry.errors import RegistryError
+from registry.store import PolicyRegistry
+from registry.validation import validate_checkpoint
+from inference.sampling import Chunk, Sampling
+from inference.vllm_engine import VLLMEngine
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +64,12 @@ class PolicyEngine:
         self.config = config
         self.max_model_len = config.max_model_len
         self.ready = False
-        self._active: EngineReplica | None = None
-        self._canary: EngineReplica | None = None
+        self._active: VLLMEngine | None = None
+        self._canary: VLLMEngine | None = None
         self._canary_fraction = 0.0
         self._route_rng = random.Random(config.seed)
         self._swap_lock = asyncio.Lock()  # one switch or canary change at a time
-        self._retiring: dict[asyncio.Task, EngineReplica] = {}
+        self._retiring: dict[asyncio.Task, VLLMEngine] = {}
 
     @property
     def version(self) -> str | None:
@@ -93,28 +96,29 @@ class PolicyEngine:
         """Build the vLLM engine on a registry version and warm it up."""
         path = self.registry.path(version)
         validate_checkpoint(path)
-        self._active = await EngineReplica.launch(version, path, self.config)
+        self._active = await VLLMEngine.launch(version, path, self.config)
         self.ready = True
 
-    def _route(self) -> EngineReplica:
+    def _route(self) -> VLLMEngine:
         if self._canary is not None and self._route_rng.random() < self._canary_fraction:
             return self._canary
         return self._active
 
-    async def generate(self, prompt_token_ids: list[int], params, request_id: str | None = None) -> AsyncIterator[Chunk]:
+    async def generate(self, prompt_token_ids: list[int], sampling: Sampling,
+                       request_id: str | None = None) -> AsyncIterator[Chunk]:
         """Stream new output of every candidate from the engine this request is routed to."""
         # Routing and counting happen before the first await, so a switch that moves traffic away
         # from an engine sees every request already sent to it and waits for them before retiring it.
-        replica = self._route()
-        replica.in_flight += 1
+        instance = self._route()
+        instance.in_flight += 1
         try:
-            # aclosing: when our caller closes us (a client hung up), the replica's generator is
+            # aclosing: when our caller closes us (a client hung up), the instance's generator is
             # closed at once, aborting the engine request, instead of whenever it is collected.
-            async with contextlib.aclosing(replica.generate(prompt_token_ids, params, request_id)) as chunks:
+            async with contextlib.aclosing(instance.generate(prompt_token_ids, sampling, request_id)) as chunks:
                 async for chunk in chunks:
                     yield chunk
         finally:
-            replica.in_flight -= 1
+            instance.in_flight -= 1
 
     async def switch_to(self, version: str, mode: str | None = None) -> Switch:
         """Serve another registry version from the next request on.
@@ -161,8 +165,8 @@ class PolicyEngine:
             if self._canary is not None and self._canary.version == version:
                 self._canary_fraction = fraction
                 return
-            replica = await self._launch_compatible(version)
-            old, self._canary, self._canary_fraction = self._canary, replica, fraction
+            instance = await self._launch_compatible(version)
+            old, self._canary, self._canary_fraction = self._canary, instance, fraction
             if old is not None:
                 self._retire(old)
             log.info("engine: canary %s takes %.0f%% of new requests", version, 100 * fraction)
@@ -177,20 +181,20 @@ class PolicyEngine:
             log.info("engine: canary %s stopped", old.version)
             return old.version
 
-    async def _launch_compatible(self, version: str) -> EngineReplica:
+    async def _launch_compatible(self, version: str) -> VLLMEngine:
         path = self.registry.path(version)
-        replica = await EngineReplica.launch(version, path, self.config)
-        if replica.tokenizer_fingerprint != self._active.tokenizer_fingerprint:
-            await asyncio.to_thread(replica.shutdown)
+        instance = await VLLMEngine.launch(version, path, self.config)
+        if instance.tokenizer_fingerprint != self._active.tokenizer_fingerprint:
+            await asyncio.to_thread(instance.shutdown)
             raise RegistryError(f"{version} has another tokenizer than {self.version}; requests are tokenized "
                                 "before they are routed, so both must share one (restart the gateway on it)")
-        return replica
+        return instance
 
-    def _retire(self, replica: EngineReplica) -> None:
+    def _retire(self, instance: VLLMEngine) -> None:
         # In the background: the switch is done once new requests go elsewhere; the old engine
         # finishes what it has (at most max_tokens per request) and then gives its memory back.
-        task = asyncio.create_task(replica.retire())
-        self._retiring[task] = replica
+        task = asyncio.create_task(instance.retire())
+        self._retiring[task] = instance
         task.add_done_callback(lambda t: self._retiring.pop(t, None))
 
     async def settled(self) -> None:
@@ -203,8 +207,8 @@ class PolicyEngine:
         """Stop every engine's worker processes."""
         for task in list(self._retiring):
             task.cancel()
-        for replica in (self._active, self._canary, *self._retiring.values()):
-            if replica is not None:
-                replica.shutdown()
+        for instance in (self._active, self._canary, *self._retiring.values()):
+            if instance is not None:
+                instance.shutdown()
         self._active = self._canary = None
         self.ready = False

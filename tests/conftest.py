@@ -15,10 +15,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from alignloop.config import TinyModelConfig
-from alignloop.processes import free_port, stop_group
-from inference.registry import PolicyRegistry
-from inference.tiny_model import build_tiny_model
+from core.config import TinyModelConfig
+from core.paths import StatePaths
+from core.processes import free_port, stop_group
+from registry.store import PolicyRegistry
+from synthetic.corpus import pretraining_texts
+from synthetic.tiny_model import build_tiny_model
+from trainer.data import write_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 USER_KEY, USER2_KEY, SLOW_KEY, ADMIN_KEY = "sk-test-alice", "sk-test-bob", "sk-test-slow", "sk-test-admin"
@@ -123,10 +126,16 @@ swap_mode = "{swap_mode}"
 {feedback}""")
 
 
+def write_pretraining_data(state_dir: Path) -> None:
+    """The pretraining text a trainer on this state directory mixes into PPO (as the tiny model's build writes it)."""
+    write_jsonl(StatePaths(state_dir).pretraining_data, ({"text": t} for t in pretraining_texts(512, seed=0)))
+
+
 def make_gateway(root: Path, model_dir: Path, kafka: str | None, swap_mode: str = "in_place") -> Gateway:
     """A configured, not yet started gateway whose registry holds v0001 (current) and v0002
     (same shapes, other weights)."""
     state_dir = root / "state"
+    write_pretraining_data(state_dir)
     registry = PolicyRegistry(state_dir / "registry")
     registry.publish(model_dir, source="tiny-model", make_current=True)
     registry.publish(perturbed_copy(model_dir, root / "v2", seed=2), source="test:perturbed", parent="v0001")

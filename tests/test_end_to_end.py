@@ -8,10 +8,10 @@ import sys
 import time
 
 import pytest
-from alignloop.simulated_users import Population, win_rate
-from inference.corpus import ANIMALS
+from synthetic.users import Population, win_rate
+from synthetic.corpus import ANIMALS
 from tests.conftest import REPO, USER_KEY, free_port, make_gateway
-from trainer.ppo_trainer import sampled_responses
+from trainer.evaluate import sampled_responses
 
 TRAIN_PROMPTS = [f"Describe a {a}." for a in ANIMALS[:7]]
 HELDOUT_PROMPTS = [f"Describe a {a}." for a in ANIMALS[7:]]

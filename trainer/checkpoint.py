@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from trainer.distributed import World
 
 # In a folder of its own: vLLM's loader (and the registry's copy) take every top-level
 # *.safetensors of a checkpoint as model weights.
@@ -68,3 +71,13 @@ def load_training_state(path: Path, optimizer: torch.optim.Optimizer) -> TrainSt
 def has_training_state(path: Path) -> bool:
     """Whether path holds a resumable training state."""
     return (Path(path) / STATE_DIR / STATE_JSON).exists()
+
+
+def save_checkpoint(out_dir: Path, optimizer: torch.optim.Optimizer, state: TrainState,
+                    save_model: Callable[[Path], None], world: World) -> None:
+    """The model(s) (written by save_model) and the training state, by the main process; every rank waits."""
+    if world.main:
+        save_model(out_dir)
+        save_training_state(out_dir, optimizer, state)
+    if world.size > 1:
+        torch.distributed.barrier()

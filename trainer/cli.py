@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from alignloop.config import Settings
+from core.config import Settings
 from trainer import distributed
 from trainer.data import load_rankings, read_jsonl
 
@@ -41,13 +41,13 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
         train_sft(args.init, demos, args.out, cfg.sft, world, max_steps=args.max_steps)
         result = {"out": str(args.out)}
     elif args.stage == "rm":
-        from trainer.rm import train_rm
+        from trainer.reward_training import train_rm
 
         reference = [(r["prompt"], r["response"]) for r in read_jsonl(args.reference)] if args.reference else None
         result = train_rm(args.init, load_rankings(args.data), args.out, cfg.rm, world, reference,
                           max_steps=args.max_steps)
     else:
-        from trainer.ppo_trainer import train_ppo
+        from trainer.ppo_training import train_ppo
 
         if args.rm is None:
             raise SystemExit("ppo needs --rm")

@@ -11,7 +11,9 @@ gateway renders it, so what is trained is what is served.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,17 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
 def load_rankings(path: Path) -> list[Ranking]:
     """rankings.jsonl as Ranking records."""
     return [Ranking(r["prompt"], r["responses"], r["ranking"]) for r in read_jsonl(path)]
+
+
+def read_texts(path: Path) -> list[str]:
+    """The texts of a pretraining.jsonl file."""
+    return [r["text"] for r in read_jsonl(path)]
+
+
+def held_out(key: str, fraction: float) -> bool:
+    """The one held-out rule: by a hash of the key (a prompt, a text), so an item stays on its side
+    of the split from round to round and from run to run, however much data arrives."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
 
 
 def prompt_ids(tok: PreTrainedTokenizerBase, prompt: str) -> list[int]:
@@ -83,3 +96,10 @@ def encode_pairs(tok: PreTrainedTokenizerBase, prompts: list[str], responses: li
     p = [prompt_ids(tok, x) for x in prompts]
     seqs = [pi + response_ids(tok, y) for pi, y in zip(p, responses)]
     return pad_batch(seqs, tok.pad_token_id, loss_from=[len(pi) for pi in p], max_len=max_len)
+
+
+def pretraining_batch(tok: PreTrainedTokenizerBase, texts: list[str], n: int, rng: random.Random,
+                      max_len: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n pretraining texts drawn with rng as (ids, attention, loss mask over every real token)."""
+    seqs = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in rng.sample(texts, n)]
+    return pad_batch(seqs, tok.pad_token_id, max_len=max_len)

@@ -1,4 +1,6 @@
-"""Running the same entry points under `torchrun --nproc_per_node=N` (DDP: gloo on CPU, NCCL on GPU)."""
+"""Running the same entry points under `torchrun --nproc_per_node=N`: DDP (a full copy of the model
+per rank) or FSDP2 (`fully_shard`: parameters, gradients and optimiser state sharded across
+ranks, for models that do not fit one GPU). gloo on CPU, NCCL on GPU."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ class World:
 
     rank: int = 0
     size: int = 1
+    local_rank: int = 0
 
     @property
     def main(self) -> bool:
@@ -37,18 +40,47 @@ class World:
 def init() -> World:
     """Join the process group torchrun set up, if any."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if size > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return World(rank=int(os.environ.get("RANK", "0")), size=size)
+    return World(rank=int(os.environ.get("RANK", "0")), size=size, local_rank=local_rank)
 
 
-def wrap(model: torch.nn.Module, world: World) -> torch.nn.Module:
-    """DDP around the model when there are several processes; the model itself otherwise."""
+def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    # Transformers names the blocks it never splits across devices; those are FSDP's units too.
+    names = set()
+    for m in model.modules():
+        names |= set(getattr(m, "_no_split_modules", None) or ())
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
+def wrap(model: torch.nn.Module, world: World, sharding: str = "ddp") -> torch.nn.Module:
+    """The model made ready for several ranks: DDP around it, or FSDP2 applied in place (each
+    decoder layer a unit, then the root); the model itself when there is one rank."""
     if world.size == 1:
+        return model
+    if sharding == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in _decoder_layers(model):
+            fully_shard(layer)
+        fully_shard(model)
         return model
     return torch.nn.parallel.DistributedDataParallel(model)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside a DDP wrapper."""
+    """The model inside a DDP wrapper (an FSDP2 model is its own module)."""
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole, unsharded state dict on the CPU (a collective under FSDP: every rank calls it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    model = unwrap(model)
+    if any(type(p).__name__ == "DTensor" for p in model.parameters()):
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -15,12 +15,9 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from trainer.data import pad_batch, prompt_ids, response_ids
-from trainer.lm import token_logprobs
-from trainer.ppo_trainer import greedy_responses, pretraining_loss
+from trainer.evaluate import greedy_responses, mean_kl, pretraining_loss, score
+from trainer.models import load_causal_lm
 from trainer.reward_model import RewardModel
-from trainer.rm import score
-from trainer.sft import load_policy
 
 
 @dataclass
@@ -32,23 +29,12 @@ class GateResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def mean_kl(policy, reference, tok, prompts: list[str], answers: list[str]) -> float:
-    """Mean over answers of Σ_t log π(y_t) − log π_ref(y_t): the sequence KL estimate."""
-    p_ids = [prompt_ids(tok, p) for p in prompts]
-    ids, attn, resp = pad_batch([p + response_ids(tok, a) for p, a in zip(p_ids, answers)], tok.pad_token_id,
-                                loss_from=[len(p) for p in p_ids])
-    with torch.no_grad():
-        diff = token_logprobs(policy(input_ids=ids, attention_mask=attn).logits, ids) - \
-            token_logprobs(reference(input_ids=ids, attention_mask=attn).logits, ids)
-    return (diff * resp[:, 1:]).sum(dim=1).mean().item()
-
-
 def evaluate(candidate: Path, serving: Path, sft: Path, rm: Path, prompts: list[str], pretraining: list[str], *,
              margin: float, kl_budget: float, ptx_regression: float, max_new_tokens: int = 32) -> GateResult:
     """Run every check; the candidate passes only if all do."""
     tok = AutoTokenizer.from_pretrained(sft)
     reward_model = RewardModel.from_pretrained(rm).eval()
-    cand, serv, ref = (load_policy(p).eval() for p in (candidate, serving, sft))
+    cand, serv, ref = (load_causal_lm(p).eval() for p in (candidate, serving, sft))
     reasons: list[str] = []
     if any(not torch.isfinite(t).all() for t in cand.state_dict().values()):
         return GateResult(False, ["candidate has NaN or infinite weights"])
@@ -59,15 +45,17 @@ def evaluate(candidate: Path, serving: Path, sft: Path, rm: Path, prompts: list[
         cand_reward = score(reward_model, tok, prompts, cand_answers).mean().item()
         serv_reward = score(reward_model, tok, prompts, serv_answers).mean().item()
     kl = mean_kl(cand, ref, tok, prompts, cand_answers)
-    cand_ptx, sft_ptx = pretraining_loss(cand, tok, pretraining), pretraining_loss(ref, tok, pretraining)
     metrics = {"candidate_reward": cand_reward, "serving_reward": serv_reward, "kl_from_sft": kl,
-               "candidate_ptx_loss": cand_ptx, "sft_ptx_loss": sft_ptx, "eval_prompts": len(prompts)}
+               "eval_prompts": len(prompts)}
+    if pretraining:  # plain PPO (no pretraining text) has no alignment-tax check
+        metrics["candidate_ptx_loss"] = cand_ptx = pretraining_loss(cand, tok, pretraining)
+        metrics["sft_ptx_loss"] = sft_ptx = pretraining_loss(ref, tok, pretraining)
+        if cand_ptx > sft_ptx * (1 + ptx_regression):
+            reasons.append(f"pretraining loss {cand_ptx:.3f} regresses past {sft_ptx:.3f} x {1 + ptx_regression}")
     if any(not math.isfinite(v) for v in metrics.values()):
-        reasons.append("a metric is NaN or infinite")
+        reasons.insert(0, "a metric is NaN or infinite")
     if not cand_reward > serv_reward + margin:
         reasons.append(f"reward {cand_reward:.3f} does not beat serving {serv_reward:.3f} by {margin}")
     if kl > kl_budget:
         reasons.append(f"KL from SFT {kl:.3f} exceeds the budget {kl_budget}")
-    if cand_ptx > sft_ptx * (1 + ptx_regression):
-        reasons.append(f"pretraining loss {cand_ptx:.3f} regresses past {sft_ptx:.3f} x {1 + ptx_regression}")
     return GateResult(not reasons, reasons, metrics)

@@ -10,8 +10,8 @@ from typing import Protocol
 
 import torch
 
-from alignloop.config import EngineConfig
-from inference.replica import engine_kwargs
+from core.config import EngineConfig
+from inference.vllm_args import engine_kwargs
 
 log = logging.getLogger(__name__)
 

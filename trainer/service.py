@@ -9,22 +9,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from alignloop.config import Settings
-from alignloop.failpoints import failpoint
+from core.config import Settings
+from core.failpoints import failpoint
 from feedback.source import open_source
-from inference.corpus import pretraining_texts
-from inference.registry import PolicyRegistry
+from registry.store import PolicyRegistry
+from trainer.data import held_out, read_texts
 from trainer.dataset_store import DatasetStore
 from trainer.gate import evaluate
-from trainer.ppo_trainer import train_ppo
-from trainer.rm import train_rm
+from trainer.ppo_training import train_ppo
+from trainer.reward_training import train_rm
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +47,21 @@ class _Metrics:
                               registry=registry)
 
 
-def _held_out(prompt: str, fraction: float) -> bool:
-    # By a hash of the text, so a prompt stays on its side of the split from round to round.
-    return int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
+_GATE_PTX_TEXTS = 64  # held-out pretraining texts the gate measures the alignment tax on
+
+
+def load_pretraining(settings: Settings) -> tuple[list[str], list[str]]:
+    """(texts to train on, held-out texts for the gate) from train.loop.pretraining_data."""
+    path = settings.train.loop.pretraining_data or settings.paths.pretraining_data
+    if not path.exists():
+        if settings.train.ppo.ptx_coef:
+            raise RuntimeError(f"PPO-ptx needs pretraining text and there is none at {path}: write JSON lines of "
+                               '{"text": ...} there, point train.loop.pretraining_data at such a file, or set '
+                               "train.ppo.ptx_coef=0 for plain PPO")
+        return [], []
+    texts = list(dict.fromkeys(read_texts(path)))  # distinct, in file order
+    train = [t for t in texts if not held_out(t, 0.05)]
+    return train, [t for t in texts if held_out(t, 0.05)][:_GATE_PTX_TEXTS]
 
 
 class TrainerService:
@@ -59,9 +70,10 @@ class TrainerService:
     def __init__(self, settings: Settings, metrics_registry: CollectorRegistry | None = None):
         self.settings = settings
         self.cfg = settings.train.loop
-        self.work = settings.state_dir / "trainer"
-        self.store = DatasetStore(self.work / "dataset.db")
-        self.registry = PolicyRegistry(settings.registry_dir)
+        self.work = settings.paths.trainer
+        self.store = DatasetStore(settings.paths.dataset)
+        self.pretraining, self.gate_pretraining = load_pretraining(settings)
+        self.registry = PolicyRegistry(settings.paths.registry)
         self.source = open_source(settings.feedback, settings.state_dir, self.cfg.group)
         self.metrics_registry = metrics_registry or CollectorRegistry()
         self.metrics = _Metrics(self.metrics_registry)
@@ -128,22 +140,21 @@ class TrainerService:
         published = self._published(number)
         if published is not None:
             return self._finish_published_round(number, published, started, joined)
-        train_prompts = [p for p in prompts if not _held_out(p, self.cfg.eval_fraction)] or prompts
-        eval_prompts = [p for p in prompts if _held_out(p, self.cfg.eval_fraction)] or prompts
+        train_prompts = [p for p in prompts if not held_out(p, self.cfg.eval_fraction)] or prompts
+        eval_prompts = [p for p in prompts if held_out(p, self.cfg.eval_fraction)] or prompts
         serving = self.registry.current()
         sft = self.registry.path(self.cfg.sft_version)
-        round_dir = self.work / "rounds" / f"r{number:04d}"
+        round_dir = self.settings.paths.round_dir(number)
         log.info("round %d: %d rankings, %d prompts (%d held out); serving %s", number, len(rankings), len(prompts),
                  len(eval_prompts), serving)
 
         rm_init = Path(last["rm_dir"]) if last and last["rm_dir"] and Path(last["rm_dir"]).exists() else sft
         rm_metrics = train_rm(rm_init, rankings, round_dir / "rm", self.settings.train.rm, max_steps=self.cfg.rm_max_steps)
         self.metrics.rm_accuracy.set(rm_metrics["heldout_accuracy"])
-        pretraining = pretraining_texts(512, seed=number)
-        ppo_metrics = train_ppo(sft, round_dir / "rm", train_prompts, pretraining, round_dir / "policy",
+        ppo_metrics = train_ppo(sft, round_dir / "rm", train_prompts, self.pretraining, round_dir / "policy",
                                 self.settings.train.ppo, engine=self.settings.engine, init=self.registry.path(serving))
         gate = evaluate(round_dir / "policy", self.registry.path(serving), sft, round_dir / "rm", eval_prompts,
-                        pretraining_texts(64, seed=10_000), margin=self.cfg.gate_margin, kl_budget=self.cfg.kl_budget,
+                        self.gate_pretraining, margin=self.cfg.gate_margin, kl_budget=self.cfg.kl_budget,
                         ptx_regression=self.cfg.ptx_regression, max_new_tokens=self.settings.train.ppo.max_new_tokens)
         decision = "promoted" if gate.passed else "rejected"
         # round + work_dir let a restarted trainer recognise a version it published before a crash.

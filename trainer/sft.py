@@ -6,21 +6,18 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
-from alignloop.config import SFTConfig
-from trainer import loop
+from core.config import SFTConfig
+from trainer import supervised_loop as loop
 from trainer.checkpoint import has_training_state
 from trainer.data import encode_pairs
 from trainer.distributed import World, unwrap, wrap
+from trainer.optim import adamw, optimizer_step
 from trainer.lm import lm_loss
+from trainer.models import load_causal_lm
 
 log = logging.getLogger(__name__)
-
-
-def load_policy(path: Path) -> AutoModelForCausalLM:
-    """A causal LM from a safetensors checkpoint, in float32 for training."""
-    return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=torch.float32)
 
 
 def train_sft(base: Path, demos: list[tuple[str, str]], out_dir: Path, cfg: SFTConfig, world: World = World(),
@@ -29,15 +26,15 @@ def train_sft(base: Path, demos: list[tuple[str, str]], out_dir: Path, cfg: SFTC
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
     tok = AutoTokenizer.from_pretrained(base)
-    model = load_policy(out_dir if has_training_state(out_dir) else base).train()
+    model = load_causal_lm(out_dir if has_training_state(out_dir) else base).train()
     ddp = wrap(model, world)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    optimizer = adamw(model.parameters(), cfg.learning_rate)
 
     def step(indices: list[int]) -> dict[str, float]:
         ids, attn, loss_mask = encode_pairs(tok, [demos[i][0] for i in indices], [demos[i][1] for i in indices],
                                             cfg.max_len)
         loss = lm_loss(ddp(input_ids=ids, attention_mask=attn).logits, ids, loss_mask)
-        loop.optimize(loss, optimizer, model.parameters())
+        optimizer_step(loss, optimizer, list(model.parameters()), world)
         return {"loss": world.mean(loss.item())}
 
     def save(d: Path) -> None:

@@ -19,7 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
-from alignloop.processes import free_port, stop_group
+from core.processes import free_port, stop_group
 
 log = logging.getLogger(__name__)
 

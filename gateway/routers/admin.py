@@ -6,13 +6,14 @@ import time
 from dataclasses import asdict
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.auth import admin
-from gateway.deployment import start_canary, stop_canary, switch_version
+from gateway.dependencies import DeploymentDep, admin
+from gateway.deployment import Deployment, NothingToRollBack
 from gateway.errors import APIError
-from inference.registry import RegistryError, UnknownVersion
+from inference.engine import Switch
+from registry.errors import RegistryError, UnknownVersion
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin)])
 
@@ -30,23 +31,21 @@ class CanaryRequest(BaseModel):
 
 
 @router.get("/versions")
-async def versions(request: Request) -> dict:
+async def versions(deployment: DeploymentDep) -> dict:
     """Every registry version with its metadata, and which one is served."""
-    state = request.app.state
-    registry = state.engine.registry
-    canary = state.engine.canary
+    registry, canary = deployment.registry, deployment.engine.canary
     return {
-        "serving": state.engine.version,
+        "serving": deployment.version,
         "current": registry.current(),
-        "swap_mode": state.settings.engine.swap_mode,
+        "swap_mode": deployment.swap_mode,
         "canary": asdict(canary) if canary else None,
-        "engines": state.engine.engines(),
+        "engines": deployment.engine.engines(),
         "versions": [asdict(registry.info(name)) for name in registry.names()],
     }
 
 
-def _require_ready(request: Request) -> None:
-    if not request.app.state.engine.ready:
+def _require_ready(deployment: Deployment) -> None:
+    if not deployment.ready:
         raise APIError(503, "The engine is still warming up.", code="not_ready", headers={"Retry-After": "5"})
 
 
@@ -55,50 +54,52 @@ def _refused(exc: RegistryError) -> APIError:
     return APIError(status, str(exc), param="version", code="version_refused")
 
 
-async def _switch(request: Request, version: str, mode: str | None = None) -> dict:
-    _require_ready(request)
-    previous = request.app.state.engine.version
-    try:
-        switch = await switch_version(request.app, version, mode)
-    except RegistryError as exc:
-        raise _refused(exc) from exc
+def _switched(version: str, previous: str | None, switch: Switch) -> dict:
     return {"serving": version, "previous": previous, "method": switch.method, "seconds": round(switch.seconds, 4),
             "at": time.time()}
 
 
 @router.post("/policy")
-async def promote(body: PromoteRequest, request: Request) -> dict:
+async def promote(body: PromoteRequest, deployment: DeploymentDep) -> dict:
     """Serve a registry version from the next request on; no request fails (either swap mode)."""
-    return await _switch(request, body.version, body.mode)
+    _require_ready(deployment)
+    previous = deployment.version
+    try:
+        switch = await deployment.switch(body.version, body.mode)
+    except RegistryError as exc:
+        raise _refused(exc) from exc
+    return _switched(body.version, previous, switch)
 
 
 @router.post("/canary")
-async def canary(body: CanaryRequest, request: Request) -> dict:
+async def canary(body: CanaryRequest, deployment: DeploymentDep) -> dict:
     """Send a fraction of new requests to a candidate version; promote it with POST /admin/policy."""
-    _require_ready(request)
+    _require_ready(deployment)
     try:
-        await start_canary(request.app, body.version, body.fraction)
+        await deployment.start_canary(body.version, body.fraction)
     except RegistryError as exc:
         raise _refused(exc) from exc
-    return {"serving": request.app.state.engine.version, "canary": {"version": body.version, "fraction": body.fraction}}
+    return {"serving": deployment.version, "canary": {"version": body.version, "fraction": body.fraction}}
 
 
 @router.delete("/canary")
-async def end_canary(request: Request) -> dict:
+async def end_canary(deployment: DeploymentDep) -> dict:
     """Stop the canary: every new request goes to the serving version."""
-    stopped = await stop_canary(request.app)
+    stopped = await deployment.stop_canary()
     if stopped is None:
         raise APIError(404, "There is no canary to stop.", code="no_canary")
-    return {"serving": request.app.state.engine.version, "stopped": stopped}
+    return {"serving": deployment.version, "stopped": stopped}
 
 
 @router.post("/rollback")
-async def rollback(request: Request) -> dict:
+async def rollback(deployment: DeploymentDep) -> dict:
     """Go back to the version served before the last switch."""
-    history = request.app.state.history
-    if not history:
-        raise APIError(409, "Nothing to roll back to: no earlier version was served.", code="no_history")
-    target = history.pop()
-    result = await _switch(request, target)
-    history.pop()  # the switch pushed the version we just left; a rollback is not itself undone
-    return result
+    _require_ready(deployment)
+    previous = deployment.version
+    try:
+        target, switch = await deployment.rollback()
+    except NothingToRollBack:
+        raise APIError(409, "Nothing to roll back to: no earlier version was served.", code="no_history") from None
+    except RegistryError as exc:
+        raise _refused(exc) from exc
+    return _switched(target, previous, switch)

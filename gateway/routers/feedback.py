@@ -7,46 +7,56 @@ answered 202 once it is durable on local disk, never before.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 
-from feedback.events import MAX_K, Comparison, Demonstration, Rating
-from feedback.recorder import IdempotencyConflict, Served, SpoolFull, Submission
+from feedback.events import Comparison, Demonstration, RankingError, Rating, check_ranking
+from feedback.recorder import FeedbackRecorder
+from feedback.served_index import NeverServed, NotServedToCaller, Served
+from feedback.submission import IdempotencyConflict, SpoolFull, Submission
 from gateway import protocol as p
-from gateway.auth import Caller, client
+from gateway.auth import Caller
+from gateway.dependencies import ClientDep, RecorderDep
 from gateway.errors import APIError
 
 router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
 
 
-def _owned(recorder, choice_id: str, caller: Caller, param: str) -> Served:
-    served = recorder.served(choice_id)
-    if served is None:
+def _owned_choice(recorder: FeedbackRecorder, choice_id: str, caller: Caller, param: str) -> Served:
+    try:
+        return recorder.index.owned_choice(choice_id, caller.name, may_rate_others=caller.role == "rater")
+    except NeverServed:
         raise APIError(404, f"No completion choice '{choice_id}' was served by this gateway.", param=param,
-                       code="unknown_choice")
-    if served.caller != caller.name and caller.role != "rater":
-        raise APIError(403, f"Choice '{choice_id}' was served to another caller.", param=param, code="not_your_completion")
-    return served
+                       code="unknown_choice") from None
+    except NotServedToCaller:
+        raise APIError(403, f"Choice '{choice_id}' was served to another caller.", param=param,
+                       code="not_your_completion") from None
 
 
-def _comparison(recorder, ranking: list[list[str]], caller: Caller, param: str) -> Comparison:
-    ids = [c for group in ranking for c in group]
-    if len(set(ids)) != len(ids):
-        raise APIError(400, "A ranking names each choice id once.", param=param, code="duplicate_choice")
-    if not 2 <= len(ids) <= MAX_K:
-        raise APIError(400, f"A ranking compares 2 to {MAX_K} choices, not {len(ids)}.", param=param, code="bad_k")
-    served = [_owned(recorder, c, caller, param) for c in ids]
+def _owned_request(recorder: FeedbackRecorder, request_id: str, caller: Caller, param: str) -> Served:
+    try:
+        return recorder.index.owned_request(request_id, caller.name, may_rate_others=caller.role == "rater")
+    except NeverServed:
+        raise APIError(404, f"No request '{request_id}' was served by this gateway.", param=param,
+                       code="unknown_request") from None
+    except NotServedToCaller:
+        raise APIError(403, "That request was made by another caller.", param=param,
+                       code="not_your_completion") from None
+
+
+def _comparison(recorder: FeedbackRecorder, ranking: list[list[str]], caller: Caller, param: str) -> Comparison:
+    try:
+        check_ranking(ranking)  # before any lookup: a malformed ranking is a 400 whatever its ids
+    except RankingError as exc:
+        raise APIError(400, f"{str(exc).capitalize()}.", param=param, code=exc.code) from None
+    served = [_owned_choice(recorder, c, caller, param) for group in ranking for c in group]
     if len({s.request_id for s in served}) != 1:
         raise APIError(400, "All ranked choices must come from the same request.", param=param, code="mixed_requests")
-    try:
-        return Comparison(request_id=served[0].request_id, ranking=ranking, rater=caller.name,
-                          policy_version=served[0].policy_version)
-    except ValidationError as exc:
-        raise APIError(400, exc.errors()[0]["msg"], param=param, code="bad_ranking") from exc
+    return Comparison(request_id=served[0].request_id, ranking=ranking, rater=caller.name,
+                      policy_version=served[0].policy_version)
 
 
-def _submission(item, caller: Caller, recorder, at: str) -> Submission:
+def _submission(item, caller: Caller, recorder: FeedbackRecorder, at: str) -> Submission:
     """The event for one item; `at` prefixes error params ("items.3." inside a batch)."""
     if isinstance(item, p.PairwiseFeedback):
         ranking = [[item.chosen, item.rejected]] if item.tie else [[item.chosen], [item.rejected]]
@@ -54,17 +64,11 @@ def _submission(item, caller: Caller, recorder, at: str) -> Submission:
     elif isinstance(item, p.RankingFeedback):
         event = _comparison(recorder, [[g] if isinstance(g, str) else g for g in item.ranking], caller, f"{at}ranking")
     elif isinstance(item, p.RatingFeedback):
-        served = _owned(recorder, item.choice_id, caller, f"{at}choice_id")
+        served = _owned_choice(recorder, item.choice_id, caller, f"{at}choice_id")
         event = Rating(request_id=served.request_id, choice_id=item.choice_id, rating=item.rating, rater=caller.name,
                        policy_version=served.policy_version)
     else:
-        owner = recorder.request_owner(item.request_id)
-        if owner is None:
-            raise APIError(404, f"No request '{item.request_id}' was served by this gateway.",
-                           param=f"{at}request_id", code="unknown_request")
-        if owner.caller != caller.name and caller.role != "rater":
-            raise APIError(403, "That request was made by another caller.", param=f"{at}request_id",
-                           code="not_your_completion")
+        owner = _owned_request(recorder, item.request_id, caller, f"{at}request_id")
         event = Demonstration(request_id=item.request_id, response=item.response, author=caller.name,
                               policy_version=owner.policy_version)
     # Idempotency keys are per caller: two clients may pick the same key without colliding.
@@ -72,8 +76,8 @@ def _submission(item, caller: Caller, recorder, at: str) -> Submission:
     return Submission(event, scoped)
 
 
-async def _accept(request: Request, items: list, caller: Caller, batch: bool) -> tuple[int, list[p.FeedbackAccepted]]:
-    recorder = request.app.state.recorder
+async def _accept(recorder: FeedbackRecorder, items: list, caller: Caller,
+                  batch: bool) -> tuple[int, list[p.FeedbackAccepted]]:
     kinds = [i.kind for i in items]
     try:
         submissions = [_submission(item, caller, recorder, f"items.{i}." if batch else "")
@@ -96,37 +100,37 @@ async def _accept(request: Request, items: list, caller: Caller, batch: bool) ->
     return status, [p.FeedbackAccepted(event_id=a.event_id, duplicate=a.duplicate) for a in accepted]
 
 
-async def _single(request: Request, item, caller: Caller) -> JSONResponse:
-    status, accepted = await _accept(request, [item], caller, batch=False)
+async def _single(recorder: FeedbackRecorder, item, caller: Caller) -> JSONResponse:
+    status, accepted = await _accept(recorder, [item], caller, batch=False)
     return JSONResponse(accepted[0].model_dump(), status_code=status)
 
 
 @router.post("/pairwise", status_code=202, response_model=p.FeedbackAccepted)
-async def pairwise(body: p.PairwiseFeedback, request: Request, caller: Caller = Depends(client)):
+async def pairwise(body: p.PairwiseFeedback, caller: ClientDep, recorder: RecorderDep):
     """Prefer one choice over another (or record a tie)."""
-    return await _single(request, body, caller)
+    return await _single(recorder, body, caller)
 
 
 @router.post("/rankings", status_code=202, response_model=p.FeedbackAccepted)
-async def rankings(body: p.RankingFeedback, request: Request, caller: Caller = Depends(client)):
+async def rankings(body: p.RankingFeedback, caller: ClientDep, recorder: RecorderDep):
     """Rank K = 2..9 choices of one request, best first."""
-    return await _single(request, body, caller)
+    return await _single(recorder, body, caller)
 
 
 @router.post("/ratings", status_code=202, response_model=p.FeedbackAccepted)
-async def ratings(body: p.RatingFeedback, request: Request, caller: Caller = Depends(client)):
+async def ratings(body: p.RatingFeedback, caller: ClientDep, recorder: RecorderDep):
     """Thumbs up or down on one choice."""
-    return await _single(request, body, caller)
+    return await _single(recorder, body, caller)
 
 
 @router.post("/demonstrations", status_code=202, response_model=p.FeedbackAccepted)
-async def demonstrations(body: p.DemonstrationFeedback, request: Request, caller: Caller = Depends(client)):
+async def demonstrations(body: p.DemonstrationFeedback, caller: ClientDep, recorder: RecorderDep):
     """A better response to one of your requests."""
-    return await _single(request, body, caller)
+    return await _single(recorder, body, caller)
 
 
 @router.post("/batch", status_code=202, response_model=p.BatchAccepted)
-async def batch(body: p.BatchFeedback, request: Request, caller: Caller = Depends(client)):
+async def batch(body: p.BatchFeedback, caller: ClientDep, recorder: RecorderDep):
     """Many feedback items, all accepted or none."""
-    status, accepted = await _accept(request, body.items, caller, batch=True)
+    status, accepted = await _accept(recorder, body.items, caller, batch=True)
     return JSONResponse(p.BatchAccepted(accepted=accepted).model_dump(), status_code=status)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.dependencies import DeploymentDep, ServicesDep
 from gateway.errors import error_response
 
 router = APIRouter(tags=["operations"])
@@ -17,16 +18,15 @@ async def healthz() -> dict:
 
 
 @router.get("/readyz")
-async def readyz(request: Request):
+async def readyz(deployment: DeploymentDep):
     """Ready only once the engine has loaded and warmed up."""
-    engine = request.app.state.engine
-    if not engine.ready:
+    if not deployment.ready:
         return error_response(503, "The engine is still loading or warming up.", code="not_ready",
                               headers={"Retry-After": "5"})
-    return {"status": "ready", "policy_version": engine.version}
+    return {"status": "ready", "policy_version": deployment.version}
 
 
 @router.get("/metrics")
-async def metrics(request: Request) -> Response:
+async def metrics(services: ServicesDep) -> Response:
     """Prometheus text format."""
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

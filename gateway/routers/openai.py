@@ -2,31 +2,29 @@
 
 from __future__ import annotations
 
-
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
 from gateway import protocol as p
-from gateway.auth import Caller, client
+from gateway.dependencies import ClientDep, ServicesDep, ServingDep
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 
 @router.post("/completions")
-async def completions(body: p.CompletionRequest, request: Request, caller: Caller = Depends(client)):
+async def completions(body: p.CompletionRequest, request: Request, caller: ClientDep, serving: ServingDep):
     """Text completion from the served policy."""
-    return await request.app.state.serving.completion(body, caller, request)
+    return await serving.completion(body, caller, request)
 
 
 @router.post("/chat/completions")
-async def chat_completions(body: p.ChatCompletionRequest, request: Request, caller: Caller = Depends(client)):
+async def chat_completions(body: p.ChatCompletionRequest, request: Request, caller: ClientDep, serving: ServingDep):
     """Chat completion from the served policy."""
-    return await request.app.state.serving.chat(body, caller, request)
+    return await serving.chat(body, caller, request)
 
 
 @router.get("/models")
-async def models(request: Request, _: Caller = Depends(client)) -> p.ModelList:
+async def models(_: ClientDep, services: ServicesDep) -> p.ModelList:
     """The one served model, with the policy version behind it."""
-    state = request.app.state
-    card = p.ModelCard(id=state.settings.gateway.served_model_name, created=int(state.started_at),
-                       policy_version=state.engine.version)
+    card = p.ModelCard(id=services.settings.gateway.served_model_name, created=int(services.started_at),
+                       policy_version=services.deployment.version)
     return p.ModelList(data=[card])

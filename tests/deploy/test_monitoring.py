@@ -11,7 +11,7 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from alignloop.config import Settings
+from core.config import Settings
 from tests.conftest import REPO
 from trainer.service import TrainerService
 
@@ -35,6 +35,7 @@ def _exported(gateway, tmp_path: Path) -> set[str]:
     gateway_metrics = httpx.get(f"{gateway.url}/metrics", timeout=30).text
     settings = Settings(state_dir=tmp_path)
     settings.train.loop.metrics_port = 0
+    settings.train.ppo.ptx_coef = 0.0  # no pretraining text needed to list the metrics
     trainer = TrainerService(settings)
     try:
         trainer_metrics = generate_latest(trainer.metrics_registry).decode()

@@ -7,7 +7,7 @@ import uuid
 
 from kafka import KafkaConsumer, TopicPartition
 
-from alignloop.config import FeedbackConfig
+from core.config import FeedbackConfig
 from feedback.source import open_source
 from feedback.topics import ALL
 

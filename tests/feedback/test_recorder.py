@@ -7,9 +7,11 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from alignloop.config import FeedbackConfig
+from core.config import FeedbackConfig
 from feedback.events import CompletionServed, Rating, ServedChoice
-from feedback.recorder import FeedbackRecorder, SpoolFull, Submission
+from core.paths import StatePaths
+from feedback.recorder import FeedbackRecorder
+from feedback.submission import SpoolFull, Submission
 from tests.conftest import free_port
 from tests.feedback.helpers import read_all_kafka
 
@@ -35,7 +37,7 @@ def test_full_spool_refuses_feedback_and_counts_dropped_completions(tmp_path):
     dead_broker = f"127.0.0.1:{free_port()}"
     registry = CollectorRegistry()
     rec = FeedbackRecorder(FeedbackConfig(kafka_bootstrap=dead_broker, max_spool_bytes=3000, kafka_timeout_s=1),
-                           tmp_path, registry)
+                           StatePaths(tmp_path).feedback_log, registry)
     try:
         accepted = 0
         with pytest.raises(SpoolFull):
@@ -54,17 +56,17 @@ def test_full_spool_refuses_feedback_and_counts_dropped_completions(tmp_path):
 
 def test_spool_is_replayed_after_a_restart(tmp_path, kafka_broker):
     config = FeedbackConfig(kafka_bootstrap=f"127.0.0.1:{free_port()}", kafka_timeout_s=1)
-    rec = FeedbackRecorder(config, tmp_path, CollectorRegistry())
+    rec = FeedbackRecorder(config, StatePaths(tmp_path).feedback_log, CollectorRegistry())
     rec.record_completion(completion("replay-1"))
     ids = [a.event_id for a in asyncio.run(rec.submit([rating("replay-1"), rating("replay-1")]))]
     wait_for(lambda: rec.undelivered() == 3)
     rec.close(drain_timeout=0)
 
     # Same spool, now with a reachable broker: what waited goes out, in order.
-    rec = FeedbackRecorder(config.model_copy(update={"kafka_bootstrap": kafka_broker.bootstrap}), tmp_path,
+    rec = FeedbackRecorder(config.model_copy(update={"kafka_bootstrap": kafka_broker.bootstrap}), StatePaths(tmp_path).feedback_log,
                            CollectorRegistry())
     try:
-        assert rec.served("replay-1-0").caller == "alice"  # the served index survived too
+        assert rec.index.choice("replay-1-0").caller == "alice"  # the served index survived too
         wait_for(lambda: rec.undelivered() == 0)
     finally:
         rec.close()
@@ -80,7 +82,8 @@ def test_embedded_log_deletes_what_the_trainer_committed_and_accepts_again(tmp_p
     from feedback.source import LocalLogSource
 
     registry = CollectorRegistry()
-    rec = FeedbackRecorder(FeedbackConfig(max_spool_bytes=3000), tmp_path, registry, consumer_groups=("trainer",))
+    rec = FeedbackRecorder(FeedbackConfig(max_spool_bytes=3000), StatePaths(tmp_path).feedback_log, registry,
+                           consumer_groups=("trainer",))
     try:
         rec.record_completion(completion("kept"))
         accepted = 0
@@ -100,7 +103,7 @@ def test_embedded_log_deletes_what_the_trainer_committed_and_accepts_again(tmp_p
         wait_for(lambda: rec.undelivered() == 0)
         assert rec.log.stats() == (0, 0)
         assert registry.get_sample_value("alignloop_spool_bytes") == 0
-        assert rec.served("kept-0").caller == "alice"  # the served index is not the log: it stays
+        assert rec.index.choice("kept-0").caller == "alice"  # the served index is not the log: it stays
         asyncio.run(rec.submit([rating("kept")]))  # room again
         assert rec.undelivered() == 1
     finally:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignloop.config import TinyModelConfig
-from inference.registry import RegistryError
-from inference.tiny_model import build_tiny_model
+from core.config import TinyModelConfig
+from registry.errors import RegistryError
+from synthetic.tiny_model import build_tiny_model
 from tests.conftest import ADMIN_KEY, MODEL
 from tests.feedback.helpers import wait_for_events
 from tests.gateway.test_parity import transformers_greedy

@@ -10,16 +10,17 @@ import time
 from feedback.events import Comparison, CompletionServed, ServedChoice
 from feedback.local_log import LocalLog
 from feedback.topics import topic_for
-from inference.registry import PolicyRegistry, validate_checkpoint
-from trainer import synthetic
+from registry.store import PolicyRegistry
+from registry.validation import validate_checkpoint
+from synthetic import task
 from trainer.dataset_store import DatasetStore
-from tests.conftest import REPO
+from tests.conftest import REPO, write_pretraining_data
 
 
 def logged_feedback(n: int) -> list:
     """What a gateway would have logged: chat completions with 4 candidates and users' rankings."""
     out = []
-    for i, r in enumerate(synthetic.rankings(n, k=4, seed=7)):
+    for i, r in enumerate(task.rankings(n, k=4, seed=7)):
         rid = f"chatcmpl-crash-{i}"
         ids = [f"{rid}-{k}" for k in range(4)]
         out.append(CompletionServed(request_id=rid, route="chat", messages=[{"role": "user", "content": r.prompt}],
@@ -51,6 +52,7 @@ def prepare(tmp_path, model_dir, n: int, **sections: dict):
     """A registry holding v0001, n logged rankings, and a trainer config; `sections` (loop=, rm=,
     ppo=) override train.<section> fields."""
     state = tmp_path / "state"
+    write_pretraining_data(state)
     registry = PolicyRegistry(state / "registry")
     registry.publish(model_dir, source="tiny-model", make_current=True)
     events = logged_feedback(n)

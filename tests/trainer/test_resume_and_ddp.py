@@ -8,10 +8,10 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from alignloop.config import RMConfig
-from trainer import synthetic
+from core.config import RMConfig
+from synthetic import task
 from trainer.data import write_jsonl
-from trainer.rm import train_rm
+from trainer.reward_training import train_rm
 from tests.conftest import REPO
 
 CFG = RMConfig(batch_size=4, learning_rate=1e-3, eval_fraction=0.2, save_every=0)
@@ -22,7 +22,7 @@ def weights(path):
 
 
 def test_interrupted_rm_training_resumes_exactly(tiny_model_dir, tmp_path):
-    data = synthetic.rankings(60, k=4, seed=9)
+    data = task.rankings(60, k=4, seed=9)
     train_rm(tiny_model_dir, data, tmp_path / "straight", CFG, max_steps=6)
     train_rm(tiny_model_dir, data, tmp_path / "resumed", CFG, max_steps=3)  # "killed" after step 3
     state = json.loads((tmp_path / "resumed" / "training_state" / "state.json").read_text())
@@ -36,8 +36,8 @@ def test_interrupted_rm_training_resumes_exactly(tiny_model_dir, tmp_path):
 
 def test_rm_and_ppo_under_torchrun_with_two_processes(tiny_model_dir, tmp_path):
     write_jsonl(tmp_path / "rankings.jsonl", [{"prompt": r.prompt, "responses": r.responses, "ranking": r.ranking}
-                                              for r in synthetic.rankings(40, k=4, seed=4)])
-    write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in synthetic.prompts(16, seed=5)])
+                                              for r in task.rankings(40, k=4, seed=4)])
+    write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in task.prompts(16, seed=5)])
     write_jsonl(tmp_path / "pretraining.jsonl", [{"text": t} for t in ["The cat sees the dog.", "The red fox helps."] * 8])
     env = dict(os.environ, OMP_NUM_THREADS="1")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

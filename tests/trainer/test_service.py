@@ -6,7 +6,7 @@ import uuid
 
 from prometheus_client import generate_latest
 
-from alignloop.config import Settings
+from core.config import Settings
 from feedback.events import Comparison, CompletionServed, ServedChoice
 from feedback.local_log import LocalLog
 from feedback.topics import COMPLETIONS, FEEDBACK, topic_for
@@ -28,6 +28,7 @@ def events(n: int) -> list:
 def test_crash_before_commit_redelivers_and_nothing_doubles(tmp_path):
     settings = Settings(state_dir=tmp_path)
     settings.train.loop.metrics_port = 0
+    settings.train.ppo.ptx_coef = 0.0  # consuming only: no pretraining text needed
     log = LocalLog(tmp_path / "feedback" / "events.db")
     batch = events(30)
     log.append([(topic_for(e), e.key(), e.to_bytes()) for e in batch])
@@ -65,6 +66,7 @@ def test_consumer_lag_on_kafka(kafka_broker, tmp_path):
     producer.close()
     settings = Settings(state_dir=tmp_path)
     settings.train.loop.metrics_port = 0
+    settings.train.ppo.ptx_coef = 0.0  # consuming only: no pretraining text needed
     settings.train.loop.consume_batch = 1
     settings.train.loop.group = f"lag-test-{uuid.uuid4().hex}"  # a new group starts from the beginning
     settings.feedback.kafka_bootstrap = kafka_broker.bootstrap

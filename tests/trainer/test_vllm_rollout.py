@@ -4,21 +4,21 @@ import shutil
 
 from transformers import AutoTokenizer
 
-from alignloop.config import PPOConfig
+from core.config import PPOConfig
 from tests.conftest import perturbed_copy
-from trainer import synthetic
+from synthetic import task
 from trainer.data import prompt_ids
-from trainer.ppo_trainer import train_ppo
+from trainer.ppo_training import train_ppo
 from trainer.reward_model import RewardModel
 from trainer.rollout import TransformersSampler, VLLMSampler
-from trainer.sft import load_policy
+from trainer.models import load_causal_lm
 
 QUESTIONS = ["Describe a fox.", "What is 2 plus 3?", "Count to 4."]
 
 
 def hf_greedy(path, prompts):
     tok = AutoTokenizer.from_pretrained(path)
-    sampler = TransformersSampler(load_policy(path), tok.pad_token_id, tok.eos_token_id)
+    sampler = TransformersSampler(load_causal_lm(path), tok.pad_token_id, tok.eos_token_id)
     return [sampler.generate([p], 16, 0.0, 0)[0] for p in prompts]
 
 
@@ -43,7 +43,7 @@ def test_vllm_rollouts_follow_pushed_weights(tiny_model_dir, tmp_path):
         RewardModel.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "rm")
         cfg = PPOConfig(iterations=2, rollout_batch=8, minibatch=4, max_new_tokens=8, ptx_coef=0.0, save_every=0,
                         rollout_engine="vllm")
-        metrics = train_ppo(tiny_model_dir, tmp_path / "rm", synthetic.prompts(16, seed=1), [], tmp_path / "ppo", cfg,
+        metrics = train_ppo(tiny_model_dir, tmp_path / "rm", task.prompts(16, seed=1), [], tmp_path / "ppo", cfg,
                             sampler=sampler)
         assert metrics["iteration"] == 2 and metrics["samples_per_s"] > 0
         sampler.update(tmp_path / "ppo")

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from alignloop.config import load_settings
+from core.config import load_settings
 
 
 def test_precedence(tmp_path):
@@ -32,7 +32,7 @@ def test_lists_from_env_and_typos_fail():
 
 
 def test_blue_green_halves_each_engines_gpu_memory_unless_set():
-    from alignloop.config import EngineConfig
+    from core.config import EngineConfig
 
     assert EngineConfig().gpu_memory_share() == 0.85
     assert EngineConfig(swap_mode="blue_green").gpu_memory_share() == 0.42  # two engines while switching

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from inference.corpus import ANIMALS, COLORS, PLACES
+from synthetic.corpus import ANIMALS, COLORS, PLACES
 from trainer.data import Ranking
 
 COLOR_VALUE = {"blue": 2.0, "green": 1.0}

@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from alignloop.config import TinyModelConfig
-from inference.tiny_model import build_tiny_model
+from core.config import TinyModelConfig
+from synthetic.tiny_model import build_tiny_model
 
 FAST = TinyModelConfig(pretrain_steps=3, corpus_examples=300)
 

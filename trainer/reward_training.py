@@ -3,39 +3,27 @@
 from __future__ import annotations
 
 import logging
-import random
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer
 
-from alignloop.config import RMConfig
-from trainer import loop
+from core.config import RMConfig
+from trainer import supervised_loop as loop
 from trainer.checkpoint import has_training_state
-from trainer.data import Ranking, pad_batch, prompt_ids, response_ids
+from trainer.data import Ranking, held_out
 from trainer.distributed import World, unwrap, wrap
+from trainer.optim import adamw, optimizer_step
+from trainer.evaluate import score
 from trainer.reward_model import RewardModel, kwise_loss, ranking_pairs
 
 log = logging.getLogger(__name__)
 
 
-def split(rankings: list[Ranking], eval_fraction: float, seed: int) -> tuple[list[Ranking], list[Ranking]]:
-    """(train, held-out), held out by prompt so no prompt is on both sides."""
-    by_prompt: dict[str, list[Ranking]] = {}
-    for r in rankings:
-        by_prompt.setdefault(r.prompt, []).append(r)
-    prompts = sorted(by_prompt)
-    random.Random(seed).shuffle(prompts)
-    n_eval = int(len(prompts) * eval_fraction)
-    held = {p for p in prompts[:n_eval]}
-    return ([r for r in rankings if r.prompt not in held], [r for r in rankings if r.prompt in held])
-
-
-def score(model: torch.nn.Module, tok, prompts: list[str], responses: list[str], max_len: int = 256) -> torch.Tensor:
-    """r(x, y) for each (prompt, response); every response is forwarded once."""
-    seqs = [prompt_ids(tok, p) + response_ids(tok, r) for p, r in zip(prompts, responses)]
-    ids, attn, _ = pad_batch(seqs, tok.pad_token_id, max_len=max_len)
-    return model(ids, attn)
+def split(rankings: list[Ranking], eval_fraction: float) -> tuple[list[Ranking], list[Ranking]]:
+    """(train, held-out), held out by prompt (trainer/data.py's rule) so no prompt is on both sides."""
+    held = [held_out(r.prompt, eval_fraction) for r in rankings]
+    return [r for r, h in zip(rankings, held) if not h], [r for r, h in zip(rankings, held) if h]
 
 
 def pairwise_accuracy(model: RewardModel, tok, rankings: list[Ranking], max_len: int = 256) -> float:
@@ -60,10 +48,10 @@ def train_rm(init: Path, rankings: list[Ranking], out_dir: Path, cfg: RMConfig, 
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
     tok = AutoTokenizer.from_pretrained(init)
-    train, held_out = split(rankings, cfg.eval_fraction, cfg.seed)
+    train, held = split(rankings, cfg.eval_fraction)
     model = RewardModel.from_pretrained(out_dir if has_training_state(out_dir) else init).train()
     ddp = wrap(model, world)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    optimizer = adamw(model.parameters(), cfg.learning_rate)
 
     def step(indices: list[int]) -> dict[str, float]:
         batch = [train[i] for i in indices]
@@ -75,7 +63,7 @@ def train_rm(init: Path, rankings: list[Ranking], out_dir: Path, cfg: RMConfig, 
             losses.append(kwise_loss(rewards[start:start + len(r.responses)], r.ranking))
             start += len(r.responses)
         loss = torch.stack(losses).mean()
-        loop.optimize(loss, optimizer, model.parameters())
+        optimizer_step(loss, optimizer, list(model.parameters()), world)
         return {"loss": world.mean(loss.item())}
 
     def save(d: Path) -> None:
@@ -92,8 +80,8 @@ def train_rm(init: Path, rankings: list[Ranking], out_dir: Path, cfg: RMConfig, 
         model.offset += offset
         if world.main:
             model.save_pretrained(out_dir)
-    metrics = {"heldout_accuracy": pairwise_accuracy(model, tok, held_out, cfg.max_len) if held_out else float("nan"),
-               "heldout_rankings": len(held_out), "train_rankings": len(train), "steps": state.step,
+    metrics = {"heldout_accuracy": pairwise_accuracy(model, tok, held, cfg.max_len) if held else float("nan"),
+               "heldout_rankings": len(held), "train_rankings": len(train), "steps": state.step,
                "comparisons": sum(len(ranking_pairs(r.ranking)) for r in train)}
-    log.info("rm: held-out pairwise accuracy %.3f on %d rankings", metrics["heldout_accuracy"], len(held_out))
+    log.info("rm: held-out pairwise accuracy %.3f on %d rankings", metrics["heldout_accuracy"], len(held))
     return metrics

@@ -6,7 +6,8 @@ import stat
 
 import pytest
 
-from inference.registry import PolicyRegistry, RegistryError
+from registry.errors import RegistryError
+from registry.store import PolicyRegistry
 
 
 def test_publish_numbers_versions_and_keeps_metadata(tiny_model_dir, tmp_path):

@@ -1,5 +1,5 @@
 """The supervised training loop SFT and the reward model share: seeded epochs, rank sharding,
-progress logs with rates, and resumable checkpoints."""
+progress logs with rates, and resumable checkpoints (PPO has a loop of its own, trainer/ppo_training.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.checkpoint import TrainState, has_training_state, load_training_state, save_training_state
+from trainer.checkpoint import TrainState, has_training_state, load_training_state, save_checkpoint
 from trainer.distributed import World
 
 log = logging.getLogger(__name__)
@@ -50,27 +50,9 @@ def run(*, name: str, n_items: int, batch_size: int, epochs: int, seed: int, opt
                 log.info("%s: step %d/%d %s (%.2f steps/s, %.1f items/s)", name, state.step, total, shown, rate,
                          rate * per_step)
             if save_every and state.step % save_every == 0 and state.step < total:
-                checkpoint(out_dir, optimizer, state, save, world)
+                save_checkpoint(out_dir, optimizer, state, save, world)
         if state.position + per_step > n_items:
             state.epoch += 1
             state.position = 0
-    checkpoint(out_dir, optimizer, state, save, world)
+    save_checkpoint(out_dir, optimizer, state, save, world)
     return state
-
-
-def optimize(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params, max_grad_norm: float = 1.0) -> None:
-    """One optimiser step on loss, with gradient-norm clipping."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    optimizer.step()
-
-
-def checkpoint(out_dir: Path, optimizer: torch.optim.Optimizer, state: TrainState, save: Callable[[Path], None],
-               world: World) -> None:
-    """Model and training state, written by the main process."""
-    if world.main:
-        save(out_dir)
-        save_training_state(out_dir, optimizer, state)
-    if world.size > 1:
-        torch.distributed.barrier()

@@ -11,26 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from alignloop.config import EngineConfig
-from inference.registry import RegistryError
+from core.config import EngineConfig
+from inference.sampling import Chunk, Sampling
+from inference.vllm_args import engine_kwargs
+from registry.errors import RegistryError
+from registry.fingerprint import arch_fingerprint, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
-
-# config.json keys that may differ between checkpoints of the same architecture.
-_VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures"}
 
 
 class _SwapGate:
@@ -66,48 +62,20 @@ class _SwapGate:
                 self._cond.notify_all()
 
 
-@dataclass
-class Chunk:
-    """New output of one candidate (choice) of a request."""
+def vllm_params(sampling: Sampling):
+    """vLLM's SamplingParams for our Sampling, streaming deltas."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
 
-    index: int
-    text: str
-    token_ids: list[int]
-    logprobs: list[dict] | None
-    finish_reason: str | None
-    version: str
-
-
-def tokenizer_fingerprint(path: Path) -> str:
-    """Hash of the tokenizer: two versions with the same one give the same token ids to a prompt."""
-    tok = path / "tokenizer.json"
-    return hashlib.sha256(tok.read_bytes()).hexdigest() if tok.exists() else ""
+    return SamplingParams(
+        n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens,
+        stop=list(sampling.stop) or None, seed=sampling.seed, presence_penalty=sampling.presence_penalty,
+        frequency_penalty=sampling.frequency_penalty, logprobs=sampling.logprobs, ignore_eos=sampling.ignore_eos,
+        output_kind=RequestOutputKind.DELTA)
 
 
-def arch_fingerprint(path: Path) -> str:
-    """Hash of the model's shapes and tokenizer: equal means the weights can be swapped in place."""
-    config = json.loads((path / "config.json").read_text())
-    for key in _VOLATILE_CONFIG_KEYS:
-        config.pop(key, None)
-    return hashlib.sha256((json.dumps(config, sort_keys=True) + tokenizer_fingerprint(path)).encode()).hexdigest()
-
-
-def engine_kwargs(path: Path, config: EngineConfig, **overrides) -> dict:
-    """vLLM engine arguments for a checkpoint (shared by serving and the trainer's rollouts)."""
-    # The CPU backend sizes its KV cache from this variable, not gpu_memory_utilization.
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kv_cache_gib))
-    dtype = config.dtype
-    if dtype == "auto" and not torch.cuda.is_available():
-        # vLLM's CPU "auto" is bfloat16; float32 keeps outputs identical to transformers'.
-        dtype = "float32"
-    return dict(model=str(path), tokenizer=str(path), load_format="safetensors", dtype=dtype,
-                max_model_len=config.max_model_len, max_num_seqs=config.max_num_seqs,
-                enforce_eager=config.enforce_eager, gpu_memory_utilization=config.gpu_memory_share(),
-                seed=config.seed) | overrides
-
-
-class EngineReplica:
-    """A started vLLM engine and the version it serves; counts the requests it is working on."""
+class VLLMEngine:
+    """One started vLLM engine (AsyncLLM) and the version it serves; counts the requests it is working on."""
 
     def __init__(self, llm, version: str, path: Path, tokenizer: PreTrainedTokenizerBase):
         self.llm, self.version, self.path, self.tokenizer = llm, version, path, tokenizer
@@ -117,7 +85,7 @@ class EngineReplica:
         self._gate = _SwapGate()
 
     @classmethod
-    async def launch(cls, version: str, path: Path, config: EngineConfig) -> "EngineReplica":
+    async def launch(cls, version: str, path: Path, config: EngineConfig) -> "VLLMEngine":
         """Build and warm up an engine on a checkpoint (validated by the caller); RegistryError if it
         cannot be started."""
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -138,27 +106,24 @@ class EngineReplica:
             raise RegistryError(f"could not start an engine on {version}: {exc}{hint}") from exc
         try:
             tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, path)
-            replica = cls(llm, version, path, tokenizer)
+            engine = cls(llm, version, path, tokenizer)
             log.info("engine: %s started in %.1fs; warming up", version, time.monotonic() - started)
-            await replica._warm_up()
+            await engine._warm_up()
         except BaseException:
             llm.shutdown()
             raise
         log.info("engine: %s ready (%.1fs after start)", version, time.monotonic() - started)
-        return replica
+        return engine
 
     async def _warm_up(self) -> None:
-        from vllm import SamplingParams
-
         ids = self.tokenizer("warm up", add_special_tokens=False)["input_ids"]
-        async for _ in self.generate(ids, SamplingParams(max_tokens=4, temperature=0.0)):
+        async for _ in self.generate(ids, Sampling(max_tokens=4, temperature=0.0)):
             pass
 
-    async def generate(self, prompt_token_ids: list[int], params, request_id: str | None = None) -> AsyncIterator[Chunk]:
+    async def generate(self, prompt_token_ids: list[int], sampling: Sampling,
+                       request_id: str | None = None) -> AsyncIterator[Chunk]:
         """Stream new output of every candidate; aborts the engine request if the caller stops."""
-        from vllm.sampling_params import RequestOutputKind
-
-        params.output_kind = RequestOutputKind.DELTA
+        params = vllm_params(sampling)
         request_id = request_id or uuid.uuid4().hex
         queue: asyncio.Queue = asyncio.Queue()
         done = object()

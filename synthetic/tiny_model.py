@@ -17,8 +17,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from alignloop.config import TinyModelConfig
-from inference.corpus import dialogues, pretraining_texts
+from core.config import TinyModelConfig
+from synthetic.corpus import dialogues, pretraining_texts
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from trainer.synthetic import hidden_score, rank
+from synthetic.task import hidden_score, rank
 
 log = logging.getLogger(__name__)
 

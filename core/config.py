@@ -15,7 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from alignloop.failpoints import ENV as FAILPOINT_ENV  # shares the prefix but is not a setting
+from core.failpoints import ENV as FAILPOINT_ENV  # shares the prefix but is not a setting
+from core.limits import MAX_K
+from core.paths import StatePaths
 
 ENV_PREFIX = "ALIGNLOOP_"
 
@@ -74,7 +76,7 @@ class ApiKeyConfig(_Section):
     role: Literal["user", "rater", "admin"] = "user"
     requests_per_minute: int = 6000
     max_tokens: int = 512
-    max_n: int = Field(default=9, ge=1, le=9)
+    max_n: int = Field(default=MAX_K, ge=1, le=MAX_K)
 
 
 class GatewayConfig(_Section):
@@ -106,7 +108,6 @@ class FeedbackConfig(_Section):
     # Events accepted but not yet in Kafka (or, embedded, all events); past this the feedback API
     # answers 503 rather than accept what it could lose.
     max_spool_bytes: int = 512 * 1024 * 1024
-    max_batch_items: int = 100
     kafka_timeout_s: float = 10.0
 
 
@@ -153,6 +154,9 @@ class PPOConfig(_Section):
     ptx_coef: float = 1.0         # γ; 0 gives plain PPO (paper: 27.8 at its scale)
     ptx_batch: int = 16           # pretraining sequences per update
     rollout_engine: Literal["vllm", "transformers"] = "vllm"
+    # Share of GPU memory the vLLM rollout engine may take beside the training models (GPU only);
+    # the engine sleeps (frees its KV cache) while the trainer updates.
+    rollout_gpu_memory: float = 0.3
     seed: int = 0
     save_every: int = 5
 
@@ -170,13 +174,43 @@ class LoopConfig(_Section):
     gate_margin: float = 0.0        # candidate reward must exceed serving reward by this
     kl_budget: float = 10.0         # mean per-answer KL from SFT on held-out prompts
     ptx_regression: float = 0.25    # allowed relative rise of the pretraining LM loss over SFT's
+    eval_batch: int = 16            # prompts (or texts) per forward in evaluation: memory stays bounded
     metrics_port: int = 9400        # 0: no Prometheus endpoint
     # Caps a round's RM training; it still draws from all comparisons so far, warm-starting from
     # the last RM, so learning accumulates across rounds. None: full epochs every round.
     rm_max_steps: int | None = None
+    # Pretraining text for PPO-ptx's LM term and the gate's alignment-tax check (JSON lines of
+    # {"text": ...}); None: <state_dir>/data/pretraining.jsonl, which the tiny model's build writes.
+    pretraining_data: Path | None = None
+
+
+class LoRAConfig(_Section):
+    """Low-rank adapters (peft) instead of full fine-tuning, for SFT, the reward model and PPO.
+
+    With LoRA, PPO's frozen reference is the policy's own base with the adapter switched off, and
+    the value model is an adapter (plus its head) on the reward model's frozen backbone: one copy of
+    each base instead of four full models."""
+
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 class TrainConfig(_Section):
+    # Where and how every stage computes (the trainer service's included).
+    device: str = "auto"          # auto: the GPU (this rank's) when there is one, else the CPU; or cpu, cuda, cuda:N
+    # auto: bf16 mixed precision on a GPU, fp32 on a CPU. bf16: trainable weights stay fp32 (the
+    # optimiser's copy), compute runs in bfloat16 (autocast), frozen models are held in bfloat16.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # dtype of saved checkpoints; auto: the base checkpoint's own (a bf16 model stays bf16, the
+    # tiny model stays fp32). bf16 halves the size, but rounds away updates below its resolution.
+    save_dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
+    length_bucketing: bool = True         # batch items of similar length together: less padding
+    sharding: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: a full copy per rank, or FSDP2 shards
+    lora: LoRAConfig = LoRAConfig()
     sft: SFTConfig = SFTConfig()
     rm: RMConfig = RMConfig()
     ppo: PPOConfig = PPOConfig()
@@ -196,9 +230,9 @@ class Settings(_Section):
     train: TrainConfig = TrainConfig()
 
     @property
-    def registry_dir(self) -> Path:
-        """Where policy versions live."""
-        return self.state_dir / "registry"
+    def paths(self) -> StatePaths:
+        """The layout of the state directory (core/paths.py)."""
+        return StatePaths(self.state_dir)
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,82 @@
+"""The gateway's services and the typed FastAPI dependencies through which routes reach them.
+
+create_app builds one Services; routes declare what they need (`deployment: DeploymentDep`), so
+what a route touches is visible in its signature and checked by the type checker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from core.config import Settings
+from feedback.recorder import FeedbackRecorder
+from gateway.auth import Caller, KeyStore
+from gateway.errors import APIError
+from gateway.deployment import Deployment
+from gateway.metrics import GatewayMetrics
+from gateway.serving import Serving
+
+
+@dataclass
+class Services:
+    """Everything the routes use, built once per app."""
+
+    settings: Settings
+    deployment: Deployment
+    serving: Serving
+    recorder: FeedbackRecorder
+    keys: KeyStore
+    metrics: GatewayMetrics
+    started_at: float
+
+
+def get_services(request: Request) -> Services:
+    """The app's services (the one thing kept on app.state)."""
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_deployment(services: ServicesDep) -> Deployment:
+    """What is served and how it changes."""
+    return services.deployment
+
+
+def get_serving(services: ServicesDep) -> Serving:
+    """Completions and chat completions."""
+    return services.serving
+
+
+def get_recorder(services: ServicesDep) -> FeedbackRecorder:
+    """The feedback spool."""
+    return services.recorder
+
+
+DeploymentDep = Annotated[Deployment, Depends(get_deployment)]
+ServingDep = Annotated[Serving, Depends(get_serving)]
+RecorderDep = Annotated[FeedbackRecorder, Depends(get_recorder)]
+
+
+def client(request: Request, services: ServicesDep) -> Caller:
+    """Any valid key that may generate (user or rater)."""
+    caller = services.keys.authenticate(request)
+    if caller.role == "admin":
+        # The admin credential changes what is deployed; keeping it off the data path means a
+        # leaked client key never carries admin rights and the admin key is rarely sent.
+        raise APIError(403, "The admin key is for /admin routes only; use a client key.", code="wrong_key_role")
+    return caller
+
+
+def admin(request: Request, services: ServicesDep) -> Caller:
+    """The admin credential."""
+    caller = services.keys.authenticate(request)
+    if caller.role != "admin":
+        raise APIError(403, "This route needs the admin key.", code="admin_required")
+    return caller
+
+
+ClientDep = Annotated[Caller, Depends(client)]

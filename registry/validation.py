@@ -1,0 +1,51 @@
+"""What a checkpoint must be to enter the registry or be served: a complete Hugging Face directory
+whose weights are safetensors only (pickle formats can execute code on load) and not corrupt."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from registry.errors import RegistryError
+
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
+REQUIRED_FILES = ("config.json",)
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a weights file whose header does not parse or whose tensors run past its end
+    (truncated or corrupt): reads the header only, so it is cheap for any size."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n <= 0 or 8 + n > size:
+                raise ValueError("header length out of range")
+            header = json.loads(f.read(n))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end != size:
+            raise ValueError(f"tensors need {8 + n + end} bytes, the file has {size}")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"{path} is not a valid safetensors file ({exc})") from exc
+
+
+def validate_checkpoint(path: Path) -> None:
+    """Refuse a directory that is not a complete safetensors-only HF checkpoint."""
+    if not path.is_dir():
+        raise RegistryError(f"checkpoint {path} is not a directory")
+    for name in REQUIRED_FILES:
+        if not (path / name).is_file():
+            raise RegistryError(f"checkpoint {path} has no {name}")
+    files = [p for p in path.rglob("*") if p.is_file()]
+    pickled = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
+    if pickled:
+        raise RegistryError(f"checkpoint {path} holds pickle-format files {pickled}; only safetensors is accepted")
+    weights = [p for p in files if p.suffix == ".safetensors"]
+    if not weights:
+        raise RegistryError(f"checkpoint {path} has no .safetensors weights")
+    for w in weights:
+        check_safetensors(w)
+    try:
+        json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise RegistryError(f"checkpoint {path} has an unreadable config.json: {exc}") from exc
