@@ -23,7 +23,7 @@ bench-feedback: install
 
 bench-training:
 	ALIGNLOOP_ACCEL=$(ACCEL) ALIGNLOOP_EXTRAS=test,bench bash deploy/install.sh
-	.venv/bin/python -m benchmarks.training
+	.venv/bin/python -m benchmarks.training --trl
 
 bench-swap: install
 	.venv/bin/python -m benchmarks.swap

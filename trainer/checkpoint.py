@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from trainer.distributed import World
+from trainer.runtime import Runtime
+
 
 # In a folder of its own: vLLM's loader (and the registry's copy) take every top-level
 # *.safetensors of a checkpoint as model weights.
@@ -74,10 +75,13 @@ def has_training_state(path: Path) -> bool:
 
 
 def save_checkpoint(out_dir: Path, optimizer: torch.optim.Optimizer, state: TrainState,
-                    save_model: Callable[[Path], None], world: World) -> None:
-    """The model(s) (written by save_model) and the training state, by the main process; every rank waits."""
-    if world.main:
-        save_model(out_dir)
+                    save_model: Callable[[Path], None], runtime: Runtime) -> None:
+    """The model(s) and the training state. save_model runs on every rank (gathering sharded
+    weights is a collective) and writes on the main one. Under FSDP the optimiser moments are
+    sharded and not saved: such a run restarts its stage rather than resuming it exactly."""
+    save_model(out_dir)
+    world = runtime.world
+    if world.main and not (world.size > 1 and runtime.sharding == "fsdp"):
         save_training_state(out_dir, optimizer, state)
     if world.size > 1:
         torch.distributed.barrier()

@@ -10,6 +10,7 @@ from pathlib import Path
 from core.config import Settings
 from trainer import distributed
 from trainer.data import load_rankings, read_jsonl
+from trainer.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +35,18 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
     if not world.main:
         logging.getLogger().setLevel(logging.WARNING)
     cfg = settings.train
+    runtime = Runtime.resolve(cfg, world)
     if args.stage == "sft":
         from trainer.sft import train_sft
 
         demos = [(r["prompt"], r["response"]) for r in read_jsonl(args.data)]
-        train_sft(args.init, demos, args.out, cfg.sft, world, max_steps=args.max_steps)
+        train_sft(args.init, demos, args.out, cfg.sft, runtime, max_steps=args.max_steps)
         result = {"out": str(args.out)}
     elif args.stage == "rm":
         from trainer.reward_training import train_rm
 
         reference = [(r["prompt"], r["response"]) for r in read_jsonl(args.reference)] if args.reference else None
-        result = train_rm(args.init, load_rankings(args.data), args.out, cfg.rm, world, reference,
+        result = train_rm(args.init, load_rankings(args.data), args.out, cfg.rm, runtime, reference,
                           max_steps=args.max_steps)
     else:
         from trainer.ppo_training import train_ppo
@@ -55,6 +57,6 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
         texts = [r["text"] for r in read_jsonl(args.pretraining)] if args.pretraining else []
         if cfg.ppo.ptx_coef and not texts:
             raise SystemExit("PPO-ptx needs --pretraining (or --set train.ppo.ptx_coef=0 for plain PPO)")
-        result = train_ppo(args.init, args.rm, prompts, texts, args.out, cfg.ppo, world, settings.engine)
+        result = train_ppo(args.init, args.rm, prompts, texts, args.out, cfg.ppo, runtime, settings.engine)
     if world.main:
         print(json.dumps(result))

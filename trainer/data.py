@@ -90,6 +90,14 @@ def pad_batch(sequences: list[list[int]], pad_id: int, loss_from: list[int] | No
     return ids, attn, loss
 
 
+def encode_responses(tok: PreTrainedTokenizerBase, prompts: list[str], responses: list[str],
+                     max_len: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt, response) sequences as one right-padded batch: (input_ids, attention_mask)."""
+    seqs = [prompt_ids(tok, p) + response_ids(tok, r) for p, r in zip(prompts, responses)]
+    ids, attn, _ = pad_batch(seqs, tok.pad_token_id, max_len=max_len)
+    return ids, attn
+
+
 def encode_pairs(tok: PreTrainedTokenizerBase, prompts: list[str], responses: list[str],
                  max_len: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(prompt, response) pairs as one padded batch whose loss mask covers the responses only."""

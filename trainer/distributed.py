@@ -64,9 +64,12 @@ def wrap(model: torch.nn.Module, world: World, sharding: str = "ddp") -> torch.n
     if sharding == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for layer in _decoder_layers(model):
+        # The root is the transformers model even under a peft adapter: generate() and the
+        # adapter-off reference call it directly, and the root's hooks must run on every call.
+        root = model.get_base_model() if hasattr(model, "get_base_model") else model
+        for layer in _decoder_layers(root):
             fully_shard(layer)
-        fully_shard(model)
+        fully_shard(root)
         return model
     return torch.nn.parallel.DistributedDataParallel(model)
 

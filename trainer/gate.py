@@ -4,10 +4,14 @@
 - stays within `kl_budget` (mean per-answer KL from the SFT policy, on its greedy answers),
 - does not raise the pretraining LM loss more than `ptx_regression` (relative) above SFT's,
 - and has no NaN or infinite weight or metric.
+
+Policies are loaded one at a time (beside the reward model) and evaluated in batches, so the
+gate's memory does not grow with the number of held-out prompts or with the model count.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +19,10 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from trainer.evaluate import greedy_responses, mean_kl, pretraining_loss, score
+from trainer.evaluate import BATCH, greedy_responses, pretraining_loss, score, sequence_logprobs
 from trainer.models import load_causal_lm
 from trainer.reward_model import RewardModel
+from trainer.runtime import Runtime
 
 
 @dataclass
@@ -29,33 +34,59 @@ class GateResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+def _free() -> None:
+    """Give back the memory of a model the caller has just deleted."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def evaluate(candidate: Path, serving: Path, sft: Path, rm: Path, prompts: list[str], pretraining: list[str], *,
-             margin: float, kl_budget: float, ptx_regression: float, max_new_tokens: int = 32) -> GateResult:
+             margin: float, kl_budget: float, ptx_regression: float, max_new_tokens: int = 32,
+             runtime: Runtime | None = None, batch: int = BATCH) -> GateResult:
     """Run every check; the candidate passes only if all do."""
+    runtime = runtime or Runtime()
     tok = AutoTokenizer.from_pretrained(sft)
-    reward_model = RewardModel.from_pretrained(rm).eval()
-    cand, serv, ref = (load_causal_lm(p).eval() for p in (candidate, serving, sft))
+    reward_model = RewardModel.from_pretrained(rm, runtime, frozen=True)
+    metrics: dict[str, float] = {"eval_prompts": len(prompts)}
     reasons: list[str] = []
+
+    cand = load_causal_lm(candidate, runtime, frozen=True)
     if any(not torch.isfinite(t).all() for t in cand.state_dict().values()):
         return GateResult(False, ["candidate has NaN or infinite weights"])
+    with runtime.autocast():
+        answers = greedy_responses(cand, tok, prompts, max_new_tokens, batch)
+        cand_logp = sequence_logprobs(cand, tok, prompts, answers, batch=batch)
+        if pretraining:
+            metrics["candidate_ptx_loss"] = pretraining_loss(cand, tok, pretraining, batch)
+    del cand
+    _free()
+    metrics["candidate_reward"] = score(reward_model, tok, prompts, answers, runtime=runtime).mean().item()
 
-    cand_answers = greedy_responses(cand, tok, prompts, max_new_tokens)
-    serv_answers = greedy_responses(serv, tok, prompts, max_new_tokens)
-    with torch.no_grad():
-        cand_reward = score(reward_model, tok, prompts, cand_answers).mean().item()
-        serv_reward = score(reward_model, tok, prompts, serv_answers).mean().item()
-    kl = mean_kl(cand, ref, tok, prompts, cand_answers)
-    metrics = {"candidate_reward": cand_reward, "serving_reward": serv_reward, "kl_from_sft": kl,
-               "eval_prompts": len(prompts)}
-    if pretraining:  # plain PPO (no pretraining text) has no alignment-tax check
-        metrics["candidate_ptx_loss"] = cand_ptx = pretraining_loss(cand, tok, pretraining)
-        metrics["sft_ptx_loss"] = sft_ptx = pretraining_loss(ref, tok, pretraining)
-        if cand_ptx > sft_ptx * (1 + ptx_regression):
-            reasons.append(f"pretraining loss {cand_ptx:.3f} regresses past {sft_ptx:.3f} x {1 + ptx_regression}")
+    serv = load_causal_lm(serving, runtime, frozen=True)
+    with runtime.autocast():
+        serv_answers = greedy_responses(serv, tok, prompts, max_new_tokens, batch)
+    del serv
+    _free()
+    metrics["serving_reward"] = score(reward_model, tok, prompts, serv_answers, runtime=runtime).mean().item()
+
+    ref = load_causal_lm(sft, runtime, frozen=True)
+    with runtime.autocast():
+        ref_logp = sequence_logprobs(ref, tok, prompts, answers, batch=batch)
+        if pretraining:  # plain PPO (no pretraining text) has no alignment-tax check
+            metrics["sft_ptx_loss"] = pretraining_loss(ref, tok, pretraining, batch)
+    del ref
+    _free()
+    metrics["kl_from_sft"] = float((cand_logp - ref_logp).mean()) if prompts else 0.0
+
     if any(not math.isfinite(v) for v in metrics.values()):
-        reasons.insert(0, "a metric is NaN or infinite")
-    if not cand_reward > serv_reward + margin:
-        reasons.append(f"reward {cand_reward:.3f} does not beat serving {serv_reward:.3f} by {margin}")
-    if kl > kl_budget:
-        reasons.append(f"KL from SFT {kl:.3f} exceeds the budget {kl_budget}")
+        reasons.append("a metric is NaN or infinite")
+    if not metrics["candidate_reward"] > metrics["serving_reward"] + margin:
+        reasons.append(f"reward {metrics['candidate_reward']:.3f} does not beat serving "
+                       f"{metrics['serving_reward']:.3f} by {margin}")
+    if metrics["kl_from_sft"] > kl_budget:
+        reasons.append(f"KL from SFT {metrics['kl_from_sft']:.3f} exceeds the budget {kl_budget}")
+    if pretraining and metrics["candidate_ptx_loss"] > metrics["sft_ptx_loss"] * (1 + ptx_regression):
+        reasons.append(f"pretraining loss {metrics['candidate_ptx_loss']:.3f} regresses past "
+                       f"{metrics['sft_ptx_loss']:.3f} x {1 + ptx_regression}")
     return GateResult(not reasons, reasons, metrics)

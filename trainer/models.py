@@ -1,13 +1,80 @@
-"""Loading the models the training stages work on, from safetensors checkpoints only."""
+"""Loading the models a training stage works on (safetensors checkpoints only), placing them on
+the runtime's device in the runtime's precision, and saving what a stage produces."""
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+
+from trainer import lora
+from trainer.distributed import full_state_dict, unwrap
+from trainer.runtime import DTYPES, Runtime
+
+log = logging.getLogger(__name__)
 
 
-def load_causal_lm(path: Path) -> AutoModelForCausalLM:
-    """A causal LM (a policy) from a safetensors checkpoint, in float32 for training."""
-    return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=torch.float32)
+def load_causal_lm(path: Path, runtime: Runtime | None = None, *, frozen: bool = False) -> torch.nn.Module:
+    """A causal LM (a policy) from a checkpoint: fp32 to train (the optimiser's copy), or in the
+    runtime's compute dtype, frozen, when it only runs forward."""
+    runtime = runtime or Runtime()
+    dtype = runtime.frozen_dtype if frozen else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=dtype).to(runtime.device)
+    if frozen:
+        model.eval().requires_grad_(False)
+    return model
+
+
+def trainable_policy(path: Path, runtime: Runtime, adapter: Path | None = None) -> torch.nn.Module:
+    """A policy to train from the checkpoint at path: all weights, or (runtime.lora) the frozen base
+    with an adapter, fresh or loaded from `adapter`."""
+    model = load_causal_lm(path, runtime, frozen=runtime.lora.enabled)  # a LoRA base is frozen: compute dtype
+    if runtime.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if runtime.lora.enabled:
+        model = lora.load_adapter(model, adapter) if adapter else lora.add_adapter(model, runtime.lora, "CAUSAL_LM")
+    return model.train()
+
+
+def checkpoint_dtype(path: Path) -> torch.dtype:
+    """The dtype a checkpoint's config says its weights are in (float32 if it does not say)."""
+    config = json.loads((Path(path) / "config.json").read_text())
+    name = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    return getattr(torch, name, torch.float32)
+
+
+def save_dtype(runtime: Runtime, base: Path) -> torch.dtype:
+    """The dtype to save in: as configured, or (auto) the base checkpoint's own."""
+    return checkpoint_dtype(base) if runtime.save_dtype == "auto" else DTYPES[runtime.save_dtype]
+
+
+def save_policy(model: torch.nn.Module, tok: PreTrainedTokenizerBase, out_dir: Path, runtime: Runtime,
+                base: Path) -> None:
+    """The policy as an ordinary HF checkpoint (LoRA merged in) in the save dtype, plus the adapter
+    (for resuming) when it has one. A collective under FSDP: every rank calls it, rank 0 writes."""
+    model = unwrap(model)
+    state = full_state_dict(model)
+    if not runtime.world.main:
+        return
+    dtype = save_dtype(runtime, base)
+    if lora.is_lora(model):
+        model.save_pretrained(Path(out_dir) / lora.ADAPTER_DIR, state_dict=state)
+        state = lora.merged_state_dict(state, lora.scaling(runtime.lora))
+    plain = lora.base_model(model)
+    plain.save_pretrained(out_dir, state_dict={k: v.to(dtype) for k, v in state.items()}, safe_serialization=True)
+    _mark_dtype(Path(out_dir) / "config.json", dtype)
+    tok.save_pretrained(out_dir)
+
+
+def _mark_dtype(config_file: Path, dtype: torch.dtype) -> None:
+    # save_pretrained writes the dtype the model was loaded in; the file holds `dtype`.
+    config = json.loads(config_file.read_text())
+    name = str(dtype).removeprefix("torch.")
+    for key in ("dtype", "torch_dtype"):
+        if key in config:
+            config[key] = name
+    config.setdefault("dtype", name)
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -3,7 +3,7 @@
     objective(φ) = E[ r_θ(x, y) − β · log(π_φ(y|x) / π_SFT(y|x)) ] + γ · E_pretrain[ log π_φ(x) ]
 
 Every function here is pure tensor math on [batch, response_len] tensors with a 0/1 mask over the
-response tokens, so each term can be checked by hand (tests/trainer/test_ppo_math.py).
+response tokens, so each term can be checked by hand (tests/trainer/test_math.py).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def kl_penalized_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, sco
     kl = (logprobs - ref_logprobs) * mask
     rewards = -beta * kl
     last = mask.long().cumsum(dim=1).argmax(dim=1)  # index of each row's last response token
-    rewards[torch.arange(rewards.shape[0]), last] += scores
+    rewards[torch.arange(rewards.shape[0], device=rewards.device), last] += scores
     return rewards * mask, kl
 
 
@@ -44,8 +44,8 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
         lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over response tokens; returns (advantages, returns)."""
     advantages = torch.zeros_like(rewards)
-    next_value = torch.zeros(rewards.shape[0], dtype=rewards.dtype)
-    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype)
+    next_value = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
+    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
     for t in reversed(range(rewards.shape[1])):
         m = mask[:, t]
         delta = rewards[:, t] + gamma * next_value - values[:, t]       # δ_t = r_t + γV_{t+1} − V_t

@@ -1,4 +1,4 @@
-"""The PPO-ptx training loop (the math is in trainer/ppo.py).
+"""The PPO-ptx training loop (the math is in trainer/ppo.py, the models in trainer/ppo_models.py).
 
 Per iteration:
   1. rollout: sample responses to a batch of prompts; score them with the frozen RM; per-token
@@ -21,19 +21,18 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from core.config import EngineConfig, PPOConfig
+from core.config import EngineConfig, PPOConfig, TrainConfig
 from trainer import ppo
 from trainer.checkpoint import TrainState, has_training_state, load_training_state, save_checkpoint
 from trainer.data import pad_batch, pretraining_batch, prompt_ids
-from trainer.distributed import World, unwrap, wrap
 from trainer.lm import lm_loss, token_logprobs
-from trainer.models import load_causal_lm
+from trainer.models import save_policy
 from trainer.optim import adamw, optimizer_step
-from trainer.reward_model import RewardModel
+from trainer.ppo_models import PPOModels, load_ppo_models
 from trainer.rollout import Sampler, TransformersSampler, VLLMSampler
+from trainer.runtime import Runtime
 
 log = logging.getLogger(__name__)
-VALUE_DIR = "value"
 
 
 @dataclass
@@ -54,150 +53,135 @@ class Experience:
         return self.ids.shape[0]
 
 
-@dataclass
-class PPOModels:
-    """The four models of PPO: the policy (trained), the frozen SFT reference, the frozen reward
-    model and the value model (trained, initialised from the RM)."""
-
-    policy: torch.nn.Module
-    reference: torch.nn.Module
-    reward_model: RewardModel
-    value: RewardModel
-    policy_ddp: torch.nn.Module  # the policy, wrapped for DDP when there are several ranks
-
-    def trainable(self) -> list[torch.nn.Parameter]:
-        """What the optimiser updates."""
-        return [p for p in list(self.policy.parameters()) + list(self.value.parameters()) if p.requires_grad]
-
-
 def _pad_to(ids: torch.Tensor, width: int, pad: int) -> torch.Tensor:
     return torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=pad)
 
 
 @torch.no_grad()
 def rollout(models: PPOModels, sampler: Sampler, tok, prompts: list[str], cfg: PPOConfig, seed: int,
-            beta: float) -> Experience:
+            beta: float, runtime: Runtime) -> Experience:
     """Sample a response to each prompt and compute rewards, advantages and returns."""
     p_ids = [prompt_ids(tok, p) for p in prompts]
     responses = sampler.generate(p_ids, cfg.max_new_tokens, cfg.temperature, seed=seed)
-    ids, attn, resp = pad_batch([p + r for p, r in zip(p_ids, responses)], tok.pad_token_id,
-                                loss_from=[len(p) for p in p_ids])
+    ids, attn, resp = runtime.to(*pad_batch([p + r for p, r in zip(p_ids, responses)], tok.pad_token_id,
+                                            loss_from=[len(p) for p in p_ids]))
     mask = resp[:, 1:].float()  # positions whose *target* token is part of the response
-    old_logp = token_logprobs(models.policy(input_ids=ids, attention_mask=attn).logits, ids)
-    ref_logp = token_logprobs(models.reference(input_ids=ids, attention_mask=attn).logits, ids)
-    old_values = models.value.token_values(ids, attn)[:, :-1]
-    scores = models.reward_model(ids, attn)
+    with runtime.autocast():
+        old_logp = token_logprobs(models.policy(input_ids=ids, attention_mask=attn).logits, ids)
+        ref_logp = models.ref_logprobs(ids, attn)
+        old_values = models.value(ids, attn, all_positions=True)[:, :-1]
+        scores = models.scores(ids, attn)
     rewards, kl = ppo.kl_penalized_rewards(old_logp, ref_logp, scores, mask, beta)
     advantages, returns = ppo.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
     return Experience(ids, attn, mask, old_logp, old_values, scores, kl, ppo.whiten(advantages, mask), returns)
 
 
 def update(models: PPOModels, exp: Experience, optimizer: torch.optim.Optimizer, tok, pretrain_texts: list[str],
-           cfg: PPOConfig, world: World, rng: random.Random) -> dict[str, float]:
+           cfg: PPOConfig, rng: random.Random, runtime: Runtime) -> dict[str, float]:
     """PPO epochs over minibatches of exp; returns the last minibatch's losses."""
     pad = tok.pad_token_id
     for _ in range(cfg.epochs):
         order = torch.randperm(len(exp), generator=torch.Generator().manual_seed(rng.randrange(2**31)))
         for mb in order.split(cfg.minibatch):
+            mb = mb.to(runtime.device)
             n_mb = len(mb)
             # One forward of the policy over the rollout minibatch and the pretraining batch
             # together (DDP allows one forward per backward).
-            pt_ids, pt_attn, pt_mask = (pretraining_batch(tok, pretrain_texts, cfg.ptx_batch, rng)
+            pt_ids, pt_attn, pt_mask = (runtime.to(*pretraining_batch(tok, pretrain_texts, cfg.ptx_batch, rng))
                                         if cfg.ptx_coef else (None, None, None))
             width = max(exp.ids.shape[1], pt_ids.shape[1] if pt_ids is not None else 0)
             all_ids, all_attn = _pad_to(exp.ids[mb], width, pad), _pad_to(exp.attn[mb], width, 0)
             if pt_ids is not None:
                 all_ids = torch.cat([all_ids, _pad_to(pt_ids, width, pad)])
                 all_attn = torch.cat([all_attn, _pad_to(pt_attn, width, 0)])
-            logits = models.policy_ddp(input_ids=all_ids, attention_mask=all_attn).logits
+            with runtime.autocast():
+                logits = models.policy_train(input_ids=all_ids, attention_mask=all_attn).logits
+                values = models.value_train(exp.ids[mb], exp.attn[mb], all_positions=True)[:, :-1]
             logp = token_logprobs(logits[:n_mb, :exp.ids.shape[1]], exp.ids[mb])
             pg_loss, clipfrac = ppo.policy_loss(logp, exp.old_logp[mb], exp.advantages[mb], exp.mask[mb], cfg.clip)
-            values = models.value.token_values(exp.ids[mb], exp.attn[mb])[:, :-1]
             vf_loss = ppo.value_loss(values, exp.old_values[mb], exp.returns[mb], exp.mask[mb], cfg.value_clip)
             ptx = lm_loss(logits[n_mb:, :pt_ids.shape[1]], pt_ids, pt_mask) if pt_ids is not None else None
             loss = ppo.ppo_ptx_loss(pg_loss, vf_loss, ptx, cfg.vf_coef, cfg.ptx_coef)
-            # The value model is called through a method (token_values), not forward(), so DDP's
-            # hooks do not see it: its gradients are averaged across ranks explicitly.
-            optimizer_step(loss, optimizer, models.trainable(), world, average=models.value.parameters())
+            optimizer_step(loss, optimizer, models.trainable())
     return {"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(), "clipfrac": clipfrac.item(),
             "ptx_loss": ptx.item() if ptx is not None else float("nan")}
 
 
-def _load_models(sft_dir: Path, rm_dir: Path, start: Path, value_from: Path, world: World) -> PPOModels:
-    policy = load_causal_lm(start).train()
-    reference = load_causal_lm(sft_dir).eval().requires_grad_(False)
-    reward_model = RewardModel.from_pretrained(rm_dir).eval().requires_grad_(False)
-    value = RewardModel.from_pretrained(value_from).train()  # value head from the RM
-    return PPOModels(policy, reference, reward_model, value, wrap(policy, world))
-
-
 def _open_sampler(models: PPOModels, tok, cfg: PPOConfig, engine: EngineConfig, sampler: Sampler | None,
-                  weights_dir: Path) -> Sampler:
+                  weights_dir: Path, runtime: Runtime, base: Path) -> Sampler:
     if cfg.rollout_engine != "vllm":
-        return TransformersSampler(models.policy, tok.pad_token_id, tok.eos_token_id)
-    models.policy.save_pretrained(weights_dir, safe_serialization=True)
-    tok.save_pretrained(weights_dir)
+        return TransformersSampler(models.policy, tok.pad_token_id, tok.eos_token_id, runtime.autocast)
+    save_policy(models.policy_train, tok, weights_dir, runtime, base)
     if sampler is None:
-        return VLLMSampler(weights_dir, engine)
+        return VLLMSampler(weights_dir, engine, cfg.rollout_gpu_memory)
     sampler.update(weights_dir)
     return sampler
 
 
 def train_ppo(sft_dir: Path, rm_dir: Path, prompts: list[str], pretrain_texts: list[str], out_dir: Path,
-              cfg: PPOConfig, world: World = World(), engine: EngineConfig = EngineConfig(),
-              sampler: Sampler | None = None, init: Path | None = None) -> dict[str, float]:
-    """Optimise the SFT policy (or `init`) against the RM into out_dir (HF checkpoint; resumes if it can).
+              cfg: PPOConfig, runtime: Runtime | None = None, engine: EngineConfig = EngineConfig(),
+              sampler: Sampler | None = None, init: Path | None = None,
+              init_adapter: Path | None = None) -> dict[str, float]:
+    """Optimise the SFT policy (or `init`; with LoRA, `init_adapter` on SFT) against the RM into
+    out_dir (an HF checkpoint, LoRA merged; resumes if it holds a training state).
 
     With rollout_engine "vllm" a VLLMSampler is started on the policy (or `sampler`, already
     running on a checkpoint of the same architecture, is reused) and updated in place each
     iteration; "transformers" samples from the live policy."""
-    out_dir = Path(out_dir)
+    out_dir, runtime = Path(out_dir), runtime or Runtime.resolve(TrainConfig())
+    world = runtime.world
     resume = has_training_state(out_dir)
     torch.manual_seed(cfg.seed)
     tok = AutoTokenizer.from_pretrained(sft_dir)
-    models = _load_models(sft_dir, rm_dir, out_dir if resume else (init or sft_dir),
-                          out_dir / VALUE_DIR if resume else rm_dir, world)
-    optimizer = adamw(models.trainable(), cfg.learning_rate)
+    base = init or sft_dir
+    models = load_ppo_models(sft_dir, rm_dir, runtime, start=init, adapter=init_adapter,
+                             resume_from=out_dir if resume else None)
+    optimizer = adamw(models.trainable(), cfg.learning_rate, runtime)
     state = load_training_state(out_dir, optimizer) if resume else TrainState(extra={"beta": cfg.kl_coef})
     kl_control = ppo.AdaptiveKLController(state.extra["beta"], cfg.target_kl) if cfg.target_kl else None
-
-    def save(d: Path) -> None:
-        models.policy.save_pretrained(d, safe_serialization=True)
-        tok.save_pretrained(d)
-        models.value.save_pretrained(d / VALUE_DIR)
+    if world.main:
+        log.info("ppo: %d iterations of %d prompts on %s", cfg.iterations, cfg.rollout_batch, runtime.describe())
 
     weights_dir = Path(tempfile.mkdtemp(prefix="alignloop-ppo-weights-"))
     owns_sampler = sampler is None
-    sampler = _open_sampler(models, tok, cfg, engine, sampler, weights_dir)
+    sampler = _open_sampler(models, tok, cfg, engine, sampler, weights_dir, runtime, base)
     metrics: dict[str, float] = {}
-    started, samples = time.monotonic(), 0
+    started, samples, tokens = time.monotonic(), 0, 0
+    runtime.reset_peak_memory()
     try:
         for iteration in range(state.step, cfg.iterations):
             beta = state.extra["beta"]
             rng = random.Random(cfg.seed * 7919 + iteration)  # everything random in an iteration derives from here
             batch_prompts = world.shard(rng.sample(prompts, min(cfg.rollout_batch, len(prompts))))
+            t0 = time.monotonic()
             exp = rollout(models, sampler, tok, batch_prompts, cfg, cfg.seed * 1_000_003 + iteration * 1009 + world.rank,
-                          beta)
-            losses = update(models, exp, optimizer, tok, pretrain_texts, cfg, world, rng)
+                          beta, runtime)
+            t1 = time.monotonic()
+            losses = update(models, exp, optimizer, tok, pretrain_texts, cfg, rng, runtime)
             samples += len(exp) * world.size
+            tokens += int(exp.mask.sum()) * world.size
+            elapsed = time.monotonic() - started
             metrics = {"iteration": iteration + 1, "reward": world.mean(exp.scores.mean().item()),
                        "kl": world.mean(exp.kl.sum(dim=1).mean().item()), "beta": beta, **losses,
-                       "samples_per_s": samples / (time.monotonic() - started)}
+                       "samples_per_s": samples / elapsed, "tokens_per_s": tokens / elapsed,
+                       "rollout_s": t1 - t0, "update_s": time.monotonic() - t1,
+                       "peak_memory_gib": runtime.peak_memory_gib()}
             if world.main:
-                log.info("ppo: iter %d/%d reward %.3f kl %.3f beta %.4f pg %.4f vf %.4f ptx %.4f clip %.3f (%.1f samples/s)",
+                log.info("ppo: iter %d/%d reward %.3f kl %.3f beta %.4f pg %.4f vf %.4f ptx %.4f clip %.3f "
+                         "(%.1f samples/s, %.0f response tokens/s, rollout %.1fs, update %.1fs, peak memory %.2f GiB)",
                          iteration + 1, cfg.iterations, metrics["reward"], metrics["kl"], beta, metrics["pg_loss"],
-                         metrics["vf_loss"], metrics["ptx_loss"], metrics["clipfrac"], metrics["samples_per_s"])
+                         metrics["vf_loss"], metrics["ptx_loss"], metrics["clipfrac"], metrics["samples_per_s"],
+                         metrics["tokens_per_s"], metrics["rollout_s"], metrics["update_s"], metrics["peak_memory_gib"])
             if kl_control is not None:
                 state.extra["beta"] = kl_control.update(metrics["kl"], len(exp) * world.size)
             if cfg.rollout_engine == "vllm":
-                if world.main:
-                    unwrap(models.policy_ddp).save_pretrained(weights_dir, safe_serialization=True)
+                save_policy(models.policy_train, tok, weights_dir, runtime, base)
                 if world.size > 1:
                     torch.distributed.barrier()
                 sampler.update(weights_dir)
             state.step = iteration + 1
             if cfg.save_every and state.step % cfg.save_every == 0 or state.step == cfg.iterations:
-                save_checkpoint(out_dir, optimizer, state, save, world)
+                save_checkpoint(out_dir, optimizer, state, lambda d: models.save(d, tok, runtime, base), runtime)
     finally:
         if owns_sampler:
             sampler.close()

@@ -8,14 +8,17 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from core.config import RMConfig
+from core.config import RMConfig, TrainConfig
 from trainer import supervised_loop as loop
 from trainer.checkpoint import has_training_state
-from trainer.data import Ranking, held_out
-from trainer.distributed import World, unwrap, wrap
-from trainer.optim import adamw, optimizer_step
+from trainer.data import Ranking, encode_responses, held_out
+from trainer.distributed import full_state_dict, unwrap, wrap
 from trainer.evaluate import score
+from trainer.lora import scaling
+from trainer.models import save_dtype
+from trainer.optim import adamw, optimizer_step
 from trainer.reward_model import RewardModel, kwise_loss, ranking_pairs
+from trainer.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -26,62 +29,81 @@ def split(rankings: list[Ranking], eval_fraction: float) -> tuple[list[Ranking],
     return [r for r, h in zip(rankings, held) if not h], [r for r, h in zip(rankings, held) if h]
 
 
-def pairwise_accuracy(model: RewardModel, tok, rankings: list[Ranking], max_len: int = 256) -> float:
+def pairwise_accuracy(model: RewardModel, tok, rankings: list[Ranking], max_len: int = 256,
+                      runtime: Runtime | None = None) -> float:
     """The fraction of the held-out rankings' pairs that the model orders as the ranking does."""
     right = total = 0
-    with torch.no_grad():
-        for r in rankings:
-            rewards = score(model, tok, [r.prompt] * len(r.responses), r.responses, max_len)
-            for w, l in ranking_pairs(r.ranking):
-                right += int(rewards[w] > rewards[l])
-                total += 1
+    for r in rankings:
+        rewards = score(model, tok, [r.prompt] * len(r.responses), r.responses, max_len, runtime=runtime)
+        for w, l in ranking_pairs(r.ranking):
+            right += int(rewards[w] > rewards[l])
+            total += 1
     return right / max(total, 1)
 
 
-def train_rm(init: Path, rankings: list[Ranking], out_dir: Path, cfg: RMConfig, world: World = World(),
+def _load(init: Path, out_dir: Path, runtime: Runtime) -> RewardModel:
+    resume = has_training_state(out_dir)
+    if resume and runtime.lora.enabled:  # the adapter trained so far on init's backbone, and its head
+        model = RewardModel.from_pretrained(init, runtime)
+        model.load_adapter(out_dir)
+    else:
+        model = RewardModel.from_pretrained(out_dir if resume else init, runtime)
+        if runtime.lora.enabled:
+            model.add_adapter(runtime.lora)
+    if runtime.gradient_checkpointing:
+        model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model.train()
+
+
+def train_rm(init: Path, rankings: list[Ranking], out_dir: Path, cfg: RMConfig, runtime: Runtime | None = None,
              reference: list[tuple[str, str]] | None = None, max_steps: int | None = None) -> dict[str, float]:
     """Train a reward model from init (an SFT policy or an earlier RM) into out_dir.
 
     Each step takes batch_size rankings; all responses of a ranking are forwarded once and its
     pairs form one loss term. `reference` (prompt, response) pairs set the offset so that they
     score 0 on average. Returns held-out metrics."""
-    out_dir = Path(out_dir)
+    out_dir, runtime = Path(out_dir), runtime or Runtime.resolve(TrainConfig())
     torch.manual_seed(cfg.seed)
     tok = AutoTokenizer.from_pretrained(init)
     train, held = split(rankings, cfg.eval_fraction)
-    model = RewardModel.from_pretrained(out_dir if has_training_state(out_dir) else init).train()
-    ddp = wrap(model, world)
-    optimizer = adamw(model.parameters(), cfg.learning_rate)
+    model = _load(init, out_dir, runtime)
+    ddp = wrap(model, runtime.world, runtime.sharding)
+    optimizer = adamw(model.parameters(), cfg.learning_rate, runtime)
 
     def step(indices: list[int]) -> dict[str, float]:
         batch = [train[i] for i in indices]
         prompts = [r.prompt for r in batch for _ in r.responses]
         responses = [y for r in batch for y in r.responses]
-        rewards = score(ddp, tok, prompts, responses, cfg.max_len)
+        ids, attn = runtime.to(*encode_responses(tok, prompts, responses, cfg.max_len))
+        with runtime.autocast():
+            rewards = ddp(ids, attn)
         losses, start = [], 0
         for r in batch:
             losses.append(kwise_loss(rewards[start:start + len(r.responses)], r.ranking))
             start += len(r.responses)
         loss = torch.stack(losses).mean()
-        optimizer_step(loss, optimizer, list(model.parameters()), world)
-        return {"loss": world.mean(loss.item())}
+        optimizer_step(loss, optimizer, list(model.parameters()))
+        return {"loss": runtime.world.mean(loss.item()), "tokens": int(attn.sum())}
 
     def save(d: Path) -> None:
-        unwrap(ddp).save_pretrained(d)
-        tok.save_pretrained(d)
+        state = full_state_dict(ddp)
+        if runtime.world.main:
+            unwrap(ddp).save_pretrained(d, state, save_dtype(runtime, init), scaling(runtime.lora))
+            tok.save_pretrained(d)
 
-    state = loop.run(name="rm", n_items=len(train), batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed,
-                     optimizer=optimizer, step=step, save=save, out_dir=out_dir, world=world,
-                     save_every=cfg.save_every, max_steps=max_steps)
+    state, train_seconds = loop.run(name="rm", n_items=len(train), batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed,
+                     optimizer=optimizer, step=step, save=save, out_dir=out_dir, runtime=runtime,
+                     save_every=cfg.save_every, max_steps=max_steps,
+                     lengths=[len(r.prompt) + max(map(len, r.responses)) for r in train])
     model.eval()
     if reference:
-        with torch.no_grad():
-            offset = score(model, tok, [p for p, _ in reference], [y for _, y in reference], cfg.max_len).mean()
+        with torch.no_grad(), runtime.autocast():
+            offset = score(model, tok, [p for p, _ in reference], [y for _, y in reference], cfg.max_len,
+                           runtime=runtime).mean()
         model.offset += offset
-        if world.main:
-            model.save_pretrained(out_dir)
-    metrics = {"heldout_accuracy": pairwise_accuracy(model, tok, held, cfg.max_len) if held else float("nan"),
+        save(out_dir)
+    metrics = {"heldout_accuracy": pairwise_accuracy(model, tok, held, cfg.max_len, runtime) if held else float("nan"),
                "heldout_rankings": len(held), "train_rankings": len(train), "steps": state.step,
-               "comparisons": sum(len(ranking_pairs(r.ranking)) for r in train)}
+               "comparisons": sum(len(ranking_pairs(r.ranking)) for r in train), "train_seconds": train_seconds}
     log.info("rm: held-out pairwise accuracy %.3f on %d rankings", metrics["heldout_accuracy"], len(held))
     return metrics

@@ -4,7 +4,9 @@ PPO needs are recomputed by the trainer's own model, never trusted from the samp
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -34,12 +36,14 @@ def _cut_at_eos(tokens: list[int], eos: int) -> list[int]:
 class TransformersSampler:
     """Samples from the live training policy with transformers' generate."""
 
-    def __init__(self, policy: torch.nn.Module, pad_id: int, eos_id: int):
-        self.policy, self.pad_id, self.eos_id = policy, pad_id, eos_id
+    def __init__(self, policy: torch.nn.Module, pad_id: int, eos_id: int,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+        self.policy, self.pad_id, self.eos_id, self.autocast = policy, pad_id, eos_id, autocast
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, seed: int) -> list[list[int]]:
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        device = next(self.policy.parameters()).device
         attn = torch.zeros_like(ids)
         for i, p in enumerate(prompts):  # left padding: generation continues from the right edge
             ids[i, width - len(p):] = torch.tensor(p)
@@ -47,8 +51,9 @@ class TransformersSampler:
         torch.manual_seed(seed)
         was_training = self.policy.training
         self.policy.eval()
-        with torch.no_grad():
-            out = self.policy.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
+        with torch.no_grad(), self.autocast():
+            out = self.policy.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
+                                       max_new_tokens=max_new_tokens,
                                        do_sample=temperature > 0, temperature=temperature or None, top_k=0, top_p=1.0,
                                        pad_token_id=self.pad_id, eos_token_id=self.eos_id)
         self.policy.train(was_training)
@@ -62,24 +67,42 @@ class TransformersSampler:
 
 
 class VLLMSampler:
-    """Samples with vLLM's offline engine; update() reloads weights in place (no restart)."""
+    """Samples with vLLM's offline engine; update() reloads weights in place (no restart).
 
-    def __init__(self, model_dir: Path, config: EngineConfig = EngineConfig()):
+    On a GPU the engine shares the card with training: it takes `gpu_memory` of it, and sleeps
+    (vLLM's sleep mode frees its KV cache and offloads its weights) between rollouts so the update
+    has the memory; it wakes before the next rollout. Written for GPUs but not yet run on one (the
+    GPU machine available for measurements cannot install vLLM); CPU engines have no sleep mode."""
+
+    def __init__(self, model_dir: Path, config: EngineConfig = EngineConfig(), gpu_memory: float = 0.3):
         from vllm import LLM
 
+        self.sleeps = torch.cuda.is_available()
         # A training process also holds the policy, reference, RM and value models: leave room.
-        self.llm = LLM(**engine_kwargs(model_dir, config, gpu_memory_utilization=0.3))
+        self.llm = LLM(**engine_kwargs(model_dir, config, gpu_memory_utilization=gpu_memory,
+                                       **({"enable_sleep_mode": True} if self.sleeps else {})))
         self.eos_id = self.llm.get_tokenizer().eos_token_id
+        self.asleep = False
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, seed: int) -> list[list[int]]:
         from vllm import SamplingParams
 
+        self._wake()
         params = [SamplingParams(max_tokens=max_new_tokens, temperature=temperature, seed=seed + i, top_k=0, top_p=1.0)
                   for i in range(len(prompts))]
         outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        if self.sleeps:  # give the training step the engine's memory
+            self.llm.sleep(level=1)
+            self.asleep = True
         return [_cut_at_eos(list(o.outputs[0].token_ids), self.eos_id) for o in outs]
 
+    def _wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
     def update(self, model_dir: Path) -> None:
+        self._wake()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(model_dir)})
 
     def close(self) -> None:

@@ -20,10 +20,12 @@ from core.failpoints import failpoint
 from feedback.source import open_source
 from registry.store import PolicyRegistry
 from trainer.data import held_out, read_texts
+from trainer.lora import ADAPTER_DIR
 from trainer.dataset_store import DatasetStore
 from trainer.gate import evaluate
 from trainer.ppo_training import train_ppo
 from trainer.reward_training import train_rm
+from trainer.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,8 @@ class TrainerService:
         self.work = settings.paths.trainer
         self.store = DatasetStore(settings.paths.dataset)
         self.pretraining, self.gate_pretraining = load_pretraining(settings)
+        self.runtime = Runtime.resolve(settings.train)
+        log.info("trainer: training on %s", self.runtime.describe())
         self.registry = PolicyRegistry(settings.paths.registry)
         self.source = open_source(settings.feedback, settings.state_dir, self.cfg.group)
         self.metrics_registry = metrics_registry or CollectorRegistry()
@@ -149,17 +153,22 @@ class TrainerService:
                  len(eval_prompts), serving)
 
         rm_init = Path(last["rm_dir"]) if last and last["rm_dir"] and Path(last["rm_dir"]).exists() else sft
-        rm_metrics = train_rm(rm_init, rankings, round_dir / "rm", self.settings.train.rm, max_steps=self.cfg.rm_max_steps)
+        rm_metrics = train_rm(rm_init, rankings, round_dir / "rm", self.settings.train.rm, self.runtime,
+                              max_steps=self.cfg.rm_max_steps)
         self.metrics.rm_accuracy.set(rm_metrics["heldout_accuracy"])
+        init, adapter = self._policy_start(serving, sft)
         ppo_metrics = train_ppo(sft, round_dir / "rm", train_prompts, self.pretraining, round_dir / "policy",
-                                self.settings.train.ppo, engine=self.settings.engine, init=self.registry.path(serving))
+                                self.settings.train.ppo, self.runtime, engine=self.settings.engine, init=init,
+                                init_adapter=adapter)
         gate = evaluate(round_dir / "policy", self.registry.path(serving), sft, round_dir / "rm", eval_prompts,
                         self.gate_pretraining, margin=self.cfg.gate_margin, kl_budget=self.cfg.kl_budget,
-                        ptx_regression=self.cfg.ptx_regression, max_new_tokens=self.settings.train.ppo.max_new_tokens)
+                        ptx_regression=self.cfg.ptx_regression, max_new_tokens=self.settings.train.ppo.max_new_tokens,
+                        runtime=self.runtime, batch=self.cfg.eval_batch)
         decision = "promoted" if gate.passed else "rejected"
         # round + work_dir let a restarted trainer recognise a version it published before a crash.
         lineage = {"round": number, "work_dir": str(self.work), "rm": str(round_dir / "rm"), "rm_init": str(rm_init),
-                   "sft": self.cfg.sft_version,
+                   "sft": self.cfg.sft_version, "policy_init": str(adapter or init or sft),
+                   "lora_adapter": str(round_dir / "policy" / ADAPTER_DIR) if self.runtime.lora.enabled else None,
                    "data": {**counts, "rankings": len(rankings), "prompts": len(prompts),
                             "consumed": self.store.consumed()},
                    "config": self.settings.train.model_dump(),
@@ -169,6 +178,17 @@ class TrainerService:
                                                  **{f"ppo_{k}": v for k, v in ppo_metrics.items()}, **gate.metrics},
                                         extra=lineage)
         return self._finish_published_round(number, version, started, joined)
+
+    def _policy_start(self, serving: str, sft: Path) -> tuple[Path | None, Path | None]:
+        """Where PPO starts: (checkpoint, adapter). With LoRA, a serving version that this trainer made
+        with LoRA goes on training its adapter on the SFT base (so the reference is that base with
+        the adapter off); anything else starts from the serving checkpoint."""
+        if self.runtime.lora.enabled:
+            adapter = self.registry.info(serving).extra.get("lora_adapter")
+            if adapter and Path(adapter).is_dir() and self.registry.info(serving).extra.get("sft") == self.cfg.sft_version:
+                return None, Path(adapter)
+        path = self.registry.path(serving)
+        return (None if path.resolve() == sft.resolve() else path), None
 
     def _published(self, number: int) -> str | None:
         """The version this trainer already published for round `number`, if a crash came after that."""

@@ -5,7 +5,7 @@ held-out prompts; PPO-ptx keeps the pretraining LM loss lower than PPO with the 
 import pytest
 from transformers import AutoTokenizer
 
-from core.config import PPOConfig, RMConfig, SFTConfig
+from core.config import PPOConfig, RMConfig
 from synthetic.corpus import ANIMALS, pretraining_texts
 from synthetic import task
 from trainer.evaluate import mean_reward, pretraining_loss
@@ -13,7 +13,6 @@ from trainer.ppo_training import train_ppo
 from trainer.reward_model import RewardModel
 from trainer.reward_training import train_rm
 from trainer.models import load_causal_lm
-from trainer.sft import train_sft
 
 TRAIN_PROMPTS = [f"Describe a {a}." for a in ANIMALS[:7]] * 4
 HELDOUT_PROMPTS = [f"Describe a {a}." for a in ANIMALS[7:]]
@@ -22,10 +21,10 @@ PPO = PPOConfig(iterations=12, rollout_batch=16, minibatch=8, max_new_tokens=24,
 
 
 @pytest.fixture(scope="module")
-def stages(tmp_path_factory, tiny_model_dir):
+def stages(tmp_path_factory, sft_model):
     root = tmp_path_factory.mktemp("recipe")
     demos = task.demonstrations(480, seed=1)
-    sft = train_sft(tiny_model_dir, demos, root / "sft", SFTConfig(batch_size=16, learning_rate=1e-3))
+    sft = sft_model  # the tiny model after SFT on these demonstrations (tests/trainer/conftest.py)
     rankings = task.rankings(240, k=4, seed=2) + task.rankings(240, k=9, seed=3)
     rm_metrics = train_rm(sft, rankings, root / "rm", RMConfig(batch_size=8, learning_rate=1e-3, eval_fraction=0.3),
                           reference=demos[:64])

@@ -85,3 +85,42 @@ def test_consumer_lag_on_kafka(kafka_broker, tmp_path):
         assert "alignloop_trainer_consumer_lag" in generate_latest(service.metrics_registry).decode()
     finally:
         service.close()
+
+
+def test_rounds_with_lora_publish_merged_versions_and_continue_the_adapter(tiny_model_dir, tmp_path):
+    """The trainer service with train.lora on: each round's policy is published merged (an ordinary
+    checkpoint), and the next round goes on training the promoted round's adapter on the SFT base."""
+    from tests.trainer.test_crash import logged_feedback
+    from registry.store import PolicyRegistry
+    from registry.validation import validate_checkpoint
+    from safetensors.torch import load_file
+
+    settings = Settings(state_dir=tmp_path)
+    settings.train.loop.metrics_port = 0
+    settings.train.lora.enabled = True
+    settings.train.ppo.ptx_coef = 0.0
+    loop, ppo, rm = settings.train.loop, settings.train.ppo, settings.train.rm
+    loop.min_new_comparisons, loop.rm_max_steps, loop.gate_margin, loop.kl_budget = 10, 4, -1000.0, 1000.0
+    ppo.iterations, ppo.rollout_batch, ppo.minibatch, ppo.max_new_tokens = 2, 8, 4, 8
+    ppo.rollout_engine, rm.batch_size = "transformers", 4
+    registry = PolicyRegistry(settings.paths.registry)
+    registry.publish(tiny_model_dir, source="tiny-model", make_current=True)
+    log = LocalLog(settings.paths.feedback_log)
+    events = logged_feedback(40)
+    log.append([(topic_for(e), e.key(), e.to_bytes()) for e in events[:40]])
+    service = TrainerService(settings)
+    try:
+        service.catch_up()
+        first = service.run_round()
+        log.append([(topic_for(e), e.key(), e.to_bytes()) for e in events[40:]])
+        service.catch_up()
+        second = service.run_round()
+    finally:
+        service.close()
+    assert (first["decision"], second["decision"]) == ("promoted", "promoted")
+    v2, v3 = registry.info(first["version"]), registry.info(second["version"])
+    for name in (first["version"], second["version"]):
+        validate_checkpoint(registry.path(name))
+        assert not any("lora" in k for k in load_file(registry.path(name) / "model.safetensors"))
+    assert v2.extra["policy_init"] == str(registry.path("v0001")) and v2.extra["lora_adapter"]
+    assert v3.extra["policy_init"] == v2.extra["lora_adapter"], "round 2 should go on training round 1's adapter"

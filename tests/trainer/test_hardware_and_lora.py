@@ -1,0 +1,148 @@
+"""Training on real hardware options, checked on CPU: LoRA for the reward model and PPO (sharing
+one base between policy and reference), merged LoRA and bf16 checkpoints that vLLM serves, and
+evaluation whose memory does not grow with the number of prompts."""
+
+import shutil
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from core.config import LoRAConfig, PPOConfig, RMConfig, SFTConfig
+from synthetic import task
+from synthetic.corpus import ANIMALS, pretraining_texts
+from trainer.data import pad_batch, prompt_ids, response_ids
+from trainer.evaluate import greedy_responses, mean_reward, pretraining_loss, score, sequence_logprobs
+from trainer.lm import token_logprobs
+from trainer.lora import ADAPTER_DIR
+from trainer.models import load_causal_lm
+from trainer.ppo_models import load_ppo_models
+from trainer.ppo_training import train_ppo
+from trainer.reward_model import RewardModel
+from trainer.reward_training import train_rm
+from trainer.runtime import Runtime
+from trainer.sft import train_sft
+
+LORA = Runtime(lora=LoRAConfig(enabled=True, r=8, alpha=16))
+TRAIN_PROMPTS = [f"Describe a {a}." for a in ANIMALS[:7]] * 4
+HELDOUT_PROMPTS = [f"Describe a {a}." for a in ANIMALS[7:]]
+
+
+@pytest.fixture(scope="module")
+def lora_rm(sft_model, tmp_path_factory):
+    """A reward model trained with LoRA on the SFT backbone (the head trains in full)."""
+    out = tmp_path_factory.mktemp("lora-rm") / "rm"
+    rankings = task.rankings(240, k=4, seed=2) + task.rankings(240, k=9, seed=3)
+    metrics = train_rm(sft_model, rankings, out, RMConfig(batch_size=8, learning_rate=3e-3, eval_fraction=0.3),
+                       LORA, reference=task.demonstrations(64, seed=1))
+    return out, metrics
+
+
+def test_lora_reward_model_learns_the_hidden_rule(lora_rm):
+    out, metrics = lora_rm
+    print(f"\nLoRA RM: {metrics}")
+    assert metrics["heldout_rankings"] > 50
+    assert metrics["heldout_accuracy"] >= 0.85, metrics
+    # Published merged: an ordinary backbone beside the head, and the adapter kept for resuming.
+    assert (out / "model.safetensors").exists() and (out / ADAPTER_DIR / "adapter_model.safetensors").exists()
+    assert not any("lora" in k for k in RewardModel.from_pretrained(out).state_dict())
+
+
+def test_reference_with_the_adapter_disabled_is_exactly_sft(sft_model, lora_rm):
+    models = load_ppo_models(sft_model, lora_rm[0], LORA)
+    assert models.reference is None, "with LoRA on the SFT base the reference must be that base, not a copy"
+    with torch.no_grad():  # move the adapter away from its zero start, as training does
+        for name, p in models.policy.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05 * torch.randn_like(p))
+    tok = AutoTokenizer.from_pretrained(sft_model)
+    seqs = [prompt_ids(tok, p) + response_ids(tok, "The fox is blue.") for p in HELDOUT_PROMPTS]
+    ids, attn, _ = pad_batch(seqs, tok.pad_token_id)
+    sft = load_causal_lm(sft_model, frozen=True)
+    with torch.no_grad():
+        expected = token_logprobs(sft(input_ids=ids, attention_mask=attn).logits, ids)
+        reference = models.ref_logprobs(ids, attn)
+        policy = token_logprobs(models.policy(input_ids=ids, attention_mask=attn).logits, ids)
+        rm_scores = models.scores(ids, attn)
+        rm_alone = RewardModel.from_pretrained(lora_rm[0], frozen=True)(ids, attn)
+    assert torch.equal(reference, expected)
+    assert not torch.allclose(policy, expected), "the adapter should change the policy"
+    assert torch.equal(rm_scores, rm_alone), "the value adapter must not leak into the reward model's scores"
+    # One base for policy and reference, one for reward and value model: two backbones, not four.
+    assert models.value.backbone is models.reward_model.backbone
+
+
+@pytest.fixture(scope="module")
+def lora_ppo(sft_model, lora_rm, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lora-ppo") / "ppo"
+    cfg = PPOConfig(iterations=12, rollout_batch=16, minibatch=8, max_new_tokens=24, learning_rate=2e-3,
+                    rollout_engine="transformers", save_every=0, seed=3)
+    metrics = train_ppo(sft_model, lora_rm[0], TRAIN_PROMPTS, pretraining_texts(400, seed=11), out, cfg, LORA)
+    return out, metrics
+
+
+def test_lora_ppo_ptx_raises_the_heldout_reward(sft_model, lora_rm, lora_ppo):
+    out, metrics = lora_ppo
+    tok = AutoTokenizer.from_pretrained(sft_model)
+    rm = RewardModel.from_pretrained(lora_rm[0], frozen=True)
+    before = mean_reward(load_causal_lm(sft_model, frozen=True), rm, tok, HELDOUT_PROMPTS)
+    after = mean_reward(load_causal_lm(out, frozen=True), rm, tok, HELDOUT_PROMPTS)  # the merged checkpoint
+    print(f"\nLoRA PPO-ptx: held-out greedy reward {before:.3f} -> {after:.3f}; {metrics}")
+    assert after > before + 0.1, (before, after)
+    assert (out / ADAPTER_DIR / "adapter_model.safetensors").exists()
+    assert (out / "value" / ADAPTER_DIR / "adapter_model.safetensors").exists()
+
+
+def test_merged_lora_and_bf16_checkpoints_serve_in_vllm(sft_model, lora_ppo, tmp_path):
+    """vLLM loads a bf16 checkpoint from a bf16 run on the CPU, and a merged LoRA policy; its greedy
+    text equals transformers' on the same weights."""
+    from tests.trainer.test_vllm_rollout import hf_greedy
+    from trainer.rollout import VLLMSampler
+
+    bf16 = Runtime(precision="bf16", save_dtype="bf16", gradient_checkpointing=True)
+    train_sft(sft_model, task.demonstrations(64, seed=4), tmp_path / "bf16", SFTConfig(batch_size=16), bf16)
+    config = (tmp_path / "bf16" / "config.json").read_text()
+    assert '"dtype": "bfloat16"' in config
+    assert {v.dtype for v in load_causal_lm(tmp_path / "bf16").state_dict().values()} == {torch.float32}
+    from safetensors.torch import load_file
+    assert {t.dtype for t in load_file(tmp_path / "bf16" / "model.safetensors").values()} == {torch.bfloat16}
+
+    tok = AutoTokenizer.from_pretrained(sft_model)
+    prompts = [prompt_ids(tok, q) for q in ["Describe a fox.", "Count to 4.", "What is 2 plus 3?"]]
+    sampler = VLLMSampler(tmp_path / "bf16")
+    try:
+        assert sampler.generate(prompts, 16, 0.0, 0) == hf_greedy(tmp_path / "bf16", prompts)
+        merged = tmp_path / "merged"
+        shutil.copytree(lora_ppo[0], merged, ignore=shutil.ignore_patterns("adapter", "value", "training_state"))
+        sampler.update(merged)
+        assert sampler.generate(prompts, 16, 0.0, 0) == hf_greedy(merged, prompts)
+    finally:
+        sampler.close()
+
+
+def test_evaluation_memory_does_not_grow_with_the_number_of_prompts(sft_model, lora_rm):
+    """Every forward pass of the evaluation functions sees at most `batch` sequences, however many
+    prompts there are (a global forward hook reads the batch size of every model call)."""
+    tok = AutoTokenizer.from_pretrained(sft_model)
+    policy = load_causal_lm(sft_model, frozen=True)
+    rm = RewardModel.from_pretrained(lora_rm[0], frozen=True)
+    prompts = [f"Describe a {ANIMALS[i % len(ANIMALS)]}." for i in range(70)]
+    seen: list[int] = []
+
+    def record(module, args, kwargs, output):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if isinstance(ids, torch.Tensor) and type(module).__name__ in ("LlamaForCausalLM", "LlamaModel"):
+            seen.append(ids.shape[0])
+
+    hook = torch.nn.modules.module.register_module_forward_hook(record, with_kwargs=True)
+    try:
+        answers = greedy_responses(policy, tok, prompts, 8, batch=8)
+        scores = score(rm, tok, prompts, answers, batch=8)
+        logp = sequence_logprobs(policy, tok, prompts, answers, batch=8)
+        ptx = pretraining_loss(policy, tok, pretraining_texts(70, seed=3), batch=8)
+    finally:
+        hook.remove()
+    assert len(answers) == len(scores) == len(logp) == 70 and ptx > 0
+    assert seen and max(seen) <= 8, max(seen)
+    # Batching changes nothing but memory: the same numbers as one big batch.
+    assert torch.allclose(scores, score(rm, tok, prompts, answers, batch=70), atol=1e-4)

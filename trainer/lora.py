@@ -1,0 +1,66 @@
+"""LoRA adapters (peft) on the models the stages train, and their weights merged for serving.
+
+A version trained with LoRA is published merged: base weights + (B·A)·alpha/r, as an ordinary
+checkpoint vLLM and transformers load. The adapter itself is kept beside it (`adapter/`) so a run
+can resume and the next round can go on training it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from core.config import LoRAConfig
+
+ADAPTER_DIR = "adapter"
+_PEFT_PREFIX = "base_model.model."
+
+
+def add_adapter(model: torch.nn.Module, cfg: LoRAConfig, task_type: str) -> PeftModel:
+    """The model with a fresh adapter (only the adapter trains; the base is frozen)."""
+    config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                        target_modules=list(cfg.target_modules), task_type=task_type)
+    return get_peft_model(model, config)
+
+
+def load_adapter(model: torch.nn.Module, path: Path) -> PeftModel:
+    """The model with a saved adapter, trainable."""
+    return PeftModel.from_pretrained(model, path, is_trainable=True)
+
+
+def is_lora(model: torch.nn.Module) -> bool:
+    """Whether the model carries a peft adapter."""
+    return isinstance(model, PeftModel)
+
+
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The underlying transformers model (the model itself without an adapter)."""
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def merged_state_dict(state: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
+    """A plain model's state dict from an adapted one's: each adapted weight becomes
+    W + (B·A)·scaling, and the adapter's own tensors go. Works on a gathered (FSDP) state dict too."""
+    state = {k.removeprefix(_PEFT_PREFIX): v for k, v in state.items()}
+    out = {}
+    for key, value in state.items():
+        if ".lora_" in key:
+            continue
+        if ".base_layer." not in key:
+            out[key] = value
+            continue
+        stem, leaf = key.split(".base_layer.")
+        plain = f"{stem}.{leaf}"
+        a = next((v for k, v in state.items() if k.startswith(f"{stem}.lora_A.") and k.endswith(leaf)), None)
+        b = next((v for k, v in state.items() if k.startswith(f"{stem}.lora_B.") and k.endswith(leaf)), None)
+        if leaf == "weight" and a is not None and b is not None:
+            value = (value.float() + (b.float() @ a.float()) * scaling).to(value.dtype)
+        out[plain] = value
+    return out
+
+
+def scaling(cfg: LoRAConfig) -> float:
+    """How much an adapter's product B·A adds to its weight (peft's alpha / r)."""
+    return cfg.alpha / cfg.r
