@@ -13,6 +13,7 @@ serve: install
 	.venv/bin/alignloop serve
 
 test: install
+	bash deploy/install-test-tools.sh
 	.venv/bin/python -m pytest tests
 
 bench-serving: install

@@ -9,8 +9,11 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from alignloop.bootstrap import ensure_base_policy
 from core.config import Settings, load_settings
+from gateway.auth import KeysFileUnsafe
 
 log = logging.getLogger("alignloop")
 
@@ -146,10 +149,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings(args.config, overrides)
+    except ValidationError as exc:
+        # Name each bad setting and why, never its value: values include API keys and passwords.
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_input=False)]
+        print("alignloop: bad configuration:\n" + "\n".join(lines), file=sys.stderr)
+        return 2
     except (ValueError, OSError) as exc:
         print(f"alignloop: bad configuration: {exc}", file=sys.stderr)
         return 2
-    args.run(settings, args)
+    try:
+        args.run(settings, args)
+    except KeysFileUnsafe as exc:
+        print(f"alignloop: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

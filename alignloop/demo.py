@@ -28,6 +28,7 @@ from alignloop.bootstrap import ensure_base_policy
 from core.config import Settings
 from core.processes import free_port, stop_group
 from gateway.auth import load_or_create_keys
+from gateway.sequential import wilson
 from registry.store import PolicyRegistry
 from synthetic.corpus import ANIMALS
 from synthetic.users import Population, win_rate
@@ -38,12 +39,13 @@ DEMO_SETTINGS = [
     "train.loop.min_new_comparisons=40", "train.loop.max_interval_s=3600", "train.loop.rm_max_steps=60",
     "train.loop.kl_budget=25",
     "train.rm.learning_rate=0.001",
-    "train.ppo.iterations=8", "train.ppo.rollout_batch=16", "train.ppo.minibatch=8",
+    "train.ppo.iterations=6", "train.ppo.rollout_batch=12", "train.ppo.minibatch=6",
     "train.ppo.max_new_tokens=24", "train.ppo.learning_rate=0.0002", "train.ppo.save_every=0",
     "train.ppo.rollout_engine=transformers",
 ]
 TRAIN_PROMPTS = [f"Describe a {a}." for a in ANIMALS[:7]]
 HELDOUT_PROMPTS = [f"Describe a {a}." for a in ANIMALS[7:]]
+_REPORT_SAMPLES = 64  # answers per held-out prompt in the final win rate (3 prompts: 192 pairs)
 
 
 def say(message: str) -> None:
@@ -130,11 +132,15 @@ def _wait_ready(gateway: subprocess.Popen, url: str, log: Path) -> bool:
 def _report(registry: PolicyRegistry, base: str, final: str, population_tally) -> int:
     from trainer.evaluate import sampled_responses
 
-    rate = win_rate(sampled_responses(registry.path(final), HELDOUT_PROMPTS),
-                    sampled_responses(registry.path(base), HELDOUT_PROMPTS))
+    pairs = _REPORT_SAMPLES * len(HELDOUT_PROMPTS)
+    rate = win_rate(sampled_responses(registry.path(final), HELDOUT_PROMPTS, per_prompt=_REPORT_SAMPLES),
+                    sampled_responses(registry.path(base), HELDOUT_PROMPTS, per_prompt=_REPORT_SAMPLES))
+    low, high = wilson(rate * pairs, pairs)
     say(f"the users' hidden rule prefers {final}'s answers over those of {base} (served when the demo started) "
-        f"{rate:.0%} of the time, on prompts no user asked (50% = no change)")
-    print(json.dumps({"final": final, "win_rate_vs_base": rate, "failed_requests": population_tally.failed}), flush=True)
+        f"{rate:.0%} of the time (95% interval {low:.0%}-{high:.0%}, {pairs} pairs), on prompts no user asked "
+        f"(50% = no change)")
+    print(json.dumps({"final": final, "win_rate_vs_base": rate, "interval_95": [low, high], "pairs": pairs,
+                      "failed_requests": population_tally.failed}), flush=True)
     return 0 if population_tally.failed == 0 else 1
 
 
@@ -149,7 +155,7 @@ def run(settings: Settings, common: list[str], rounds: int, users: int, minutes:
     say(f"preparing {settings.state_dir} (the first run builds the tiny base model: about a minute)")
     base = ensure_base_policy(settings)
     registry = PolicyRegistry(settings.paths.registry)
-    key = next(k.key for k in load_or_create_keys(settings.gateway.api_keys, settings.state_dir) if k.role != "admin")
+    key = next(k.key for k in load_or_create_keys(settings.gateway.api_keys, settings.state_dir) if k.role == "user")
     url = f"http://{settings.gateway.host}:{settings.gateway.port}"
     loop_args = [*common, *[a for s in DEMO_SETTINGS for a in ("--set", s)]]
     say(f"serving {base} at start; starting the gateway on {url} (log: {logs / 'gateway.log'})")
@@ -166,6 +172,8 @@ def run(settings: Settings, common: list[str], rounds: int, users: int, minutes:
                          logs / "trainer.log")
         population = Population(url, key, TRAIN_PROMPTS, users=users, k=4, pause_s=1.0).start()
         say(f"trainer metrics on http://127.0.0.1:{metrics_port}/metrics; gateway metrics on {url}/metrics")
+        say(f"rank answers yourself beside the simulated users: open {url}/ui/ and sign in with a key from "
+            f"{settings.paths.api_keys} (the rater key also opens the labelling queue)")
         story = _Story(serving=base, reported=set(registry.names()))
         deadline = time.monotonic() + 60 * minutes
         while len(story.promoted) < rounds and time.monotonic() < deadline:

@@ -58,7 +58,7 @@ def launch_gateway(work: Path, model_dir: Path, key: str, extra_toml: str = "",
     config = work / "gateway.toml"
     config.write_text(f'state_dir = "{work / "state"}"\nbase_model = "{model_dir}"\n{extra_toml}\n'
                       f'[gateway]\nport = {port}\nlog_level = "warning"\n{gateway_toml}\n'
-                      f'api_keys = [{{ key = "{key}", name = "bench", requests_per_minute = 100000000 }}]\n')
+                      f'api_keys = [{{ key = "{key}", name = "bench", requests_per_minute = 100000000, max_concurrent_requests = 100000, generated_tokens_per_minute = 1000000000000 }}]\n')
     url = f"http://127.0.0.1:{port}"
     proc = launch([sys.executable, "-m", "alignloop", "serve", "--config", str(config)], work / "gateway.log",
                   url, "/readyz", key)

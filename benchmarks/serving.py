@@ -38,6 +38,7 @@ def _requests(n: int, max_tokens: int) -> list[dict]:
 
 async def _drive(url: str, bodies: list[dict], concurrency: int) -> dict:
     latencies: list[float] = []
+    overheads: list[float] = []  # the gateway's X-Alignloop-Overhead-Ms (vLLM's server sends none)
     tokens = 0
     failures = 0
     queue: asyncio.Queue = asyncio.Queue()
@@ -51,6 +52,8 @@ async def _drive(url: str, bodies: list[dict], concurrency: int) -> dict:
             started = time.perf_counter()
             r = await http.post("/v1/completions", json=body)
             latencies.append(time.perf_counter() - started)
+            if "x-alignloop-overhead-ms" in r.headers:
+                overheads.append(float(r.headers["x-alignloop-overhead-ms"]) / 1000)
             if r.status_code == 200:
                 tokens += r.json()["usage"]["completion_tokens"]
             else:
@@ -63,7 +66,10 @@ async def _drive(url: str, bodies: list[dict], concurrency: int) -> dict:
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
         wall = time.perf_counter() - started
     latencies.sort()
+    overheads.sort()
     return {
+        "overhead_p50_s": statistics.median(overheads) if overheads else None,
+        "overhead_p99_s": overheads[min(len(overheads) - 1, int(0.99 * len(overheads)))] if overheads else None,
         "requests": len(bodies), "failures": failures, "wall_s": wall,
         "requests_per_s": len(bodies) / wall, "tokens_per_s": tokens / wall, "generated_tokens": tokens,
         "p50_s": statistics.median(latencies), "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
@@ -133,6 +139,10 @@ def table(results: dict, args) -> str:
                         f"{r['p50_s'] * 1000:.0f} | {r['p99_s'] * 1000:.0f} | {r['failures']} |")
     q = results["ratio"]
     rows.append(f"| gateway / vllm (medians) | | {q['requests_per_s']:.3f}x | {q['tokens_per_s']:.3f}x | {q['p50']:.3f}x | {q['p99']:.3f}x | |")
+    own = [(r["overhead_p50_s"], r["overhead_p99_s"]) for r in results["rounds"]["gateway"] if r["overhead_p50_s"] is not None]
+    if own:
+        rows.append("\nThe gateway's own time outside the engine (X-Alignloop-Overhead-Ms), per round: " + ", ".join(
+            f"p50 {p50 * 1000:.2f} ms / p99 {p99 * 1000:.2f} ms" for p50, p99 in own))
     head = (f"Load: {args.concurrency} concurrent clients, {args.requests} requests of max_tokens={args.max_tokens} "
             f"(temperature 1, seeded, ignore_eos), non-streaming /v1/completions.\nMachine: {machine()}\n")
     return head + "\n" + "\n".join(rows)

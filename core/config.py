@@ -3,6 +3,9 @@
 Precedence, lowest to highest: the defaults below < a TOML file (``--config``) < environment
 variables (``ALIGNLOOP_<SECTION>__<FIELD>``, e.g. ``ALIGNLOOP_GATEWAY__PORT=9000``) < CLI
 overrides (``--set gateway.port=9000`` and the named flags of each command).
+
+This module is longer than the others on purpose: every setting of every package is here, in
+one tree, so that one file answers "what can I set, and what does it default to".
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from core.failpoints import ENV as FAILPOINT_ENV  # shares the prefix but is not a setting
 from core.limits import MAX_K
@@ -58,6 +61,10 @@ class EngineConfig(_Section):
     seed: int = 0
     # How a new version replaces the served one: see inference/engine.py.
     swap_mode: Literal["in_place", "blue_green"] = "in_place"
+    # An engine taken out of service finishes its requests for at most this long, then aborts them.
+    drain_timeout_s: float = Field(default=120.0, gt=0)
+    # The longest an admin call (or the CURRENT watcher) waits behind another switch: then 503.
+    swap_wait_s: float = Field(default=30.0, gt=0)
 
     def gpu_memory_share(self) -> float:
         """The GPU memory fraction one engine is given (see gpu_memory_utilization)."""
@@ -69,14 +76,32 @@ class EngineConfig(_Section):
 class ApiKeyConfig(_Section):
     """One client credential and its limits."""
 
-    key: str
+    key: str = Field(repr=False)  # never shown in a repr or a log
     name: str
     # user: may generate (and later rate its own completions); rater: may also rate others';
     # admin: may change the deployed policy. Admin is a separate credential, not a superset.
     role: Literal["user", "rater", "admin"] = "user"
-    requests_per_minute: int = 6000
-    max_tokens: int = 512
+    requests_per_minute: int = Field(default=6000, ge=1)
+    max_tokens: int = Field(default=512, ge=1)
     max_n: int = Field(default=MAX_K, ge=1, le=MAX_K)
+    # Fairness: generations this key may run at once, and tokens it may have generated per minute
+    # (n x max_tokens is reserved when a generation starts; what it did not use is given back).
+    max_concurrent_requests: int = Field(default=16, ge=1)
+    generated_tokens_per_minute: int = Field(default=200_000, ge=1)
+    # False: this key's prompts are never sampled into the labelling queue (raters never see them).
+    label_sampling: bool = True
+
+
+class LabellingConfig(_Section):
+    """The raters' queue: prompts sampled from production chat traffic, K fresh answers each."""
+
+    sample_rate: float = Field(default=0.02, ge=0.0, le=1.0)  # share of served single-turn chats taken
+    k: int = Field(default=4, ge=2, le=MAX_K)        # candidates generated per item
+    overlap: int = Field(default=2, ge=1)             # raters per item (agreement needs >= 2)
+    lease_s: float = Field(default=900.0, gt=0)      # an item held longer returns to the queue
+    max_tokens: int = Field(default=64, ge=1)         # per candidate
+    temperature: float = Field(default=1.0, ge=0.0)
+    max_waiting: int = Field(default=500, ge=1)       # items waiting for candidates; past it, none taken
 
 
 class GatewayConfig(_Section):
@@ -91,9 +116,22 @@ class GatewayConfig(_Section):
     max_prompt_tokens: int = 384
     default_max_tokens: int = 16
     log_level: str = "info"
+    failed_auth_per_minute: int = Field(default=60, ge=1)  # per client address; then 429
+    labelling: LabellingConfig = LabellingConfig()
     # How often the gateway looks at the registry's CURRENT pointer (the trainer promotes by
     # moving it); 0 turns watching off.
     registry_poll_s: float = 1.0
+
+    @field_validator("api_keys")
+    @classmethod
+    def _one_owner_per_name(cls, keys: list[ApiKeyConfig]) -> list[ApiKeyConfig]:
+        # A key's name owns its completions: two keys with one name would share what they may rate.
+        names = [k.name for k in keys]
+        if len(set(names)) != len(names):
+            raise ValueError(f"API key names must be unique; repeated: {sorted({n for n in names if names.count(n) > 1})}")
+        if len({k.key for k in keys}) != len(keys):
+            raise ValueError("two API keys have the same secret")
+        return keys
 
 
 class FeedbackConfig(_Section):
@@ -109,6 +147,22 @@ class FeedbackConfig(_Section):
     # answers 503 rather than accept what it could lose.
     max_spool_bytes: int = 512 * 1024 * 1024
     kafka_timeout_s: float = 10.0
+    # A record larger than this never goes to Kafka (the broker would refuse it for ever and block
+    # everything behind it): it is kept in the spool's dead-letter table and counted.
+    max_record_bytes: int = Field(default=1_000_000, ge=1024)
+    # How long the served-choice and idempotency index remembers a completion (ownership checks
+    # and idempotent resubmission work within this window); its size counts against max_spool_bytes.
+    index_retention_days: float = Field(default=30.0, gt=0)
+    # The longest a feedback request waits for the disk before it is answered 503 + Retry-After.
+    write_timeout_s: float = Field(default=10.0, gt=0)
+    # Kafka connection security, passed to producer, admin client and consumer alike.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
 
 
 class SFTConfig(_Section):
@@ -171,9 +225,20 @@ class LoopConfig(_Section):
     group: str = "alignloop-trainer"
     sft_version: str = "v0001"      # the KL anchor and PPO reference
     eval_fraction: float = 0.2      # of the collected prompts, held out for the gate
-    gate_margin: float = 0.0        # candidate reward must exceed serving reward by this
+    # Raters whose comparisons are held out too (once there are min_raters_to_hold_out of them):
+    # the gate checks the reward model on people and prompts it was not trained on.
+    eval_user_fraction: float = 0.2
+    min_raters_to_hold_out: int = 5
+    # The reward model must order the held-out comparisons this well before its scores judge a candidate.
+    min_judge_accuracy: float = 0.55
+    gate_margin: float = 0.1        # candidate reward must exceed serving reward by this (> 0: no coin flips)
+    # One user's weight in a round: at most this many of their rankings (their latest) and requests
+    # count, so that nobody steers the reward model, the PPO prompts or when rounds happen alone.
+    per_user_cap: int = Field(default=500, ge=1)
     kl_budget: float = 10.0         # mean per-answer KL from SFT on held-out prompts
     ptx_regression: float = 0.25    # allowed relative rise of the pretraining LM loss over SFT's
+    gate_samples_per_prompt: int = Field(default=8, ge=1)  # answers sampled per held-out prompt by the gate
+    gate_max_prompts: int = Field(default=64, ge=1)        # held-out prompts the gate uses (a stable subset)
     eval_batch: int = 16            # prompts (or texts) per forward in evaluation: memory stays bounded
     metrics_port: int = 9400        # 0: no Prometheus endpoint
     # Caps a round's RM training; it still draws from all comparisons so far, warm-starting from

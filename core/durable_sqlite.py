@@ -22,6 +22,12 @@ def connect(path: Path) -> sqlite3.Connection:
     if not path.exists():
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+    # Freed pages can be handed back (PRAGMA incremental_vacuum) once old rows are pruned; this
+    # takes effect for new files, and the one VACUUM below converts an older one.
+    if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        if db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
+            db.execute("VACUUM")
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     return db

@@ -4,6 +4,8 @@
         registry/                 policy versions and the CURRENT pointer (registry/store.py)
         api_keys.json             generated keys when none are configured (mode 0600)
         feedback/events.db        the gateway's durable spool / embedded event log
+        gateway/last_served       the version the gateway last served (its fallback at start)
+        gateway/labels.db         the raters' labelling queue
         trainer/dataset.db        the trainer's de-duplicated dataset
         trainer/rounds/rNNNN/     one training round's reward model and policy
         data/pretraining.jsonl    pretraining text for PPO-ptx's LM term (written with the tiny model)
@@ -39,6 +41,16 @@ class StatePaths:
     def feedback_log(self) -> Path:
         """The gateway's spool, which is also the embedded event log when there is no broker."""
         return self.root / "feedback" / "events.db"
+
+    @property
+    def last_served(self) -> Path:
+        """The version this gateway last served successfully (its fallback if CURRENT cannot load)."""
+        return self.root / "gateway" / "last_served"
+
+    @property
+    def labels(self) -> Path:
+        """The labelling queue: sampled prompts, their candidates, leases and rankings."""
+        return self.root / "gateway" / "labels.db"
 
     @property
     def trainer(self) -> Path:

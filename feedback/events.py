@@ -68,6 +68,9 @@ class ServedChoice(BaseModel):
     text: str
     completion_tokens: int
     finish_reason: str | None = None
+    # The version that wrote this candidate when it differs from the request's (a labelling item
+    # that mixes the serving and a canary version's answers, blinded); None: the request's version.
+    policy_version: str | None = None
 
 
 class CompletionServed(_Event):
@@ -134,7 +137,12 @@ _ANY = TypeAdapter(AnyEvent)
 
 def parse_event(raw: bytes | str) -> CompletionServed | Comparison | Rating | Demonstration:
     """Parse and validate one event from its wire form (ValueError if it is not one)."""
-    data = json.loads(raw)
+    try:
+        data = json.loads(raw)
+    except RecursionError as exc:
+        raise ValueError("the record nests too deeply to be an event") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"an event is a JSON object, not {type(data).__name__}")
     if data.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"unknown schema_version {data.get('schema_version')!r}")
     return _ANY.validate_python(data)

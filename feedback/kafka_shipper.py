@@ -1,14 +1,23 @@
 """The spool's shipper thread: sends what the local log holds to Kafka, in order, and forgets what
 Kafka acknowledged (acks=all, idempotent producer). If Kafka is down, events wait in the log and
-go out when it returns, also after a gateway restart."""
+go out when it returns, also after a gateway restart.
+
+A record Kafka would refuse for ever (larger than feedback.max_record_bytes, or than the broker
+accepts) is moved to the spool's dead-letter table with the reason, counted, and the records behind
+it go on: one bad record must not block everything. The thread is supervised: any failure (a
+broker error, a full disk) is logged, counted, and the loop starts again.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from core.config import FeedbackConfig
-from feedback.local_log import LocalLog
+from core.supervision import OnFailure, SupervisedThread
+from feedback.kafka_clients import connection_kwargs
+from feedback.local_log import LocalLog, Record
 from feedback.metrics import FeedbackMetrics
 from feedback.spool_usage import SpoolUsage
 from feedback.topics import ALL as ALL_TOPICS
@@ -18,6 +27,11 @@ log = logging.getLogger(__name__)
 SHIPPER_GROUP = "alignloop-kafka-shipper"
 ANY_TOPIC = "*"
 _BATCH = 1000
+DEAD_LETTER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dead_letters (
+    offset INTEGER PRIMARY KEY, topic TEXT NOT NULL, key BLOB, value BLOB NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL
+);
+"""
 
 
 def shipped_offset(spool: LocalLog) -> int:
@@ -32,7 +46,7 @@ def connect_producer(config: FeedbackConfig):
     from kafka.errors import TopicAlreadyExistsError
 
     timeout_ms = int(config.kafka_timeout_s * 1000)
-    admin = KafkaAdminClient(bootstrap_servers=config.kafka_bootstrap, request_timeout_ms=timeout_ms)
+    admin = KafkaAdminClient(request_timeout_ms=timeout_ms, **connection_kwargs(config))
     try:
         existing = set(admin.list_topics())
         missing = [NewTopic(t, config.partitions, config.replication_factor) for t in ALL_TOPICS if t not in existing]
@@ -44,44 +58,50 @@ def connect_producer(config: FeedbackConfig):
     finally:
         admin.close()
     return KafkaProducer(
-        bootstrap_servers=config.kafka_bootstrap, acks="all", enable_idempotence=True,
-        linger_ms=5, max_block_ms=timeout_ms, request_timeout_ms=timeout_ms,
+        acks="all", enable_idempotence=True, linger_ms=5, max_block_ms=timeout_ms, request_timeout_ms=timeout_ms,
         delivery_timeout_ms=2 * timeout_ms, reconnect_backoff_max_ms=1000,
+        max_request_size=config.max_record_bytes + 4096, **connection_kwargs(config),
     )
 
 
 class KafkaShipper:
-    """A thread that delivers the log to Kafka."""
+    """A supervised thread that delivers the log to Kafka."""
 
-    def __init__(self, spool: LocalLog, config: FeedbackConfig, usage: SpoolUsage, metrics: FeedbackMetrics):
+    def __init__(self, spool: LocalLog, config: FeedbackConfig, usage: SpoolUsage, metrics: FeedbackMetrics,
+                 on_failure: OnFailure):
         self._log, self._config, self._usage, self._metrics = spool, config, usage, metrics
         self._shipped = shipped_offset(spool)
         self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="kafka-shipper", daemon=True)
-        self._thread.start()
+        self._producer = None
+        self._thread = SupervisedThread("kafka-shipper", self._loop, self._on_failure(on_failure))
+
+    def _on_failure(self, counted: OnFailure) -> OnFailure:
+        def failed(name: str) -> None:
+            self._metrics.kafka_up.set(0)
+            self._close_producer()
+            counted(name)
+        return failed
 
     def wake(self) -> None:
         """New records were committed: look now rather than at the next poll."""
         self._wake.set()
 
-    def _loop(self) -> None:
-        producer, backoff = None, 0.5
-        while not self._stop.is_set():
+    def _loop(self, stop: threading.Event) -> None:
+        # (Re)started: what is durable is the truth, whatever a failed step left in memory.
+        self._shipped = shipped_offset(self._log)
+        self._usage.reset_undelivered(*self._log.stats(self._shipped))
+        backoff = 0.5
+        while not stop.is_set():
             batch = self._log.read(self._shipped, limit=_BATCH)
             if not batch:
+                # Idle: recount from the log, so the spool's size converges on the truth even if a
+                # count raced a write or a failure.
+                self._usage.reset_undelivered(*self._log.stats(self._shipped))
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
             try:
-                if producer is None:
-                    producer = connect_producer(self._config)
-                    log.info("feedback: connected to Kafka at %s", self._config.kafka_bootstrap)
-                    self._metrics.kafka_up.set(1)
-                futures = [producer.send(r.topic, key=r.key, value=r.value) for r in batch]
-                producer.flush(timeout=self._config.kafka_timeout_s * 2)
-                for f in futures:
-                    f.get(timeout=0)
+                refused = self._send(batch)
             except Exception as exc:
                 # Some of the batch may have arrived: sending it again can duplicate, never lose.
                 # Consumers de-duplicate by event id.
@@ -89,30 +109,60 @@ class KafkaShipper:
                 self._metrics.kafka_up.set(0)
                 log.warning("feedback: Kafka unreachable (%s: %s); %d events wait in the spool, retrying in %.1fs",
                             type(exc).__name__, exc, self._usage.events, backoff)
-                producer = _close_quietly(producer)
-                self._stop.wait(backoff)
+                self._close_producer()
+                stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.5
-            self._shipped = batch[-1].offset + 1
-            self._log.commit(SHIPPER_GROUP, ANY_TOPIC, self._shipped)
-            self._log.delete_before(self._shipped)
-            self._metrics.sent.inc(len(batch))
-            self._usage.add(-len(batch), -sum(len(r.value) for r in batch))
+            self._forget(batch, refused)
+
+    def _send(self, batch: list[Record]) -> dict[int, str]:
+        """Send a batch; returns the records Kafka refuses for ever (offset -> reason). Raises on
+        anything that may pass (the broker is down)."""
+        from kafka.errors import MessageSizeTooLargeError
+
+        if self._producer is None:
+            self._producer = connect_producer(self._config)
+            log.info("feedback: connected to Kafka at %s", self._config.kafka_bootstrap)
+            self._metrics.kafka_up.set(1)
+        refused = {r.offset: f"{len(r.value)} bytes is above feedback.max_record_bytes ({self._config.max_record_bytes})"
+                   for r in batch if len(r.value) > self._config.max_record_bytes}
+        futures = [(r, self._producer.send(r.topic, key=r.key, value=r.value)) for r in batch if r.offset not in refused]
+        self._producer.flush(timeout=self._config.kafka_timeout_s * 2)
+        for record, future in futures:
+            try:
+                future.get(timeout=0)
+            except MessageSizeTooLargeError as exc:
+                refused[record.offset] = f"the broker refused its size ({exc})"
+        return refused
+
+    def _forget(self, batch: list[Record], refused: dict[int, str]) -> None:
+        with self._log.transaction() as tx:
+            for r in batch:
+                if r.offset in refused:
+                    tx.cursor.execute("INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?)",
+                                      (r.offset, r.topic, r.key, r.value, refused[r.offset], time.time()))
+            tx.commit_offset(SHIPPER_GROUP, ANY_TOPIC, batch[-1].offset + 1)
+            tx.cursor.execute("DELETE FROM records WHERE offset <= ?", (batch[-1].offset,))
+        self._shipped = batch[-1].offset + 1  # only once that is durable
+        for offset, reason in refused.items():
+            log.error("feedback: record %d will never fit in Kafka (%s); kept in the spool's dead_letters table",
+                      offset, reason)
+            self._metrics.dead_letters.inc()
+        self._metrics.sent.inc(len(batch) - len(refused))
+        self._usage.add(-len(batch), -sum(len(r.value) for r in batch))
+
+    def _close_producer(self) -> None:
+        producer, self._producer = self._producer, None
         if producer is not None:
-            producer.close(timeout=5)
+            try:
+                producer.close(timeout=0)
+            except Exception:
+                pass
 
     def close(self) -> None:
         """Stop the thread."""
-        self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=10)
-
-
-def _close_quietly(producer) -> None:
-    if producer is not None:
-        try:
-            producer.close(timeout=0)
-        except Exception:
-            pass
-    return None
+        self._thread.stop()
+        if self._producer is not None:
+            self._producer.close(timeout=5)

@@ -141,6 +141,21 @@ class LocalLog:
         with self._read_lock:
             return self._reader.execute(sql, args).fetchall()
 
+    def migrate(self, statements: list[str]) -> None:
+        """Apply schema changes to an existing log, skipping those it already has."""
+        with self._lock:
+            for sql in statements:
+                try:
+                    self._db.execute(sql)
+                except sqlite3.OperationalError as exc:
+                    if "duplicate column" not in str(exc):
+                        raise
+
+    def reclaim(self) -> None:
+        """Give freed pages back to the file system (incremental vacuum)."""
+        with self._lock:
+            self._db.execute("PRAGMA incremental_vacuum")
+
     def close(self) -> None:
         """Close the database."""
         with self._lock, self._read_lock:

@@ -14,51 +14,63 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import sqlite3
 import time
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
 from core.config import FeedbackConfig
+from core.supervision import OnFailure
 from feedback.events import CompletionServed
-from feedback.kafka_shipper import KafkaShipper, shipped_offset
+from feedback.kafka_shipper import DEAD_LETTER_SCHEMA, KafkaShipper, shipped_offset
 from feedback.local_log import LocalLog
 from feedback.metrics import FeedbackMetrics
-from feedback.retention import EmbeddedRetention
+from feedback.retention import EmbeddedRetention, IndexRetention
+from feedback.served_index import MIGRATIONS, ServedIndex
 from feedback.served_index import SCHEMA as INDEX_SCHEMA
-from feedback.served_index import ServedIndex
 from feedback.spool_usage import SpoolUsage
 from feedback.spool_writer import CompletionWrite, FeedbackWrite, SpoolWriter
-from feedback.submission import Accepted, SpoolFull, Submission
+from feedback.submission import Accepted, SpoolFull, SpoolUnavailable, Submission
 
 log = logging.getLogger(__name__)
+_MAX_BACKLOG = 20_000  # items waiting for the disk; past this the disk is not keeping up: shed load
 
 
 class FeedbackRecorder:
     """Accepts events durably and delivers them to Kafka (or keeps them, embedded)."""
 
     def __init__(self, config: FeedbackConfig, spool_path: Path, registry: CollectorRegistry,
-                 consumer_groups: tuple[str, ...] = ()):
+                 consumer_groups: tuple[str, ...] = (), on_failure: OnFailure = lambda task: None):
         """Embedded, `consumer_groups` are the readers (the trainer's group) whose commits let
-        events be deleted from the log; with none, the log keeps everything."""
+        events be deleted from the log; with none, the log keeps everything. `on_failure(task)` is
+        told each time a background thread fails (and restarts)."""
         self.config = config
         self.embedded = not config.kafka_bootstrap
-        self.log = LocalLog(spool_path, INDEX_SCHEMA)
+        self.log = LocalLog(spool_path, INDEX_SCHEMA + DEAD_LETTER_SCHEMA)
+        self.log.migrate(MIGRATIONS)
         self.metrics = FeedbackMetrics(registry)
         self.index = ServedIndex(self.log)
         events, size = self.log.stats(0 if self.embedded else shipped_offset(self.log))
-        self.usage = SpoolUsage(self.metrics, config.max_spool_bytes, events, size)
-        self._shipper = KafkaShipper(self.log, config, self.usage, self.metrics) if not self.embedded else None
-        self._retention = (EmbeddedRetention(self.log, consumer_groups, self.usage)
+        with self.log.transaction() as tx:
+            index_size = ServedIndex.size(tx.cursor)
+        self.usage = SpoolUsage(self.metrics, config.max_spool_bytes, events, size, index_size)
+        failed = on_failure
+        self._shipper = KafkaShipper(self.log, config, self.usage, self.metrics, failed) if not self.embedded else None
+        self._retention = (EmbeddedRetention(self.log, consumer_groups, self.usage, failed)
                            if self.embedded and consumer_groups else None)
+        self._index_retention = IndexRetention(self.log, config.index_retention_days * 86400, self.usage, failed)
         self._writer = SpoolWriter(self.log, self.index, self.usage, self.metrics,
-                                   on_commit=self._shipper.wake if self._shipper else lambda: None)
+                                   on_commit=self._shipper.wake if self._shipper else lambda: None, on_failure=failed)
         if events and self._shipper:
             log.info("feedback: %d events (%d bytes) from before the restart wait for Kafka", events, size)
 
     def record_completion(self, event: CompletionServed) -> None:
         """Hand over a served completion; never blocks. Dropped (and counted) if the spool is full."""
         value = event.to_bytes()
+        if self._writer.backlog() > _MAX_BACKLOG:
+            self.metrics.completions.labels("dropped_backlog").inc()
+            return
         if not self.usage.has_room(len(value)):
             self.metrics.completions.labels("dropped_spool_full").inc()
             log.warning("feedback: spool full (%d bytes); completion %s not recorded", self.usage.bytes, event.request_id)
@@ -71,9 +83,18 @@ class FeedbackRecorder:
         size = sum(len(i.event.to_bytes()) for i in items)
         if not self.usage.has_room(size):
             raise SpoolFull(f"{self.usage.bytes} bytes wait for delivery")
+        if self._writer.backlog() > _MAX_BACKLOG:
+            raise SpoolUnavailable(f"{self._writer.backlog()} items wait for the disk")
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._writer.put(FeedbackWrite(items, future))
-        return await asyncio.wrap_future(future)
+        try:
+            # Bounded: a stalled disk answers 503, never a request that waits for ever. On timeout
+            # the wait is cancelled, and so is the submission if the writer has not started on it.
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.config.write_timeout_s)
+        except TimeoutError:
+            raise SpoolUnavailable(f"the spool did not take the feedback within {self.config.write_timeout_s:g}s") from None
+        except (sqlite3.Error, OSError) as exc:  # the disk is full or failing: nothing was accepted
+            raise SpoolUnavailable(f"the spool could not store the feedback ({type(exc).__name__})") from exc
 
     def undelivered(self) -> int:
         """Events accepted but not yet delivered to Kafka (embedded: not yet consumed by the trainer)."""
@@ -86,7 +107,7 @@ class FeedbackRecorder:
             time.sleep(0.05)
         while self._shipper and self.usage.events and time.monotonic() < deadline:
             time.sleep(0.05)
-        for part in (self._writer, self._shipper, self._retention):
+        for part in (self._writer, self._shipper, self._retention, self._index_retention):
             if part is not None:
                 part.close()
         self.log.close()

@@ -18,11 +18,22 @@ from feedback.submission import Accepted, IdempotencyConflict, Submission
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS served (
-    choice_id TEXT PRIMARY KEY, request_id TEXT NOT NULL, caller TEXT NOT NULL, policy_version TEXT
+    choice_id TEXT PRIMARY KEY, request_id TEXT NOT NULL, caller TEXT NOT NULL, policy_version TEXT,
+    at REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS served_by_request ON served (request_id);
-CREATE TABLE IF NOT EXISTS idempotency (scoped_key TEXT PRIMARY KEY, event_id TEXT NOT NULL, digest TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency (
+    scoped_key TEXT PRIMARY KEY, event_id TEXT NOT NULL, digest TEXT NOT NULL, at REAL NOT NULL DEFAULT 0
+);
 """
+# Spools written before rows carried a time get the column (their rows count as old: at = 0).
+MIGRATIONS = ["ALTER TABLE served ADD COLUMN at REAL NOT NULL DEFAULT 0",
+              "ALTER TABLE idempotency ADD COLUMN at REAL NOT NULL DEFAULT 0"]
+_ROW_OVERHEAD = 48  # SQLite's per-row and per-index-entry bytes, roughly
+_SERVED_BYTES = ("SELECT COALESCE(SUM(LENGTH(choice_id) * 2 + LENGTH(request_id) * 2 + LENGTH(caller) "
+                 "+ COALESCE(LENGTH(policy_version), 0) + {o}), 0) FROM served").format(o=_ROW_OVERHEAD)
+_KEY_BYTES = ("SELECT COALESCE(SUM(LENGTH(scoped_key) * 2 + LENGTH(event_id) + LENGTH(digest) + {o}), 0) "
+              "FROM idempotency").format(o=_ROW_OVERHEAD)
 
 
 @dataclass(frozen=True)
@@ -94,11 +105,34 @@ class ServedIndex:
         return _owned(self.request(request_id), caller, may_rate_others)
 
     @staticmethod
-    def record(cur: sqlite3.Cursor, event: CompletionServed) -> None:
-        """Write a completion's choices (inside the spool writer's transaction)."""
+    def record(cur: sqlite3.Cursor, event: CompletionServed) -> int:
+        """Write a completion's choices (inside the spool writer's transaction); returns their bytes."""
         cur.executemany(
-            "INSERT OR IGNORE INTO served (choice_id, request_id, caller, policy_version) VALUES (?, ?, ?, ?)",
-            [(c.choice_id, event.request_id, event.caller, event.policy_version) for c in event.choices])
+            "INSERT OR IGNORE INTO served (choice_id, request_id, caller, policy_version, at) VALUES (?, ?, ?, ?, ?)",
+            [(c.choice_id, event.request_id, event.caller, event.policy_version, event.timestamp)
+             for c in event.choices])
+        return sum(2 * len(c.choice_id) + 2 * len(event.request_id) + len(event.caller)
+                   + len(event.policy_version or "") + _ROW_OVERHEAD for c in event.choices)
+
+    @staticmethod
+    def key_bytes(item: Submission) -> int:
+        """The bytes an idempotency key takes in the index (0 without one)."""
+        return 2 * len(item.idempotency_key) + 32 + 64 + _ROW_OVERHEAD if item.idempotency_key else 0
+
+    @staticmethod
+    def size(cur: sqlite3.Cursor) -> int:
+        """The index's bytes, counted the way record() and key_bytes() count them."""
+        return cur.execute(_SERVED_BYTES).fetchone()[0] + cur.execute(_KEY_BYTES).fetchone()[0]
+
+    @staticmethod
+    def prune(cur: sqlite3.Cursor, before: float) -> tuple[int, int]:
+        """Forget what was served, and the keys used, before a time; returns (rows, bytes) removed."""
+        where = " WHERE at < ?"
+        served = cur.execute(_SERVED_BYTES.replace("FROM served", "FROM served" + where), (before,)).fetchone()[0]
+        keys = cur.execute(_KEY_BYTES.replace("FROM idempotency", "FROM idempotency" + where), (before,)).fetchone()[0]
+        rows = cur.execute("DELETE FROM served" + where, (before,)).rowcount
+        rows += cur.execute("DELETE FROM idempotency" + where, (before,)).rowcount
+        return rows, served + keys
 
     @staticmethod
     def claim(cur: sqlite3.Cursor, item: Submission) -> Accepted | None:
@@ -113,8 +147,8 @@ class ServedIndex:
                 raise IdempotencyConflict(f"idempotency key {item.idempotency_key.split(':', 1)[-1]!r} "
                                           "was used before for different feedback")
             return Accepted(row[0], duplicate=True)
-        cur.execute("INSERT INTO idempotency (scoped_key, event_id, digest) VALUES (?, ?, ?)",
-                    (item.idempotency_key, item.event.event_id, item.digest()))
+        cur.execute("INSERT INTO idempotency (scoped_key, event_id, digest, at) VALUES (?, ?, ?, ?)",
+                    (item.idempotency_key, item.event.event_id, item.digest(), item.event.timestamp))
         return None
 
 

@@ -14,6 +14,7 @@ from typing import Protocol
 from core.config import FeedbackConfig
 from core.paths import StatePaths
 from feedback.events import parse_event
+from feedback.kafka_clients import connection_kwargs
 from feedback.local_log import LocalLog
 from feedback.topics import ALL as ALL_TOPICS
 
@@ -22,13 +23,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Delivered:
-    """An event as read from a topic."""
+    """A record as read from a topic: its event, or (a malformed record) why it is none."""
 
     topic: str
     partition: int
     offset: int
     key: bytes | None
-    event: object
+    event: object | None
+    error: str | None = None
+    raw: bytes | None = None
 
 
 class EventSource(Protocol):
@@ -38,52 +41,49 @@ class EventSource(Protocol):
     def commit(self) -> None:
         """Mark everything polled so far as processed."""
 
-    def lag(self) -> dict[str, int]:
-        """Per topic, how many events the group has not committed yet (consumer lag)."""
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Per (topic, partition), how many events the group has not committed yet (consumer lag)."""
 
     def close(self) -> None:
         """Release the connection."""
 
 
-def _parse(topic: str, raw: bytes) -> object | None:
+def _delivered(topic: str, partition: int, offset: int, key: bytes | None, raw: bytes | None) -> Delivered:
+    # One bad record must not stop the loop: it is handed on as a dead letter, with its offset.
     try:
-        return parse_event(raw)
-    except ValueError as exc:  # keep going: one bad record must not stop the loop
-        log.error("feedback: skipping an unreadable record on %s: %s", topic, exc)
-        return None
+        if raw is None:
+            raise ValueError("the record has no value")
+        return Delivered(topic, partition, offset, key, parse_event(raw))
+    except (ValueError, TypeError) as exc:
+        log.error("feedback: unreadable record at %s[%d]@%d: %s", topic, partition, offset, exc)
+        return Delivered(topic, partition, offset, key, None, f"{type(exc).__name__}: {exc}"[:500], raw)
 
 
 class KafkaSource:
     """A Kafka consumer group on the alignloop topics."""
 
-    def __init__(self, bootstrap: str, group: str, topics: tuple[str, ...] = ALL_TOPICS):
+    def __init__(self, config: FeedbackConfig, group: str, topics: tuple[str, ...] = ALL_TOPICS):
         from kafka import KafkaConsumer
 
-        self._consumer = KafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=group,
-                                       enable_auto_commit=False, auto_offset_reset="earliest")
+        self._consumer = KafkaConsumer(*topics, group_id=group, enable_auto_commit=False,
+                                       auto_offset_reset="earliest", **connection_kwargs(config))
 
     def poll(self, timeout_s: float = 1.0, max_records: int = 500) -> list[Delivered]:
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         out = []
         for tp, records in batches.items():
-            for r in records:
-                event = _parse(tp.topic, r.value)
-                if event is not None:
-                    out.append(Delivered(tp.topic, tp.partition, r.offset, r.key, event))
+            out += [_delivered(tp.topic, tp.partition, r.offset, r.key, r.value) for r in records]
         return out
 
     def commit(self) -> None:
         self._consumer.commit()
 
-    def lag(self) -> dict[str, int]:
+    def lag(self) -> dict[tuple[str, int], int]:
         parts = list(self._consumer.assignment())
         if not parts:
             return {}
         end = self._consumer.end_offsets(parts)
-        out: dict[str, int] = {}
-        for tp in parts:
-            out[tp.topic] = out.get(tp.topic, 0) + max(0, end[tp] - (self._consumer.committed(tp) or 0))
-        return out
+        return {(tp.topic, tp.partition): max(0, end[tp] - (self._consumer.committed(tp) or 0)) for tp in parts}
 
     def close(self) -> None:
         self._consumer.close()
@@ -104,9 +104,7 @@ class LocalLogSource:
         for topic in self._topics:
             for r in self._log.read(self._polled[topic], limit=max_records, topic=topic):
                 self._polled[topic] = r.offset + 1
-                event = _parse(topic, r.value)
-                if event is not None:
-                    out.append(Delivered(topic, 0, r.offset, r.key, event))
+                out.append(_delivered(topic, 0, r.offset, r.key, r.value))
         return out
 
     def commit(self) -> None:
@@ -115,8 +113,8 @@ class LocalLogSource:
                 self._log.commit(self._group, topic, self._polled[topic])
         self._next = dict(self._polled)
 
-    def lag(self) -> dict[str, int]:
-        return {topic: self._log.count(topic, self._next[topic]) for topic in self._topics}
+    def lag(self) -> dict[tuple[str, int], int]:
+        return {(topic, 0): self._log.count(topic, self._next[topic]) for topic in self._topics}
 
     def close(self) -> None:
         self._log.close()
@@ -125,5 +123,5 @@ class LocalLogSource:
 def open_source(config: FeedbackConfig, state_dir: Path, group: str) -> EventSource:
     """Kafka when a broker is configured, else the gateway's embedded log under state_dir."""
     if config.kafka_bootstrap:
-        return KafkaSource(config.kafka_bootstrap, group)
+        return KafkaSource(config, group)
     return LocalLogSource(StatePaths(Path(state_dir)).feedback_log, group)

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from core.supervision import OnFailure, SupervisedThread
 from feedback.events import CompletionServed
 from feedback.local_log import LocalLog, Transaction
 from feedback.metrics import FeedbackMetrics
@@ -25,6 +26,21 @@ from feedback.topics import topic_for
 
 log = logging.getLogger(__name__)
 _MAX_GROUP = 512  # queue items per transaction
+
+
+@dataclass
+class Tally:
+    """What a transaction adds to the spool."""
+
+    events: int = 0
+    bytes: int = 0
+    index_bytes: int = 0
+
+    def add(self, other: "Tally") -> None:
+        """Add another tally to this one."""
+        self.events += other.events
+        self.bytes += other.bytes
+        self.index_bytes += other.index_bytes
 
 
 @dataclass
@@ -47,13 +63,11 @@ class SpoolWriter:
     """A thread that group-commits what the API hands it."""
 
     def __init__(self, spool: LocalLog, index: ServedIndex, usage: SpoolUsage, metrics: FeedbackMetrics,
-                 on_commit: Callable[[], None] = lambda: None):
+                 on_commit: Callable[[], None] = lambda: None, on_failure: OnFailure = lambda _: None):
         self._log, self._index, self._usage, self._metrics = spool, index, usage, metrics
         self._on_commit = on_commit
         self._queue: queue.Queue[CompletionWrite | FeedbackWrite] = queue.Queue()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="feedback-writer", daemon=True)
-        self._thread.start()
+        self._thread = SupervisedThread("feedback-writer", self._loop, on_failure)
 
     def put(self, item: CompletionWrite | FeedbackWrite) -> None:
         """Queue an item for the next transaction."""
@@ -63,8 +77,12 @@ class SpoolWriter:
         """Whether nothing waits to be written."""
         return self._queue.empty()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
+    def backlog(self) -> int:
+        """Items waiting to be written."""
+        return self._queue.qsize()
+
+    def _loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             try:
                 batch = [self._queue.get(timeout=0.2)]
             except queue.Empty:
@@ -78,16 +96,19 @@ class SpoolWriter:
 
     def _write(self, batch: list[CompletionWrite | FeedbackWrite]) -> None:
         completions = [i for i in batch if isinstance(i, CompletionWrite)]
-        feedback = [i for i in batch if isinstance(i, FeedbackWrite)]
+        # A submission whose caller stopped waiting (a cancelled or timed-out request) was never
+        # accepted: it is not written. Once marked running it can no longer be cancelled, so the
+        # result set below always lands.
+        feedback = [i for i in batch if isinstance(i, FeedbackWrite) and i.future.set_running_or_notify_cancel()]
         outcomes: list[tuple[FeedbackWrite, list[Accepted] | Exception]] = []
-        written = [0, 0]  # events, bytes: counted only for what the transaction keeps
+        written = Tally()  # counted only for what the transaction keeps
         try:
             with self._log.transaction() as tx:
                 for c in completions:
                     tx.append(topic_for(c.event), c.event.key(), c.value)
-                    ServedIndex.record(tx.cursor, c.event)
-                    written[0] += 1
-                    written[1] += len(c.value)
+                    written.index_bytes += ServedIndex.record(tx.cursor, c.event)
+                    written.events += 1
+                    written.bytes += len(c.value)
                 for f in feedback:
                     outcomes.append((f, self._append_feedback(tx, f.items, written)))
         except Exception as exc:  # the disk failed us: nothing in this batch is accepted
@@ -99,7 +120,8 @@ class SpoolWriter:
         finally:
             for c in completions:
                 self._index.settle(c.event)
-        self._usage.add(*written)
+        self._usage.add(written.events, written.bytes)
+        self._usage.add_index(written.index_bytes)
         self._metrics.completions.labels("recorded").inc(len(completions))
         for f, outcome in outcomes:
             if isinstance(outcome, Exception):
@@ -109,10 +131,11 @@ class SpoolWriter:
         self._on_commit()
 
     @staticmethod
-    def _append_feedback(tx: Transaction, items: list[Submission], written: list[int]) -> list[Accepted] | Exception:
-        """One submission under a savepoint: all of its items, or none."""
+    def _append_feedback(tx: Transaction, items: list[Submission], written: "Tally") -> list[Accepted] | Exception:
+        """One submission under a savepoint: all of its items, or none (and then none is counted)."""
         tx.cursor.execute("SAVEPOINT submission")
-        out, size = [], 0
+        mine = Tally()
+        out = []
         try:
             for item in items:
                 earlier = ServedIndex.claim(tx.cursor, item)
@@ -121,18 +144,18 @@ class SpoolWriter:
                     continue
                 value = item.event.to_bytes()
                 tx.append(topic_for(item.event), item.event.key(), value)
-                size += len(value)
+                mine.events += 1
+                mine.bytes += len(value)
+                mine.index_bytes += ServedIndex.key_bytes(item)
                 out.append(Accepted(item.event.event_id, duplicate=False))
         except IdempotencyConflict as exc:
             tx.cursor.execute("ROLLBACK TO submission")
             tx.cursor.execute("RELEASE submission")
             return exc
         tx.cursor.execute("RELEASE submission")
-        written[0] += sum(not a.duplicate for a in out)
-        written[1] += size
+        written.add(mine)
         return out
 
     def close(self) -> None:
         """Stop the thread (after what is queued, if it gets there in time)."""
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self._thread.stop(timeout=5)

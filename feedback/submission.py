@@ -10,6 +10,10 @@ class SpoolFull(Exception):
     """The local log holds as much undelivered data as it may; try again later."""
 
 
+class SpoolUnavailable(Exception):
+    """The disk did not take the submission in time (or failed); nothing was accepted."""
+
+
 class IdempotencyConflict(Exception):
     """An idempotency key was reused for different content."""
 

@@ -6,22 +6,28 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from core.config import Settings
+from core.supervision import supervise
 from feedback.recorder import FeedbackRecorder
 from gateway.auth import KeyStore, load_or_create_keys
 from gateway.dependencies import Services
 from gateway.deployment import Deployment
-from gateway.errors import install_error_handlers
+from gateway.errors import SafeJSONResponse, install_error_handlers
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import HTTPMetricsMiddleware
-from gateway.routers import admin, feedback, health, openai
+from gateway.label_filler import fill_forever
+from gateway.labelling import LabelQueue
+from gateway.routers import admin, feedback, health, labelling, openai
 from gateway.serving import Serving
 from registry.store import PolicyRegistry
 
 log = logging.getLogger(__name__)
+UI_DIR = Path(__file__).parent / "ui"
 
 
 def build_services(settings: Settings) -> Services:
@@ -31,13 +37,16 @@ def build_services(settings: Settings) -> Services:
         raise RuntimeError(f"the registry at {settings.paths.registry} has no current version; "
                            "run `alignloop init-model` (or `alignloop serve`, which does it) first")
     metrics = GatewayMetrics()
-    deployment = Deployment(registry, settings.engine, metrics)
+    deployment = Deployment(registry, settings.engine, metrics, settings.paths.last_served)
     recorder = FeedbackRecorder(settings.feedback, settings.paths.feedback_log, metrics.registry,
-                                consumer_groups=(settings.train.loop.group,))
-    serving = Serving(deployment.engine, settings.gateway, metrics,
-                      recorder if settings.feedback.record_completions else None)
-    keys = KeyStore(load_or_create_keys(settings.gateway.api_keys, settings.state_dir))
-    return Services(settings, deployment, serving, recorder, keys, metrics, started_at=time.time())
+                                consumer_groups=(settings.train.loop.group,),
+                                on_failure=lambda task: metrics.background_failures.labels(task).inc())
+    keys = KeyStore(load_or_create_keys(settings.gateway.api_keys, settings.state_dir),
+                    settings.gateway.failed_auth_per_minute)
+    labels = LabelQueue(settings.paths.labels, settings.gateway.labelling)
+    serving = Serving(deployment.engine, settings.gateway, metrics, keys,
+                      recorder if settings.feedback.record_completions else None, labels)
+    return Services(settings, deployment, serving, recorder, keys, metrics, labels, started_at=time.time())
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -47,29 +56,29 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        async def start() -> None:
-            version = deployment.registry.current()
-            try:
-                await deployment.start(version)
-            except Exception:
-                log.exception("engine failed to start on %s; the gateway stays unready", version)
-
-        starting = asyncio.create_task(start())
+        starting = asyncio.create_task(deployment.start_with_fallback(deployment.registry.current()))
         poll_s = settings.gateway.registry_poll_s
         watching = asyncio.create_task(deployment.follow_registry(poll_s)) if poll_s > 0 else None
+        filling = asyncio.create_task(supervise("label-filler", lambda: fill_forever(
+            services.labels, deployment.engine, services.recorder, settings.gateway.labelling, services.metrics),
+            on_failure=lambda task: services.metrics.background_failures.labels(task).inc()))
         yield
         starting.cancel()
+        filling.cancel()
         if watching is not None:
             watching.cancel()
         deployment.shutdown()
         services.recorder.close()
 
-    app = FastAPI(title="alignloop gateway", lifespan=lifespan)
+    app = FastAPI(title="alignloop gateway", lifespan=lifespan, default_response_class=SafeJSONResponse)
     app.state.services = services
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(feedback.router)
     app.include_router(admin.router)
     app.include_router(health.router)
+    app.include_router(labelling.router)
+    # The ranking page: static files, same origin as the API it calls, nothing fetched from elsewhere.
+    app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
     app.add_middleware(HTTPMetricsMiddleware, metrics=services.metrics, max_body_bytes=settings.gateway.max_body_bytes)
     return app

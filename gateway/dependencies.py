@@ -16,6 +16,7 @@ from feedback.recorder import FeedbackRecorder
 from gateway.auth import Caller, KeyStore
 from gateway.errors import APIError
 from gateway.deployment import Deployment
+from gateway.labelling import LabelQueue
 from gateway.metrics import GatewayMetrics
 from gateway.serving import Serving
 
@@ -30,6 +31,7 @@ class Services:
     recorder: FeedbackRecorder
     keys: KeyStore
     metrics: GatewayMetrics
+    labels: LabelQueue
     started_at: float
 
 
@@ -56,7 +58,13 @@ def get_recorder(services: ServicesDep) -> FeedbackRecorder:
     return services.recorder
 
 
+def get_labels(services: ServicesDep) -> LabelQueue:
+    """The raters' labelling queue."""
+    return services.labels
+
+
 DeploymentDep = Annotated[Deployment, Depends(get_deployment)]
+LabelsDep = Annotated[LabelQueue, Depends(get_labels)]
 ServingDep = Annotated[Serving, Depends(get_serving)]
 RecorderDep = Annotated[FeedbackRecorder, Depends(get_recorder)]
 

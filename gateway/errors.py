@@ -6,6 +6,7 @@ OpenAI SDK maps these onto its exception classes (400 BadRequestError, 401 Authe
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -24,6 +25,7 @@ _TYPES = {
     409: "conflict_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
+    499: "client_closed_request",
     503: "service_unavailable",
 }
 
@@ -37,6 +39,14 @@ class APIError(Exception):
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
 
+class SafeJSONResponse(JSONResponse):
+    """JSON rendered ASCII-only: a body that quotes client input (an unknown key, a bad id) can
+    always be sent, even when that input is not valid Unicode."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
     """The JSON body of an error response."""
     return {"error": {"message": message, "type": _TYPES.get(status, "api_error"), "param": param, "code": code}}
@@ -45,7 +55,7 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     """An OpenAI-style error response."""
-    return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
+    return SafeJSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:

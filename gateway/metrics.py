@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
 
 class GatewayMetrics:
@@ -35,6 +36,17 @@ class GatewayMetrics:
         self.cancelled = Counter("alignloop_requests_cancelled", "Generations aborted because the client went away",
                                  ["route"], registry=r)
         self.ready = Gauge("alignloop_engine_ready", "1 once the engine has warmed up", registry=r)
+        self.background_failures = Counter("alignloop_background_failures", "Failures of a supervised background "
+                                           "thread or task (it restarted)", ["task"], registry=r)
+        self.overhead = Histogram("alignloop_gateway_overhead_seconds", "Time a request spent in the gateway "
+                                  "outside the engine (parsing, auth, tokenising, recording, rendering)", ["route"],
+                                  buckets=_OVERHEAD_BUCKETS, registry=r)
+        self.labelling_waiting = Gauge("alignloop_labelling_items_waiting", "Labelling-queue items that still need "
+                                       "a rater (or their candidates)", registry=r)
+        self.labelled = Counter("alignloop_labelling_rankings", "Rankings of labelling-queue items, by rater",
+                                ["rater"], registry=r)
+        self.rater_agreement = Gauge("alignloop_rater_agreement", "Share of candidate pairs that two raters of the "
+                                     "same item ordered the same way (InstructGPT: ~0.73)", registry=r)
 
     def set_version(self, version: str) -> None:
         """Mark version as the one served."""

@@ -1,5 +1,6 @@
 """The ASGI middleware in front of every route: bounds request bodies (413) and records the
-HTTP-level metrics (requests by route and status, latency to the last byte, requests in flight)."""
+HTTP-level metrics (requests by route and status, latency to the last byte, requests in flight,
+the gateway's own overhead outside the engine: gateway/overhead.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 
 from gateway.errors import error_body
 from gateway.metrics import GatewayMetrics
+from gateway.overhead import HEADER, SCOPE_KEY, EngineClock
 
 
 class _BodyTooLarge(Exception):
@@ -27,6 +29,8 @@ class HTTPMetricsMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.monotonic()
+        clock = EngineClock()
+        scope.setdefault("state", {})[SCOPE_KEY] = clock
         status = {"code": 500, "sent": False}
         declared = dict(scope.get("headers") or []).get(b"content-length")
         self.metrics.in_flight.inc()
@@ -56,7 +60,13 @@ class HTTPMetricsMiddleware:
                     return
                 if message["type"] == "http.response.start":
                     status["code"], status["sent"] = message["status"], True
+                    overhead_ms = f"{clock.overhead_s() * 1000:.2f}".encode()
+                    message = {**message, "headers": [*message.get("headers", []), (HEADER, overhead_ms)]}
+                    await send(message)
+                    return
+                t0 = time.monotonic()
                 await send(message)
+                clock.sending_s += time.monotonic() - t0
 
             try:
                 await self.app(scope, bounded_receive, recording_send)
@@ -69,6 +79,7 @@ class HTTPMetricsMiddleware:
             label = getattr(route, "path", "unmatched")
             self.metrics.requests.labels(label, scope["method"], str(status["code"])).inc()
             self.metrics.latency.labels(label).observe(time.monotonic() - started)
+            self.metrics.overhead.labels(label).observe(clock.overhead_s())
 
     async def _too_large(self, send, status) -> None:
         body = json.dumps(error_body(413, f"Request body exceeds {self.max_body} bytes.", code="body_too_large")).encode()

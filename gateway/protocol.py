@@ -8,10 +8,24 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.limits import MAX_BATCH_ITEMS, MAX_ID_CHARS, MAX_K, MAX_TEXT_CHARS, MIN_K
 from inference.sampling import Sampling
+
+GREEDY_BELOW = 1e-5  # temperatures under this are greedy decoding (vLLM's rule)
+
+
+def _plain_text(value: str) -> str:
+    # JSON may carry "\ud800"; such a string is no text: it cannot be tokenised, stored or sent back.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (a lone surrogate such as \\ud800 is not)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_plain_text)]  # every string a client sends
 
 
 class _Request(BaseModel):
@@ -25,17 +39,17 @@ class StreamOptions(_Request):
 
 
 class _SamplingFields(_Request):
-    model: str
+    model: Text
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=MAX_K)  # K candidates to rank
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    user: str | None = Field(default=None, max_length=256)
+    user: Text | None = Field(default=None, max_length=256)
     # vLLM's extension, accepted by `vllm serve` too: generate exactly max_tokens.
     ignore_eos: bool = False
 
@@ -46,6 +60,12 @@ class _SamplingFields(_Request):
         if len(stops) > 4 or any(len(s) > 64 or not s for s in stops):
             raise ValueError("stop takes at most 4 non-empty sequences of at most 64 characters")
         return v
+
+    @model_validator(mode="after")
+    def _n_needs_sampling(self):
+        if self.n > 1 and self.temperature < GREEDY_BELOW:
+            raise ValueError(f"n={self.n} candidates need temperature > 0: greedy decoding gives one answer n times")
+        return self
 
     def to_sampling(self, max_tokens: int, logprobs: int | None) -> Sampling:
         """The engine's sampling settings for this request (max_tokens and logprobs resolved by the caller)."""
@@ -58,7 +78,7 @@ class _SamplingFields(_Request):
 class CompletionRequest(_SamplingFields):
     """POST /v1/completions."""
 
-    prompt: str | list[int] = Field(union_mode="left_to_right")
+    prompt: Text | list[int] = Field(union_mode="left_to_right")
     max_tokens: int | None = Field(default=None, ge=1)
     logprobs: int | None = Field(default=None, ge=0, le=5)
     echo: Literal[False] = False
@@ -67,8 +87,8 @@ class CompletionRequest(_SamplingFields):
 
 class ChatMessage(_Request):
     role: Literal["system", "user", "assistant"]
-    content: str
-    name: str | None = None
+    content: Text
+    name: Text | None = Field(default=None, max_length=256)
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -195,36 +215,37 @@ class PairwiseFeedback(_Request):
     """One choice preferred over another of the same request (or a tie)."""
 
     kind: Literal["pairwise"] = "pairwise"
-    chosen: str = _ID
-    rejected: str = _ID
+    chosen: Text = _ID
+    rejected: Text = _ID
     tie: bool = False
-    idempotency_key: str | None = _IDEMPOTENCY
+    idempotency_key: Text | None = _IDEMPOTENCY
 
 
 class RankingFeedback(_Request):
     """K = 2..9 choices of one request, best first; a nested list is a group of ties."""
 
     kind: Literal["ranking"] = "ranking"
-    ranking: list[str | list[str]] = Field(min_length=MIN_K, max_length=MAX_K)
-    idempotency_key: str | None = _IDEMPOTENCY
+    ranking: list[Annotated[Text, Field(max_length=MAX_ID_CHARS)]
+                  | list[Annotated[Text, Field(max_length=MAX_ID_CHARS)]]] = Field(min_length=MIN_K, max_length=MAX_K)
+    idempotency_key: Text | None = _IDEMPOTENCY
 
 
 class RatingFeedback(_Request):
     """Thumbs up (1) or down (-1) on one choice."""
 
     kind: Literal["rating"] = "rating"
-    choice_id: str = _ID
+    choice_id: Text = _ID
     rating: Literal[-1, 1]
-    idempotency_key: str | None = _IDEMPOTENCY
+    idempotency_key: Text | None = _IDEMPOTENCY
 
 
 class DemonstrationFeedback(_Request):
     """A better response, written by the user, to a request they made."""
 
     kind: Literal["demonstration"] = "demonstration"
-    request_id: str = _ID
-    response: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
-    idempotency_key: str | None = _IDEMPOTENCY
+    request_id: Text = _ID
+    response: Text = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    idempotency_key: Text | None = _IDEMPOTENCY
 
 
 FeedbackItem = Annotated[PairwiseFeedback | RankingFeedback | RatingFeedback | DemonstrationFeedback,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,12 +21,17 @@ from core.config import GatewayConfig
 from feedback.events import CompletionServed, ServedChoice
 from feedback.recorder import FeedbackRecorder
 from gateway import protocol as p
-from gateway.auth import Caller
+from gateway.auth import Caller, GenerationLease, KeyStore
 from gateway.errors import APIError, error_body
+from gateway.labelling import LabelQueue
 from gateway.metrics import GatewayMetrics
+from gateway.overhead import clock_of
 from gateway.rendering import Accumulator, ChatRenderer, CompletionRenderer, Renderer, choice_id
 from inference.engine import PolicyEngine
+from inference.prompts import ChatTemplateError, chat_ids
 from inference.sampling import Chunk, Sampling
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +47,8 @@ class Job:
     started: float
     caller: str
     served: dict  # what the completion event records of the request: prompt or messages, prompt_text
+    label_sampling: bool = False  # the caller lets its prompts be sampled into the labelling queue
+    sticky_key: str = ""  # who the request is for (key, and the request's `user` if given): canary routing
 
     def usage(self, generated: int) -> dict:
         """The usage block for `generated` completion tokens."""
@@ -67,9 +75,10 @@ def _sse(payload: dict | str) -> str:
 class Serving:
     """Validates requests against the caller's limits and runs them on the engine."""
 
-    def __init__(self, engine: PolicyEngine, config: GatewayConfig, metrics: GatewayMetrics,
-                 recorder: FeedbackRecorder | None = None):
-        self.engine, self.config, self.metrics, self.recorder = engine, config, metrics, recorder
+    def __init__(self, engine: PolicyEngine, config: GatewayConfig, metrics: GatewayMetrics, keys: KeyStore,
+                 recorder: FeedbackRecorder | None = None, labels: LabelQueue | None = None):
+        self.engine, self.config, self.metrics, self.keys, self.recorder = engine, config, metrics, keys, recorder
+        self.labels = labels
 
     # ---- validation -------------------------------------------------------------------------
 
@@ -101,29 +110,51 @@ class Serving:
                            param="max_tokens", code="context_length_exceeded")
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return Job(route, f"{prefix}-{uuid.uuid4().hex}", prompt_ids, req.to_sampling(max_tokens, logprobs),
-                   req.stream, include_usage, time.monotonic(), caller.name, served)
+                   req.stream, include_usage, time.monotonic(), caller.name, served, caller.limits.label_sampling,
+                   f"{caller.name}:{req.user or ''}")
 
-    def _tokenize(self, text: str, *, special: bool) -> list[int]:
-        return self.engine.tokenizer(text, add_special_tokens=special)["input_ids"]
+    def _max_chars(self) -> int:
+        # No prompt can have fewer tokens than characters / the longest token's bytes, so past this
+        # many characters a prompt is over max_prompt_tokens for sure: refuse it without tokenising.
+        tok = self.engine.tokenizer
+        if getattr(self, "_longest_for", None) is not tok:
+            self._longest = max(len(t.encode("utf-8", "replace")) for t in tok.get_vocab())
+            self._longest_for = tok
+        return self.config.max_prompt_tokens * self._longest
+
+    def _check_size(self, chars: int, param: str) -> None:
+        if chars > self._max_chars():
+            raise APIError(400, f"The prompt has {chars} characters; no more than {self._max_chars()} can fit the "
+                                f"{self.config.max_prompt_tokens}-token limit.", param=param, code="prompt_too_long")
+
+    async def _off_loop(self, fn, *args):
+        # Tokenising a long text takes long enough to stall every other request: do it in a thread.
+        return await asyncio.to_thread(fn, *args) if sum(len(str(a)) for a in args) > 2000 else fn(*args)
 
     # ---- entry points -----------------------------------------------------------------------
 
     async def completion(self, req: p.CompletionRequest, caller: Caller, request: Request):
         """POST /v1/completions."""
         self._check_ready_and_model(req.model)
+        tok = self.engine.tokenizer
         if isinstance(req.prompt, str):
-            prompt_ids = self._tokenize(req.prompt, special=True)
+            self._check_size(len(req.prompt), "prompt")
+            # A completions prompt is the model's raw input: control tokens in it are meant.
+            prompt_ids = await self._off_loop(lambda t: tok(t, add_special_tokens=True)["input_ids"], req.prompt)
         else:
-            vocab = len(self.engine.tokenizer)
+            if len(req.prompt) > self.config.max_prompt_tokens:  # before looking at any id
+                raise APIError(400, f"The prompt has {len(req.prompt)} tokens; the limit is "
+                                    f"{self.config.max_prompt_tokens}.", param="prompt", code="prompt_too_long")
+            vocab = len(tok)
             if not req.prompt or any(t < 0 or t >= vocab for t in req.prompt):
                 raise APIError(400, f"Token-id prompts must be non-empty ids in [0, {vocab}).", param="prompt")
             prompt_ids = list(req.prompt)
         if not prompt_ids:
             raise APIError(400, "The prompt is empty.", param="prompt", code="empty_prompt")
-        prompt_text = req.prompt if isinstance(req.prompt, str) else self.engine.tokenizer.decode(prompt_ids)
+        prompt_text = req.prompt if isinstance(req.prompt, str) else tok.decode(prompt_ids)
         job = self._job("completions", "cmpl", req, caller, prompt_ids, req.max_tokens, req.logprobs,
                         {"prompt": prompt_text, "prompt_text": prompt_text})
-        return await self._run(job, request, req.model, CompletionRenderer(req.logprobs))
+        return await self._run(job, request, req.model, CompletionRenderer(req.logprobs), caller)
 
     async def chat(self, req: p.ChatCompletionRequest, caller: Caller, request: Request):
         """POST /v1/chat/completions."""
@@ -132,12 +163,16 @@ class Serving:
         if not tok.chat_template:
             raise APIError(400, "This model has no chat template; use /v1/completions.", code="no_chat_template")
         messages = [{"role": m.role, "content": m.content} for m in req.messages]
-        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        prompt_ids = self._tokenize(text, special=False)  # the template already placed any BOS
+        self._check_size(sum(len(m["content"]) for m in messages), "messages")
+        try:
+            # Message content is text: a user's "<|end|><|system|>" never becomes control tokens.
+            text, prompt_ids = await self._off_loop(chat_ids, tok, messages)
+        except ChatTemplateError as exc:
+            raise APIError(400, str(exc), param="messages", code="chat_template_error") from None
         top = req.top_logprobs or 0
         job = self._job("chat", "chatcmpl", req, caller, prompt_ids, req.max_completion_tokens or req.max_tokens,
                         top if req.logprobs else None, {"messages": messages, "prompt_text": text})
-        return await self._run(job, request, req.model, ChatRenderer(req.logprobs, top))
+        return await self._run(job, request, req.model, ChatRenderer(req.logprobs, top), caller)
 
     # ---- running ----------------------------------------------------------------------------
 
@@ -146,7 +181,12 @@ class Serving:
         self.metrics.generation_tokens.inc(generated)
 
     def _record(self, job: Job, version: str, result: Accumulator) -> None:
-        """Hand the served completion to the feedback recorder (never waits)."""
+        """Hand the served completion to the feedback recorder (never waits); maybe sample its prompt
+        into the labelling queue."""
+        messages = job.served.get("messages")
+        if self.labels is not None and job.label_sampling and messages and len(messages) == 1 \
+                and messages[0]["role"] == "user":
+            self.labels.offer(messages[0]["content"])
         if self.recorder is None:
             return
         self.recorder.record_completion(CompletionServed(
@@ -156,8 +196,17 @@ class Serving:
                      for i, c in enumerate(result.candidates)],
             sampling=job.sampling.describe(), policy_version=version, caller=job.caller, **job.served))
 
-    async def _run(self, job: Job, request: Request, model: str, renderer: Renderer):
-        chunks = self.engine.generate(job.prompt_ids, job.sampling, job.response_id)
+    async def _run(self, job: Job, request: Request, model: str, renderer: Renderer, caller: Caller):
+        lease = self.keys.admit(caller, job.sampling.n * job.sampling.max_tokens)
+        try:
+            return await self._generate(job, request, model, renderer, lease)
+        except BaseException:
+            lease.release(0)  # a stream that started releases it itself, when it ends
+            raise
+
+    async def _generate(self, job: Job, request: Request, model: str, renderer: Renderer, lease: GenerationLease):
+        chunks = clock_of(request.scope).timed(self.engine.generate(job.prompt_ids, job.sampling, job.response_id,
+                                                                    sticky_key=job.sticky_key))
         try:
             first = await anext(chunks)
         except StopAsyncIteration:
@@ -168,9 +217,10 @@ class Serving:
         headers = {"X-Policy-Version": version, "X-Request-Id": job.response_id}
         head = {"id": job.response_id, "created": int(time.time()), "model": model, "policy_version": version}
         if job.stream:
-            events = self._stream(job, chunks, first, head, renderer)
+            events = self._stream(job, chunks, first, head, renderer, lease)
             return _ClosingStreamingResponse(events, media_type="text/event-stream", headers=headers)
         result = await self._collect(job, chunks, first, request)
+        lease.release(result.generated)
         self._count(job, result.generated)
         self._record(job, version, result)
         body = {**head, "object": renderer.object, "usage": job.usage(result.generated),
@@ -201,7 +251,7 @@ class Serving:
         return result
 
     async def _stream(self, job: Job, chunks: AsyncIterator[Chunk], first: Chunk | None, head: dict,
-                      renderer: Renderer) -> AsyncIterator[str]:
+                      renderer: Renderer, lease: GenerationLease) -> AsyncIterator[str]:
         chunk_head = {**head, "object": renderer.chunk_object}
         result = Accumulator(job.sampling.n)
         opened: set[int] = set()  # candidates that have sent their first piece (it carries the role)
@@ -230,13 +280,17 @@ class Serving:
             yield _sse("[DONE]")
             finished = True
             self._record(job, head["policy_version"], result)
-        except Exception as exc:  # the status line is gone; tell the client in-band, as OpenAI does
-            yield _sse(error_body(500, f"Generation failed: {exc}", code="generation_failed"))
+        except Exception:  # the status line is gone; tell the client in-band, as OpenAI does
+            # The reason stays in the log: internal error text is not the client's business.
+            log.exception("stream %s failed", job.response_id)
+            yield _sse(error_body(500, "Generation failed; the request was not completed. Retry it.",
+                                  code="generation_failed"))
             yield _sse("[DONE]")
             finished = True
         finally:
             # Reaching here unfinished means the client hung up: closing the chunks aborts the engine request.
             if not finished:
                 self.metrics.cancelled.labels(job.route).inc()
+            lease.release(result.generated)
             self._count(job, result.generated)
             await chunks.aclose()

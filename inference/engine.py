@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 import time
@@ -48,12 +49,21 @@ class Switch:
     seconds: float
 
 
-@dataclass
+class SwapBusy(Exception):
+    """Another switch holds the engines for longer than a caller may wait."""
+
+
+@dataclass(frozen=True)
 class Canary:
     """A candidate version taking a fraction of the traffic."""
 
     version: str
     fraction: float
+
+
+def _unit_hash(key: str) -> float:
+    """A stable number in [0, 1) for key."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:12], 16) / float(16 ** 12)
 
 
 class PolicyEngine:
@@ -99,26 +109,34 @@ class PolicyEngine:
         self._active = await VLLMEngine.launch(version, path, self.config)
         self.ready = True
 
-    def _route(self) -> VLLMEngine:
-        if self._canary is not None and self._route_rng.random() < self._canary_fraction:
-            return self._canary
-        return self._active
+    def _route(self, version: str | None = None, sticky_key: str | None = None) -> VLLMEngine:
+        if version is not None:
+            for instance in (self._active, self._canary):
+                if instance is not None and instance.version == version:
+                    return instance
+            raise LookupError(f"version {version} is neither serving nor the canary")
+        if self._canary is None:
+            return self._active
+        # Sticky: one user's requests all go to one version for the whole canary (a user who saw
+        # the candidate once and the old version next would compare the two, not judge one), and a
+        # new canary draws its users afresh.
+        draw = (_unit_hash(f"{self._canary.version}:{sticky_key}") if sticky_key is not None
+                else self._route_rng.random())
+        return self._canary if draw < self._canary_fraction else self._active
 
-    async def generate(self, prompt_token_ids: list[int], sampling: Sampling,
-                       request_id: str | None = None) -> AsyncIterator[Chunk]:
-        """Stream new output of every candidate from the engine this request is routed to."""
-        # Routing and counting happen before the first await, so a switch that moves traffic away
-        # from an engine sees every request already sent to it and waits for them before retiring it.
-        instance = self._route()
-        instance.in_flight += 1
-        try:
-            # aclosing: when our caller closes us (a client hung up), the instance's generator is
-            # closed at once, aborting the engine request, instead of whenever it is collected.
-            async with contextlib.aclosing(instance.generate(prompt_token_ids, sampling, request_id)) as chunks:
-                async for chunk in chunks:
-                    yield chunk
-        finally:
-            instance.in_flight -= 1
+    async def generate(self, prompt_token_ids: list[int], sampling: Sampling, request_id: str | None = None,
+                       version: str | None = None, sticky_key: str | None = None) -> AsyncIterator[Chunk]:
+        """Stream new output of every candidate from the engine this request is routed to: the
+        canary for its fraction of sticky keys (users; of requests without one), else the serving
+        engine; or from `version`'s engine, serving or canary (LookupError if it is neither)."""
+        # Routing happens before the first await, and the engine counts the request before its first
+        # await too, so a switch that moves traffic away sees every request already sent to it.
+        instance = self._route(version, sticky_key)
+        # aclosing: when our caller closes us (a client hung up), the instance's generator is
+        # closed at once, aborting the engine request, instead of whenever it is collected.
+        async with contextlib.aclosing(instance.generate(prompt_token_ids, sampling, request_id)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def switch_to(self, version: str, mode: str | None = None) -> Switch:
         """Serve another registry version from the next request on.
@@ -130,7 +148,7 @@ class PolicyEngine:
             raise ValueError(f"unknown swap mode {mode!r}; use one of {SWAP_MODES}")
         path = self.registry.path(version)
         validate_checkpoint(path)
-        async with self._swap_lock:
+        async with self._switching():
             if version == self.version:
                 return Switch("none", 0.0)
             started = time.monotonic()
@@ -159,7 +177,7 @@ class PolicyEngine:
             raise ValueError("a canary fraction is between 0 and 1 (exclusive)")
         path = self.registry.path(version)
         validate_checkpoint(path)
-        async with self._swap_lock:
+        async with self._switching():
             if version == self.version:
                 raise RegistryError(f"{version} is already the serving version")
             if self._canary is not None and self._canary.version == version:
@@ -173,13 +191,26 @@ class PolicyEngine:
 
     async def stop_canary(self) -> str | None:
         """Send all traffic to the serving version again; returns the canary's version."""
-        async with self._swap_lock:
+        async with self._switching():
             old, self._canary = self._canary, None
             if old is None:
                 return None
             self._retire(old)
             log.info("engine: canary %s stopped", old.version)
             return old.version
+
+    @contextlib.asynccontextmanager
+    async def _switching(self):
+        """The swap lock, waited for at most engine.swap_wait_s (then SwapBusy): nobody waits forever
+        behind a switch."""
+        try:
+            await asyncio.wait_for(self._swap_lock.acquire(), self.config.swap_wait_s)
+        except TimeoutError:
+            raise SwapBusy(f"another switch has held the engines for over {self.config.swap_wait_s:g}s") from None
+        try:
+            yield
+        finally:
+            self._swap_lock.release()
 
     async def _launch_compatible(self, version: str) -> VLLMEngine:
         path = self.registry.path(version)
@@ -193,7 +224,7 @@ class PolicyEngine:
     def _retire(self, instance: VLLMEngine) -> None:
         # In the background: the switch is done once new requests go elsewhere; the old engine
         # finishes what it has (at most max_tokens per request) and then gives its memory back.
-        task = asyncio.create_task(instance.retire())
+        task = asyncio.create_task(instance.retire(self.config.drain_timeout_s))
         self._retiring[task] = instance
         task.add_done_callback(lambda t: self._retiring.pop(t, None))
 

@@ -81,7 +81,8 @@ class VLLMEngine:
         self.llm, self.version, self.path, self.tokenizer = llm, version, path, tokenizer
         self.fingerprint = arch_fingerprint(path)
         self.tokenizer_fingerprint = tokenizer_fingerprint(path)
-        self.in_flight = 0  # requests routed here and not yet finished (incremented before any await)
+        self.in_flight = 0  # requests the engine is working on (see generate)
+        self._running: set[str] = set()
         self._gate = _SwapGate()
 
     @classmethod
@@ -127,12 +128,20 @@ class VLLMEngine:
         request_id = request_id or uuid.uuid4().hex
         queue: asyncio.Queue = asyncio.Queue()
         done = object()
-        await self._gate.acquire_shared()
+        # Counted before any await (a switch that moves traffic away sees every request sent here),
+        # and until the *engine* is done with it, not the client: output is buffered (at most
+        # max_tokens per candidate), so a client that stops reading holds no engine, no weights
+        # and no retiring engine's memory.
+        self.in_flight += 1
+        try:
+            await self._gate.acquire_shared()
+        except BaseException:
+            self.in_flight -= 1
+            raise
         version = self.version
+        self._running.add(request_id)
 
         async def pump() -> None:
-            # Drains the engine independently of how fast the caller reads, so a slow client
-            # cannot hold the weights (and so a pending reload) hostage.
             try:
                 async for out in self.llm.generate({"prompt_token_ids": prompt_token_ids}, params, request_id):
                     for c in out.outputs:
@@ -147,6 +156,8 @@ class VLLMEngine:
             except BaseException as exc:  # handed to the caller, who re-raises it
                 queue.put_nowait(exc)
             finally:
+                self._running.discard(request_id)
+                self.in_flight -= 1
                 await self._gate.release_shared()
 
         task = asyncio.create_task(pump())
@@ -185,14 +196,21 @@ class VLLMEngine:
                 await self.llm.resume_generation()
             self.version, self.path = version, path
 
-    async def drain(self) -> None:
-        """Wait until no request routed here is still running."""
-        while self.in_flight:
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until the engine has no request left (True), or timeout_s passed (False)."""
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+        return not self.in_flight
 
-    async def retire(self) -> None:
-        """Let running requests finish, then stop the engine's worker processes."""
-        await self.drain()
+    async def retire(self, drain_timeout_s: float) -> None:
+        """Let running requests finish (for at most drain_timeout_s, then abort them), then stop the
+        engine's worker processes: an engine taken out of service always gives its memory back."""
+        if not await self.drain(drain_timeout_s):
+            log.warning("engine: %d requests on the retiring %s engine outlived %.0fs; aborting them",
+                        self.in_flight, self.version, drain_timeout_s)
+            await self.llm.abort(list(self._running))
+            await self.drain(5.0)
         await asyncio.to_thread(self.shutdown)
         log.info("engine: retired the engine that served %s", self.version)
 

@@ -14,6 +14,8 @@ can execute code on load.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -30,7 +32,7 @@ from core.failpoints import failpoint
 from registry.errors import UnknownVersion
 from registry.validation import validate_checkpoint
 
-VERSION_RE = re.compile(r"^v(\d{4,})$")
+VERSION_RE = re.compile(r"^v(\d{4,9})$")  # bounded: a name from a request never makes an over-long path
 META_FILE = "alignloop-version.json"
 
 
@@ -115,12 +117,42 @@ class PolicyRegistry:
     def current(self) -> str | None:
         """The version that should be served, or None for an empty registry."""
         pointer = self.root / "CURRENT"
-        return pointer.read_text().strip() if pointer.exists() else None
+        return pointer.read_text(errors="replace").strip()[:64] if pointer.exists() else None
+
+    def current_stamp(self) -> tuple[str | None, int]:
+        """CURRENT and when it was last written (ns): a rewrite of the same name is a new request."""
+        pointer = self.root / "CURRENT"
+        try:
+            return self.current(), pointer.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None, 0
+
+    @contextlib.contextmanager
+    def _pointer_lock(self):
+        # Serialises pointer moves across processes (the trainer promoting, each gateway reverting).
+        with open(self.root / ".current.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def set_current(self, name: str) -> None:
         """Point CURRENT at an existing version (atomic)."""
         validate_checkpoint(self.path(name))
-        _write_atomic(self.root / "CURRENT", name + "\n")
+        with self._pointer_lock():
+            _write_atomic(self.root / "CURRENT", name + "\n")
+
+    def compare_and_set_current(self, expected: str | None, name: str) -> bool:
+        """Point CURRENT at `name` only if it still names `expected`; False (nothing written) if
+        somebody moved it meanwhile. A gateway reverting a version it refused must not undo a newer
+        promotion."""
+        validate_checkpoint(self.path(name))
+        with self._pointer_lock():
+            if self.current() != expected:
+                return False
+            _write_atomic(self.root / "CURRENT", name + "\n")
+            return True
 
     def publish(
         self,

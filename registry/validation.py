@@ -9,6 +9,7 @@ from pathlib import Path
 from registry.errors import RegistryError
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
+_MAX_HEADER = 100 * 2**20  # safetensors' own limit on a header
 REQUIRED_FILES = ("config.json",)
 
 
@@ -19,14 +20,25 @@ def check_safetensors(path: Path) -> None:
     try:
         with open(path, "rb") as f:
             n = int.from_bytes(f.read(8), "little")
-            if n <= 0 or 8 + n > size:
+            if n <= 0 or 8 + n > size or n > _MAX_HEADER:
                 raise ValueError("header length out of range")
             header = json.loads(f.read(n))
-        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        if not isinstance(header, dict):
+            raise ValueError(f"the header is a {type(header).__name__}, not a table of tensors")
+        end = 0
+        for name, tensor in header.items():
+            if name == "__metadata__":
+                continue
+            begin, stop = tensor["data_offsets"]
+            if not (isinstance(begin, int) and isinstance(stop, int) and 0 <= begin <= stop):
+                raise ValueError(f"tensor {name!r} has offsets {tensor['data_offsets']!r}")
+            end = max(end, stop)
         if 8 + n + end != size:
             raise ValueError(f"tensors need {8 + n + end} bytes, the file has {size}")
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise RegistryError(f"{path} is not a valid safetensors file ({exc})") from exc
+    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError, RecursionError) as exc:
+        # Whatever the damage (truncation, garbage, a header that is not a table, nesting deep
+        # enough to exhaust the parser), it is a refusal, never an error that escapes.
+        raise RegistryError(f"{path} is not a valid safetensors file ({type(exc).__name__}: {exc})"[:500]) from exc
 
 
 def validate_checkpoint(path: Path) -> None:
@@ -46,6 +58,7 @@ def validate_checkpoint(path: Path) -> None:
     for w in weights:
         check_safetensors(w)
     try:
-        json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError as exc:
+        if not isinstance(json.loads((path / "config.json").read_text()), dict):
+            raise RegistryError(f"checkpoint {path} has a config.json that is not an object")
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise RegistryError(f"checkpoint {path} has an unreadable config.json: {exc}") from exc

@@ -26,6 +26,10 @@ from trainer.data import write_jsonl
 REPO = Path(__file__).resolve().parent.parent
 USER_KEY, USER2_KEY, SLOW_KEY, ADMIN_KEY = "sk-test-alice", "sk-test-bob", "sk-test-slow", "sk-test-admin"
 RATER_KEY = "sk-test-rater"
+PRIVATE_KEY = "sk-test-private"  # opted out of labelling sampling
+# Keys with tight fairness limits, for the tests of those limits (tests/gateway/test_hostile_input.py).
+ONE_AT_A_TIME_KEY, SMALL_BUDGET_KEY, FEW_REQUESTS_KEY = "sk-test-one-at-a-time", "sk-test-small-budget", "sk-test-few"
+FUZZ_KEY = "sk-test-fuzz"  # tests/gateway/test_fuzz.py: generous limits, so fuzzing spends no other key's budget
 MODEL = "alignloop-policy"
 # Small enough to build in seconds, trained enough to answer the corpus' questions.
 TEST_MODEL = TinyModelConfig(pretrain_steps=120, corpus_examples=3000)
@@ -105,7 +109,7 @@ class Gateway:
         return self.log.read_text(errors="replace")[-4000:]
 
 
-def _write_config(path: Path, state_dir: Path, port: int, kafka: str | None, swap_mode: str) -> None:
+def _write_config(path: Path, state_dir: Path, port: int, kafka: str | None, swap_mode: str, labelling: str) -> None:
     feedback = f'[feedback]\nkafka_bootstrap = "{kafka}"\nkafka_timeout_s = 3\n' if kafka else ""
     path.write_text(f"""
 state_dir = "{state_dir}"
@@ -114,16 +118,25 @@ port = {port}
 max_body_bytes = 65536
 max_prompt_tokens = 200
 api_keys = [
-  {{ key = "{USER_KEY}", name = "alice", role = "user", max_tokens = 256 }},
+  {{ key = "{USER_KEY}", name = "alice", role = "user", max_tokens = 256, requests_per_minute = 100000 }},
   {{ key = "{USER2_KEY}", name = "bob", role = "user", max_n = 2 }},
   {{ key = "{SLOW_KEY}", name = "slow", role = "user", requests_per_minute = 2 }},
   {{ key = "{RATER_KEY}", name = "rita", role = "rater" }},
+  {{ key = "{PRIVATE_KEY}", name = "private", role = "user", label_sampling = false }},
+  {{ key = "{ONE_AT_A_TIME_KEY}", name = "solo", role = "user", max_concurrent_requests = 1 }},
+  {{ key = "{SMALL_BUDGET_KEY}", name = "frugal", role = "user", generated_tokens_per_minute = 500 }},
+  {{ key = "{FEW_REQUESTS_KEY}", name = "few", role = "user", requests_per_minute = 10 }},
+  {{ key = "{FUZZ_KEY}", name = "fuzz", role = "user", max_tokens = 64, max_concurrent_requests = 64, generated_tokens_per_minute = 100000000, requests_per_minute = 1000000 }},
   {{ key = "{ADMIN_KEY}", name = "ops", role = "admin" }},
 ]
+failed_auth_per_minute = 30
 [engine]
 max_model_len = 256
 swap_mode = "{swap_mode}"
-{feedback}""")
+{feedback}
+[gateway.labelling]
+{labelling}
+""")
 
 
 def write_pretraining_data(state_dir: Path) -> None:
@@ -131,16 +144,19 @@ def write_pretraining_data(state_dir: Path) -> None:
     write_jsonl(StatePaths(state_dir).pretraining_data, ({"text": t} for t in pretraining_texts(512, seed=0)))
 
 
-def make_gateway(root: Path, model_dir: Path, kafka: str | None, swap_mode: str = "in_place") -> Gateway:
+def make_gateway(root: Path, model_dir: Path, kafka: str | None, swap_mode: str = "in_place",
+                 labelling: str = "sample_rate = 0.0") -> Gateway:
     """A configured, not yet started gateway whose registry holds v0001 (current) and v0002
-    (same shapes, other weights)."""
+    (same shapes, other weights). Labelling sampling is off unless asked for (TOML lines of the
+    [gateway.labelling] table): the queue's extra generations would otherwise share the engine
+    with tests that count its requests."""
     state_dir = root / "state"
     write_pretraining_data(state_dir)
     registry = PolicyRegistry(state_dir / "registry")
     registry.publish(model_dir, source="tiny-model", make_current=True)
     registry.publish(perturbed_copy(model_dir, root / "v2", seed=2), source="test:perturbed", parent="v0001")
     config = root / "alignloop.toml"
-    _write_config(config, state_dir, free_port(), kafka, swap_mode)
+    _write_config(config, state_dir, free_port(), kafka, swap_mode, labelling)
     port = int(next(line for line in config.read_text().splitlines() if line.startswith("port")).split("=")[1])
     return Gateway(f"http://127.0.0.1:{port}", state_dir, registry, config, root / "gateway.log")
 

@@ -19,7 +19,7 @@ LOOP_SETTINGS = [
     "train.loop.min_new_comparisons=40", "train.loop.max_interval_s=3600", "train.loop.rm_max_steps=60",
     "train.loop.kl_budget=25",
     "train.rm.learning_rate=0.001",
-    "train.ppo.iterations=8", "train.ppo.rollout_batch=16", "train.ppo.minibatch=8", "train.ppo.max_new_tokens=24",
+    "train.ppo.iterations=6", "train.ppo.rollout_batch=12", "train.ppo.minibatch=6", "train.ppo.max_new_tokens=24",
     "train.ppo.learning_rate=0.0002", "train.ppo.rollout_engine=transformers", "train.ppo.save_every=0",
 ]
 
@@ -35,6 +35,12 @@ def loop_gateway(tmp_path, tiny_model_dir):
     yield gw
     gw.stop()
     broker.stop()
+
+
+def _gate_decisions(registry) -> dict:
+    """Each trainer version's gate decision and reasons: what a failed run needs to explain itself."""
+    return {v: (registry.info(v).extra.get("gate", {}).get("decision"), registry.info(v).extra.get("gate", {}).get("reasons"))
+            for v in registry.names() if registry.info(v).source == "trainer"}
 
 
 def test_the_loop_improves_the_served_policy(loop_gateway, tmp_path):
@@ -55,7 +61,8 @@ def test_the_loop_improves_the_served_policy(loop_gateway, tmp_path):
             if len(promoted) >= 2 and users.tally.versions.get(promoted[-1], 0) >= 5:
                 break
             assert trainer.poll() is None, (tmp_path / "trainer.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, (promoted, users.tally, (tmp_path / "trainer.log").read_text()[-3000:])
+            assert time.monotonic() < deadline, (promoted, users.tally, _gate_decisions(gw.registry),
+                                                 (tmp_path / "trainer.log").read_text()[-3000:])
             time.sleep(2)
     finally:
         tally = users.stop()

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from inference.prompts import chat_ids, text_ids
+
 
 @dataclass(frozen=True)
 class Ranking:
@@ -61,15 +63,21 @@ def held_out(key: str, fraction: float) -> bool:
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
 
 
+def stable_subset(keys: list[str], limit: int) -> list[str]:
+    """At most `limit` of keys, always the same ones for the same keys (ordered by their hash), so a
+    bounded evaluation set does not change from round to round by chance."""
+    return sorted(keys, key=lambda k: hashlib.sha256(k.encode()).hexdigest())[:limit]
+
+
 def prompt_ids(tok: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """The token ids the policy sees for a user prompt (chat template, generation prompt on)."""
-    text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
-    return tok(text, add_special_tokens=False)["input_ids"]
+    """The token ids the policy sees for a user prompt (chat template, generation prompt on), with
+    the prompt's own text never read as control tokens, exactly as the gateway serves it."""
+    return chat_ids(tok, [{"role": "user", "content": prompt}])[1]
 
 
 def response_ids(tok: PreTrainedTokenizerBase, response: str) -> list[int]:
-    """A response's token ids, ending in EOS as a finished reply does."""
-    return tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    """A response's token ids (as text), ending in EOS as a finished reply does."""
+    return text_ids(tok, response) + [tok.eos_token_id]
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int, loss_from: list[int] | None = None,
@@ -109,5 +117,5 @@ def encode_pairs(tok: PreTrainedTokenizerBase, prompts: list[str], responses: li
 def pretraining_batch(tok: PreTrainedTokenizerBase, texts: list[str], n: int, rng: random.Random,
                       max_len: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """n pretraining texts drawn with rng as (ids, attention, loss mask over every real token)."""
-    seqs = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in rng.sample(texts, n)]
+    seqs = [text_ids(tok, t) + [tok.eos_token_id] for t in rng.sample(texts, n)]
     return pad_batch(seqs, tok.pad_token_id, max_len=max_len)

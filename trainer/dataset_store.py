@@ -2,29 +2,35 @@
 
 Events are stored and de-duplicated (by event id) in one transaction; the consumer commits its
 offsets only afterwards, so a crash at any point re-delivers events, and re-delivered events are
-recognised and skipped: nothing is lost and nothing counts twice.
+recognised and skipped: nothing is lost and nothing counts twice. A record that is not an event
+is kept as a dead letter with its offset, and consumption goes on.
+
+What a round trains on is defended against one user steering it: one ranking per (user, request)
+counts, the latest; each user contributes at most `per_user_cap` rankings (the latest) and prompts.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from core import durable_sqlite
 from feedback.events import Comparison, CompletionServed
 from trainer.data import Ranking
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS completions (
-    request_id TEXT PRIMARY KEY, route TEXT, prompt TEXT, policy_version TEXT, choices TEXT NOT NULL
+    request_id TEXT PRIMARY KEY, route TEXT, prompt TEXT, policy_version TEXT, choices TEXT NOT NULL, caller TEXT
 );
 CREATE TABLE IF NOT EXISTS comparisons (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT UNIQUE NOT NULL, request_id TEXT NOT NULL,
     ranking TEXT NOT NULL, rater TEXT, policy_version TEXT
 );
+CREATE INDEX IF NOT EXISTS comparisons_by_request ON comparisons (request_id, rater);
 CREATE TABLE IF NOT EXISTS consumed (
     topic TEXT, partition INTEGER, first_offset INTEGER, last_offset INTEGER, PRIMARY KEY (topic, partition)
 );
@@ -32,6 +38,21 @@ CREATE TABLE IF NOT EXISTS rounds (
     round INTEGER PRIMARY KEY, started REAL, finished REAL, comparisons INTEGER, version TEXT, rm_dir TEXT,
     decision TEXT, record TEXT
 );
+CREATE TABLE IF NOT EXISTS dead_letters (
+    topic TEXT, partition INTEGER, offset INTEGER, reason TEXT, value BLOB, at REAL, PRIMARY KEY (topic, partition, offset)
+);
+"""
+_MIGRATIONS = ["ALTER TABLE completions ADD COLUMN caller TEXT"]
+
+# Trainable comparisons: joined to a single-turn completion, the latest per (rater, request), and
+# at most :cap per rater (the latest). n = 1 is a rater's newest.
+_USABLE = """
+WITH joined AS (
+    SELECT c.seq, c.rater, c.ranking, p.prompt, p.choices,
+           ROW_NUMBER() OVER (PARTITION BY c.request_id, c.rater ORDER BY c.seq DESC) AS k
+    FROM comparisons c JOIN completions p USING (request_id) WHERE p.prompt IS NOT NULL),
+usable AS (
+    SELECT *, ROW_NUMBER() OVER (PARTITION BY rater ORDER BY seq DESC) AS n FROM joined WHERE k = 1)
 """
 
 
@@ -43,48 +64,56 @@ def user_prompt(event: CompletionServed) -> str | None:
     return users[-1] if len(users) == 1 and len(event.messages) == 1 else None
 
 
-class DatasetStore:
-    """Completions, comparisons and training rounds in one SQLite database."""
+@dataclass(frozen=True)
+class RankedBy:
+    """A trainable ranking and who gave it."""
 
-    def __init__(self, path: Path):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+    ranking: Ranking
+    rater: str
+
+
+class DatasetStore:
+    """Completions, comparisons, dead letters and training rounds in one SQLite database."""
+
+    def __init__(self, path: Path, per_user_cap: int = 1_000_000):
+        self.per_user_cap = per_user_cap
+        self._db = durable_sqlite.connect(Path(path))
         self._db.executescript(_SCHEMA)
+        for sql in _MIGRATIONS:
+            try:
+                self._db.execute(sql)
+            except Exception as exc:  # already there
+                if "duplicate column" not in str(exc):
+                    raise
         self._lock = threading.Lock()
 
     def store(self, delivered: list) -> tuple[int, int]:
         """Store a polled batch (feedback.source.Delivered); returns (new completions, new comparisons)."""
         new = [0, 0]
-        with self._lock:
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                for d in delivered:
-                    cur.execute("INSERT INTO consumed (topic, partition, first_offset, last_offset) VALUES (?, ?, ?, ?) "
-                                "ON CONFLICT (topic, partition) DO UPDATE SET "
-                                "first_offset = MIN(first_offset, excluded.first_offset), "
-                                "last_offset = MAX(last_offset, excluded.last_offset)",
-                                (d.topic, d.partition, d.offset, d.offset))
-                    e = d.event
-                    if cur.execute("INSERT OR IGNORE INTO seen (event_id) VALUES (?)", (e.event_id,)).rowcount == 0:
-                        continue  # delivered before: already stored
-                    if isinstance(e, CompletionServed):
-                        cur.execute("INSERT OR IGNORE INTO completions VALUES (?, ?, ?, ?, ?)",
-                                    (e.request_id, e.route, user_prompt(e), e.policy_version,
-                                     json.dumps({c.choice_id: c.text for c in e.choices})))
-                        new[0] += 1
-                    elif isinstance(e, Comparison):
-                        cur.execute("INSERT INTO comparisons (event_id, request_id, ranking, rater, policy_version) "
-                                    "VALUES (?, ?, ?, ?, ?)", (e.event_id, e.request_id, json.dumps(e.ranking), e.rater,
-                                                               e.policy_version))
-                        new[1] += 1
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
+        with durable_sqlite.transaction(self._db, self._lock) as cur:
+            for d in delivered:
+                cur.execute("INSERT INTO consumed (topic, partition, first_offset, last_offset) VALUES (?, ?, ?, ?) "
+                            "ON CONFLICT (topic, partition) DO UPDATE SET "
+                            "first_offset = MIN(first_offset, excluded.first_offset), "
+                            "last_offset = MAX(last_offset, excluded.last_offset)",
+                            (d.topic, d.partition, d.offset, d.offset))
+                e = d.event
+                if e is None:
+                    cur.execute("INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?)",
+                                (d.topic, d.partition, d.offset, d.error, d.raw, time.time()))
+                    continue
+                if cur.execute("INSERT OR IGNORE INTO seen (event_id) VALUES (?)", (e.event_id,)).rowcount == 0:
+                    continue  # delivered before: already stored
+                if isinstance(e, CompletionServed):
+                    cur.execute("INSERT OR IGNORE INTO completions VALUES (?, ?, ?, ?, ?, ?)",
+                                (e.request_id, e.route, user_prompt(e), e.policy_version,
+                                 json.dumps({c.choice_id: c.text for c in e.choices}), e.caller))
+                    new[0] += 1
+                elif isinstance(e, Comparison):
+                    cur.execute("INSERT INTO comparisons (event_id, request_id, ranking, rater, policy_version) "
+                                "VALUES (?, ?, ?, ?, ?)", (e.event_id, e.request_id, json.dumps(e.ranking), e.rater,
+                                                           e.policy_version))
+                    new[1] += 1
         return new[0], new[1]
 
     def _rows(self, sql: str, args: tuple = ()) -> list[tuple]:
@@ -97,32 +126,52 @@ class DatasetStore:
                 "comparisons": self._rows("SELECT COUNT(*) FROM comparisons")[0][0],
                 "events": self._rows("SELECT COUNT(*) FROM seen")[0][0]}
 
+    def dead_letters(self) -> list[dict]:
+        """Records that were not events: where they were and why."""
+        return [{"topic": t, "partition": p, "offset": o, "reason": r}
+                for t, p, o, r in self._rows("SELECT topic, partition, offset, reason FROM dead_letters "
+                                             "ORDER BY topic, partition, offset")]
+
     def joined_count(self) -> int:
-        """Comparisons whose completion is stored too (what a round can train on)."""
-        return self._rows("SELECT COUNT(*) FROM comparisons c JOIN completions p USING (request_id) "
-                          "WHERE p.prompt IS NOT NULL")[0][0]
+        """Trainable comparisons (what a round can train on, after the per-user rules)."""
+        return self._rows(_USABLE + "SELECT COUNT(*) FROM usable WHERE n <= ?", (self.per_user_cap,))[0][0]
 
     def comparison_ids(self) -> list[str]:
         """Every stored comparison's event id (for consistency checks)."""
         return [r[0] for r in self._rows("SELECT event_id FROM comparisons ORDER BY seq")]
 
-    def rankings(self) -> list[Ranking]:
-        """Comparisons joined to the texts they rank (single-turn chat requests)."""
+    def ranked(self) -> list[RankedBy]:
+        """Trainable comparisons joined to the texts they rank, oldest first, with their raters."""
         out = []
-        for ranking_json, prompt, choices_json in self._rows(
-                "SELECT c.ranking, p.prompt, p.choices FROM comparisons c JOIN completions p USING (request_id) "
-                "WHERE p.prompt IS NOT NULL ORDER BY c.seq"):
+        for ranking_json, prompt, choices_json, rater in self._rows(
+                _USABLE + "SELECT ranking, prompt, choices, rater FROM usable WHERE n <= ? ORDER BY seq",
+                (self.per_user_cap,)):
             groups, choices = json.loads(ranking_json), json.loads(choices_json)
             ids = [cid for g in groups for cid in g]
             if not all(cid in choices for cid in ids):
                 continue
             index = {cid: i for i, cid in enumerate(ids)}
-            out.append(Ranking(prompt, [choices[cid] for cid in ids], [[index[c] for c in g] for g in groups]))
+            out.append(RankedBy(Ranking(prompt, [choices[cid] for cid in ids], [[index[c] for c in g] for g in groups]),
+                                rater or ""))
         return out
 
+    def rankings(self) -> list[Ranking]:
+        """Trainable comparisons joined to the texts they rank (single-turn chat requests)."""
+        return [r.ranking for r in self.ranked()]
+
+    def per_user(self) -> dict[str, dict[str, int]]:
+        """Per rater: comparisons stored and comparisons a round may use (lineage)."""
+        stored = dict(self._rows("SELECT COALESCE(rater, ''), COUNT(*) FROM comparisons GROUP BY rater"))
+        used = dict(self._rows(_USABLE + "SELECT COALESCE(rater, ''), COUNT(*) FROM usable WHERE n <= ? GROUP BY rater",
+                               (self.per_user_cap,)))
+        return {r: {"stored": n, "used": used.get(r, 0)} for r, n in stored.items()}
+
     def prompts(self) -> list[str]:
-        """Every distinct single-turn user prompt served."""
-        return [r[0] for r in self._rows("SELECT DISTINCT prompt FROM completions WHERE prompt IS NOT NULL ORDER BY prompt")]
+        """Distinct single-turn user prompts served, each caller's latest per_user_cap requests at most."""
+        return [r[0] for r in self._rows(
+            "WITH ranked AS (SELECT prompt, ROW_NUMBER() OVER (PARTITION BY caller ORDER BY rowid DESC) AS n "
+            "FROM completions WHERE prompt IS NOT NULL) SELECT DISTINCT prompt FROM ranked WHERE n <= ? ORDER BY prompt",
+            (self.per_user_cap,))]
 
     def consumed(self) -> list[dict]:
         """The offset ranges consumed, per topic and partition (lineage)."""
@@ -141,6 +190,6 @@ class DatasetStore:
     def record_round(self, number: int, started: float, comparisons: int, version: str | None, rm_dir: str,
                      decision: str, record: dict) -> None:
         """Remember a finished round."""
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO rounds VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                             (number, started, time.time(), comparisons, version, rm_dir, decision, json.dumps(record)))
+        with durable_sqlite.transaction(self._db, self._lock) as cur:
+            cur.execute("INSERT OR REPLACE INTO rounds VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (number, started, time.time(), comparisons, version, rm_dir, decision, json.dumps(record)))

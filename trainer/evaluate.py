@@ -40,6 +40,18 @@ def greedy_responses(policy, tok, prompts: list[str], max_new_tokens: int, batch
     return [tok.decode(o, skip_special_tokens=True) for o in out]
 
 
+def sampled_answers(policy, tok, prompts: list[str], per_prompt: int, max_new_tokens: int, batch: int = BATCH,
+                    seed: int = 0) -> tuple[list[str], list[str]]:
+    """per_prompt answers sampled at temperature 1 to each prompt: (prompt of each answer, answers).
+    The same seed gives two policies the same random numbers, so their difference is less noisy."""
+    sampler = TransformersSampler(policy, tok.pad_token_id, tok.eos_token_id)
+    repeated = [p for p in prompts for _ in range(per_prompt)]
+    out = []
+    for i, chunk in enumerate(batches(repeated, batch)):
+        out += sampler.generate([prompt_ids(tok, p) for p in chunk], max_new_tokens, 1.0, seed + i)
+    return repeated, [tok.decode(o, skip_special_tokens=True) for o in out]
+
+
 def sampled_responses(path: Path, prompts: list[str], per_prompt: int = 16, max_new_tokens: int = 24,
                       runtime: Runtime | None = None) -> list[str]:
     """per_prompt answers sampled at temperature 1 from the checkpoint at path, for each prompt."""

@@ -1,9 +1,13 @@
 """The evaluation gate: a candidate policy is promoted only if, on held-out prompts, it
 
-- beats the serving policy's mean reward-model score by at least `margin`,
-- stays within `kl_budget` (mean per-answer KL from the SFT policy, on its greedy answers),
+- beats the serving policy's mean reward-model score by at least `margin` (on answers sampled as
+  users are served: `samples_per_prompt` per prompt, the same seeds for both policies),
+- stays within `kl_budget` (mean per-answer KL from the SFT policy, on its own sampled answers),
 - does not raise the pretraining LM loss more than `ptx_regression` (relative) above SFT's,
-- and has no NaN or infinite weight or metric.
+- and has no NaN or infinite weight or metric;
+- and the reward model that scores it must order held-out comparisons (of prompts and, where there
+  are enough raters, of people it was not trained on) at least `min_judge_accuracy` well: a reward
+  model that only fits the comparisons it learned from does not get to judge.
 
 Policies are loaded one at a time (beside the reward model) and evaluated in batches, so the
 gate's memory does not grow with the number of held-out prompts or with the model count.
@@ -19,9 +23,10 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from trainer.evaluate import BATCH, greedy_responses, pretraining_loss, score, sequence_logprobs
+from trainer.evaluate import BATCH, pretraining_loss, sampled_answers, score, sequence_logprobs
 from trainer.models import load_causal_lm
 from trainer.reward_model import RewardModel
+from trainer.reward_training import pairwise_accuracy
 from trainer.runtime import Runtime
 
 
@@ -43,36 +48,45 @@ def _free() -> None:
 
 def evaluate(candidate: Path, serving: Path, sft: Path, rm: Path, prompts: list[str], pretraining: list[str], *,
              margin: float, kl_budget: float, ptx_regression: float, max_new_tokens: int = 32,
-             runtime: Runtime | None = None, batch: int = BATCH) -> GateResult:
+             runtime: Runtime | None = None, batch: int = BATCH, judge_set: list | None = None,
+             min_judge_accuracy: float = 0.0, samples_per_prompt: int = 8) -> GateResult:
     """Run every check; the candidate passes only if all do."""
     runtime = runtime or Runtime()
     tok = AutoTokenizer.from_pretrained(sft)
     reward_model = RewardModel.from_pretrained(rm, runtime, frozen=True)
-    metrics: dict[str, float] = {"eval_prompts": len(prompts)}
+    metrics: dict[str, float] = {"eval_prompts": len(prompts), "judge_rankings": len(judge_set or [])}
     reasons: list[str] = []
+    if judge_set:
+        metrics["judge_accuracy"] = pairwise_accuracy(reward_model, tok, judge_set, runtime=runtime)
+        if metrics["judge_accuracy"] < min_judge_accuracy:
+            reasons.append(f"the reward model orders held-out comparisons only {metrics['judge_accuracy']:.2f} of the "
+                           f"time (needs {min_judge_accuracy}): its scores do not judge the candidate")
 
     cand = load_causal_lm(candidate, runtime, frozen=True)
     if any(not torch.isfinite(t).all() for t in cand.state_dict().values()):
         return GateResult(False, ["candidate has NaN or infinite weights"])
+    # Sampled answers, as users are served (a greedy answer to a few prompts changes only in jumps,
+    # so small improvements look like none), and KL is only an expectation under the policy's own
+    # samples. Both policies get the same seeds.
     with runtime.autocast():
-        answers = greedy_responses(cand, tok, prompts, max_new_tokens, batch)
-        cand_logp = sequence_logprobs(cand, tok, prompts, answers, batch=batch)
+        asked, answers = sampled_answers(cand, tok, prompts, samples_per_prompt, max_new_tokens, batch)
+        cand_logp = sequence_logprobs(cand, tok, asked, answers, batch=batch)
         if pretraining:
             metrics["candidate_ptx_loss"] = pretraining_loss(cand, tok, pretraining, batch)
     del cand
     _free()
-    metrics["candidate_reward"] = score(reward_model, tok, prompts, answers, runtime=runtime).mean().item()
+    metrics["candidate_reward"] = score(reward_model, tok, asked, answers, runtime=runtime).mean().item()
 
     serv = load_causal_lm(serving, runtime, frozen=True)
     with runtime.autocast():
-        serv_answers = greedy_responses(serv, tok, prompts, max_new_tokens, batch)
+        _, serv_answers = sampled_answers(serv, tok, prompts, samples_per_prompt, max_new_tokens, batch)
     del serv
     _free()
-    metrics["serving_reward"] = score(reward_model, tok, prompts, serv_answers, runtime=runtime).mean().item()
+    metrics["serving_reward"] = score(reward_model, tok, asked, serv_answers, runtime=runtime).mean().item()
 
     ref = load_causal_lm(sft, runtime, frozen=True)
     with runtime.autocast():
-        ref_logp = sequence_logprobs(ref, tok, prompts, answers, batch=batch)
+        ref_logp = sequence_logprobs(ref, tok, asked, answers, batch=batch)
         if pretraining:  # plain PPO (no pretraining text) has no alignment-tax check
             metrics["sft_ptx_loss"] = pretraining_loss(ref, tok, pretraining, batch)
     del ref

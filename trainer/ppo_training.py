@@ -53,6 +53,15 @@ class Experience:
         return self.ids.shape[0]
 
 
+def rollout_prompts(prompts: list[str], batch: int, rng: random.Random) -> list[str]:
+    """`batch` prompts for one rollout: a random subset, or, with fewer prompts than that, every
+    prompt about equally often (several samples of one prompt are still distinct experience)."""
+    if len(prompts) >= batch:
+        return rng.sample(prompts, batch)
+    order = rng.sample(prompts, len(prompts))
+    return [order[i % len(order)] for i in range(batch)]
+
+
 def _pad_to(ids: torch.Tensor, width: int, pad: int) -> torch.Tensor:
     return torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=pad)
 
@@ -152,7 +161,7 @@ def train_ppo(sft_dir: Path, rm_dir: Path, prompts: list[str], pretrain_texts: l
         for iteration in range(state.step, cfg.iterations):
             beta = state.extra["beta"]
             rng = random.Random(cfg.seed * 7919 + iteration)  # everything random in an iteration derives from here
-            batch_prompts = world.shard(rng.sample(prompts, min(cfg.rollout_batch, len(prompts))))
+            batch_prompts = world.shard(rollout_prompts(prompts, cfg.rollout_batch, rng))
             t0 = time.monotonic()
             exp = rollout(models, sampler, tok, batch_prompts, cfg, cfg.seed * 1_000_003 + iteration * 1009 + world.rank,
                           beta, runtime)

@@ -19,7 +19,7 @@ from core.config import Settings
 from core.failpoints import failpoint
 from feedback.source import open_source
 from registry.store import PolicyRegistry
-from trainer.data import held_out, read_texts
+from trainer.data import held_out, read_texts, stable_subset
 from trainer.lora import ADAPTER_DIR
 from trainer.dataset_store import DatasetStore
 from trainer.gate import evaluate
@@ -34,8 +34,8 @@ class _Metrics:
     def __init__(self, registry: CollectorRegistry):
         self.dataset = Gauge("alignloop_trainer_dataset", "Stored items by kind", ["kind"], registry=registry)
         self.pending = Gauge("alignloop_trainer_new_comparisons", "Comparisons since the last round", registry=registry)
-        self.lag = Gauge("alignloop_trainer_consumer_lag", "Events on a topic not yet stored and committed",
-                         ["topic"], registry=registry)
+        self.lag = Gauge("alignloop_trainer_consumer_lag", "Events on a topic partition not yet stored and "
+                         "committed", ["topic", "partition"], registry=registry)
         self.consumed = Counter("alignloop_trainer_consumed_events", "Events polled (before de-duplication)",
                                 registry=registry)
         self.rounds = Counter("alignloop_trainer_rounds", "Rounds by gate decision", ["decision"], registry=registry)
@@ -47,6 +47,8 @@ class _Metrics:
         self.ptx = Gauge("alignloop_trainer_ptx_loss", "Candidate's pretraining LM loss", registry=registry)
         self.promoted = Gauge("alignloop_trainer_last_promoted_info", "1 for the last promoted version", ["version"],
                               registry=registry)
+        self.dead_letters = Gauge("alignloop_trainer_dead_letters", "Consumed records that were not events "
+                                  "(kept with their offsets in the dataset's dead_letters table)", registry=registry)
 
 
 _GATE_PTX_TEXTS = 64  # held-out pretraining texts the gate measures the alignment tax on
@@ -73,7 +75,7 @@ class TrainerService:
         self.settings = settings
         self.cfg = settings.train.loop
         self.work = settings.paths.trainer
-        self.store = DatasetStore(settings.paths.dataset)
+        self.store = DatasetStore(settings.paths.dataset, per_user_cap=settings.train.loop.per_user_cap)
         self.pretraining, self.gate_pretraining = load_pretraining(settings)
         self.runtime = Runtime.resolve(settings.train)
         log.info("trainer: training on %s", self.runtime.describe())
@@ -92,16 +94,18 @@ class TrainerService:
         counts = self.store.counts()
         for kind, n in counts.items():
             self.metrics.dataset.labels(kind).set(n)
+        self.metrics.dead_letters.set(len(self.store.dead_letters()))
         self.metrics.pending.set(self.store.joined_count() - self._last_round_comparisons)
         return counts
 
     def refresh_lag(self) -> dict[str, int]:
-        """Measure the consumer group's lag per topic and show it."""
-        lag = self.source.lag()
-        for topic, n in lag.items():
-            self.metrics.lag.labels(topic).set(n)
+        """Measure the consumer group's lag per partition and show it; returns it summed per topic."""
+        per_topic: dict[str, int] = {}
+        for (topic, partition), n in self.source.lag().items():
+            self.metrics.lag.labels(topic, str(partition)).set(n)
+            per_topic[topic] = per_topic.get(topic, 0) + n
         self._lag_at = time.monotonic()
-        return lag
+        return per_topic
 
     def consume_once(self, timeout_s: float = 1.0) -> int:
         """Poll, store, then commit; returns the number of events polled."""
@@ -135,7 +139,8 @@ class TrainerService:
         number = (last["round"] + 1) if last else 1
         counts = self.store.counts()
         joined = self.store.joined_count()
-        rankings = self.store.rankings()
+        ranked = self.store.ranked()
+        rankings, judge_set = self._split_for_judging(ranked)
         prompts = self.store.prompts()
         if not rankings:
             log.info("round %d: no trainable rankings yet; waiting", number)
@@ -145,7 +150,9 @@ class TrainerService:
         if published is not None:
             return self._finish_published_round(number, published, started, joined)
         train_prompts = [p for p in prompts if not held_out(p, self.cfg.eval_fraction)] or prompts
-        eval_prompts = [p for p in prompts if held_out(p, self.cfg.eval_fraction)] or prompts
+        # Bounded: the gate's time must not grow with all the traffic ever collected.
+        eval_prompts = stable_subset([p for p in prompts if held_out(p, self.cfg.eval_fraction)] or prompts,
+                                     self.cfg.gate_max_prompts)
         serving = self.registry.current()
         sft = self.registry.path(self.cfg.sft_version)
         round_dir = self.settings.paths.round_dir(number)
@@ -163,14 +170,17 @@ class TrainerService:
         gate = evaluate(round_dir / "policy", self.registry.path(serving), sft, round_dir / "rm", eval_prompts,
                         self.gate_pretraining, margin=self.cfg.gate_margin, kl_budget=self.cfg.kl_budget,
                         ptx_regression=self.cfg.ptx_regression, max_new_tokens=self.settings.train.ppo.max_new_tokens,
-                        runtime=self.runtime, batch=self.cfg.eval_batch)
+                        runtime=self.runtime, batch=self.cfg.eval_batch, judge_set=judge_set,
+                        samples_per_prompt=self.cfg.gate_samples_per_prompt,
+                        min_judge_accuracy=self.cfg.min_judge_accuracy)
         decision = "promoted" if gate.passed else "rejected"
         # round + work_dir let a restarted trainer recognise a version it published before a crash.
         lineage = {"round": number, "work_dir": str(self.work), "rm": str(round_dir / "rm"), "rm_init": str(rm_init),
                    "sft": self.cfg.sft_version, "policy_init": str(adapter or init or sft),
                    "lora_adapter": str(round_dir / "policy" / ADAPTER_DIR) if self.runtime.lora.enabled else None,
-                   "data": {**counts, "rankings": len(rankings), "prompts": len(prompts),
-                            "consumed": self.store.consumed()},
+                   "data": {**counts, "rankings": len(rankings), "judge_rankings": len(judge_set),
+                            "prompts": len(prompts), "per_user": self.store.per_user(),
+                            "dead_letters": len(self.store.dead_letters()), "consumed": self.store.consumed()},
                    "config": self.settings.train.model_dump(),
                    "gate": {"decision": decision, "reasons": gate.reasons, **gate.metrics}}
         version = self.registry.publish(round_dir / "policy", source="trainer", parent=serving,
@@ -178,6 +188,15 @@ class TrainerService:
                                                  **{f"ppo_{k}": v for k, v in ppo_metrics.items()}, **gate.metrics},
                                         extra=lineage)
         return self._finish_published_round(number, version, started, joined)
+
+    def _split_for_judging(self, ranked: list) -> tuple[list, list]:
+        """(rankings to train the RM on, rankings that judge it): the held-out prompts' and, once
+        there are enough raters, the held-out raters' rankings judge; the RM never trains on them."""
+        raters = {r.rater for r in ranked}
+        by_user = len(raters) >= self.cfg.min_raters_to_hold_out
+        judge = [held_out(r.ranking.prompt, self.cfg.eval_fraction)
+                 or (by_user and held_out("rater:" + r.rater, self.cfg.eval_user_fraction)) for r in ranked]
+        return [r.ranking for r, j in zip(ranked, judge) if not j], [r.ranking for r, j in zip(ranked, judge) if j]
 
     def _policy_start(self, serving: str, sft: Path) -> tuple[Path | None, Path | None]:
         """Where PPO starts: (checkpoint, adapter). With LoRA, a serving version that this trainer made

@@ -47,12 +47,23 @@ def ensure_jars(jars: Path = JARS) -> Path:
 class KafkaBroker:
     """One combined broker+controller node on 127.0.0.1."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, partitions: int = 3):
+    def __init__(self, data_dir: Path, port: int | None = None, partitions: int = 3,
+                 sasl_users: dict[str, str] | None = None):
+        """With sasl_users (name -> password), clients must authenticate with SASL/PLAIN."""
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.controller_port = free_port()
         self.partitions = partitions
+        self.sasl_users = sasl_users
         self.process: subprocess.Popen | None = None
+
+    def client_security(self) -> dict:
+        """kafka-python keyword arguments a client needs (the first SASL user's credentials)."""
+        if not self.sasl_users:
+            return {}
+        user, password = next(iter(self.sasl_users.items()))
+        return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN", "sasl_plain_username": user,
+                "sasl_plain_password": password}
 
     @property
     def bootstrap(self) -> str:
@@ -62,15 +73,24 @@ class KafkaBroker:
     def _write_config(self) -> Path:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         props = self.data_dir / "server.properties"
+        name = "SASL_PLAINTEXT" if self.sasl_users else "PLAINTEXT"
+        security = []
+        if self.sasl_users:
+            users = " ".join(f'user_{u}="{p}"' for u, p in {"broker": "broker-secret", **self.sasl_users}.items())
+            security = ["sasl.enabled.mechanisms=PLAIN", "sasl.mechanism.inter.broker.protocol=PLAIN",
+                        "listener.name.sasl_plaintext.plain.sasl.jaas.config="
+                        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                        f'username="broker" password="broker-secret" {users};']
         props.write_text("\n".join([
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            f"listeners={name}://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners={name}://127.0.0.1:{self.port}",
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            "inter.broker.listener.name=PLAINTEXT",
+            f"listener.security.protocol.map=CONTROLLER:PLAINTEXT,{name}:{name}",
+            f"inter.broker.listener.name={name}",
+            *security,
             f"log.dirs={self.data_dir / 'logs'}",
             f"num.partitions={self.partitions}",
             "offsets.topic.replication.factor=1",
@@ -122,7 +142,7 @@ class KafkaBroker:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                 pass
-            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=3000)
+            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=3000, **self.client_security())
             try:
                 admin.list_topics()
                 return True

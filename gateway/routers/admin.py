@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.dependencies import DeploymentDep, admin
 from gateway.deployment import Deployment, NothingToRollBack
 from gateway.errors import APIError
-from inference.engine import Switch
+from gateway.protocol import Text
+from inference.engine import SwapBusy, Switch
 from registry.errors import RegistryError, UnknownVersion
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin)])
@@ -20,13 +21,13 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin)
 
 class PromoteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: str
+    version: Text
     mode: Literal["in_place", "blue_green"] | None = None  # default: the gateway's engine.swap_mode
 
 
 class CanaryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: str
+    version: Text
     fraction: float = Field(gt=0.0, lt=1.0)
 
 
@@ -40,13 +41,24 @@ async def versions(deployment: DeploymentDep) -> dict:
         "swap_mode": deployment.swap_mode,
         "canary": asdict(canary) if canary else None,
         "engines": deployment.engine.engines(),
+        "history": deployment.history,
+        "start_error": deployment.start_error,
         "versions": [asdict(registry.info(name)) for name in registry.names()],
     }
 
 
-def _require_ready(deployment: Deployment) -> None:
-    if not deployment.ready:
-        raise APIError(503, "The engine is still warming up.", code="not_ready", headers={"Retry-After": "5"})
+def _require_ready(deployment: Deployment, may_start: bool = False) -> None:
+    """503 while the engine is starting; a gateway whose engine failed to start accepts only a
+    request that picks a version to start on (may_start)."""
+    if deployment.ready or (may_start and not deployment.starting and deployment.version is None):
+        return
+    raise APIError(503, "The engine is still warming up." if deployment.starting or not deployment.start_error
+                   else f"No engine is running ({deployment.start_error}); POST /admin/policy to start one.",
+                   code="not_ready", headers={"Retry-After": "5"})
+
+
+def _busy(exc: SwapBusy) -> APIError:
+    return APIError(503, f"{exc}; retry shortly.", code="swap_in_progress", headers={"Retry-After": "10"})
 
 
 def _refused(exc: RegistryError) -> APIError:
@@ -62,10 +74,12 @@ def _switched(version: str, previous: str | None, switch: Switch) -> dict:
 @router.post("/policy")
 async def promote(body: PromoteRequest, deployment: DeploymentDep) -> dict:
     """Serve a registry version from the next request on; no request fails (either swap mode)."""
-    _require_ready(deployment)
+    _require_ready(deployment, may_start=True)
     previous = deployment.version
     try:
         switch = await deployment.switch(body.version, body.mode)
+    except SwapBusy as exc:
+        raise _busy(exc) from exc
     except RegistryError as exc:
         raise _refused(exc) from exc
     return _switched(body.version, previous, switch)
@@ -77,6 +91,8 @@ async def canary(body: CanaryRequest, deployment: DeploymentDep) -> dict:
     _require_ready(deployment)
     try:
         await deployment.start_canary(body.version, body.fraction)
+    except SwapBusy as exc:
+        raise _busy(exc) from exc
     except RegistryError as exc:
         raise _refused(exc) from exc
     return {"serving": deployment.version, "canary": {"version": body.version, "fraction": body.fraction}}
@@ -85,7 +101,10 @@ async def canary(body: CanaryRequest, deployment: DeploymentDep) -> dict:
 @router.delete("/canary")
 async def end_canary(deployment: DeploymentDep) -> dict:
     """Stop the canary: every new request goes to the serving version."""
-    stopped = await deployment.stop_canary()
+    try:
+        stopped = await deployment.stop_canary()
+    except SwapBusy as exc:
+        raise _busy(exc) from exc
     if stopped is None:
         raise APIError(404, "There is no canary to stop.", code="no_canary")
     return {"serving": deployment.version, "stopped": stopped}
@@ -100,6 +119,8 @@ async def rollback(deployment: DeploymentDep) -> dict:
         target, switch = await deployment.rollback()
     except NothingToRollBack:
         raise APIError(409, "Nothing to roll back to: no earlier version was served.", code="no_history") from None
+    except SwapBusy as exc:
+        raise _busy(exc) from exc
     except RegistryError as exc:
         raise _refused(exc) from exc
     return _switched(target, previous, switch)

@@ -7,16 +7,19 @@ answered 202 once it is durable on local disk, never before.
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from feedback.events import Comparison, Demonstration, RankingError, Rating, check_ranking
 from feedback.recorder import FeedbackRecorder
 from feedback.served_index import NeverServed, NotServedToCaller, Served
-from feedback.submission import IdempotencyConflict, SpoolFull, Submission
+from feedback.submission import IdempotencyConflict, SpoolFull, SpoolUnavailable, Submission
 from gateway import protocol as p
 from gateway.auth import Caller
-from gateway.dependencies import ClientDep, RecorderDep
+from gateway.dependencies import ClientDep, Services, ServicesDep
+from gateway.labelling import LabelQueue
 from gateway.errors import APIError
 
 router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
@@ -76,8 +79,18 @@ def _submission(item, caller: Caller, recorder: FeedbackRecorder, at: str) -> Su
     return Submission(event, scoped)
 
 
-async def _accept(recorder: FeedbackRecorder, items: list, caller: Caller,
-                  batch: bool) -> tuple[int, list[p.FeedbackAccepted]]:
+async def _count_labelling(labels: LabelQueue, submissions: list[Submission], caller: Caller, metrics) -> None:
+    """A rater's accepted ranking of a labelling-queue item completes their assignment."""
+    if caller.role != "rater":
+        return
+    for s in submissions:
+        if isinstance(s.event, Comparison) and await asyncio.to_thread(labels.done, s.event.request_id, caller.name,
+                                                                       s.event.ranking):
+            metrics.labelled.labels(caller.name).inc()
+
+
+async def _accept(recorder: FeedbackRecorder, items: list, caller: Caller, batch: bool,
+                  labels: LabelQueue, metrics) -> tuple[int, list[p.FeedbackAccepted]]:
     kinds = [i.kind for i in items]
     try:
         submissions = [_submission(item, caller, recorder, f"items.{i}." if batch else "")
@@ -92,45 +105,52 @@ async def _accept(recorder: FeedbackRecorder, items: list, caller: Caller,
             recorder.metrics.events.labels(kind, "refused_spool_full").inc()
         raise APIError(503, f"Feedback storage is full ({exc}); retry later.", code="spool_full",
                        headers={"Retry-After": "10"}) from exc
+    except SpoolUnavailable as exc:
+        for kind in kinds:
+            recorder.metrics.events.labels(kind, "refused_storage_unavailable").inc()
+        raise APIError(503, f"Feedback storage is unavailable ({exc}); nothing was accepted, retry later.",
+                       code="storage_unavailable", headers={"Retry-After": "10"}) from exc
     except IdempotencyConflict as exc:
         raise APIError(409, str(exc), param="idempotency_key", code="idempotency_conflict") from exc
     for kind, a in zip(kinds, accepted):
         recorder.metrics.events.labels(kind, "duplicate" if a.duplicate else "accepted").inc()
+    await _count_labelling(labels, [s for s, a in zip(submissions, accepted) if not a.duplicate], caller, metrics)
     status = 200 if all(a.duplicate for a in accepted) else 202
     return status, [p.FeedbackAccepted(event_id=a.event_id, duplicate=a.duplicate) for a in accepted]
 
 
-async def _single(recorder: FeedbackRecorder, item, caller: Caller) -> JSONResponse:
-    status, accepted = await _accept(recorder, [item], caller, batch=False)
+async def _single(services: Services, item, caller: Caller) -> JSONResponse:
+    status, accepted = await _accept(services.recorder, [item], caller, False, services.labels, services.metrics)
     return JSONResponse(accepted[0].model_dump(), status_code=status)
 
 
 @router.post("/pairwise", status_code=202, response_model=p.FeedbackAccepted)
-async def pairwise(body: p.PairwiseFeedback, caller: ClientDep, recorder: RecorderDep):
+async def pairwise(body: p.PairwiseFeedback, caller: ClientDep, services: ServicesDep):
     """Prefer one choice over another (or record a tie)."""
-    return await _single(recorder, body, caller)
+    return await _single(services, body, caller)
 
 
 @router.post("/rankings", status_code=202, response_model=p.FeedbackAccepted)
-async def rankings(body: p.RankingFeedback, caller: ClientDep, recorder: RecorderDep):
+async def rankings(body: p.RankingFeedback, caller: ClientDep, services: ServicesDep):
     """Rank K = 2..9 choices of one request, best first."""
-    return await _single(recorder, body, caller)
+    return await _single(services, body, caller)
 
 
 @router.post("/ratings", status_code=202, response_model=p.FeedbackAccepted)
-async def ratings(body: p.RatingFeedback, caller: ClientDep, recorder: RecorderDep):
+async def ratings(body: p.RatingFeedback, caller: ClientDep, services: ServicesDep):
     """Thumbs up or down on one choice."""
-    return await _single(recorder, body, caller)
+    return await _single(services, body, caller)
 
 
 @router.post("/demonstrations", status_code=202, response_model=p.FeedbackAccepted)
-async def demonstrations(body: p.DemonstrationFeedback, caller: ClientDep, recorder: RecorderDep):
+async def demonstrations(body: p.DemonstrationFeedback, caller: ClientDep, services: ServicesDep):
     """A better response to one of your requests."""
-    return await _single(recorder, body, caller)
+    return await _single(services, body, caller)
 
 
 @router.post("/batch", status_code=202, response_model=p.BatchAccepted)
-async def batch(body: p.BatchFeedback, caller: ClientDep, recorder: RecorderDep):
-    """Many feedback items, all accepted or none."""
-    status, accepted = await _accept(recorder, body.items, caller, batch=True)
+async def batch(body: p.BatchFeedback, caller: ClientDep, services: ServicesDep):
+    """Many feedback items, all accepted or none; each item counts against the key's request rate."""
+    services.keys.charge_caller(caller, len(body.items) - 1)  # the request itself paid for one
+    status, accepted = await _accept(services.recorder, body.items, caller, True, services.labels, services.metrics)
     return JSONResponse(p.BatchAccepted(accepted=accepted).model_dump(), status_code=status)

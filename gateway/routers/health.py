@@ -21,8 +21,9 @@ async def healthz() -> dict:
 async def readyz(deployment: DeploymentDep):
     """Ready only once the engine has loaded and warmed up."""
     if not deployment.ready:
-        return error_response(503, "The engine is still loading or warming up.", code="not_ready",
-                              headers={"Retry-After": "5"})
+        why = "The engine is still loading or warming up." if deployment.starting or not deployment.start_error \
+            else f"No engine is running ({deployment.start_error}); an admin can POST /admin/policy."
+        return error_response(503, why, code="not_ready", headers={"Retry-After": "5"})
     return {"status": "ready", "policy_version": deployment.version}
 
 

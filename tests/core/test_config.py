@@ -37,3 +37,14 @@ def test_blue_green_halves_each_engines_gpu_memory_unless_set():
     assert EngineConfig().gpu_memory_share() == 0.85
     assert EngineConfig(swap_mode="blue_green").gpu_memory_share() == 0.42  # two engines while switching
     assert EngineConfig(swap_mode="blue_green", gpu_memory_utilization=0.3).gpu_memory_share() == 0.3
+
+
+def test_limits_that_would_break_the_gateway_are_refused():
+    """Hardening item 11: a zero request rate (was a ZeroDivisionError, a 500 on every request) and two
+    keys with one name (which would share ownership of completions) are configuration errors."""
+    with pytest.raises(ValidationError):
+        load_settings(None, ['gateway.api_keys=[{"key": "k1", "name": "a", "requests_per_minute": 0}]'], environ={})
+    with pytest.raises(ValidationError, match="unique"):
+        load_settings(None, ['gateway.api_keys=[{"key": "k1", "name": "a"}, {"key": "k2", "name": "a"}]'], environ={})
+    settings = load_settings(None, ['gateway.api_keys=[{"key": "sk-very-secret", "name": "a"}]'], environ={})
+    assert "sk-very-secret" not in repr(settings)

@@ -3,6 +3,8 @@ gateway and the trainer really export (a renamed metric would otherwise leave a 
 alert that never fires)."""
 
 import json
+import shutil
+import subprocess
 import re
 from pathlib import Path
 
@@ -59,3 +61,19 @@ def test_dashboard_and_alerts_use_exported_metrics(gateway, tmp_path):
     assert len(used) > 20
     missing = sorted(m for m in used if _family(m) not in exported)
     assert not missing, f"not exported by the gateway or the trainer: {missing}"
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: run `bash deploy/install-test-tools.sh` (make test does)"
+    return subprocess.run([promtool, *args], cwd=DEPLOY / "prometheus", capture_output=True, text=True, timeout=120)
+
+
+def test_promtool_accepts_the_config_and_the_alert_rules():
+    checked = _promtool("check", "config", "prometheus.yml")
+    assert checked.returncode == 0 and "1 rule files found" in checked.stdout, checked.stdout + checked.stderr
+
+
+def test_alerts_fire_when_they_should_and_not_before():
+    tested = _promtool("test", "rules", "alerts_test.yml")
+    assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr

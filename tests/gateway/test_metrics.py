@@ -1,5 +1,7 @@
 """/metrics parses as Prometheus text and counts what was served."""
 
+import time
+
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -60,3 +62,20 @@ def test_client_hangup_cancels_generation(gateway):
     assert value(after, "alignloop_requests_cancelled_total", route="completions") == value(before, "alignloop_requests_cancelled_total", route="completions") + 1
     # Far fewer tokens went out than the 9 x 240 the request asked for.
     assert value(after, "alignloop_generation_tokens_total") - value(before, "alignloop_generation_tokens_total") < 9 * 240
+
+
+def test_the_gateways_own_time_outside_the_engine_is_measured(gateway):
+    before = scrape(gateway)
+    with gateway.client() as c:
+        started = time.monotonic()
+        r = c.post("/v1/chat/completions", json={"model": MODEL, "max_tokens": 8,
+                                                 "messages": [{"role": "user", "content": "Describe a fox."}]})
+        total_ms = (time.monotonic() - started) * 1000
+    assert r.status_code == 200
+    overhead_ms = float(r.headers["x-alignloop-overhead-ms"])
+    # The engine's generation is not counted: what is left is part of the request's time.
+    assert 0 <= overhead_ms < total_ms
+    after = scrape(gateway)
+    label = dict(route="/v1/chat/completions")
+    assert value(after, "alignloop_gateway_overhead_seconds_count", **label) - \
+        value(before, "alignloop_gateway_overhead_seconds_count", **label) == 1

@@ -146,17 +146,23 @@ def test_canary_takes_a_fraction_and_its_feedback_is_labelled(gateway, kafka_bro
 
     served = []
     with gateway.client() as c:
-        for i in range(40):
+        for i in range(40):  # 40 end users (OpenAI's `user` field) behind one key
             r = c.post("/v1/completions", json={"model": MODEL, "prompt": f"Say {i}.", "max_tokens": 4, "n": 2,
-                                                "temperature": 1.0})
+                                                "temperature": 1.0, "user": f"end-user-{i}"})
             assert r.status_code == 200, r.text
             body = r.json()
             assert body["policy_version"] == r.headers["x-policy-version"]
             served.append(body)
         by_version = {v: [b for b in served if b["policy_version"] == v] for v in (serving, candidate)}
         assert sum(map(len, by_version.values())) == 40
-        # 40 fair coin flips: outside 8..32 has probability below 1e-4.
+        # 40 users, each on the canary with probability 1/2: outside 8..32 has probability below 1e-4.
         assert 8 <= len(by_version[candidate]) <= 32, {v: len(b) for v, b in by_version.items()}
+        # Sticky: each user's later requests go to the version that user got first.
+        for i in (0, 1, 2, 3):
+            again = {c.post("/v1/completions", json={"model": MODEL, "prompt": "Again.", "max_tokens": 2,
+                                                     "user": f"end-user-{i}"}).json()["policy_version"]
+                     for _ in range(4)}
+            assert again == {served[i]["policy_version"]}, (i, again)
         feedback = {}
         for version, bodies in by_version.items():
             ids = [ch["id"] for ch in bodies[0]["choices"]]
@@ -277,7 +283,7 @@ def test_blue_green_gateway_follows_the_pointer_and_refuses_what_it_cannot_serve
         w.start()
     try:
         gw.registry.set_current(target)
-        assert _serving_within(gw, target, timeout=300)
+        assert _serving_within(gw, target, timeout=600)  # a blue/green start on 2 busy cores: 1-5 min
     finally:
         stop.set()
         for w in workers:
@@ -293,7 +299,7 @@ def test_blue_green_gateway_follows_the_pointer_and_refuses_what_it_cannot_serve
         r = admin.post("/admin/policy", json={"version": shallow, "mode": "in_place"})
         assert r.status_code == 409 and "architecture" in r.json()["error"]["message"]
     gw.registry.set_current(shallow)
-    assert _serving_within(gw, shallow, timeout=300)
+    assert _serving_within(gw, shallow, timeout=600)
     _assert_greedy_is(gw, shallow)
     target = shallow
 
@@ -314,3 +320,21 @@ def test_blue_green_gateway_follows_the_pointer_and_refuses_what_it_cannot_serve
         {"version": target, "role": "serving", "in_flight": 0}], "the refused engine was not shut down"
     with gw.client(ADMIN_KEY) as admin:
         assert admin.get("/admin/versions").json()["swap_mode"] == "blue_green"
+
+
+def test_a_client_that_stops_reading_does_not_hold_a_retiring_engine(embedded_gateway):
+    """Hardening item 7: a stream whose client stops reading (connection open) neither blocks a
+    blue/green switch nor keeps the old engine alive; admin calls answer meanwhile."""
+    gw = embedded_gateway
+    serving = _serving(gw)
+    target = next(v for v in ("v0001", "v0002") if v != serving)
+    body = {"model": MODEL, "prompt": "The", "max_tokens": 240, "n": 9, "ignore_eos": True, "stream": True}
+    with gw.client() as c, c.stream("POST", "/v1/completions", json=body) as stalled:
+        assert stalled.status_code == 200
+        next(stalled.iter_lines())  # one event, then the client reads nothing more, connection open
+        with gw.client(ADMIN_KEY) as admin:
+            r = admin.post("/admin/policy", json={"version": target})
+            assert r.status_code == 200 and r.json()["method"] == "blue_green", r.text
+            assert _engines_settle(gw, [{"version": target, "role": "serving", "in_flight": 0}], timeout=120) == [
+                {"version": target, "role": "serving", "in_flight": 0}], "the stalled stream kept the old engine"
+            assert admin.get("/admin/versions").status_code == 200

@@ -82,3 +82,46 @@ def test_corrupt_weights_are_refused(tiny_model_dir, tmp_path):
         with pytest.raises(RegistryError, match="not a valid safetensors"):
             reg.publish(bad, source="t")
     assert reg.names() == []
+
+
+def test_any_damage_to_a_header_is_a_refusal(tiny_model_dir, tmp_path):
+    """Hardening item 2: a header that parses but is not a table, or nests deep enough to break the
+    parser, is refused like any corrupt file (not an error that escapes to the caller)."""
+    import shutil
+
+    reg = PolicyRegistry(tmp_path / "reg")
+    for header in (b"[]", b"1", b'{"w": {"data_offsets": [5, 1]}}', b"[" * 200_000):
+        bad = tmp_path / f"bad{len(header)}"
+        shutil.copytree(tiny_model_dir, bad)
+        (bad / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+        with pytest.raises(RegistryError, match="not a valid safetensors"):
+            reg.publish(bad, source="t")
+
+
+def test_version_names_are_bounded_and_current_moves_by_compare_and_set(tiny_model_dir, tmp_path):
+    reg = PolicyRegistry(tmp_path / "reg")
+    v1 = reg.publish(tiny_model_dir, source="t", make_current=True)
+    v2 = reg.publish(tiny_model_dir, source="t")
+    for name in ("v" + "1" * 300, "v12345678901"):
+        with pytest.raises(RegistryError, match="unknown"):
+            reg.path(name)
+    assert reg.compare_and_set_current(v1, v2) and reg.current() == v2
+    assert not reg.compare_and_set_current(v1, v1), "CURRENT moved on: a stale revert must not win"
+    assert reg.current() == v2
+
+
+def test_the_tokenizer_fingerprint_covers_its_config(tiny_model_dir, tmp_path):
+    """Hardening item 11: two versions whose tokenizer.json agree but whose tokenizer_config.json (special
+    tokens, chat template) differ do not tokenise prompts alike: they are not the same tokenizer."""
+    import json
+    import shutil
+
+    from registry.fingerprint import arch_fingerprint, tokenizer_fingerprint
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    config = json.loads((other / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    (other / "tokenizer_config.json").write_text(json.dumps(config))
+    assert tokenizer_fingerprint(other) != tokenizer_fingerprint(tiny_model_dir)
+    assert arch_fingerprint(other) != arch_fingerprint(tiny_model_dir)

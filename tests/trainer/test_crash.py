@@ -59,7 +59,7 @@ def prepare(tmp_path, model_dir, n: int, **sections: dict):
     LocalLog(state / "feedback" / "events.db").append([(topic_for(e), e.key(), e.to_bytes()) for e in events])
     # A gate that passes anything: these tests are about where the process dies, not what it learns.
     train = {"loop": {"min_new_comparisons": 10, "metrics_port": 0, "kl_budget": 1000.0, "ptx_regression": 100.0,
-                      "gate_margin": -1000.0},
+                      "gate_margin": -1000.0, "min_judge_accuracy": 0.0},
              "rm": {"batch_size": 4, "learning_rate": 0.001},
              "ppo": {"minibatch": 4, "rollout_engine": "transformers"}}
     for section, fields in sections.items():

@@ -98,3 +98,28 @@ def test_adaptive_kl_controller_moves_beta_towards_target():
     ctl = ppo.AdaptiveKLController(beta=0.1, target=1.0, horizon=100)
     assert ctl.update(observed_kl=3.0, n_samples=10) == pytest.approx(0.1 * (1 + 0.2 * 0.1))  # too far: β up
     assert ctl.update(observed_kl=0.0, n_samples=10) < 0.1 * 1.02                              # too close: β down
+
+
+def test_a_rollout_batch_larger_than_the_prompt_set_uses_every_prompt_about_equally():
+    import random
+    from collections import Counter
+
+    from trainer.ppo_training import rollout_prompts
+
+    prompts = ["a", "b", "c"]
+    counts = Counter(rollout_prompts(prompts, 16, random.Random(0)))
+    assert sum(counts.values()) == 16 and set(counts) == set(prompts)
+    assert max(counts.values()) - min(counts.values()) <= 1
+    many = [str(i) for i in range(40)]
+    picked = rollout_prompts(many, 16, random.Random(0))
+    assert len(picked) == len(set(picked)) == 16  # enough prompts: no repeats
+
+
+def test_the_gates_prompt_subset_is_bounded_and_stable():
+    from trainer.data import stable_subset
+
+    prompts = [f"prompt {i}" for i in range(500)]
+    picked = stable_subset(prompts, 64)
+    assert len(picked) == 64 and set(picked) <= set(prompts)
+    assert stable_subset(list(reversed(prompts)), 64) == picked  # arrival order does not matter
+    assert set(stable_subset(prompts + ["a new one"], 64)) - set(picked) <= {"a new one"}

@@ -82,7 +82,10 @@ def test_consumer_lag_on_kafka(kafka_broker, tmp_path):
         while time.monotonic() < deadline and sum(service.refresh_lag().values()):
             service.consume_once(timeout_s=0.2)
         assert service.refresh_lag() == {COMPLETIONS: 0, FEEDBACK: 0}
-        assert "alignloop_trainer_consumer_lag" in generate_latest(service.metrics_registry).decode()
+        exported = generate_latest(service.metrics_registry).decode()
+        partitions = {line.split('partition="')[1].split('"')[0] for line in exported.splitlines()
+                      if line.startswith(f'alignloop_trainer_consumer_lag{{partition=') and COMPLETIONS in line}
+        assert partitions == {"0", "1", "2"}, exported  # per partition: the topics have 3
     finally:
         service.close()
 
@@ -101,6 +104,7 @@ def test_rounds_with_lora_publish_merged_versions_and_continue_the_adapter(tiny_
     settings.train.ppo.ptx_coef = 0.0
     loop, ppo, rm = settings.train.loop, settings.train.ppo, settings.train.rm
     loop.min_new_comparisons, loop.rm_max_steps, loop.gate_margin, loop.kl_budget = 10, 4, -1000.0, 1000.0
+    loop.min_judge_accuracy = 0.0  # about LoRA rounds, not about what the gate accepts
     ppo.iterations, ppo.rollout_batch, ppo.minibatch, ppo.max_new_tokens = 2, 8, 4, 8
     ppo.rollout_engine, rm.batch_size = "transformers", 4
     registry = PolicyRegistry(settings.paths.registry)

@@ -1,0 +1,113 @@
+"""Generates the candidates of the labelling queue's items, in the gateway's own event loop.
+
+Each sampled prompt gets K fresh answers from the serving policy (half of them from the canary
+version while one is under evaluation: the queue shuffles them, so raters rank blind), recorded as an ordinary served
+completion (caller `labelling-queue`), so a rater's ranking of them is an ordinary ranking: the
+trainer needs nothing new to learn from it. Runs supervised (core/supervision.py): a failure is
+counted in alignloop_background_failures_total{task="label-filler"} and the loop restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+from core.config import LabellingConfig
+from feedback.events import CompletionServed, ServedChoice
+from feedback.recorder import FeedbackRecorder
+from gateway.labelling import LabelQueue
+from gateway.metrics import GatewayMetrics
+from gateway.rendering import Accumulator, Candidate, choice_id
+from inference.engine import PolicyEngine
+from inference.prompts import ChatTemplateError, chat_ids
+from inference.sampling import Sampling
+
+log = logging.getLogger(__name__)
+
+CALLER = "labelling-queue"  # the owner of generated items' completions; raters may rank them
+_IDLE_S = 1.0
+_AGREEMENT_EVERY_S = 30.0  # agreement reads every ranking: not on every idle tick
+
+
+async def _one_version(engine: PolicyEngine, prompt_ids: list[int], sampling: Sampling, request_id: str,
+                       version: str | None) -> list[tuple[str, Candidate]]:
+    result, written_by = Accumulator(sampling.n), version or engine.version
+    async for chunk in engine.generate(prompt_ids, sampling, request_id, version=version):
+        result.add(chunk)
+        written_by = chunk.version
+    return [(written_by, c) for c in result.candidates]
+
+
+async def _candidates(engine: PolicyEngine, prompt_ids: list[int], config: LabellingConfig, max_tokens: int,
+                      request_id: str) -> list[tuple[str, Candidate]]:
+    """K (version, candidate) pairs: all from the serving version, or, while a canary is under
+    evaluation, half from it, so a rater's ranking compares the two versions directly."""
+    def sampling(n: int) -> Sampling:
+        return Sampling(n=n, max_tokens=max_tokens, temperature=config.temperature)
+
+    canary = engine.canary
+    if canary is None:
+        return await _one_version(engine, prompt_ids, sampling(config.k), request_id, None)
+    half = config.k // 2
+    parts = await asyncio.gather(
+        _one_version(engine, prompt_ids, sampling(config.k - half), f"{request_id}-s", engine.version),
+        _one_version(engine, prompt_ids, sampling(half), f"{request_id}-c", canary.version), return_exceptions=True)
+    if any(isinstance(p, LookupError) for p in parts):  # the canary was promoted or stopped meanwhile
+        return await _one_version(engine, prompt_ids, sampling(config.k), request_id, None)
+    for p in parts:
+        if isinstance(p, BaseException):
+            raise p
+    return parts[0] + parts[1]
+
+
+async def fill_once(queue: LabelQueue, engine: PolicyEngine, recorder: FeedbackRecorder,
+                    config: LabellingConfig) -> int:
+    """Generate candidates for the items waiting for them; returns how many were filled."""
+    filled = 0
+    for item_id, prompt in await asyncio.to_thread(queue.unfilled):
+        if not engine.ready:
+            break
+        messages = [{"role": "user", "content": prompt}]
+        try:
+            _, prompt_ids = chat_ids(engine.tokenizer, messages)
+        except ChatTemplateError as exc:
+            log.warning("labelling item %s dropped: %s", item_id, exc)
+            await asyncio.to_thread(queue.drop, item_id)
+            continue
+        room = engine.max_model_len - len(prompt_ids)
+        if room < 1:
+            await asyncio.to_thread(queue.drop, item_id)
+            continue
+        max_tokens = min(config.max_tokens, room)
+        request_id = f"chatcmpl-label-{uuid.uuid4().hex}"
+        written = await _candidates(engine, prompt_ids, config, max_tokens, request_id)
+        mixed = len({v for v, _ in written}) > 1
+        choices = [ServedChoice(choice_id=choice_id(request_id, i), text=c.text, completion_tokens=len(c.token_ids),
+                                finish_reason=c.finish_reason, policy_version=v if mixed else None)
+                   for i, (v, c) in enumerate(written)]
+        recorder.record_completion(CompletionServed(
+            request_id=request_id, route="chat", prompt_tokens=len(prompt_ids), choices=choices,
+            sampling=Sampling(n=config.k, max_tokens=max_tokens, temperature=config.temperature).describe(),
+            policy_version=written[0][0], caller=CALLER, messages=messages, prompt_text=prompt))
+        await asyncio.to_thread(queue.fill, item_id, request_id,
+                                [{"id": c.choice_id, "text": c.text} for c in choices])
+        filled += 1
+    return filled
+
+
+async def fill_forever(queue: LabelQueue, engine: PolicyEngine, recorder: FeedbackRecorder,
+                       config: LabellingConfig, metrics: GatewayMetrics) -> None:
+    """fill_once in a loop, idling when nothing waits; keeps the queue's gauges current."""
+    measured = 0.0
+    while True:
+        filled = await fill_once(queue, engine, recorder, config)
+        metrics.labelling_waiting.set(await asyncio.to_thread(queue.waiting))
+        if time.monotonic() - measured > _AGREEMENT_EVERY_S:
+            measured = time.monotonic()
+            agreement = (await asyncio.to_thread(queue.raters))["agreement"]
+            if agreement is not None:
+                metrics.rater_agreement.set(agreement)
+        if not filled:
+            await asyncio.sleep(_IDLE_S)

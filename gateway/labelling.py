@@ -1,0 +1,187 @@
+"""The labelling queue: prompts sampled from production traffic, ranked by raters.
+
+    offer()  a served single-turn chat prompt is sampled at labelling.sample_rate (never from a key
+             that opted out) and waits as an item (once per distinct prompt)
+    fill()   K fresh candidates are generated for it from the serving policy (gateway/label_filler.py),
+             shuffled, and recorded as an ordinary served completion, so raters rank it through
+             the ordinary feedback API
+    lease()  a rater gets one item at a time; each item goes to labelling.overlap raters; a lease
+             that expires (an abandoned tab) returns the item to the queue
+    done()   the feedback router reports an accepted ranking of an item; overlapping rankings give
+             the inter-rater agreement (InstructGPT reports about 73%)
+
+State is a SQLite file of the gateway's (<state_dir>/gateway/labels.db).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from core import durable_sqlite
+from core.config import LabellingConfig
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    item_id TEXT PRIMARY KEY, prompt TEXT NOT NULL, created REAL NOT NULL,
+    request_id TEXT UNIQUE, candidates TEXT
+);
+CREATE TABLE IF NOT EXISTS assignments (
+    item_id TEXT NOT NULL, rater TEXT NOT NULL, leased_until REAL NOT NULL, done_at REAL, ranking TEXT,
+    PRIMARY KEY (item_id, rater)
+);
+CREATE INDEX IF NOT EXISTS items_by_prompt ON items (prompt);
+CREATE INDEX IF NOT EXISTS assignments_by_rater ON assignments (rater, done_at);
+"""
+_DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class Item:
+    """One prompt and its candidates, as a rater sees it (versions hidden)."""
+
+    item_id: str
+    request_id: str
+    prompt: str
+    candidates: list[dict]  # [{"id": choice id, "text": ...}] in the (shuffled) order shown
+
+
+def agreement(a: list[list[str]], b: list[list[str]]) -> tuple[int, int]:
+    """(pairs both rankings order the same way, pairs both order strictly) of two rankings of one item."""
+    def order(ranking: list[list[str]]) -> dict[str, int]:
+        return {c: i for i, group in enumerate(ranking) for c in group}
+
+    ra, rb = order(a), order(b)
+    ids = sorted(set(ra) & set(rb))
+    same = compared = 0
+    for i, x in enumerate(ids):
+        for y in ids[i + 1:]:
+            da, db = ra[x] - ra[y], rb[x] - rb[y]
+            if da and db:
+                compared += 1
+                same += (da > 0) == (db > 0)
+    return same, compared
+
+
+class LabelQueue:
+    """Items to rank, their leases and the rankings given."""
+
+    def __init__(self, path: Path, config: LabellingConfig, seed: int = 0):
+        self.config = config
+        self._db = durable_sqlite.connect(path)
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self._rng = random.Random(seed)
+
+    def _rows(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def offer(self, prompt: str) -> bool:
+        """Maybe sample a served prompt into the queue; True if it was taken."""
+        if self.config.sample_rate <= 0 or self._rng.random() >= self.config.sample_rate:
+            return False
+        with durable_sqlite.transaction(self._db, self._lock) as cur:
+            waiting = cur.execute("SELECT COUNT(*) FROM items WHERE candidates IS NULL").fetchone()[0]
+            # Popular prompts repeat in production traffic: one item per prompt is enough.
+            seen = cur.execute("SELECT 1 FROM items WHERE prompt = ?", (prompt,)).fetchone()
+            if waiting >= self.config.max_waiting or seen:
+                return False
+            cur.execute("INSERT INTO items (item_id, prompt, created) VALUES (?, ?, ?)",
+                        (f"item-{uuid.uuid4().hex[:16]}", prompt, time.time()))
+        return True
+
+    def unfilled(self, limit: int = 4) -> list[tuple[str, str]]:
+        """(item id, prompt) of items still waiting for candidates, oldest first."""
+        return self._rows("SELECT item_id, prompt FROM items WHERE candidates IS NULL ORDER BY created LIMIT ?", (limit,))
+
+    def fill(self, item_id: str, request_id: str, candidates: list[dict]) -> None:
+        """Attach the generated candidates (already recorded as request_id's completion)."""
+        shown = [{"id": c["id"], "text": c["text"]} for c in candidates]
+        self._rng.shuffle(shown)  # blind: no position tells which version wrote what
+        with durable_sqlite.transaction(self._db, self._lock) as cur:
+            cur.execute("UPDATE items SET request_id = ?, candidates = ? WHERE item_id = ?",
+                        (request_id, json.dumps(shown), item_id))
+
+    def drop(self, item_id: str) -> None:
+        """Forget an item whose prompt cannot be answered (it no longer fits the serving model)."""
+        with durable_sqlite.transaction(self._db, self._lock) as cur:
+            cur.execute("DELETE FROM items WHERE item_id = ?", (item_id,))
+
+    def items(self, limit: int = 100) -> list[dict]:
+        """The newest items: prompt, request, whether candidates exist, rankings given (admin view)."""
+        rows = self._rows("SELECT i.item_id, i.prompt, i.request_id, i.candidates IS NOT NULL, (SELECT COUNT(*) FROM "
+                          "assignments a WHERE a.item_id = i.item_id AND a.done_at IS NOT NULL) FROM items i "
+                          "ORDER BY i.created DESC LIMIT ?", (limit,))
+        return [{"item_id": r[0], "prompt": r[1], "request_id": r[2], "filled": bool(r[3]), "rankings": r[4]}
+                for r in rows]
+
+    def lease(self, rater: str) -> Item | None:
+        """The rater's item: the one they hold already, or the oldest one that needs more raters."""
+        now = time.time()
+        with durable_sqlite.transaction(self._db, self._lock) as cur:
+            held = cur.execute("SELECT a.item_id FROM assignments a WHERE a.rater = ? AND a.done_at IS NULL "
+                               "AND a.leased_until > ? LIMIT 1", (rater, now)).fetchone()
+            if held is None:
+                held = cur.execute(
+                    "SELECT i.item_id FROM items i WHERE i.candidates IS NOT NULL AND NOT EXISTS "
+                    "(SELECT 1 FROM assignments a WHERE a.item_id = i.item_id AND a.rater = ?) AND "
+                    "(SELECT COUNT(*) FROM assignments a WHERE a.item_id = i.item_id AND "
+                    "(a.done_at IS NOT NULL OR a.leased_until > ?)) < ? ORDER BY i.created LIMIT 1",
+                    (rater, now, self.config.overlap)).fetchone()
+                if held is None:
+                    return None
+                cur.execute("INSERT OR REPLACE INTO assignments (item_id, rater, leased_until) VALUES (?, ?, ?)",
+                            (held[0], rater, now + self.config.lease_s))
+            row = cur.execute("SELECT item_id, request_id, prompt, candidates FROM items WHERE item_id = ?",
+                              (held[0],)).fetchone()
+        return Item(row[0], row[1], row[2], json.loads(row[3]))
+
+    def done(self, request_id: str, rater: str, ranking: list[list[str]]) -> bool:
+        """Record an accepted ranking of an item's candidates; False if the request is no item."""
+        with durable_sqlite.transaction(self._db, self._lock) as cur:
+            row = cur.execute("SELECT item_id FROM items WHERE request_id = ?", (request_id,)).fetchone()
+            if row is None:
+                return False
+            cur.execute("INSERT INTO assignments (item_id, rater, leased_until, done_at, ranking) VALUES (?, ?, 0, ?, ?) "
+                        "ON CONFLICT (item_id, rater) DO UPDATE SET done_at = excluded.done_at, "
+                        "ranking = excluded.ranking", (row[0], rater, time.time(), json.dumps(ranking)))
+        return True
+
+    def waiting(self) -> int:
+        """Items that still need a rater (or candidates)."""
+        return self._rows("SELECT COUNT(*) FROM items i WHERE (SELECT COUNT(*) FROM assignments a WHERE "
+                          "a.item_id = i.item_id AND a.done_at IS NOT NULL) < ?", (self.config.overlap,))[0][0]
+
+    def done_today(self, rater: str) -> int:
+        """Items the rater ranked in the last 24 hours."""
+        return self._rows("SELECT COUNT(*) FROM assignments WHERE rater = ? AND done_at > ?",
+                          (rater, time.time() - _DAY))[0][0]
+
+    def raters(self) -> dict:
+        """Per rater: items ranked, and agreement with the other raters of the same items; overall."""
+        by_item: dict[str, list[tuple[str, list]]] = {}
+        counts: dict[str, int] = {}
+        for item, rater, ranking in self._rows("SELECT item_id, rater, ranking FROM assignments WHERE done_at IS NOT NULL"):
+            by_item.setdefault(item, []).append((rater, json.loads(ranking)))
+            counts[rater] = counts.get(rater, 0) + 1
+        pairs: dict[str, list[int]] = {r: [0, 0] for r in counts}
+        total = [0, 0]
+        for labels in by_item.values():
+            for i, (ra, a) in enumerate(labels):
+                for rb, b in labels[i + 1:]:
+                    same, compared = agreement(a, b)
+                    for r in (ra, rb):
+                        pairs[r][0] += same
+                        pairs[r][1] += compared
+                    total[0] += same
+                    total[1] += compared
+        return {"raters": {r: {"ranked": counts[r], "agreement": pairs[r][0] / pairs[r][1] if pairs[r][1] else None,
+                               "compared_pairs": pairs[r][1]} for r in counts},
+                "agreement": total[0] / total[1] if total[1] else None, "compared_pairs": total[1],
+                "overlapping_items": sum(len(v) > 1 for v in by_item.values()), "waiting": self.waiting()}

@@ -1,0 +1,42 @@
+"""People in the loop: who a key is (for the ranking page), the raters' labelling queue, and the
+admin view of rater quality. Rankings themselves go through the ordinary feedback API."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from fastapi import APIRouter, Depends
+
+from gateway.dependencies import ClientDep, LabelsDep, admin
+from gateway.errors import APIError
+
+router = APIRouter(tags=["people"])
+
+
+@router.get("/v1/me")
+async def me(caller: ClientDep) -> dict:
+    """The name and role of the calling key (the page shows what the key may do)."""
+    return {"name": caller.name, "role": caller.role}
+
+
+@router.get("/v1/labelling/next")
+async def next_item(caller: ClientDep, labels: LabelsDep) -> dict:
+    """The rater's current item (the same one until it is ranked or its lease expires), with how
+    many they ranked today and how many items wait."""
+    if caller.role != "rater":
+        raise APIError(403, "The labelling queue is for keys with the rater role.", code="rater_required")
+    item = labels.lease(caller.name)
+    return {"item": asdict(item) if item else None, "done_today": labels.done_today(caller.name),
+            "waiting": labels.waiting()}
+
+
+@router.get("/admin/raters", dependencies=[Depends(admin)])
+async def raters(labels: LabelsDep) -> dict:
+    """Per rater: items ranked and agreement with the other raters of the same items; overall agreement."""
+    return labels.raters()
+
+
+@router.get("/admin/labelling", dependencies=[Depends(admin)])
+async def items(labels: LabelsDep, limit: int = 100) -> dict:
+    """The newest labelling items: prompt, request, whether candidates exist, rankings given."""
+    return {"items": labels.items(max(1, min(limit, 1000))), "waiting": labels.waiting()}

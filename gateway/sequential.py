@@ -1,0 +1,113 @@
+"""The sequential test that decides a canary: is the candidate preferred to the serving version?
+
+People compare a candidate's answers with the serving version's (blinded). Each comparison that is
+not a tie is one Bernoulli outcome x (1: the candidate's answer was preferred). Wald's sequential
+probability ratio test weighs
+
+    H0: p = 0.5 − δ/2  (no better; roll back)   against   H1: p = 0.5 + δ/2  (better; promote)
+
+by the log-likelihood ratio, updated after every comparison:
+
+    LLR += x · log(p1 / p0) + (1 − x) · log((1 − p1) / (1 − p0))
+
+and stops the first time LLR ≥ log((1 − β) / α) (promote) or LLR ≤ log(β / (1 − α)) (roll back).
+Its error rates hold although it is looked at after every comparison: a candidate no better than
+p0 is promoted with probability at most α, one at p1 rolled back with probability at most β. A
+minimum sample delays any decision; a maximum sample or a time limit ends the test as a roll back
+(never as a promotion), which only lowers the chance of a false promotion. tests/gateway/
+test_sequential.py checks the error rates by simulation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class SequentialTestConfig:
+    """How sure the test must be, and how long it may take."""
+
+    alpha: float = 0.05   # false promotion rate (candidate no better than p0)
+    beta: float = 0.1     # false roll-back rate (candidate as good as p1)
+    delta: float = 0.2    # the smallest improvement worth detecting: p1 − p0
+    min_samples: int = 20
+    max_samples: int = 400
+
+    @property
+    def p0(self) -> float:
+        return 0.5 - self.delta / 2
+
+    @property
+    def p1(self) -> float:
+        return 0.5 + self.delta / 2
+
+
+@dataclass
+class SequentialTest:
+    """The test's state after the comparisons seen so far."""
+
+    config: SequentialTestConfig = field(default_factory=SequentialTestConfig)
+    wins: int = 0      # comparisons the candidate won
+    losses: int = 0    # comparisons the serving version won
+    ties: int = 0
+    llr: float = 0.0
+    decision: str | None = None  # "promote", "roll_back", or None while undecided
+    reason: str = ""
+
+    @property
+    def n(self) -> int:
+        """Comparisons that count (ties do not)."""
+        return self.wins + self.losses
+
+    def add(self, candidate_won: bool | None) -> str | None:
+        """Count one comparison (None: a tie); returns the decision once there is one."""
+        if self.decision is not None:
+            return self.decision
+        if candidate_won is None:
+            self.ties += 1
+            return None
+        c = self.config
+        if candidate_won:
+            self.wins += 1
+            self.llr += math.log(c.p1 / c.p0)
+        else:
+            self.losses += 1
+            self.llr += math.log((1 - c.p1) / (1 - c.p0))
+        if self.n < c.min_samples:
+            return None
+        if self.llr >= math.log((1 - c.beta) / c.alpha):
+            self._decide("promote", f"the candidate is preferred (LLR {self.llr:.2f} crossed the promotion bound)")
+        elif self.llr <= math.log(c.beta / (1 - c.alpha)):
+            self._decide("roll_back", f"the candidate is not preferred (LLR {self.llr:.2f} crossed the roll-back bound)")
+        elif self.n >= c.max_samples:
+            self._decide("roll_back", f"no decision within {c.max_samples} comparisons")
+        return self.decision
+
+    def time_out(self, seconds: float) -> str:
+        """End an undecided test (time limit): a roll back."""
+        if self.decision is None:
+            self._decide("roll_back", f"no decision within {seconds:g} s")
+        return self.decision
+
+    def _decide(self, decision: str, reason: str) -> None:
+        self.decision, self.reason = decision, reason
+
+    def evidence(self) -> dict:
+        """What the decision rests on, for the lineage."""
+        c = self.config
+        return {"wins": self.wins, "losses": self.losses, "ties": self.ties, "n": self.n,
+                "rate": self.wins / self.n if self.n else None, "interval_95": wilson(self.wins, self.n),
+                "llr": self.llr, "promote_bound": math.log((1 - c.beta) / c.alpha),
+                "roll_back_bound": math.log(c.beta / (1 - c.alpha)), "decision": self.decision,
+                "reason": self.reason, "config": asdict(c)}
+
+
+def wilson(successes: float, n: float, z: float = 1.96) -> tuple[float, float] | None:
+    """The Wilson score interval for a proportion (None without data)."""
+    if n <= 0:
+        return None
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))

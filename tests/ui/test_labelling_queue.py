@@ -1,0 +1,66 @@
+"""The labelling queue through its API (the page's tests drive it in a browser): while a canary is
+under evaluation an item mixes the serving and the canary version's answers, shuffled and with no
+version shown to the rater, and the served-completion event in Kafka says which version wrote each."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from feedback.events import CompletionServed
+from tests.conftest import ADMIN_KEY, MODEL, RATER_KEY, USER_KEY
+from tests.ui.test_ranking_page import events_of
+
+
+def _serving(gateway) -> str:
+    with gateway.client(ADMIN_KEY) as admin:
+        return admin.get("/admin/versions").json()["serving"]
+
+
+def _wait_filled(gateway, prompt: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    with gateway.client(ADMIN_KEY) as admin:
+        while True:
+            items = [i for i in admin.get("/admin/labelling", params={"limit": 1000}).json()["items"]
+                     if i["prompt"] == prompt and i["filled"]]
+            if items:
+                return items[0]
+            assert time.monotonic() < deadline, f"no filled item for {prompt!r}"
+            time.sleep(0.5)
+
+
+def test_an_item_mixes_serving_and_canary_answers_blind_while_a_canary_runs(gateway, kafka_broker):
+    serving = _serving(gateway)
+    candidate = "v0002" if serving != "v0002" else "v0001"
+    prompt = f"Describe a cat {uuid.uuid4().hex[:6]}."
+    with gateway.client(ADMIN_KEY) as admin:
+        r = admin.post("/admin/canary", json={"version": candidate, "fraction": 0.01})
+        assert r.status_code == 200, r.text
+    try:
+        with gateway.client(USER_KEY) as c:
+            r = c.post("/v1/chat/completions", json={"model": MODEL, "max_tokens": 4,
+                                                     "messages": [{"role": "user", "content": prompt}]})
+            assert r.status_code == 200, r.text
+        item = _wait_filled(gateway, prompt)
+    finally:
+        with gateway.client(ADMIN_KEY) as admin:
+            assert admin.delete("/admin/canary").status_code == 200
+    served = next(e for e in events_of(gateway, kafka_broker.bootstrap, item["request_id"],
+                                       lambda events: any(isinstance(e, CompletionServed) for e in events))
+                  if isinstance(e, CompletionServed))
+    # k = 3 in this gateway's queue: 2 answers from the serving version, 1 from the canary.
+    assert sorted(c.policy_version for c in served.choices) == sorted([serving, serving, candidate])
+    assert served.policy_version == serving and served.caller == "labelling-queue"
+
+    # The rater sees the answers and their ids, never their versions.
+    with gateway.client(RATER_KEY) as rater:
+        for _ in range(50):
+            body = rater.get("/v1/labelling/next").json()
+            if body["item"] is None or body["item"]["request_id"] == item["request_id"]:
+                break
+            first = body["item"]["candidates"]  # an older item: rank it as is, to reach ours
+            assert rater.post("/v1/feedback/rankings", json={"ranking": [c["id"] for c in first]}).status_code == 202
+        assert body["item"] and body["item"]["request_id"] == item["request_id"], body
+    shown = body["item"]["candidates"]
+    assert sorted(c["id"] for c in shown) == sorted(c.choice_id for c in served.choices)
+    assert all(set(c) == {"id", "text"} for c in shown)
