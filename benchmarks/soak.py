@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from benchmarks.processes import launch, machine, stop
 from core.config import TinyModelConfig
-from core.processes import free_port
+from core.processes import free_ports
 from registry.store import PolicyRegistry
 
 KEY, ADMIN = "sk-soak-user-0123456789", "sk-soak-admin-0123456789"
@@ -164,7 +164,7 @@ def main() -> None:
         registry.publish(_perturbed(model, work / "v2", 2), source="soak:perturbed", parent="v0001")
         write_jsonl(work / "state" / "data" / "pretraining.jsonl", ({"text": t} for t in pretraining_texts(512, 0)))
         broker = KafkaBroker(work / "kafka").start()
-        port, metrics_port = free_port(), free_port()
+        port, metrics_port = free_ports(2)
         config = work / "soak.toml"
         config.write_text(f'state_dir = "{work / "state"}"\n[gateway]\nport = {port}\nlog_level = "warning"\n'
                           f'api_keys = [{{ key = "{KEY}", name = "soak", role = "user" }}, '

@@ -10,9 +10,20 @@ import subprocess
 
 def free_port() -> int:
     """A loopback port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """n different loopback ports nobody listens on right now. Held open together while they are
+    picked: two free_port() calls in a row can be handed the same port."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def stop_group(proc: subprocess.Popen, kill: bool = False, timeout: float = 60) -> None:

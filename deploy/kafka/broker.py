@@ -19,7 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
-from core.processes import free_port, stop_group
+from core.processes import free_ports, stop_group
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,10 @@ class KafkaBroker:
                  sasl_users: dict[str, str] | None = None):
         """With sasl_users (name -> password), clients must authenticate with SASL/PLAIN."""
         self.data_dir = Path(data_dir)
-        self.port = port or free_port()
-        self.controller_port = free_port()
+        # Two different ports: a broker whose listener and controller share one does not start.
+        picked = free_ports(2)
+        self.port = port or picked[0]
+        self.controller_port = picked[1] if picked[1] != self.port else picked[0]
         self.partitions = partitions
         self.sasl_users = sasl_users
         self.process: subprocess.Popen | None = None
@@ -118,9 +120,14 @@ class KafkaBroker:
         """Start (or restart) the broker and wait until it answers."""
         props = self._write_config()
         if not (self.data_dir / "logs" / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            subprocess.run(self._java("kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id,
-                                      "-c", str(props)), check=True, capture_output=True)
+            cluster_id = "-"
+            while cluster_id.startswith("-"):  # 1 in 64 would be read as an option by the storage tool
+                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            formatted = subprocess.run(self._java("kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id,
+                                                  "-c", str(props)), capture_output=True, text=True)
+            if formatted.returncode != 0:
+                raise RuntimeError(f"formatting Kafka's storage in {self.data_dir} failed (exit {formatted.returncode}):\n"
+                                   f"{formatted.stdout[-2000:]}\n{formatted.stderr[-2000:]}")
         out = open(self.data_dir / "broker.log", "ab")
         self.process = subprocess.Popen(self._java("kafka.Kafka", str(props)), stdout=out, stderr=subprocess.STDOUT,
                                         start_new_session=True)
