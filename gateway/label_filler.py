@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 CALLER = "labelling-queue"  # the owner of generated items' completions; raters may rank them
 _IDLE_S = 1.0
+_COUNT_EVERY_S = 10.0
 _AGREEMENT_EVERY_S = 30.0  # agreement reads every ranking: not on every idle tick
 
 
@@ -100,10 +101,12 @@ async def fill_once(queue: LabelQueue, engine: PolicyEngine, recorder: FeedbackR
 async def fill_forever(queue: LabelQueue, engine: PolicyEngine, recorder: FeedbackRecorder,
                        config: LabellingConfig, metrics: GatewayMetrics) -> None:
     """fill_once in a loop, idling when nothing waits; keeps the queue's gauges current."""
-    measured = 0.0
+    measured = counted = 0.0
     while True:
         filled = await fill_once(queue, engine, recorder, config)
-        metrics.labelling_waiting.set(await asyncio.to_thread(queue.waiting))
+        if filled or time.monotonic() - counted > _COUNT_EVERY_S:  # a count over all items: not every idle tick
+            counted = time.monotonic()
+            metrics.labelling_waiting.set(await asyncio.to_thread(queue.waiting))
         if time.monotonic() - measured > _AGREEMENT_EVERY_S:
             measured = time.monotonic()
             agreement = (await asyncio.to_thread(queue.raters))["agreement"]

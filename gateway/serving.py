@@ -186,7 +186,8 @@ class Serving:
         messages = job.served.get("messages")
         if self.labels is not None and job.label_sampling and messages and len(messages) == 1 \
                 and messages[0]["role"] == "user":
-            self.labels.offer(messages[0]["content"])
+            # A sampled offer is a durable SQLite write (an fsync): never on the event loop.
+            asyncio.get_running_loop().run_in_executor(None, self.labels.offer, messages[0]["content"])
         if self.recorder is None:
             return
         self.recorder.record_completion(CompletionServed(
