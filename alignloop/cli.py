@@ -36,7 +36,8 @@ def _cmd_serve(settings: Settings, args) -> None:
     log.info("serving %s on http://%s:%d (keys: %s)", version, settings.gateway.host, settings.gateway.port,
              "configured" if settings.gateway.api_keys else settings.paths.api_keys)
     uvicorn.run(create_app(settings), host=settings.gateway.host, port=settings.gateway.port,
-                log_level=settings.gateway.log_level, timeout_graceful_shutdown=10)
+                log_level=settings.gateway.log_level, timeout_graceful_shutdown=10,
+                timeout_keep_alive=settings.gateway.keep_alive_s)
 
 
 def _cmd_registry(settings: Settings, args) -> None:
@@ -74,15 +75,22 @@ def _cmd_demo(settings: Settings, args) -> None:
 
 
 def _cmd_trainer(settings: Settings, args) -> None:
+    from trainer.lease import LeaderLease
     from trainer.service import TrainerService
 
-    service = TrainerService(settings)
+    # Before joining the consumer group: a waiting trainer must not take partitions from the leader.
+    lease = LeaderLease(settings.paths.registry / "trainer.lease")
     try:
-        service.run_forever()
+        lease.acquire()
+        service = TrainerService(settings)
+        try:
+            service.run_forever()
+        finally:
+            service.close()
     except KeyboardInterrupt:
         pass
     finally:
-        service.close()
+        lease.release()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,12 +2,16 @@
 
     .venv/bin/python -m benchmarks.feedback [--events 4000] [--batch 100]
 
-In one run, on one machine, with a real Kafka broker:
+    .venv/bin/python -m benchmarks.feedback --before <git ref>   # also that commit's gateway
+
+In one run, on one machine, with a real Kafka broker, gateways all up at once and measured in
+rounds whose order rotates (so start order and drift favour none):
 1. a gateway publishing to Kafka takes ratings through the single-event endpoint and through the
-   batch endpoint (concurrent clients; an event counts once the API has acknowledged it);
+   batch endpoint (concurrent clients; an event counts once the API has acknowledged it, i.e.
+   once it is fsync'd in the local log); with --before, an older commit's gateway (a git
+   worktree) takes the same load in the same rounds;
 2. the same completion load runs against a gateway that records every served completion for
-   Kafka and against one that records nothing; the difference in latency is the cost of
-   publishing on the completion path.
+   Kafka and one that records nothing: the cost of publishing on the completion path.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.processes import launch_gateway, machine, stop
+from benchmarks.processes import checkout, launch_gateway, machine, remove_checkout, stop
 
 KEY = "sk-bench"
 MODEL = "alignloop-policy"
@@ -60,44 +64,70 @@ def _latency_summary(wall: float, latencies: list[float], responses: list) -> di
             "failed": sum(r.status_code != 200 for r in responses)}
 
 
-def run(model_dir: Path, kafka: str, events: int, batch: int, completions: int, concurrency: int) -> dict:
-    """All measurements of one run."""
-    out: dict = {}
-    with tempfile.TemporaryDirectory(prefix="alignloop-fbench-") as tmp:
-        for recording in (True, False):
-            work = Path(tmp) / f"record-{recording}"
-            work.mkdir()
-            extra = (f'[feedback]\nkafka_bootstrap = "{kafka}"\nrecord_completions = {str(recording).lower()}\n')
-            print(f"[bench] starting a gateway, recording completions: {recording}", flush=True)
-            proc, url = launch_gateway(work, model_dir, KEY, extra)
-            try:
-                asyncio.run(_concurrently(url, _completions(2 * concurrency), concurrency))  # warm-up
-                wall, lat, resp = asyncio.run(_concurrently(url, _completions(completions), concurrency))
-                out["completions_recorded" if recording else "completions_unrecorded"] = _latency_summary(wall, lat, resp)
-                print(f"[bench] completions (recording={recording}): {out['completions_recorded' if recording else 'completions_unrecorded']}", flush=True)
-                if not recording:
-                    continue
-                served = [r.json() for r in resp[:50]]
-                choice_ids = [c["id"] for r in served for c in r["choices"]]
-                ratings = [("/v1/feedback/ratings", {"choice_id": choice_ids[i % len(choice_ids)], "rating": 1})
-                           for i in range(events)]
-                wall, lat, resp = asyncio.run(_concurrently(url, ratings, concurrency))
-                ok = sum(r.status_code == 202 for r in resp)
-                out["single"] = {"events_per_s": ok / wall, "p50_ms": 1000 * statistics.median(lat),
-                                 "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))], "accepted": ok, "events": events}
-                print(f"[bench] single-event endpoint: {out['single']}", flush=True)
-                items = [{"kind": "rating", "choice_id": choice_ids[i % len(choice_ids)], "rating": -1}
-                         for i in range(events)]
-                batches = [("/v1/feedback/batch", {"items": items[i:i + batch]}) for i in range(0, events, batch)]
-                wall, lat, resp = asyncio.run(_concurrently(url, batches, max(1, concurrency // 4)))
-                ok = sum(len(r.json()["accepted"]) for r in resp if r.status_code == 202)
-                out["batch"] = {"events_per_s": ok / wall, "p50_ms": 1000 * statistics.median(lat),
-                                "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))], "accepted": ok, "events": events,
-                                "batch": batch}
-                print(f"[bench] batch endpoint: {out['batch']}", flush=True)
-            finally:
-                stop(proc)
+def _ratings(served: list[dict], events: int) -> tuple[list, list]:
+    """Single-event rating jobs and batch items over the choices of some served responses."""
+    choice_ids = [c["id"] for r in served for c in r["choices"]]
+    single = [("/v1/feedback/ratings", {"choice_id": choice_ids[i % len(choice_ids)], "rating": 1}) for i in range(events)]
+    items = [{"kind": "rating", "choice_id": choice_ids[i % len(choice_ids)], "rating": -1} for i in range(events)]
+    return single, items
+
+
+def _ingest(url: str, served: list[dict], events: int, batch: int, concurrency: int) -> dict:
+    single, items = _ratings(served, events)
+    wall, lat, resp = asyncio.run(_concurrently(url, single, concurrency))
+    ok = sum(r.status_code == 202 for r in resp)
+    out = {"single": {"events_per_s": ok / wall, "p50_ms": 1000 * statistics.median(lat),
+                      "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))], "accepted": ok, "events": events}}
+    batches = [("/v1/feedback/batch", {"items": items[i:i + batch]}) for i in range(0, events, batch)]
+    wall, lat, resp = asyncio.run(_concurrently(url, batches, max(1, concurrency // 4)))
+    ok = sum(len(r.json()["accepted"]) for r in resp if r.status_code == 202)
+    out["batch"] = {"events_per_s": ok / wall, "p50_ms": 1000 * statistics.median(lat),
+                    "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))], "accepted": ok, "events": events}
     return out
+
+
+def run(model_dir: Path, kafka: str, events: int, batch: int, completions: int, concurrency: int,
+        rounds: int, before: Path | None) -> dict[str, list[dict]]:
+    """Per gateway, one measurement per round. Every gateway is up for the whole run and the rounds
+    alternate the order, so neither start order nor drift favours one of them."""
+    setups = {"recording": (True, None), "not recording": (False, None)}
+    if before is not None:
+        setups["before (recording)"] = (True, before)
+    results: dict[str, list[dict]] = {name: [] for name in setups}
+    running: dict[str, tuple] = {}
+    with tempfile.TemporaryDirectory(prefix="alignloop-fbench-") as tmp:
+        try:
+            for i, (name, (recording, code)) in enumerate(setups.items()):
+                work = Path(tmp) / f"gw{i}"
+                work.mkdir()
+                extra = f'[feedback]\nkafka_bootstrap = "{kafka}"\nrecord_completions = {str(recording).lower()}\n'
+                print(f"[bench] starting gateway '{name}'" + (f" from {code}" if code else ""), flush=True)
+                running[name] = launch_gateway(work, model_dir, KEY, extra, code=code)
+                asyncio.run(_concurrently(running[name][1], _completions(2 * concurrency), concurrency))  # warm-up
+            for r in range(rounds):
+                names = list(setups)
+                names = names[r % len(names):] + names[:r % len(names)]
+                for name in names:
+                    url = running[name][1]
+                    wall, lat, resp = asyncio.run(_concurrently(url, _completions(completions), concurrency))
+                    row = {"completions": _latency_summary(wall, lat, resp)}
+                    if setups[name][0]:  # feedback needs recorded completions
+                        row.update(_ingest(url, [x.json() for x in resp[:50]], events, batch, concurrency))
+                    results[name].append(row)
+                    print(f"[bench] round {r + 1} {name}: {row}", flush=True)
+        finally:
+            for proc, _ in running.values():
+                stop(proc)
+    return results
+
+
+def _median(rows: list[dict], *path: str) -> float:
+    values = []
+    for row in rows:
+        for key in path:
+            row = row[key]
+        values.append(row)
+    return statistics.median(values)
 
 
 def main() -> None:
@@ -107,6 +137,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--completions", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--before", metavar="GIT_REF", help="also run this git ref's gateway (a worktree), "
+                        "for feedback ingestion before/after in the same run")
     args = parser.parse_args()
     import logging
 
@@ -118,22 +151,37 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="alignloop-fbench-model-") as tmp:
         model = args.model or build_tiny_model(Path(tmp) / "tiny", TinyModelConfig())
         broker = KafkaBroker(Path(tmp) / "kafka").start()
+        before = checkout(args.before, Path(tmp) / "before") if args.before else None
         try:
-            r = run(model, broker.bootstrap, args.events, args.batch, args.completions, args.concurrency)
+            r = run(model, broker.bootstrap, args.events, args.batch, args.completions, args.concurrency, args.rounds,
+                    before)
         finally:
             broker.stop()
-    rec, unrec = r["completions_recorded"], r["completions_unrecorded"]
-    print(f"\nMachine: {machine()}\nKafka: single node, acks=all, on the same machine.\n")
-    print("| measurement | events/s | p50 ms | p99 ms |\n|---|---|---|---|")
-    print(f"| feedback, single-event endpoint ({args.concurrency} clients) | {r['single']['events_per_s']:.0f} | "
-          f"{r['single']['p50_ms']:.1f} | {r['single']['p99_ms']:.1f} |")
-    print(f"| feedback, batch endpoint ({args.batch}/request, {max(1, args.concurrency // 4)} clients) | "
-          f"{r['batch']['events_per_s']:.0f} | {r['batch']['p50_ms']:.1f} | {r['batch']['p99_ms']:.1f} |")
-    print(f"\n| completions ({args.concurrency} clients, n=2, 16 tokens) | req/s | p50 ms | p99 ms | failed |\n|---|---|---|---|---|")
-    print(f"| recording every completion for Kafka | {rec['requests_per_s']:.2f} | {rec['p50_ms']:.0f} | {rec['p99_ms']:.0f} | {rec['failed']} |")
-    print(f"| recording nothing | {unrec['requests_per_s']:.2f} | {unrec['p50_ms']:.0f} | {unrec['p99_ms']:.0f} | {unrec['failed']} |")
-    print(f"| recorded / unrecorded | {rec['requests_per_s'] / unrec['requests_per_s']:.3f}x | "
-          f"{rec['p50_ms'] / unrec['p50_ms']:.3f}x | {rec['p99_ms'] / unrec['p99_ms']:.3f}x | |")
+            if before is not None:
+                remove_checkout(before)
+    print(f"\nMachine: {machine()}\nKafka: single node, acks=all, on the same machine. "
+          f"{args.rounds} rounds, order rotated each round; medians over rounds.\n")
+    print("| feedback ingestion | endpoint | events/s | p50 ms | p99 ms | per round (events/s) |\n|---|---|---|---|---|---|")
+    for name in [n for n in r if "recording" in n and not n.startswith("not")]:
+        for endpoint, how in (("single", f"single event, {args.concurrency} clients"),
+                              ("batch", f"batch of {args.batch}, {max(1, args.concurrency // 4)} clients")):
+            per = ", ".join(f"{row[endpoint]['events_per_s']:.0f}" for row in r[name])
+            print(f"| {name} | {how} | {_median(r[name], endpoint, 'events_per_s'):.0f} | "
+                  f"{_median(r[name], endpoint, 'p50_ms'):.1f} | {_median(r[name], endpoint, 'p99_ms'):.1f} | {per} |")
+    if "before (recording)" in r:
+        ratio = _median(r["recording"], "single", "events_per_s") / _median(r["before (recording)"], "single", "events_per_s")
+        print(f"| this / before | single event | {ratio:.2f}x | | | |")
+    print(f"\n| completions ({args.concurrency} clients, n=2, 16 tokens) | req/s | p50 ms | p99 ms | failed | "
+          f"per round (req/s) |\n|---|---|---|---|---|---|")
+    for name in r:
+        per = ", ".join(f"{row['completions']['requests_per_s']:.1f}" for row in r[name])
+        print(f"| {name} | {_median(r[name], 'completions', 'requests_per_s'):.2f} | "
+              f"{_median(r[name], 'completions', 'p50_ms'):.0f} | {_median(r[name], 'completions', 'p99_ms'):.0f} | "
+              f"{sum(row['completions']['failed'] for row in r[name])} | {per} |")
+    rec, unrec = r["recording"], r["not recording"]
+    print(f"| recording / not recording | {_median(rec, 'completions', 'requests_per_s') / _median(unrec, 'completions', 'requests_per_s'):.3f}x | "
+          f"{_median(rec, 'completions', 'p50_ms') / _median(unrec, 'completions', 'p50_ms'):.3f}x | "
+          f"{_median(rec, 'completions', 'p99_ms') / _median(unrec, 'completions', 'p99_ms'):.3f}x | | |")
 
 
 if __name__ == "__main__":

@@ -31,11 +31,13 @@ def machine() -> str:
             f"torch {torch.__version__}, vllm {vllm.__version__}")
 
 
-def launch(cmd: list[str], log: Path, url: str, ready_path: str, key: str) -> subprocess.Popen:
-    """Start a server process and wait until ready_path answers 200."""
+def launch(cmd: list[str], log: Path, url: str, ready_path: str, key: str, cwd: Path | None = None) -> subprocess.Popen:
+    """Start a server process (in `cwd`: another checkout's code) and wait until ready_path answers 200."""
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), PYTHONUNBUFFERED="1")
+    if cwd is not None:  # `python -m alignloop` must import that checkout, not the installed one
+        env["PYTHONPATH"] = str(cwd)
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=cwd)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -51,9 +53,10 @@ def launch(cmd: list[str], log: Path, url: str, ready_path: str, key: str) -> su
 
 
 def launch_gateway(work: Path, model_dir: Path, key: str, extra_toml: str = "",
-                   gateway_toml: str = "") -> tuple[subprocess.Popen, str]:
+                   gateway_toml: str = "", code: Path | None = None) -> tuple[subprocess.Popen, str]:
     """`alignloop serve` on the given model with one unthrottled key; returns (process, url).
-    extra_toml holds other sections; gateway_toml lines go into [gateway]."""
+    extra_toml holds other sections; gateway_toml lines go into [gateway]; `code` is another
+    checkout to run instead of this one (see checkout())."""
     port = free_port()
     config = work / "gateway.toml"
     config.write_text(f'state_dir = "{work / "state"}"\nbase_model = "{model_dir}"\n{extra_toml}\n'
@@ -61,8 +64,23 @@ def launch_gateway(work: Path, model_dir: Path, key: str, extra_toml: str = "",
                       f'api_keys = [{{ key = "{key}", name = "bench", requests_per_minute = 100000000, max_concurrent_requests = 100000, generated_tokens_per_minute = 1000000000000 }}]\n')
     url = f"http://127.0.0.1:{port}"
     proc = launch([sys.executable, "-m", "alignloop", "serve", "--config", str(config)], work / "gateway.log",
-                  url, "/readyz", key)
+                  url, "/readyz", key, cwd=code)
     return proc, url
+
+
+def checkout(ref: str, where: Path) -> Path:
+    """The code of git ref `ref` in a detached worktree at `where` (for a before/after comparison
+    in one run; remove it with remove_checkout)."""
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run(["git", "worktree", "add", "--detach", str(where), ref], cwd=repo, check=True,
+                   capture_output=True, text=True)
+    return where
+
+
+def remove_checkout(where: Path) -> None:
+    """Remove a worktree made by checkout()."""
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=repo, capture_output=True, text=True)
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from core.failpoints import ENV as FAILPOINT_ENV  # shares the prefix but is not a setting
 from core.limits import MAX_K
@@ -116,11 +116,28 @@ class GatewayConfig(_Section):
     max_prompt_tokens: int = 384
     default_max_tokens: int = 16
     log_level: str = "info"
+    # How long an idle client connection is kept open. Longer than any client's or load balancer's
+    # own idle timeout, so the client always closes first: a server that closes an idle connection
+    # while the client is sending its next request on it fails that request ("server disconnected"),
+    # and a stalled event loop makes the server's timer fire late, exactly then.
+    keep_alive_s: float = Field(default=75.0, gt=0)
     failed_auth_per_minute: int = Field(default=60, ge=1)  # per client address; then 429
     labelling: LabellingConfig = LabellingConfig()
+    # Signs the request and choice ids handed out, so any replica can check who may rate what with
+    # no shared database. Replicas share these; the first signs, all verify (rotate by putting a new
+    # one first, and drop the old one once feedback.index_retention_days have passed). Empty: one
+    # is generated into <state_dir>/gateway/ownership_secret (one gateway).
+    ownership_secrets: list[SecretStr] = []
     # How often the gateway looks at the registry's CURRENT pointer (the trainer promotes by
     # moving it); 0 turns watching off.
     registry_poll_s: float = 1.0
+
+    @field_validator("ownership_secrets")
+    @classmethod
+    def _long_enough(cls, secrets: list[SecretStr]) -> list[SecretStr]:
+        if any(len(s.get_secret_value()) < 16 for s in secrets):
+            raise ValueError("each ownership secret needs at least 16 characters (e.g. `openssl rand -hex 32`)")
+        return secrets
 
     @field_validator("api_keys")
     @classmethod
@@ -241,6 +258,7 @@ class LoopConfig(_Section):
     gate_max_prompts: int = Field(default=64, ge=1)        # held-out prompts the gate uses (a stable subset)
     eval_batch: int = 16            # prompts (or texts) per forward in evaluation: memory stays bounded
     metrics_port: int = 9400        # 0: no Prometheus endpoint
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can reach it
     # Caps a round's RM training; it still draws from all comparisons so far, warm-starting from
     # the last RM, so learning accumulates across rounds. None: full epochs every round.
     rm_max_steps: int | None = None
@@ -286,6 +304,9 @@ class Settings(_Section):
     """The whole configuration tree."""
 
     state_dir: Path = Path(".alignloop")
+    # The policy registry, when several gateways and the trainer share one (a shared filesystem or
+    # volume mounted at the same path everywhere); None: <state_dir>/registry.
+    registry_dir: Path | None = None
     # A Hugging Face checkpoint directory to serve as v1; empty builds the tiny model instead.
     base_model: Path | None = None
     tiny_model: TinyModelConfig = TinyModelConfig()
@@ -297,7 +318,7 @@ class Settings(_Section):
     @property
     def paths(self) -> StatePaths:
         """The layout of the state directory (core/paths.py)."""
-        return StatePaths(self.state_dir)
+        return StatePaths(self.state_dir, self.registry_dir)
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -1,11 +1,13 @@
 """Where alignloop keeps its state: the one layout of the state directory, in one place.
 
     <state_dir>/
-        registry/                 policy versions and the CURRENT pointer (registry/store.py)
+        registry/                 policy versions and the CURRENT pointer (registry/store.py),
+                                  unless settings.registry_dir names a shared one
         api_keys.json             generated keys when none are configured (mode 0600)
         feedback/events.db        the gateway's durable spool / embedded event log
         gateway/last_served       the version the gateway last served (its fallback at start)
         gateway/labels.db         the raters' labelling queue
+        gateway/ownership_secret  the generated key that signs served ids when none is configured
         trainer/dataset.db        the trainer's de-duplicated dataset
         trainer/rounds/rNNNN/     one training round's reward model and policy
         data/pretraining.jsonl    pretraining text for PPO-ptx's LM term (written with the tiny model)
@@ -26,11 +28,12 @@ class StatePaths:
     """The files and folders under one state directory."""
 
     root: Path
+    shared_registry: Path | None = None
 
     @property
     def registry(self) -> Path:
         """The policy registry's root."""
-        return self.root / "registry"
+        return self.shared_registry or self.root / "registry"
 
     @property
     def api_keys(self) -> Path:
@@ -51,6 +54,11 @@ class StatePaths:
     def labels(self) -> Path:
         """The labelling queue: sampled prompts, their candidates, leases and rankings."""
         return self.root / "gateway" / "labels.db"
+
+    @property
+    def ownership_secret(self) -> Path:
+        """The generated secret that signs served ids (when none is configured)."""
+        return self.root / "gateway" / "ownership_secret"
 
     @property
     def trainer(self) -> Path:

@@ -42,6 +42,15 @@ def new_event_id() -> str:
     return uuid.uuid4().hex
 
 
+_KEYED = uuid.UUID("5b0d6c1e-2f7a-4c57-9a51-a11a1001d0e5")
+
+
+def keyed_event_id(scoped_key: str) -> str:
+    """The event id of feedback sent with an idempotency key ("caller:key"): the same on every
+    replica, so a retry that lands elsewhere is the same event and is stored once."""
+    return uuid.uuid5(_KEYED, scoped_key).hex
+
+
 class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -127,7 +136,7 @@ class Demonstration(_Event):
     type: Literal["demonstration"] = "demonstration"
     response: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
     author: str
-    policy_version: str | None = None  # the version whose answer the user rewrote
+    policy_version: str | None = None  # unset since ids are signed: the completion event of request_id has it
 
 
 FeedbackEvent = Annotated[Comparison | Rating | Demonstration, Field(discriminator="type")]

@@ -23,5 +23,5 @@ class FeedbackMetrics:
         self.kafka_up = Gauge("alignloop_kafka_connected", "1 while the shipper reaches Kafka", registry=registry)
         self.dead_letters = Counter("alignloop_feedback_dead_letters", "Records Kafka would never accept, kept in "
                                     "the spool's dead_letters table", registry=registry)
-        self.index_bytes = Gauge("alignloop_spool_index_bytes", "Bytes of the served-choice and idempotency index "
+        self.index_bytes = Gauge("alignloop_spool_index_bytes", "Bytes of the idempotency-key index "
                                  "(counted against the spool's cap)", registry=registry)

@@ -5,8 +5,8 @@
                                     or, embedded, EmbeddedRetention (feedback/retention.py)
 
 Served completions are handed over without waiting; feedback is acknowledged only once it is
-fsync'd. The same database keeps which choices were served to whom and the idempotency keys
-(feedback/served_index.py), so users may only rate what they were served, even after a restart.
+fsync'd. The same database keeps the idempotency keys (feedback/idempotency.py), so a retried
+submission is answered with its first outcome, also after a restart.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from feedback.kafka_shipper import DEAD_LETTER_SCHEMA, KafkaShipper, shipped_off
 from feedback.local_log import LocalLog
 from feedback.metrics import FeedbackMetrics
 from feedback.retention import EmbeddedRetention, IndexRetention
-from feedback.served_index import MIGRATIONS, ServedIndex
-from feedback.served_index import SCHEMA as INDEX_SCHEMA
+from feedback.idempotency import MIGRATIONS, IdempotencyIndex
+from feedback.idempotency import SCHEMA as INDEX_SCHEMA
 from feedback.spool_usage import SpoolUsage
 from feedback.spool_writer import CompletionWrite, FeedbackWrite, SpoolWriter
 from feedback.submission import Accepted, SpoolFull, SpoolUnavailable, Submission
@@ -50,17 +50,16 @@ class FeedbackRecorder:
         self.log = LocalLog(spool_path, INDEX_SCHEMA + DEAD_LETTER_SCHEMA)
         self.log.migrate(MIGRATIONS)
         self.metrics = FeedbackMetrics(registry)
-        self.index = ServedIndex(self.log)
         events, size = self.log.stats(0 if self.embedded else shipped_offset(self.log))
         with self.log.transaction() as tx:
-            index_size = ServedIndex.size(tx.cursor)
+            index_size = IdempotencyIndex.size(tx.cursor)
         self.usage = SpoolUsage(self.metrics, config.max_spool_bytes, events, size, index_size)
         failed = on_failure
         self._shipper = KafkaShipper(self.log, config, self.usage, self.metrics, failed) if not self.embedded else None
         self._retention = (EmbeddedRetention(self.log, consumer_groups, self.usage, failed)
                            if self.embedded and consumer_groups else None)
         self._index_retention = IndexRetention(self.log, config.index_retention_days * 86400, self.usage, failed)
-        self._writer = SpoolWriter(self.log, self.index, self.usage, self.metrics,
+        self._writer = SpoolWriter(self.log, self.usage, self.metrics,
                                    on_commit=self._shipper.wake if self._shipper else lambda: None, on_failure=failed)
         if events and self._shipper:
             log.info("feedback: %d events (%d bytes) from before the restart wait for Kafka", events, size)
@@ -75,7 +74,6 @@ class FeedbackRecorder:
             self.metrics.completions.labels("dropped_spool_full").inc()
             log.warning("feedback: spool full (%d bytes); completion %s not recorded", self.usage.bytes, event.request_id)
             return
-        self.index.hand_over(event)
         self._writer.put(CompletionWrite(event, value))
 
     async def submit(self, items: list[Submission]) -> list[Accepted]:

@@ -6,8 +6,8 @@ the spool then measures what the trainer has yet to take (as it measures what Ka
 otherwise), and a long-running single-machine setup neither fills the disk nor hits the size cap.
 A group that never committed keeps everything (nothing is lost).
 
-IndexRetention: the served-choice and idempotency index remembers completions for
-feedback.index_retention_days; older rows are pruned and their pages handed back to the disk.
+IndexRetention: the idempotency index remembers keys for feedback.index_retention_days; older
+rows are pruned and their pages handed back to the disk.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 
 from core.supervision import OnFailure, SupervisedThread
 from feedback.local_log import LocalLog
-from feedback.served_index import ServedIndex
+from feedback.idempotency import IdempotencyIndex
 from feedback.spool_usage import SpoolUsage
 from feedback.topics import ALL as ALL_TOPICS
 
@@ -70,7 +70,7 @@ class IndexRetention:
     def sweep(self) -> int:
         """Prune what is older than the window; returns the rows removed."""
         with self._log.transaction() as tx:
-            rows, size = ServedIndex.prune(tx.cursor, time.time() - self._retention_s)
+            rows, size = IdempotencyIndex.prune(tx.cursor, time.time() - self._retention_s)
         if rows:
             self._usage.add_index(-size)
             self._log.reclaim()

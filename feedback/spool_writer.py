@@ -19,7 +19,7 @@ from core.supervision import OnFailure, SupervisedThread
 from feedback.events import CompletionServed
 from feedback.local_log import LocalLog, Transaction
 from feedback.metrics import FeedbackMetrics
-from feedback.served_index import ServedIndex
+from feedback.idempotency import IdempotencyIndex
 from feedback.spool_usage import SpoolUsage
 from feedback.submission import Accepted, IdempotencyConflict, Submission
 from feedback.topics import topic_for
@@ -62,9 +62,9 @@ class FeedbackWrite:
 class SpoolWriter:
     """A thread that group-commits what the API hands it."""
 
-    def __init__(self, spool: LocalLog, index: ServedIndex, usage: SpoolUsage, metrics: FeedbackMetrics,
+    def __init__(self, spool: LocalLog, usage: SpoolUsage, metrics: FeedbackMetrics,
                  on_commit: Callable[[], None] = lambda: None, on_failure: OnFailure = lambda _: None):
-        self._log, self._index, self._usage, self._metrics = spool, index, usage, metrics
+        self._log, self._usage, self._metrics = spool, usage, metrics
         self._on_commit = on_commit
         self._queue: queue.Queue[CompletionWrite | FeedbackWrite] = queue.Queue()
         self._thread = SupervisedThread("feedback-writer", self._loop, on_failure)
@@ -106,7 +106,6 @@ class SpoolWriter:
             with self._log.transaction() as tx:
                 for c in completions:
                     tx.append(topic_for(c.event), c.event.key(), c.value)
-                    written.index_bytes += ServedIndex.record(tx.cursor, c.event)
                     written.events += 1
                     written.bytes += len(c.value)
                 for f in feedback:
@@ -117,9 +116,6 @@ class SpoolWriter:
             for f in feedback:
                 f.future.set_exception(exc)
             return
-        finally:
-            for c in completions:
-                self._index.settle(c.event)
         self._usage.add(written.events, written.bytes)
         self._usage.add_index(written.index_bytes)
         self._metrics.completions.labels("recorded").inc(len(completions))
@@ -138,7 +134,7 @@ class SpoolWriter:
         out = []
         try:
             for item in items:
-                earlier = ServedIndex.claim(tx.cursor, item)
+                earlier = IdempotencyIndex.claim(tx.cursor, item)
                 if earlier is not None:
                     out.append(earlier)
                     continue
@@ -146,7 +142,7 @@ class SpoolWriter:
                 tx.append(topic_for(item.event), item.event.key(), value)
                 mine.events += 1
                 mine.bytes += len(value)
-                mine.index_bytes += ServedIndex.key_bytes(item)
+                mine.index_bytes += IdempotencyIndex.key_bytes(item)
                 out.append(Accepted(item.event.event_id, duplicate=False))
         except IdempotencyConflict as exc:
             tx.cursor.execute("ROLLBACK TO submission")

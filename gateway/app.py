@@ -19,9 +19,11 @@ from gateway.dependencies import Services
 from gateway.deployment import Deployment
 from gateway.errors import SafeJSONResponse, install_error_handlers
 from gateway.metrics import GatewayMetrics
+from gateway.ownership import Ownership, load_or_create_secrets
 from gateway.middleware import HTTPMetricsMiddleware
 from gateway.label_filler import fill_forever
 from gateway.labelling import LabelQueue
+from gateway.loop_watch import watch_loop
 from gateway.routers import admin, feedback, health, labelling, openai
 from gateway.serving import Serving
 from registry.store import PolicyRegistry
@@ -44,9 +46,12 @@ def build_services(settings: Settings) -> Services:
     keys = KeyStore(load_or_create_keys(settings.gateway.api_keys, settings.state_dir),
                     settings.gateway.failed_auth_per_minute)
     labels = LabelQueue(settings.paths.labels, settings.gateway.labelling)
-    serving = Serving(deployment.engine, settings.gateway, metrics, keys,
+    # Feedback is accepted on ids younger than the idempotency window, as before ids were signed.
+    ownership = Ownership(load_or_create_secrets(settings.gateway.ownership_secrets, settings.paths.ownership_secret),
+                          retention_s=settings.feedback.index_retention_days * 86400)
+    serving = Serving(deployment.engine, settings.gateway, metrics, keys, ownership,
                       recorder if settings.feedback.record_completions else None, labels)
-    return Services(settings, deployment, serving, recorder, keys, metrics, labels, started_at=time.time())
+    return Services(settings, deployment, serving, recorder, keys, metrics, labels, ownership, started_at=time.time())
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -60,11 +65,14 @@ def create_app(settings: Settings) -> FastAPI:
         poll_s = settings.gateway.registry_poll_s
         watching = asyncio.create_task(deployment.follow_registry(poll_s)) if poll_s > 0 else None
         filling = asyncio.create_task(supervise("label-filler", lambda: fill_forever(
-            services.labels, deployment.engine, services.recorder, settings.gateway.labelling, services.metrics),
+            services.labels, deployment.engine, services.recorder, services.ownership, settings.gateway.labelling,
+            services.metrics),
             on_failure=lambda task: services.metrics.background_failures.labels(task).inc()))
+        lag = asyncio.create_task(watch_loop(services.metrics.loop_lag))
         yield
         starting.cancel()
         filling.cancel()
+        lag.cancel()
         if watching is not None:
             watching.cancel()
         deployment.shutdown()

@@ -18,6 +18,7 @@ from gateway.errors import APIError
 from gateway.deployment import Deployment
 from gateway.labelling import LabelQueue
 from gateway.metrics import GatewayMetrics
+from gateway.ownership import Ownership
 from gateway.serving import Serving
 
 
@@ -32,6 +33,7 @@ class Services:
     keys: KeyStore
     metrics: GatewayMetrics
     labels: LabelQueue
+    ownership: Ownership
     started_at: float
 
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 
 from core.config import LabellingConfig
 from feedback.events import CompletionServed, ServedChoice
 from feedback.recorder import FeedbackRecorder
 from gateway.labelling import LabelQueue
+from gateway.leaderboard import from_rankings
 from gateway.metrics import GatewayMetrics
-from gateway.rendering import Accumulator, Candidate, choice_id
+from gateway.ownership import Ownership
+from gateway.rendering import Accumulator, Candidate
 from inference.engine import PolicyEngine
 from inference.prompts import ChatTemplateError, chat_ids
 from inference.sampling import Sampling
@@ -63,7 +64,7 @@ async def _candidates(engine: PolicyEngine, prompt_ids: list[int], config: Label
     return parts[0] + parts[1]
 
 
-async def fill_once(queue: LabelQueue, engine: PolicyEngine, recorder: FeedbackRecorder,
+async def fill_once(queue: LabelQueue, engine: PolicyEngine, recorder: FeedbackRecorder, ownership: Ownership,
                     config: LabellingConfig) -> int:
     """Generate candidates for the items waiting for them; returns how many were filled."""
     filled = 0
@@ -82,10 +83,10 @@ async def fill_once(queue: LabelQueue, engine: PolicyEngine, recorder: FeedbackR
             await asyncio.to_thread(queue.drop, item_id)
             continue
         max_tokens = min(config.max_tokens, room)
-        request_id = f"chatcmpl-label-{uuid.uuid4().hex}"
+        request_id = ownership.request_id("chatcmpl", CALLER)
         written = await _candidates(engine, prompt_ids, config, max_tokens, request_id)
         mixed = len({v for v, _ in written}) > 1
-        choices = [ServedChoice(choice_id=choice_id(request_id, i), text=c.text, completion_tokens=len(c.token_ids),
+        choices = [ServedChoice(choice_id=ownership.choice_id(request_id, i, v), text=c.text, completion_tokens=len(c.token_ids),
                                 finish_reason=c.finish_reason, policy_version=v if mixed else None)
                    for i, (v, c) in enumerate(written)]
         recorder.record_completion(CompletionServed(
@@ -98,12 +99,20 @@ async def fill_once(queue: LabelQueue, engine: PolicyEngine, recorder: FeedbackR
     return filled
 
 
-async def fill_forever(queue: LabelQueue, engine: PolicyEngine, recorder: FeedbackRecorder,
+def versions_board(queue: LabelQueue, ownership: Ownership, engine: PolicyEngine, bootstrap_rounds: int = 200) -> dict:
+    """The leaderboard of the queue's rankings against SFT (the registry's first version) and the
+    serving version (blocking: reads the queue and the registry)."""
+    names = engine.registry.names()
+    return from_rankings(queue.rankings(), ownership.version_of, names[0] if names else None, engine.version,
+                         bootstrap_rounds)
+
+
+async def fill_forever(queue: LabelQueue, engine: PolicyEngine, recorder: FeedbackRecorder, ownership: Ownership,
                        config: LabellingConfig, metrics: GatewayMetrics) -> None:
     """fill_once in a loop, idling when nothing waits; keeps the queue's gauges current."""
     measured = counted = 0.0
     while True:
-        filled = await fill_once(queue, engine, recorder, config)
+        filled = await fill_once(queue, engine, recorder, ownership, config)
         if filled or time.monotonic() - counted > _COUNT_EVERY_S:  # a count over all items: not every idle tick
             counted = time.monotonic()
             metrics.labelling_waiting.set(await asyncio.to_thread(queue.waiting))
@@ -112,5 +121,6 @@ async def fill_forever(queue: LabelQueue, engine: PolicyEngine, recorder: Feedba
             agreement = (await asyncio.to_thread(queue.raters))["agreement"]
             if agreement is not None:
                 metrics.rater_agreement.set(agreement)
+            metrics.set_leaderboard(await asyncio.to_thread(versions_board, queue, ownership, engine, 50))
         if not filled:
             await asyncio.sleep(_IDLE_S)

@@ -153,6 +153,10 @@ class LabelQueue:
                         "ranking = excluded.ranking", (row[0], rater, time.time(), json.dumps(ranking)))
         return True
 
+    def rankings(self) -> list[list[list[str]]]:
+        """Every ranking raters gave (choice ids, best first; inner lists are ties)."""
+        return [json.loads(r) for (r,) in self._rows("SELECT ranking FROM assignments WHERE done_at IS NOT NULL")]
+
     def waiting(self) -> int:
         """Items that still need a rater (or candidates)."""
         return self._rows("SELECT COUNT(*) FROM items i WHERE (SELECT COUNT(*) FROM assignments a WHERE "

@@ -27,6 +27,20 @@ class Outcome:
     tie: bool = False
 
 
+def outcomes_of(ranking: list[list[str]], version_of) -> list[Outcome]:
+    """The cross-version pairwise outcomes of one ranking (choice ids best first, inner lists tied);
+    `version_of(choice_id)` names the version of each (None: not counted). Same-version pairs
+    say nothing about versions and are skipped."""
+    groups = [[v for v in map(version_of, group) if v] for group in ranking]
+    out = []
+    for i, better in enumerate(groups):
+        for j, a in enumerate(better):
+            out += [Outcome(a, b, tie=True) for b in better[j + 1:] if b != a]
+        for worse in groups[i + 1:]:
+            out += [Outcome(a, b) for a in better for b in worse if b != a]
+    return out
+
+
 def bradley_terry(outcomes: list[Outcome], steps: int = 300, lr: float = 0.5, ridge: float = 0.01) -> dict[str, float]:
     """Maximum-likelihood Bradley–Terry scores, centred on 0."""
     versions = sorted({v for o in outcomes for v in (o.winner, o.loser)})
@@ -83,3 +97,11 @@ def leaderboard(outcomes: list[Outcome], sft: str | None, serving: str | None, b
                      "vs_sft": win_rate(outcomes, v, sft) if sft and v != sft else None,
                      "vs_serving": win_rate(outcomes, v, serving) if serving and v != serving else None})
     return {"versions": rows, "outcomes": len(outcomes), "sft": sft, "serving": serving}
+
+
+def from_rankings(rankings: list[list[list[str]]], version_of, sft: str | None, serving: str | None,
+                  bootstrap_rounds: int = 200) -> dict:
+    """The leaderboard of rankings of choice ids (the labelling queue's), each id's version read by
+    `version_of` (the signed ids carry it: gateway/ownership.py)."""
+    outcomes = [o for ranking in rankings for o in outcomes_of(ranking, version_of)]
+    return leaderboard(outcomes, sft, serving, bootstrap_rounds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
 
@@ -41,12 +42,39 @@ class GatewayMetrics:
         self.overhead = Histogram("alignloop_gateway_overhead_seconds", "Time a request spent in the gateway "
                                   "outside the engine (parsing, auth, tokenising, recording, rendering)", ["route"],
                                   buckets=_OVERHEAD_BUCKETS, registry=r)
+        self.loop_lag = Histogram("alignloop_gateway_event_loop_lag_seconds", "How late the gateway's event loop "
+                                  "woke from a short sleep: a stall delays every request", buckets=_LAG_BUCKETS,
+                                  registry=r)
+        self.version_score = Gauge("alignloop_version_score", "Bradley-Terry score of a policy version from raters' "
+                                   "blinded cross-version rankings (0 = average)", ["version"], registry=r)
+        self.version_win_rate = Gauge("alignloop_version_win_rate", "How often raters preferred a version's answer "
+                                      "to the reference's (against: sft or serving)", ["version", "against"], registry=r)
         self.labelling_waiting = Gauge("alignloop_labelling_items_waiting", "Labelling-queue items that still need "
                                        "a rater (or their candidates)", registry=r)
         self.labelled = Counter("alignloop_labelling_rankings", "Rankings of labelling-queue items, by rater",
                                 ["rater"], registry=r)
         self.rater_agreement = Gauge("alignloop_rater_agreement", "Share of candidate pairs that two raters of the "
                                      "same item ordered the same way (InstructGPT: ~0.73)", registry=r)
+
+        # Known label values exist from the start at 0 (Prometheus' advice): a rate over a counter
+        # that appears only on its first event shows "no data" instead of 0 until then.
+        for route in ("chat", "completions"):
+            self.cancelled.labels(route)
+            self.overhead.labels(route)
+        for outcome in ("ok", "refused", "canary_refused"):
+            self.swaps.labels(outcome)
+        self.set_canary(None)
+
+    def set_leaderboard(self, board: dict) -> None:
+        """Show a leaderboard (gateway/leaderboard.py) as gauges."""
+        self.version_score.clear()
+        self.version_win_rate.clear()
+        for row in board["versions"]:
+            self.version_score.labels(row["version"]).set(row["score"])
+            for against in ("sft", "serving"):
+                rate = row[f"vs_{against}"]
+                if rate and rate["rate"] is not None:
+                    self.version_win_rate.labels(row["version"], against).set(rate["rate"])
 
     def set_version(self, version: str) -> None:
         """Mark version as the one served."""
@@ -56,5 +84,5 @@ class GatewayMetrics:
     def set_canary(self, version: str | None, fraction: float = 0.0) -> None:
         """Show the canary (or that there is none)."""
         self.canary.clear()
-        if version is not None:
-            self.canary.labels(version=version).set(fraction)
+        # With no canary the share is 0 under version="" rather than no series at all.
+        self.canary.labels(version=version or "").set(fraction if version is not None else 0.0)

@@ -40,11 +40,6 @@ class Accumulator:
         return sum(len(c.token_ids) for c in self.candidates)
 
 
-def choice_id(response_id: str, index: int) -> str:
-    """The stable id feedback refers to a candidate by."""
-    return f"{response_id}-{index}"
-
-
 class CompletionRenderer:
     """/v1/completions: text choices, OpenAI's legacy logprobs."""
 
@@ -68,15 +63,15 @@ class CompletionRenderer:
             text_offset += len(text)
         return out
 
-    def choice(self, response_id: str, index: int, c: Candidate) -> dict:
+    def choice(self, choice_id: str, index: int, c: Candidate) -> dict:
         """A finished candidate in the whole response."""
-        return p.CompletionChoice(index=index, id=choice_id(response_id, index), text=c.text,
+        return p.CompletionChoice(index=index, id=choice_id, text=c.text,
                                   logprobs=self._logprobs(c.token_ids, c.logprobs, 0),
                                   finish_reason=c.finish_reason).model_dump()
 
-    def delta(self, response_id: str, chunk: Chunk, offset: int, first: bool) -> dict:
+    def delta(self, choice_id: str, chunk: Chunk, offset: int, first: bool) -> dict:
         """One streamed piece of a candidate; offset is how much text it had before."""
-        return p.CompletionChoice(index=chunk.index, id=choice_id(response_id, chunk.index), text=chunk.text,
+        return p.CompletionChoice(index=chunk.index, id=choice_id, text=chunk.text,
                                   logprobs=self._logprobs(chunk.token_ids, chunk.logprobs or [], offset),
                                   finish_reason=chunk.finish_reason).model_dump(exclude_none=True)
 
@@ -106,15 +101,15 @@ class ChatRenderer:
                                           top_logprobs=[p.TopLogprob(**entry(t, lp)) for lp, t in ranked]))
         return p.ChatLogprobs(content=content)
 
-    def choice(self, response_id: str, index: int, c: Candidate) -> dict:
+    def choice(self, choice_id: str, index: int, c: Candidate) -> dict:
         """A finished candidate in the whole response."""
-        return p.ChatChoice(index=index, id=choice_id(response_id, index), message=p.ChatResponseMessage(content=c.text),
+        return p.ChatChoice(index=index, id=choice_id, message=p.ChatResponseMessage(content=c.text),
                             logprobs=self._logprobs(c.token_ids, c.logprobs), finish_reason=c.finish_reason).model_dump()
 
-    def delta(self, response_id: str, chunk: Chunk, offset: int, first: bool) -> dict:
+    def delta(self, choice_id: str, chunk: Chunk, offset: int, first: bool) -> dict:
         """One streamed piece of a candidate; the first piece carries the role."""
         delta = p.ChatDelta(role="assistant" if first else None, content=chunk.text)
-        return p.ChatChunkChoice(index=chunk.index, id=choice_id(response_id, chunk.index), delta=delta,
+        return p.ChatChunkChoice(index=chunk.index, id=choice_id, delta=delta,
                                  logprobs=self._logprobs(chunk.token_ids, chunk.logprobs or []),
                                  finish_reason=chunk.finish_reason).model_dump(exclude_none=True)
 

@@ -10,9 +10,8 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -26,7 +25,8 @@ from gateway.errors import APIError, error_body
 from gateway.labelling import LabelQueue
 from gateway.metrics import GatewayMetrics
 from gateway.overhead import clock_of
-from gateway.rendering import Accumulator, ChatRenderer, CompletionRenderer, Renderer, choice_id
+from gateway.ownership import Ownership
+from gateway.rendering import Accumulator, ChatRenderer, CompletionRenderer, Renderer
 from inference.engine import PolicyEngine
 from inference.prompts import ChatTemplateError, chat_ids
 from inference.sampling import Chunk, Sampling
@@ -49,6 +49,7 @@ class Job:
     served: dict  # what the completion event records of the request: prompt or messages, prompt_text
     label_sampling: bool = False  # the caller lets its prompts be sampled into the labelling queue
     sticky_key: str = ""  # who the request is for (key, and the request's `user` if given): canary routing
+    choice_ids: list[str] = field(default_factory=list)  # signed, once the serving version is known
 
     def usage(self, generated: int) -> dict:
         """The usage block for `generated` completion tokens."""
@@ -76,9 +77,9 @@ class Serving:
     """Validates requests against the caller's limits and runs them on the engine."""
 
     def __init__(self, engine: PolicyEngine, config: GatewayConfig, metrics: GatewayMetrics, keys: KeyStore,
-                 recorder: FeedbackRecorder | None = None, labels: LabelQueue | None = None):
+                 ownership: Ownership, recorder: FeedbackRecorder | None = None, labels: LabelQueue | None = None):
         self.engine, self.config, self.metrics, self.keys, self.recorder = engine, config, metrics, keys, recorder
-        self.labels = labels
+        self.ownership, self.labels = ownership, labels
 
     # ---- validation -------------------------------------------------------------------------
 
@@ -109,7 +110,7 @@ class Serving:
                                 f"({len(prompt_ids)}) plus max_tokens ({max_tokens}) exceeds it.",
                            param="max_tokens", code="context_length_exceeded")
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return Job(route, f"{prefix}-{uuid.uuid4().hex}", prompt_ids, req.to_sampling(max_tokens, logprobs),
+        return Job(route, self.ownership.request_id(prefix, caller.name), prompt_ids, req.to_sampling(max_tokens, logprobs),
                    req.stream, include_usage, time.monotonic(), caller.name, served, caller.limits.label_sampling,
                    f"{caller.name}:{req.user or ''}")
 
@@ -192,7 +193,7 @@ class Serving:
             return
         self.recorder.record_completion(CompletionServed(
             request_id=job.response_id, route=job.route, prompt_tokens=len(job.prompt_ids),
-            choices=[ServedChoice(choice_id=choice_id(job.response_id, i), text=c.text,
+            choices=[ServedChoice(choice_id=job.choice_ids[i], text=c.text,
                                   completion_tokens=len(c.token_ids), finish_reason=c.finish_reason)
                      for i, c in enumerate(result.candidates)],
             sampling=job.sampling.describe(), policy_version=version, caller=job.caller, **job.served))
@@ -214,6 +215,7 @@ class Serving:
             first = None
         self.metrics.ttft.labels(job.route).observe(time.monotonic() - job.started)
         version = first.version if first else self.engine.version
+        job.choice_ids = [self.ownership.choice_id(job.response_id, i, version) for i in range(job.sampling.n)]
         self.metrics.served_by.labels(version).inc()
         headers = {"X-Policy-Version": version, "X-Request-Id": job.response_id}
         head = {"id": job.response_id, "created": int(time.time()), "model": model, "policy_version": version}
@@ -225,7 +227,7 @@ class Serving:
         self._count(job, result.generated)
         self._record(job, version, result)
         body = {**head, "object": renderer.object, "usage": job.usage(result.generated),
-                "choices": [renderer.choice(job.response_id, i, c) for i, c in enumerate(result.candidates)]}
+                "choices": [renderer.choice(job.choice_ids[i], i, c) for i, c in enumerate(result.candidates)]}
         return JSONResponse(renderer.response_model.model_validate(body).model_dump(), headers=headers)
 
     async def _collect(self, job: Job, chunks: AsyncIterator[Chunk], first: Chunk | None,
@@ -274,7 +276,7 @@ class Serving:
                         break
                 offset = len(result.candidates[c.index].text)
                 result.add(c)
-                yield _sse({**chunk_head, "choices": [renderer.delta(job.response_id, c, offset, c.index not in opened)]})
+                yield _sse({**chunk_head, "choices": [renderer.delta(job.choice_ids[c.index], c, offset, c.index not in opened)]})
                 opened.add(c.index)
             if job.include_usage:
                 yield _sse({**chunk_head, "choices": [], "usage": job.usage(result.generated)})

@@ -32,7 +32,6 @@ from transformers import PreTrainedTokenizerBase
 from core.config import EngineConfig
 from registry.errors import RegistryError
 from registry.store import PolicyRegistry
-from registry.validation import validate_checkpoint
 from inference.sampling import Chunk, Sampling
 from inference.vllm_engine import VLLMEngine
 
@@ -105,7 +104,7 @@ class PolicyEngine:
     async def start(self, version: str) -> None:
         """Build the vLLM engine on a registry version and warm it up."""
         path = self.registry.path(version)
-        validate_checkpoint(path)
+        await asyncio.to_thread(self.registry.verify, version)
         self._active = await VLLMEngine.launch(version, path, self.config)
         self.ready = True
 
@@ -147,7 +146,7 @@ class PolicyEngine:
         if mode not in SWAP_MODES:
             raise ValueError(f"unknown swap mode {mode!r}; use one of {SWAP_MODES}")
         path = self.registry.path(version)
-        validate_checkpoint(path)
+        await asyncio.to_thread(self.registry.verify, version)
         async with self._switching():
             if version == self.version:
                 return Switch("none", 0.0)
@@ -175,8 +174,7 @@ class PolicyEngine:
         """Send `fraction` of new requests to `version` on an engine of its own."""
         if not 0.0 < fraction < 1.0:
             raise ValueError("a canary fraction is between 0 and 1 (exclusive)")
-        path = self.registry.path(version)
-        validate_checkpoint(path)
+        await asyncio.to_thread(self.registry.verify, version)
         async with self._switching():
             if version == self.version:
                 raise RegistryError(f"{version} is already the serving version")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -92,6 +93,11 @@ class VLLMEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        # Spawn the engine's processes, never fork them from the serving process: a forked child
+        # inherits every client socket (a connection the server has closed stays open in it, and
+        # is reset when that engine retires: "server disconnected" for whoever reused it) and any
+        # lock that another of the gateway's threads held at that instant.
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         args = AsyncEngineArgs(**engine_kwargs(path, config))
         started = time.monotonic()
         log.info("engine: starting vLLM on %s (%s)", version, path)

@@ -3,13 +3,17 @@
 Layout under the registry root::
 
     versions/v0001/{config.json, model.safetensors, tokenizer files, ...}
-    versions/v0001/alignloop-version.json   metadata: parent, created, source, metrics, ...
+    versions/v0001/alignloop-version.json   metadata: parent, created, source, metrics, checksums, ...
     CURRENT                    the name of the version to serve, e.g. "v0003"
 
 A version becomes visible only once complete: it is written into a hidden temporary directory
 and renamed into place, so a reader (the gateway) never sees a half-written checkpoint. CURRENT
 is replaced with an atomic rename. Only safetensors weights are accepted: pickle-based formats
-can execute code on load.
+can execute code on load. Every file's SHA-256 is recorded at publishing and checked before an
+engine loads the version (`verify`).
+
+Several gateways may share one registry: put its root on a shared filesystem or volume (NFS, a
+ReadWriteMany volume) that every gateway and the trainer mount at the same path.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from core.failpoints import failpoint
+from registry import checksums
 from registry.errors import UnknownVersion
 from registry.validation import validate_checkpoint
 
@@ -60,6 +65,7 @@ class VersionInfo:
     parent: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    checksums: dict[str, str] = field(default_factory=dict)  # file name -> sha256, taken at publishing
 
 
 def _fsync_dir(path: Path) -> None:
@@ -113,6 +119,15 @@ class PolicyRegistry:
     def info(self, name: str) -> VersionInfo:
         """The metadata of a version."""
         return VersionInfo(**json.loads((self.path(name) / META_FILE).read_text()))
+
+    def verify(self, name: str) -> None:
+        """Refuse (RegistryError) a version that is not a valid checkpoint or whose files differ
+        from those published; reads every byte, so call it off the event loop."""
+        path = self.path(name)
+        validate_checkpoint(path)
+        expected = self.info(name).checksums
+        if expected:  # versions published before checksums were recorded have none to check
+            checksums.verify(path, expected, skip=(META_FILE,))
 
     def current(self) -> str | None:
         """The version that should be served, or None for an empty registry."""
@@ -174,13 +189,14 @@ class PolicyRegistry:
                 if item.is_file():
                     shutil.copy2(item, staging / item.name)
             failpoint("registry.publish.staged")
+            sums = checksums.checksums(staging, skip=(META_FILE,))
             # Numbering races between two publishers are settled by rename: it fails if taken.
             while True:
                 existing = self.names()
                 number = int(VERSION_RE.match(existing[-1]).group(1)) + 1 if existing else 1
                 name = f"v{number:04d}"
                 info = VersionInfo(name=name, created=time.time(), source=source, parent=parent,
-                                   metrics=metrics or {}, extra=extra or {})
+                                   metrics=metrics or {}, extra=extra or {}, checksums=sums)
                 meta = staging / META_FILE
                 if meta.exists():
                     meta.chmod(stat.S_IWUSR | stat.S_IRUSR)

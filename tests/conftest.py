@@ -79,12 +79,21 @@ class Gateway:
 
     def start(self, wait_ready: bool = True) -> "Gateway":
         """Start `alignloop serve`; wait for /readyz (engine warm) or only /healthz."""
+        self.launch()
+        return self.wait(ready=wait_ready)
+
+    def launch(self) -> "Gateway":
+        """Start `alignloop serve` without waiting for it."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen([sys.executable, "-m", "alignloop", "serve", "--config", str(self.config)],
                                             cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env,
                                             start_new_session=True)
-        path = "/readyz" if wait_ready else "/healthz"
+        return self
+
+    def wait(self, ready: bool = True) -> "Gateway":
+        """Wait for /readyz (engine warm) or only /healthz of a launched gateway."""
+        path = "/readyz" if ready else "/healthz"
         deadline = time.monotonic() + 600
         while True:
             if self.process.poll() is not None:
@@ -109,12 +118,17 @@ class Gateway:
         return self.log.read_text(errors="replace")[-4000:]
 
 
-def _write_config(path: Path, state_dir: Path, port: int, kafka: str | None, swap_mode: str, labelling: str) -> None:
+def _write_config(path: Path, state_dir: Path, port: int, kafka: str | None, swap_mode: str, labelling: str,
+                  registry_dir: Path | None = None, secret: str | None = None) -> None:
     feedback = f'[feedback]\nkafka_bootstrap = "{kafka}"\nkafka_timeout_s = 3\n' if kafka else ""
+    shared = f'registry_dir = "{registry_dir}"' if registry_dir else ""
+    secrets = f'ownership_secrets = ["{secret}"]' if secret else ""
     path.write_text(f"""
 state_dir = "{state_dir}"
+{shared}
 [gateway]
 port = {port}
+{secrets}
 max_body_bytes = 65536
 max_prompt_tokens = 200
 api_keys = [
@@ -145,18 +159,24 @@ def write_pretraining_data(state_dir: Path) -> None:
 
 
 def make_gateway(root: Path, model_dir: Path, kafka: str | None, swap_mode: str = "in_place",
-                 labelling: str = "sample_rate = 0.0") -> Gateway:
+                 labelling: str = "sample_rate = 0.0", replica_of: Gateway | None = None,
+                 secret: str | None = None) -> Gateway:
     """A configured, not yet started gateway whose registry holds v0001 (current) and v0002
     (same shapes, other weights). Labelling sampling is off unless asked for (TOML lines of the
     [gateway.labelling] table): the queue's extra generations would otherwise share the engine
-    with tests that count its requests."""
+    with tests that count its requests. A `replica_of` another gateway shares that one's registry
+    (give both the same ownership `secret`)."""
     state_dir = root / "state"
     write_pretraining_data(state_dir)
-    registry = PolicyRegistry(state_dir / "registry")
-    registry.publish(model_dir, source="tiny-model", make_current=True)
-    registry.publish(perturbed_copy(model_dir, root / "v2", seed=2), source="test:perturbed", parent="v0001")
+    if replica_of is not None:
+        registry = replica_of.registry
+    else:
+        registry = PolicyRegistry(state_dir / "registry")
+        registry.publish(model_dir, source="tiny-model", make_current=True)
+        registry.publish(perturbed_copy(model_dir, root / "v2", seed=2), source="test:perturbed", parent="v0001")
     config = root / "alignloop.toml"
-    _write_config(config, state_dir, free_port(), kafka, swap_mode, labelling)
+    _write_config(config, state_dir, free_port(), kafka, swap_mode, labelling,
+                  registry.root if replica_of is not None else None, secret)
     port = int(next(line for line in config.read_text().splitlines() if line.startswith("port")).split("=")[1])
     return Gateway(f"http://127.0.0.1:{port}", state_dir, registry, config, root / "gateway.log")
 

@@ -1,5 +1,7 @@
 """The whole loop on one machine, all real parts: Kafka, the gateway with vLLM, the trainer
-service, and simulated users whose taste (a hidden rule) the trainer never sees."""
+service, and simulated users whose taste (a hidden rule) the trainer never sees; and a real
+Prometheus on the shipped config and alert rules watching it, with the shipped dashboard's queries
+asked of it."""
 
 import json
 import os
@@ -8,6 +10,7 @@ import sys
 import time
 
 import pytest
+from deploy.prometheus.server import PrometheusServer
 from synthetic.users import Population, win_rate
 from synthetic.corpus import ANIMALS
 from tests.conftest import REPO, USER_KEY, free_port, make_gateway
@@ -43,9 +46,33 @@ def _gate_decisions(registry) -> dict:
             for v in registry.names() if registry.info(v).source == "trainer"}
 
 
-def test_the_loop_improves_the_served_policy(loop_gateway, tmp_path):
+def _dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, query) for every query of the shipped Grafana dashboard."""
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "alignloop.json").read_text())
+    return [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p.get("targets", [])]
+
+
+def _check_monitoring(prom: PrometheusServer) -> None:
+    """Prometheus scrapes every target, loaded every alert rule, and every dashboard panel's query
+    returns data: what an operator sees is what the processes export."""
+    targets = prom.api("targets")["activeTargets"]
+    assert len(targets) == 3 and all(t["health"] == "up" for t in targets), \
+        [(t["scrapeUrl"], t["health"], t["lastError"]) for t in targets]
+    rules = [r for g in prom.api("rules")["groups"] for r in g["rules"]]
+    assert len(rules) >= 9 and all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
+    answers = [(title, expr, prom.query(expr)) for title, expr in _dashboard_queries()]
+    print("\ndashboard panels:", json.dumps({f"{t}: {e}": [r["value"][1] for r in res][:4] for t, e, res in answers}, indent=1))
+    empty = [(title, expr) for title, expr, result in answers if not result]
+    assert len(answers) > 25 and not empty, f"dashboard panels with no data: {empty}"
+
+
+def test_the_loop_improves_the_served_policy(loop_gateway, gateway, tmp_path):
     gw = loop_gateway
-    sets = [*LOOP_SETTINGS, f"train.loop.metrics_port={free_port()}"]
+    metrics_port = free_port()
+    # Two gateways (this loop's and the session's) and the trainer, scraped every second.
+    prom = PrometheusServer(tmp_path / "prometheus", [gw.url.removeprefix("http://"), gateway.url.removeprefix("http://")],
+                            [f"127.0.0.1:{metrics_port}"], scrape_s=1).start()
+    sets = [*LOOP_SETTINGS, f"train.loop.metrics_port={metrics_port}"]
     args = [a for s in sets for a in ("--set", s)]
     log = open(tmp_path / "trainer.log", "wb")
     trainer = subprocess.Popen([sys.executable, "-m", "alignloop", "trainer", "--config", str(gw.config), *args],
@@ -64,10 +91,12 @@ def test_the_loop_improves_the_served_policy(loop_gateway, tmp_path):
             assert time.monotonic() < deadline, (promoted, users.tally, _gate_decisions(gw.registry),
                                                  (tmp_path / "trainer.log").read_text()[-3000:])
             time.sleep(2)
+        _check_monitoring(prom)  # while every process is still up: a stopped target's series go stale
     finally:
         tally = users.stop()
         trainer.terminate()
         trainer.wait(timeout=60)
+        prom.stop()
     assert tally.failed == 0, tally.errors[:3]
     assert tally.rankings > 0
     final = promoted[-1]

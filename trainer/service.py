@@ -47,6 +47,8 @@ class _Metrics:
         self.ptx = Gauge("alignloop_trainer_ptx_loss", "Candidate's pretraining LM loss", registry=registry)
         self.promoted = Gauge("alignloop_trainer_last_promoted_info", "1 for the last promoted version", ["version"],
                               registry=registry)
+        for decision in ("promoted", "rejected"):  # at 0 from the start: a rate of "no data" reads as broken
+            self.rounds.labels(decision)
         self.dead_letters = Gauge("alignloop_trainer_dead_letters", "Consumed records that were not events "
                                   "(kept with their offsets in the dataset's dead_letters table)", registry=registry)
 
@@ -252,7 +254,7 @@ class TrainerService:
     def run_forever(self, stop=None) -> None:
         """Consume and train until stop() returns True."""
         if self.cfg.metrics_port:
-            start_http_server(self.cfg.metrics_port, addr="127.0.0.1", registry=self.metrics_registry)
+            start_http_server(self.cfg.metrics_port, addr=self.cfg.metrics_host, registry=self.metrics_registry)
         log.info("trainer: consuming as group %s; a round every %d new comparisons or %.0fs", self.cfg.group,
                  self.cfg.min_new_comparisons, self.cfg.max_interval_s)
         while not (stop and stop()):

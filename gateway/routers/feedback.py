@@ -1,7 +1,8 @@
 """The feedback API: pairwise choices, K-wise rankings, ratings and demonstrations.
 
-Only what this gateway served can be rated, and only by the caller it was served to (or by a key
-with the rater role); all candidates of one ranking must come from the same request. Feedback is
+Only what was served can be rated, and only by the caller it was served to (or by a key with the
+rater role): the ids carry a signature (gateway/ownership.py), so any replica checks them with no
+lookup. All candidates of one ranking must come from the same request. Feedback is
 answered 202 once it is durable on local disk, never before.
 """
 
@@ -12,70 +13,70 @@ import asyncio
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from feedback.events import Comparison, Demonstration, RankingError, Rating, check_ranking
-from feedback.recorder import FeedbackRecorder
-from feedback.served_index import NeverServed, NotServedToCaller, Served
+from feedback.events import Comparison, Demonstration, RankingError, Rating, check_ranking, keyed_event_id
 from feedback.submission import IdempotencyConflict, SpoolFull, SpoolUnavailable, Submission
 from gateway import protocol as p
 from gateway.auth import Caller
 from gateway.dependencies import ClientDep, Services, ServicesDep
-from gateway.labelling import LabelQueue
 from gateway.errors import APIError
+from gateway.labelling import LabelQueue
+from gateway.ownership import NeverServed, NotServedToCaller, Owned, Ownership
 
 router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
 
 
-def _owned_choice(recorder: FeedbackRecorder, choice_id: str, caller: Caller, param: str) -> Served:
+def _owned_choice(ownership: Ownership, choice_id: str, caller: Caller, param: str) -> Owned:
     try:
-        return recorder.index.owned_choice(choice_id, caller.name, may_rate_others=caller.role == "rater")
-    except NeverServed:
-        raise APIError(404, f"No completion choice '{choice_id}' was served by this gateway.", param=param,
-                       code="unknown_choice") from None
+        return ownership.check_choice(choice_id, caller.name, may_rate_others=caller.role == "rater")
+    except NeverServed as exc:
+        raise APIError(404, f"No completion choice '{choice_id[:80]}' was served by this service ({exc}).",
+                       param=param, code="unknown_choice") from None
     except NotServedToCaller:
-        raise APIError(403, f"Choice '{choice_id}' was served to another caller.", param=param,
+        raise APIError(403, f"Choice '{choice_id[:80]}' was served to another caller.", param=param,
                        code="not_your_completion") from None
 
 
-def _owned_request(recorder: FeedbackRecorder, request_id: str, caller: Caller, param: str) -> Served:
+def _owned_request(ownership: Ownership, request_id: str, caller: Caller, param: str) -> Owned:
     try:
-        return recorder.index.owned_request(request_id, caller.name, may_rate_others=caller.role == "rater")
-    except NeverServed:
-        raise APIError(404, f"No request '{request_id}' was served by this gateway.", param=param,
+        return ownership.check_request(request_id, caller.name, may_rate_others=caller.role == "rater")
+    except NeverServed as exc:
+        raise APIError(404, f"No request '{request_id[:80]}' was served by this service ({exc}).", param=param,
                        code="unknown_request") from None
     except NotServedToCaller:
         raise APIError(403, "That request was made by another caller.", param=param,
                        code="not_your_completion") from None
 
 
-def _comparison(recorder: FeedbackRecorder, ranking: list[list[str]], caller: Caller, param: str) -> Comparison:
+def _comparison(ownership: Ownership, ranking: list[list[str]], caller: Caller, param: str) -> Comparison:
     try:
-        check_ranking(ranking)  # before any lookup: a malformed ranking is a 400 whatever its ids
+        check_ranking(ranking)  # before any check of the ids: a malformed ranking is a 400 whatever its ids
     except RankingError as exc:
         raise APIError(400, f"{str(exc).capitalize()}.", param=param, code=exc.code) from None
-    served = [_owned_choice(recorder, c, caller, param) for group in ranking for c in group]
-    if len({s.request_id for s in served}) != 1:
+    owned = [_owned_choice(ownership, c, caller, param) for group in ranking for c in group]
+    if len({o.request_id for o in owned}) != 1:
         raise APIError(400, "All ranked choices must come from the same request.", param=param, code="mixed_requests")
-    return Comparison(request_id=served[0].request_id, ranking=ranking, rater=caller.name,
-                      policy_version=served[0].policy_version)
+    return Comparison(request_id=owned[0].request_id, ranking=ranking, rater=caller.name,
+                      policy_version=owned[0].policy_version)
 
 
-def _submission(item, caller: Caller, recorder: FeedbackRecorder, at: str) -> Submission:
+def _submission(item, caller: Caller, ownership: Ownership, at: str) -> Submission:
     """The event for one item; `at` prefixes error params ("items.3." inside a batch)."""
     if isinstance(item, p.PairwiseFeedback):
         ranking = [[item.chosen, item.rejected]] if item.tie else [[item.chosen], [item.rejected]]
-        event = _comparison(recorder, ranking, caller, f"{at}chosen")
+        event = _comparison(ownership, ranking, caller, f"{at}chosen")
     elif isinstance(item, p.RankingFeedback):
-        event = _comparison(recorder, [[g] if isinstance(g, str) else g for g in item.ranking], caller, f"{at}ranking")
+        event = _comparison(ownership, [[g] if isinstance(g, str) else g for g in item.ranking], caller, f"{at}ranking")
     elif isinstance(item, p.RatingFeedback):
-        served = _owned_choice(recorder, item.choice_id, caller, f"{at}choice_id")
+        served = _owned_choice(ownership, item.choice_id, caller, f"{at}choice_id")
         event = Rating(request_id=served.request_id, choice_id=item.choice_id, rating=item.rating, rater=caller.name,
                        policy_version=served.policy_version)
     else:
-        owner = _owned_request(recorder, item.request_id, caller, f"{at}request_id")
-        event = Demonstration(request_id=item.request_id, response=item.response, author=caller.name,
-                              policy_version=owner.policy_version)
+        _owned_request(ownership, item.request_id, caller, f"{at}request_id")
+        event = Demonstration(request_id=item.request_id, response=item.response, author=caller.name)
     # Idempotency keys are per caller: two clients may pick the same key without colliding.
     scoped = f"{caller.name}:{item.idempotency_key}" if item.idempotency_key else None
+    if scoped:  # the same event id on every replica: a retry sent elsewhere is stored once
+        event = event.model_copy(update={"event_id": keyed_event_id(scoped)})
     return Submission(event, scoped)
 
 
@@ -89,11 +90,11 @@ async def _count_labelling(labels: LabelQueue, submissions: list[Submission], ca
             metrics.labelled.labels(caller.name).inc()
 
 
-async def _accept(recorder: FeedbackRecorder, items: list, caller: Caller, batch: bool,
-                  labels: LabelQueue, metrics) -> tuple[int, list[p.FeedbackAccepted]]:
+async def _accept(services: Services, items: list, caller: Caller, batch: bool) -> tuple[int, list[p.FeedbackAccepted]]:
+    recorder, labels, metrics = services.recorder, services.labels, services.metrics
     kinds = [i.kind for i in items]
     try:
-        submissions = [_submission(item, caller, recorder, f"items.{i}." if batch else "")
+        submissions = [_submission(item, caller, services.ownership, f"items.{i}." if batch else "")
                        for i, item in enumerate(items)]
         accepted = await recorder.submit(submissions)
     except APIError:
@@ -120,7 +121,7 @@ async def _accept(recorder: FeedbackRecorder, items: list, caller: Caller, batch
 
 
 async def _single(services: Services, item, caller: Caller) -> JSONResponse:
-    status, accepted = await _accept(services.recorder, [item], caller, False, services.labels, services.metrics)
+    status, accepted = await _accept(services, [item], caller, False)
     return JSONResponse(accepted[0].model_dump(), status_code=status)
 
 
@@ -152,5 +153,5 @@ async def demonstrations(body: p.DemonstrationFeedback, caller: ClientDep, servi
 async def batch(body: p.BatchFeedback, caller: ClientDep, services: ServicesDep):
     """Many feedback items, all accepted or none; each item counts against the key's request rate."""
     services.keys.charge_caller(caller, len(body.items) - 1)  # the request itself paid for one
-    status, accepted = await _accept(services.recorder, body.items, caller, True, services.labels, services.metrics)
+    status, accepted = await _accept(services, body.items, caller, True)
     return JSONResponse(p.BatchAccepted(accepted=accepted).model_dump(), status_code=status)

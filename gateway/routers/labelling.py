@@ -3,12 +3,14 @@ admin view of rater quality. Rankings themselves go through the ordinary feedbac
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict
 
 from fastapi import APIRouter, Depends
 
-from gateway.dependencies import ClientDep, LabelsDep, admin
+from gateway.dependencies import ClientDep, LabelsDep, ServicesDep, admin
 from gateway.errors import APIError
+from gateway.label_filler import versions_board
 
 router = APIRouter(tags=["people"])
 
@@ -40,3 +42,13 @@ async def raters(labels: LabelsDep) -> dict:
 async def items(labels: LabelsDep, limit: int = 100) -> dict:
     """The newest labelling items: prompt, request, whether candidates exist, rankings given."""
     return {"items": labels.items(max(1, min(limit, 1000))), "waiting": labels.waiting()}
+
+
+@router.get("/admin/leaderboard", dependencies=[Depends(admin)])
+async def leaderboard(services: ServicesDep) -> dict:
+    """Policy versions ranked by raters' blinded cross-version comparisons (the labelling queue's
+    items mix the canary's answers with the serving version's): Bradley-Terry scores with bootstrap
+    95% intervals, win rates against SFT (the registry's first version) and the serving version."""
+    board = await asyncio.to_thread(versions_board, services.labels, services.ownership, services.deployment.engine)
+    services.metrics.set_leaderboard(board)
+    return board

@@ -4,7 +4,7 @@ statistics recover a known ordering."""
 
 import random
 
-from gateway.leaderboard import Outcome, bradley_terry, leaderboard, win_rate
+from gateway.leaderboard import Outcome, bradley_terry, leaderboard, outcomes_of, win_rate
 from gateway.sequential import SequentialTest, SequentialTestConfig, wilson
 
 RUNS = 2000
@@ -70,3 +70,18 @@ def test_bradley_terry_and_win_rates_recover_a_known_order():
     top = board["versions"][0]
     assert top["interval_95"][0] < top["score"] < top["interval_95"][1] and top["vs_sft"]["rate"] > 0.8
     assert wilson(0, 0) is None and wilson(10, 10)[1] == 1.0
+
+
+def test_a_ranking_yields_only_cross_version_outcomes():
+    """Answers of one version compared with each other say nothing about versions; tied answers of
+    two versions are a tie; ids whose version is unknown (not signed here) count for nothing."""
+    version = {"a1": "v0001", "a2": "v0001", "b1": "v0002", "b2": "v0002"}
+    ranking = [["b1"], ["a1", "b2"], ["a2"], ["forged"]]
+    got = outcomes_of(ranking, version.get)
+    assert sorted(got, key=repr) == sorted([
+        Outcome("v0002", "v0001"),             # b1 over a1
+        Outcome("v0002", "v0001"),             # b1 over a2
+        Outcome("v0001", "v0002", tie=True),   # a1 tied with b2
+        Outcome("v0002", "v0001"),             # b2 over a2
+    ], key=repr)
+    assert win_rate(got, "v0002", "v0001")["rate"] == 3.5 / 4

@@ -269,6 +269,23 @@ def test_a_corrupted_version_is_never_served(gateway):
     assert _serving_within(gateway, serving, timeout=2)
 
 
+def test_weights_changed_after_publishing_are_never_served(gateway):
+    """Weights that are still valid safetensors but not the bytes published (stale or swapped on a
+    shared volume): the recorded checksums refuse them before any engine loads them."""
+    with gateway.client(ADMIN_KEY) as admin:
+        serving = admin.get("/admin/versions").json()["serving"]
+    victim = gateway.registry.publish(gateway.registry.path(serving), source="test:to-alter")
+    weights = gateway.registry.path(victim) / "model.safetensors"
+    weights.chmod(0o644)
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with gateway.client(ADMIN_KEY) as admin:
+        r = admin.post("/admin/policy", json={"version": victim})
+    assert r.status_code == 409 and "model.safetensors changed" in r.json()["error"]["message"], r.text
+    assert _serving_within(gateway, serving, timeout=2)
+
+
 def test_blue_green_gateway_follows_the_pointer_and_refuses_what_it_cannot_serve(embedded_gateway, tmp_path):
     """A gateway configured for blue/green: the trainer's promotion (moving CURRENT) starts a new
     engine and moves traffic to it, also to a model of another depth; a corrupt version and one

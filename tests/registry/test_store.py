@@ -33,6 +33,26 @@ def test_versions_are_read_only(tiny_model_dir, tmp_path):
         assert not f.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH), f
 
 
+def test_weights_changed_after_publishing_are_refused_by_checksum(tiny_model_dir, tmp_path):
+    """A still well-formed file whose bytes differ from those published (stale weights on a shared
+    volume, tampering) passes every format check; only the recorded SHA-256 catches it."""
+    reg = PolicyRegistry(tmp_path / "reg")
+    v1 = reg.publish(tiny_model_dir, source="t")
+    sums = reg.info(v1).checksums
+    assert set(sums) == {f.name for f in tiny_model_dir.iterdir() if f.is_file()} and "alignloop-version.json" not in sums
+    reg.verify(v1)
+    weights = reg.path(v1) / "model.safetensors"
+    weights.chmod(0o644)
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one bit pattern in the last tensor: the header and the length still agree
+    weights.write_bytes(bytes(data))
+    with pytest.raises(RegistryError, match="model.safetensors changed"):
+        reg.verify(v1)
+    (reg.path(v1) / "extra.json").write_text("{}")
+    with pytest.raises(RegistryError, match="extra.json was added"):
+        reg.verify(v1)
+
+
 def test_pickle_checkpoints_are_refused(tiny_model_dir, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()

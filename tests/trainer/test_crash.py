@@ -149,3 +149,31 @@ def test_killed_at_every_dangerous_point_then_restarted(tiny_model_dir, tmp_path
     record = store.last_round()
     assert record["round"] == 1 and record["version"] == "v0002"
     assert registry.info("v0002").extra["round"] == 1
+
+
+def test_a_second_trainer_waits_for_the_leader_and_takes_over_when_it_dies(tiny_model_dir, tmp_path):
+    """Issue 14: two trainers on one registry (a rolling restart): only the leader consumes and
+    trains; the other joins no consumer group until the leader's process is gone, then finishes
+    the work once: every comparison stored once, one round."""
+    state, registry, events, config = prepare(tmp_path, tiny_model_dir, 24, loop={"rm_max_steps": 4},
+                                              ppo={"iterations": 2, "rollout_batch": 4, "max_new_tokens": 8})
+    logs = [tmp_path / "leader.log", tmp_path / "follower.log"]
+    leader = start_trainer(config, logs[0])
+    wait_for(lambda: "trainer: consuming as group" in logs[0].read_text(errors="replace"), 300, "the leader to start")
+    follower = start_trainer(config, logs[1])
+    try:
+        wait_for(lambda: "another trainer leads" in logs[1].read_text(errors="replace"), 120, "the follower to wait")
+        assert f"pid {leader.pid}" in logs[1].read_text(errors="replace")
+        leader.send_signal(signal.SIGKILL)  # wherever it is: mid-round or done
+        leader.wait()
+        wait_for(lambda: "took the lease" in logs[1].read_text(errors="replace"), 60, "the follower to take over")
+        wait_for(lambda: DatasetStore(state / "trainer" / "dataset.db").last_round(), 300, "a round by the new leader")
+    finally:
+        for p in (leader, follower):
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+    assert "trainer: consuming as group" not in logs[1].read_text(errors="replace").split("took the lease")[0]
+    store = DatasetStore(state / "trainer" / "dataset.db")
+    assert sorted(store.comparison_ids()) == sorted(e.event_id for e in events if e.type == "comparison")
+    assert store.last_round()["round"] == 1

@@ -1,6 +1,7 @@
 """The labelling queue through its API (the page's tests drive it in a browser): while a canary is
 under evaluation an item mixes the serving and the canary version's answers, shuffled and with no
-version shown to the rater, and the served-completion event in Kafka says which version wrote each."""
+version shown to the rater, and the served-completion event in Kafka says which version wrote each;
+the rater's ranking of it counts in the versions' leaderboard."""
 
 from __future__ import annotations
 
@@ -64,3 +65,18 @@ def test_an_item_mixes_serving_and_canary_answers_blind_while_a_canary_runs(gate
     shown = body["item"]["candidates"]
     assert sorted(c["id"] for c in shown) == sorted(c.choice_id for c in served.choices)
     assert all(set(c) == {"id", "text"} for c in shown)
+
+    # The rater prefers the canary's answer: one outcome against each serving answer, on the board.
+    canary_ids = [c.choice_id for c in served.choices if c.policy_version == candidate]
+    others = [c.choice_id for c in served.choices if c.policy_version != candidate]
+    with gateway.client(RATER_KEY) as rater:
+        r = rater.post("/v1/feedback/rankings", json={"ranking": canary_ids + others})
+        assert r.status_code == 202, r.text
+    with gateway.client(ADMIN_KEY) as admin:
+        board = admin.get("/admin/leaderboard").json()
+        metrics = admin.get("/metrics").text
+    rows = {row["version"]: row for row in board["versions"]}
+    assert {serving, candidate} <= rows.keys() and board["outcomes"] >= 2
+    assert rows[candidate]["score"] > rows[serving]["score"]
+    assert rows[candidate]["vs_serving"]["comparisons"] >= 2 and rows[candidate]["vs_serving"]["rate"] > 0.5
+    assert f'alignloop_version_score{{version="{candidate}"}}' in metrics

@@ -1,0 +1,133 @@
+"""Two gateway replicas with no shared database: one registry (a shared folder), one Kafka, one
+ownership secret. Feedback on what one served is accepted by the other; what belongs to somebody
+else, or was made up, is refused by both; a retry sent to the other replica is one event; a
+promotion reaches both."""
+
+import secrets
+import time
+import uuid
+
+import httpx
+import pytest
+
+from core.config import FeedbackConfig
+from feedback.events import Comparison
+from feedback.source import open_source
+from tests.conftest import MODEL, RATER_KEY, USER2_KEY, USER_KEY, make_gateway
+from trainer.dataset_store import DatasetStore
+
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Describe a cat."}], "max_tokens": 8,
+        "n": 2, "temperature": 1.0}
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory, tiny_model_dir, kafka_broker):
+    """Two `alignloop serve` processes sharing a registry, the broker and a secret; started together."""
+    root = tmp_path_factory.mktemp("replicas")
+    secret = secrets.token_hex(32)
+    a = make_gateway(root / "a", tiny_model_dir, kafka_broker.bootstrap, secret=secret)
+    b = make_gateway(root / "b", tiny_model_dir, kafka_broker.bootstrap, replica_of=a, secret=secret)
+    try:
+        for gw in (a, b):
+            gw.launch()
+        for gw in (a, b):
+            gw.wait(ready=True)
+        yield a, b
+    finally:
+        for gw in (a, b):
+            gw.stop()
+
+
+def _served(gw, key: str = USER_KEY) -> list[str]:
+    with gw.client(key) as c:
+        r = c.post("/v1/chat/completions", json=CHAT)
+    assert r.status_code == 200, r.text
+    return [ch["id"] for ch in r.json()["choices"]]
+
+
+def _rank(gw, ids: list[str], key: str = USER_KEY, idempotency_key: str | None = None) -> httpx.Response:
+    body = {"ranking": ids, **({"idempotency_key": idempotency_key} if idempotency_key else {})}
+    with gw.client(key) as c:
+        return c.post("/v1/feedback/rankings", json=body)
+
+
+def _delivered(kafka: str, state_dir, request_ids: set[str], wanted: set[str], timeout: float = 60) -> list:
+    """Every delivery (duplicates included) of feedback on these requests, read as the trainer reads."""
+    source = open_source(FeedbackConfig(kafka_bootstrap=kafka), state_dir, f"test-{uuid.uuid4().hex}")
+    out, deadline, complete_at = [], time.monotonic() + timeout, None
+    try:
+        while time.monotonic() < deadline:
+            out += [d for d in source.poll(timeout_s=0.5) if d.event is not None and d.event.request_id in request_ids]
+            if complete_at is None and wanted <= {d.event.event_id for d in out}:
+                complete_at = time.monotonic()
+            if complete_at is not None and time.monotonic() > complete_at + 3:  # time for any duplicate
+                break
+    finally:
+        source.close()
+    return out
+
+
+def test_feedback_crosses_replicas_and_ownership_holds_on_both(replicas, kafka_broker, tmp_path):
+    a, b = replicas
+    from_a, from_b = _served(a), _served(b)
+    accepted = []
+
+    # Served by one, ranked through the other: accepted.
+    for gw, ids in ((b, from_a), (a, from_b)):
+        r = _rank(gw, ids)
+        assert r.status_code == 202, r.text
+        accepted.append(r.json()["event_id"])
+
+    # Another caller's ids: 403 on either replica; a rater may rank them.
+    for gw in (a, b):
+        r = _rank(gw, from_a, key=USER2_KEY)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "not_your_completion", r.text
+    r = _rank(b, from_a, key=RATER_KEY)
+    assert r.status_code == 202, r.text
+    accepted.append(r.json()["event_id"])
+
+    # Made-up or altered ids: 404 on either replica, whoever asks.
+    altered = from_a[0][:-1] + ("0" if from_a[0][-1] != "0" else "1")
+    other_version = from_a[0].replace(".v0001.", ".v0002.")
+    for gw in (a, b):
+        for bad in (altered, other_version, "chatcmpl-made-up-0"):
+            r = _rank(gw, [bad, from_a[1]], key=RATER_KEY)
+            assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_choice", (bad, r.text)
+
+    # A retry with the same idempotency key on the other replica is the same event.
+    fresh = _served(a)
+    first = _rank(a, fresh[::-1], idempotency_key="retry-1")
+    again_elsewhere = _rank(b, fresh[::-1], idempotency_key="retry-1")
+    again_here = _rank(a, fresh[::-1], idempotency_key="retry-1")
+    assert first.status_code == 202 and again_elsewhere.status_code == 202, (first.text, again_elsewhere.text)
+    assert again_here.status_code == 200 and again_here.json()["duplicate"] is True
+    assert first.json()["event_id"] == again_elsewhere.json()["event_id"] == again_here.json()["event_id"]
+    accepted.append(first.json()["event_id"])
+
+    # The trainer's dataset holds every accepted comparison exactly once, joined to its completion.
+    request_ids = {i.rsplit("-", 1)[0] for i in from_a + from_b + fresh}
+    delivered = _delivered(kafka_broker.bootstrap, a.state_dir, request_ids, set(accepted))
+    comparisons = [d.event.event_id for d in delivered if isinstance(d.event, Comparison)]
+    assert comparisons.count(first.json()["event_id"]) == 2, "both replicas sent the retried event"
+    store = DatasetStore(tmp_path / "dataset.db")
+    store.store(delivered)
+    assert sorted(store.comparison_ids()) == sorted(accepted)
+    assert store.counts()["completions"] == 3
+    assert len(store.ranked()) == len(accepted)  # each joined to the texts it ranks
+
+
+def test_a_promotion_reaches_every_replica(replicas):
+    a, b = replicas
+    registry = a.registry
+    target = "v0002" if registry.current() != "v0002" else "v0001"
+    registry.set_current(target)
+    deadline = time.monotonic() + 300
+    for gw in (a, b):
+        while True:
+            with gw.client() as c:
+                r = c.post("/v1/chat/completions", json={**CHAT, "n": 1})
+            assert r.status_code == 200, r.text  # no request fails while the replicas switch
+            if r.headers["x-policy-version"] == target:
+                break
+            assert time.monotonic() < deadline, f"{gw.url} still serves {r.headers['x-policy-version']}"
+            time.sleep(0.5)
