@@ -58,5 +58,6 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
         if cfg.ppo.ptx_coef and not texts:
             raise SystemExit("PPO-ptx needs --pretraining (or --set train.ppo.ptx_coef=0 for plain PPO)")
         result = train_ppo(args.init, args.rm, prompts, texts, args.out, cfg.ppo, runtime, settings.engine)
+    distributed.finish(world)
     if world.main:
         print(json.dumps(result))

@@ -48,6 +48,15 @@ def init() -> World:
     return World(rank=int(os.environ.get("RANK", "0")), size=size, local_rank=local_rank)
 
 
+def finish(world: World) -> None:
+    """Leave the process group once every rank is done. A rank that exits with the group still up
+    can abort at exit ("terminate called without an active exception": gloo's threads destroyed
+    while running), failing a run that had finished."""
+    if world.size > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     # Transformers names the blocks it never splits across devices; those are FSDP's units too.
     names = set()

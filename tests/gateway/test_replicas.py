@@ -1,9 +1,13 @@
 """Two gateway replicas with no shared database: one registry (a shared folder), one Kafka, one
-ownership secret. Feedback on what one served is accepted by the other; what belongs to somebody
-else, or was made up, is refused by both; a retry sent to the other replica is one event; a
-promotion reaches both."""
+ownership secret, and a trainer process consuming. Feedback on what one served is accepted by the
+other; what belongs to somebody else, or was made up, is refused by both; a retry sent to the other
+replica is one event, stored once by the trainer; a promotion reaches both."""
 
+import os
 import secrets
+import sqlite3
+import subprocess
+import sys
 import time
 import uuid
 
@@ -13,7 +17,8 @@ import pytest
 from core.config import FeedbackConfig
 from feedback.events import Comparison
 from feedback.source import open_source
-from tests.conftest import MODEL, RATER_KEY, USER2_KEY, USER_KEY, make_gateway
+from core.processes import stop_group
+from tests.conftest import MODEL, RATER_KEY, REPO, USER2_KEY, USER_KEY, make_gateway, write_pretraining_data
 from trainer.dataset_store import DatasetStore
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Describe a cat."}], "max_tokens": 8,
@@ -67,8 +72,24 @@ def _delivered(kafka: str, state_dir, request_ids: set[str], wanted: set[str], t
     return out
 
 
+def _start_trainer(tmp_path, registry_root, kafka: str) -> tuple[subprocess.Popen, object]:
+    """`alignloop trainer` on the replicas' registry and broker, in a consumer group of its own;
+    it only consumes here (no round is due)."""
+    state = tmp_path / "trainer-state"
+    write_pretraining_data(state)
+    sets = [f"state_dir={state}", f"registry_dir={registry_root}", f"feedback.kafka_bootstrap={kafka}",
+            f"train.loop.group=test-replicas-{uuid.uuid4().hex[:8]}", "train.loop.metrics_port=0",
+            "train.loop.min_new_comparisons=1000000000", "train.loop.max_interval_s=1000000000"]
+    log = open(tmp_path / "trainer.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "alignloop", "trainer", *(a for s in sets for a in ("--set", s))],
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    return proc, state / "trainer" / "dataset.db"
+
+
 def test_feedback_crosses_replicas_and_ownership_holds_on_both(replicas, kafka_broker, tmp_path):
     a, b = replicas
+    trainer, dataset = _start_trainer(tmp_path, a.registry.root, kafka_broker.bootstrap)
     from_a, from_b = _served(a), _served(b)
     accepted = []
 
@@ -104,16 +125,27 @@ def test_feedback_crosses_replicas_and_ownership_holds_on_both(replicas, kafka_b
     assert first.json()["event_id"] == again_elsewhere.json()["event_id"] == again_here.json()["event_id"]
     accepted.append(first.json()["event_id"])
 
-    # The trainer's dataset holds every accepted comparison exactly once, joined to its completion.
+    # Kafka has the retried event twice (each replica sent it); the trainer stores every accepted
+    # comparison exactly once, joined to its completion.
     request_ids = {i.rsplit("-", 1)[0] for i in from_a + from_b + fresh}
     delivered = _delivered(kafka_broker.bootstrap, a.state_dir, request_ids, set(accepted))
     comparisons = [d.event.event_id for d in delivered if isinstance(d.event, Comparison)]
     assert comparisons.count(first.json()["event_id"]) == 2, "both replicas sent the retried event"
-    store = DatasetStore(tmp_path / "dataset.db")
-    store.store(delivered)
-    assert sorted(store.comparison_ids()) == sorted(accepted)
-    assert store.counts()["completions"] == 3
-    assert len(store.ranked()) == len(accepted)  # each joined to the texts it ranks
+    try:
+        deadline = time.monotonic() + 120
+        while not (dataset.exists() and set(accepted) <= set(DatasetStore(dataset).comparison_ids())):
+            assert trainer.poll() is None, (tmp_path / "trainer.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (tmp_path / "trainer.log").read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(3)  # time for a second copy to arrive, if one could
+        store = DatasetStore(dataset)
+        mine = [e for e in store.comparison_ids() if e in set(accepted)]
+        assert sorted(mine) == sorted(accepted)
+        with sqlite3.connect(dataset) as db:  # the completions the rankings join to are there too
+            stored = {r for (r,) in db.execute("SELECT request_id FROM completions")}
+        assert request_ids <= stored
+    finally:
+        stop_group(trainer)
 
 
 def test_a_promotion_reaches_every_replica(replicas):
