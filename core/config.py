@@ -249,12 +249,17 @@ class LoopConfig(_Section):
     # The reward model must order the held-out comparisons this well before its scores judge a candidate.
     min_judge_accuracy: float = 0.55
     gate_margin: float = 0.1        # candidate reward must exceed serving reward by this (> 0: no coin flips)
+    # ... and not by luck: the paired reward gain's lower confidence bound (mean - z x standard
+    # error) must clear the margin. 1.64: one-sided 95%. 0: the plain mean decides.
+    gate_confidence_z: float = Field(default=1.64, ge=0.0)
     # One user's weight in a round: at most this many of their rankings (their latest) and requests
     # count, so that nobody steers the reward model, the PPO prompts or when rounds happen alone.
     per_user_cap: int = Field(default=500, ge=1)
     kl_budget: float = 10.0         # mean per-answer KL from SFT on held-out prompts
     ptx_regression: float = 0.25    # allowed relative rise of the pretraining LM loss over SFT's
     gate_samples_per_prompt: int = Field(default=8, ge=1)  # answers sampled per held-out prompt by the gate
+    # With few held-out prompts, more answers each: the gate judges at least this many per policy.
+    gate_min_answers: int = Field(default=64, ge=1)
     gate_max_prompts: int = Field(default=64, ge=1)        # held-out prompts the gate uses (a stable subset)
     eval_batch: int = 16            # prompts (or texts) per forward in evaluation: memory stays bounded
     metrics_port: int = 9400        # 0: no Prometheus endpoint

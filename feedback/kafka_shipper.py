@@ -46,7 +46,9 @@ def connect_producer(config: FeedbackConfig):
     from kafka.errors import TopicAlreadyExistsError
 
     timeout_ms = int(config.kafka_timeout_s * 1000)
-    admin = KafkaAdminClient(request_timeout_ms=timeout_ms, **connection_kwargs(config))
+    # Bootstrap is bounded by the same timeout (kafka-python's own default is 30 s): an unreachable
+    # broker is reported, counted and retried on the shipper's schedule, not the client library's.
+    admin = KafkaAdminClient(request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms, **connection_kwargs(config))
     try:
         existing = set(admin.list_topics())
         missing = [NewTopic(t, config.partitions, config.replication_factor) for t in ALL_TOPICS if t not in existing]
@@ -59,7 +61,7 @@ def connect_producer(config: FeedbackConfig):
         admin.close()
     return KafkaProducer(
         acks="all", enable_idempotence=True, linger_ms=5, max_block_ms=timeout_ms, request_timeout_ms=timeout_ms,
-        delivery_timeout_ms=2 * timeout_ms, reconnect_backoff_max_ms=1000,
+        delivery_timeout_ms=2 * timeout_ms, bootstrap_timeout_ms=timeout_ms,
         max_request_size=config.max_record_bytes + 4096, **connection_kwargs(config),
     )
 

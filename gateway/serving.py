@@ -57,16 +57,44 @@ class Job:
                 "total_tokens": len(self.prompt_ids) + generated}
 
 
+class _StreamEnd:
+    """Ends a stream exactly once: counts a hang-up, gives the caller's reservation back and aborts
+    the engine request. Called from the event generator's `finally` and again (a no-op then) when
+    the response ends: under an ASGI server of spec 2.4 or later, Starlette sends the response
+    start before it iterates, and a client already gone makes that send raise, so the generator
+    never starts and its `finally` never runs."""
+
+    def __init__(self, serving: "Serving", job: Job, chunks: AsyncIterator[Chunk], lease: GenerationLease):
+        self.serving, self.job, self.chunks, self.lease = serving, job, chunks, lease
+        self.result = Accumulator(job.sampling.n)
+        self.ended = False
+
+    async def __call__(self, finished: bool) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if not finished:
+            self.serving.metrics.cancelled.labels(self.job.route).inc()
+        self.lease.release(self.result.generated)
+        self.serving._count(self.job, self.result.generated)
+        await self.chunks.aclose()
+
+
 class _ClosingStreamingResponse(StreamingResponse):
-    """Closes its event generator however the response ends. When a client hangs up, Starlette
-    cancels the send; a generator suspended at a `yield` would otherwise keep its engine request
-    running until the garbage collector finalises it."""
+    """Ends its stream however the response ends. When a client hangs up, Starlette cancels the
+    send; a generator suspended at a `yield` would otherwise keep its engine request running until
+    the garbage collector finalises it, and one never started would keep its reservation."""
+
+    def __init__(self, content: AsyncIterator[str], end: _StreamEnd, **kwargs):
+        super().__init__(content, **kwargs)
+        self.end = end
 
     async def __call__(self, scope, receive, send):
         try:
             await super().__call__(scope, receive, send)
         finally:
             await self.body_iterator.aclose()
+            await self.end(finished=False)
 
 
 def _sse(payload: dict | str) -> str:
@@ -220,8 +248,9 @@ class Serving:
         headers = {"X-Policy-Version": version, "X-Request-Id": job.response_id}
         head = {"id": job.response_id, "created": int(time.time()), "model": model, "policy_version": version}
         if job.stream:
-            events = self._stream(job, chunks, first, head, renderer, lease)
-            return _ClosingStreamingResponse(events, media_type="text/event-stream", headers=headers)
+            end = _StreamEnd(self, job, chunks, lease)
+            events = self._stream(job, chunks, first, head, renderer, end)
+            return _ClosingStreamingResponse(events, end, media_type="text/event-stream", headers=headers)
         result = await self._collect(job, chunks, first, request)
         lease.release(result.generated)
         self._count(job, result.generated)
@@ -254,9 +283,9 @@ class Serving:
         return result
 
     async def _stream(self, job: Job, chunks: AsyncIterator[Chunk], first: Chunk | None, head: dict,
-                      renderer: Renderer, lease: GenerationLease) -> AsyncIterator[str]:
+                      renderer: Renderer, end: _StreamEnd) -> AsyncIterator[str]:
         chunk_head = {**head, "object": renderer.chunk_object}
-        result = Accumulator(job.sampling.n)
+        result = end.result
         opened: set[int] = set()  # candidates that have sent their first piece (it carries the role)
         finished = False
         try:
@@ -292,8 +321,4 @@ class Serving:
             finished = True
         finally:
             # Reaching here unfinished means the client hung up: closing the chunks aborts the engine request.
-            if not finished:
-                self.metrics.cancelled.labels(job.route).inc()
-            lease.release(result.generated)
-            self._count(job, result.generated)
-            await chunks.aclose()
+            await end(finished)

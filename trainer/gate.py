@@ -1,7 +1,9 @@
 """The evaluation gate: a candidate policy is promoted only if, on held-out prompts, it
 
-- beats the serving policy's mean reward-model score by at least `margin` (on answers sampled as
-  users are served: `samples_per_prompt` per prompt, the same seeds for both policies),
+- beats the serving policy's mean reward-model score by at least `margin`, with confidence: on
+  answers sampled as users are served (`samples_per_prompt` per prompt, the same seeds for both
+  policies, so the answers pair up), the paired gain's lower bound, mean - z x standard error, must
+  clear the margin. A candidate that is better only by the luck of a few samples is not promoted,
 - stays within `kl_budget` (mean per-answer KL from the SFT policy, on its own sampled answers),
 - does not raise the pretraining LM loss more than `ptx_regression` (relative) above SFT's,
 - and has no NaN or infinite weight or metric;
@@ -49,7 +51,7 @@ def _free() -> None:
 def evaluate(candidate: Path, serving: Path, sft: Path, rm: Path, prompts: list[str], pretraining: list[str], *,
              margin: float, kl_budget: float, ptx_regression: float, max_new_tokens: int = 32,
              runtime: Runtime | None = None, batch: int = BATCH, judge_set: list | None = None,
-             min_judge_accuracy: float = 0.0, samples_per_prompt: int = 8) -> GateResult:
+             min_judge_accuracy: float = 0.0, samples_per_prompt: int = 8, confidence_z: float = 0.0) -> GateResult:
     """Run every check; the candidate passes only if all do."""
     runtime = runtime or Runtime()
     tok = AutoTokenizer.from_pretrained(sft)
@@ -75,14 +77,20 @@ def evaluate(candidate: Path, serving: Path, sft: Path, rm: Path, prompts: list[
             metrics["candidate_ptx_loss"] = pretraining_loss(cand, tok, pretraining, batch)
     del cand
     _free()
-    metrics["candidate_reward"] = score(reward_model, tok, asked, answers, runtime=runtime).mean().item()
+    cand_rewards = score(reward_model, tok, asked, answers, runtime=runtime)
+    metrics["candidate_reward"] = cand_rewards.mean().item()
 
     serv = load_causal_lm(serving, runtime, frozen=True)
     with runtime.autocast():
         _, serv_answers = sampled_answers(serv, tok, prompts, samples_per_prompt, max_new_tokens, batch)
     del serv
     _free()
-    metrics["serving_reward"] = score(reward_model, tok, asked, serv_answers, runtime=runtime).mean().item()
+    serv_rewards = score(reward_model, tok, asked, serv_answers, runtime=runtime)
+    metrics["serving_reward"] = serv_rewards.mean().item()
+    gain = cand_rewards - serv_rewards  # paired: same prompt, same random numbers
+    metrics["reward_gain"] = gain.mean().item()
+    metrics["reward_gain_stderr"] = (gain.std() / math.sqrt(len(gain))).item() if len(gain) > 1 else 0.0
+    metrics["reward_gain_lower"] = metrics["reward_gain"] - confidence_z * metrics["reward_gain_stderr"]
 
     ref = load_causal_lm(sft, runtime, frozen=True)
     with runtime.autocast():
@@ -95,9 +103,11 @@ def evaluate(candidate: Path, serving: Path, sft: Path, rm: Path, prompts: list[
 
     if any(not math.isfinite(v) for v in metrics.values()):
         reasons.append("a metric is NaN or infinite")
-    if not metrics["candidate_reward"] > metrics["serving_reward"] + margin:
+    if not metrics["reward_gain_lower"] > margin:
         reasons.append(f"reward {metrics['candidate_reward']:.3f} does not beat serving "
-                       f"{metrics['serving_reward']:.3f} by {margin}")
+                       f"{metrics['serving_reward']:.3f} by {margin} with confidence (gain "
+                       f"{metrics['reward_gain']:.3f} - {confidence_z} x {metrics['reward_gain_stderr']:.3f} = "
+                       f"{metrics['reward_gain_lower']:.3f})")
     if metrics["kl_from_sft"] > kl_budget:
         reasons.append(f"KL from SFT {metrics['kl_from_sft']:.3f} exceeds the budget {kl_budget}")
     if pretraining and metrics["candidate_ptx_loss"] > metrics["sft_ptx_loss"] * (1 + ptx_regression):

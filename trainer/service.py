@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -173,7 +174,9 @@ class TrainerService:
                         self.gate_pretraining, margin=self.cfg.gate_margin, kl_budget=self.cfg.kl_budget,
                         ptx_regression=self.cfg.ptx_regression, max_new_tokens=self.settings.train.ppo.max_new_tokens,
                         runtime=self.runtime, batch=self.cfg.eval_batch, judge_set=judge_set,
-                        samples_per_prompt=self.cfg.gate_samples_per_prompt,
+                        samples_per_prompt=max(self.cfg.gate_samples_per_prompt,
+                                               math.ceil(self.cfg.gate_min_answers / max(1, len(eval_prompts)))),
+                        confidence_z=self.cfg.gate_confidence_z,
                         min_judge_accuracy=self.cfg.min_judge_accuracy)
         decision = "promoted" if gate.passed else "rejected"
         # round + work_dir let a restarted trainer recognise a version it published before a crash.

@@ -1,11 +1,13 @@
 """/metrics parses as Prometheus text and counts what was served."""
 
+import json
+import socket
 import time
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import MODEL
+from tests.conftest import MODEL, ONE_AT_A_TIME_KEY
 
 
 def scrape(gateway) -> dict[tuple[str, tuple], float]:
@@ -45,14 +47,17 @@ def test_metrics_count_what_was_served(gateway):
 
 
 def test_client_hangup_cancels_generation(gateway):
-    before = scrape(gateway)
+    # 9 x 240 tokens, near the test engine's context. The generation must still be running when the
+    # hang-up is seen; a first request of this shape pays its one-time costs beforehand (a stall
+    # there lets the engine finish everything before the gateway reads a chunk).
     body = {"model": MODEL, "prompt": "The", "max_tokens": 240, "n": 9, "ignore_eos": True, "stream": True}
+    with gateway.client() as c:
+        assert c.post("/v1/completions", json={**body, "max_tokens": 8, "stream": False}).status_code == 200
+    before = scrape(gateway)
     with gateway.client() as c:
         with c.stream("POST", "/v1/completions", json=body) as r:
             assert r.status_code == 200
             next(r.iter_lines())  # one event, then hang up mid-generation
-    import time
-
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         after = scrape(gateway)
@@ -62,6 +67,27 @@ def test_client_hangup_cancels_generation(gateway):
     assert value(after, "alignloop_requests_cancelled_total", route="completions") == value(before, "alignloop_requests_cancelled_total", route="completions") + 1
     # Far fewer tokens went out than the 9 x 240 the request asked for.
     assert value(after, "alignloop_generation_tokens_total") - value(before, "alignloop_generation_tokens_total") < 9 * 240
+
+
+def test_a_hang_up_before_the_first_byte_gives_the_reservation_back(gateway):
+    # The client sends a streamed request and closes at once: the gateway sees the hang-up before
+    # its response starts, so the response's event generator never runs. The key may run one
+    # generation at a time; a reservation left behind would refuse it (429) for ever.
+    body = json.dumps({"model": MODEL, "prompt": "The", "max_tokens": 200, "n": 9, "ignore_eos": True, "stream": True})
+    host, port = gateway.url.removeprefix("http://").split(":")
+    before = scrape(gateway)
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {ONE_AT_A_TIME_KEY}\r\n"
+                  f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode())
+    deadline = time.monotonic() + 30
+    with gateway.client(ONE_AT_A_TIME_KEY) as c:
+        while (r := c.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2})).status_code == 429:
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.5)
+    assert r.status_code == 200, r.text
+    after = scrape(gateway)
+    assert value(after, "alignloop_requests_cancelled_total", route="completions") == value(before, "alignloop_requests_cancelled_total", route="completions") + 1
+    assert value(after, "alignloop_generation_tokens_total") - value(before, "alignloop_generation_tokens_total") < 9 * 200
 
 
 def test_the_gateways_own_time_outside_the_engine_is_measured(gateway):

@@ -84,3 +84,26 @@ def test_the_gates_judge_is_held_out_by_user_and_prompt(tmp_path, tiny_model_dir
     assert not result.passed and "held-out comparisons" in result.reasons[0], result
     assert 0.0 <= result.metrics["judge_accuracy"] < 0.99
     assert Settings().train.loop.gate_margin > 0, "a candidate must beat the serving policy by a margin"
+
+
+def test_a_gain_within_the_gates_noise_is_not_promoted(tiny_model_dir, tmp_path):
+    # An untrained reward head scores two nearby policies' answers by chance: the candidate's mean
+    # gain is noise. A margin just under that mean lets a plain mean comparison promote it; the
+    # confidence bound (mean - 1.64 standard errors) does not.
+    from tests.conftest import perturbed_copy
+
+    RewardModel.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "rm")
+    candidate = perturbed_copy(tiny_model_dir, tmp_path / "candidate", seed=3)
+
+    def gate(margin: float, z: float):
+        return evaluate(candidate, tiny_model_dir, tiny_model_dir, tmp_path / "rm", ["Describe a fox.", "Describe a cat."],
+                        [], margin=margin, kl_budget=1000.0, ptx_regression=1.0, max_new_tokens=8,
+                        samples_per_prompt=16, confidence_z=z)
+
+    measured = gate(-1000.0, 0.0).metrics
+    assert measured["reward_gain_stderr"] > 0
+    margin = measured["reward_gain"] - measured["reward_gain_stderr"]
+    assert gate(margin, 0.0).passed
+    doubtful = gate(margin, 1.64)
+    assert not doubtful.passed and "with confidence" in doubtful.reasons[0], doubtful.reasons
+    assert Settings().train.loop.gate_confidence_z > 0, "the default gate asks for confidence"
