@@ -20,6 +20,7 @@ bench-serving: install
 	.venv/bin/python -m benchmarks.serving
 
 bench-feedback: install
+	bash deploy/install-bench-tools.sh
 	.venv/bin/python -m benchmarks.feedback
 
 bench-training:

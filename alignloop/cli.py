@@ -74,6 +74,14 @@ def _cmd_demo(settings: Settings, args) -> None:
     sys.exit(demo.run(settings, common, args.rounds, args.users, args.minutes))
 
 
+def _cmd_report(settings: Settings, args) -> None:
+    from alignloop import report
+
+    page = report.build(settings, args.out or settings.state_dir / "report")
+    print(page.read_text())
+    print(f"report: {page} (plots beside it)")
+
+
 def _cmd_trainer(settings: Settings, args) -> None:
     from trainer.lease import LeaderLease
     from trainer.service import TrainerService
@@ -131,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("trainer", parents=[common],
                        help="the online trainer: consume feedback, retrain RM + PPO-ptx, gate, promote")
     p.set_defaults(run=_cmd_trainer)
+
+    p = sub.add_parser("report", parents=[common],
+                       help="the paper's figures in miniature: win rates vs SFT, alignment tax, RM accuracy")
+    p.add_argument("--out", type=Path, help="where report.md and its plots go (default: <state_dir>/report)")
+    p.set_defaults(run=_cmd_report)
 
     p = sub.add_parser("registry", parents=[common], help="list, publish or select policy versions")
     rs = p.add_subparsers(dest="action", required=True)

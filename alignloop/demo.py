@@ -12,6 +12,7 @@ goes to <state_dir>/logs/.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -129,18 +130,39 @@ def _wait_ready(gateway: subprocess.Popen, url: str, log: Path) -> bool:
     return False
 
 
-def _report(registry: PolicyRegistry, base: str, final: str, population_tally) -> int:
+def _hidden_rule_judge(registry: PolicyRegistry, base: str):
+    """A version's win rate against `base` by the simulated users' hidden rule, on prompts no user
+    asked, with its 95% interval (the report's judge)."""
     from trainer.evaluate import sampled_responses
 
     pairs = _REPORT_SAMPLES * len(HELDOUT_PROMPTS)
-    rate = win_rate(sampled_responses(registry.path(final), HELDOUT_PROMPTS, per_prompt=_REPORT_SAMPLES),
-                    sampled_responses(registry.path(base), HELDOUT_PROMPTS, per_prompt=_REPORT_SAMPLES))
-    low, high = wilson(rate * pairs, pairs)
+    base_answers = sampled_responses(registry.path(base), HELDOUT_PROMPTS, per_prompt=_REPORT_SAMPLES)
+
+    @functools.cache
+    def judge(version: str) -> dict:
+        rate = win_rate(sampled_responses(registry.path(version), HELDOUT_PROMPTS, per_prompt=_REPORT_SAMPLES),
+                        base_answers)
+        return {"rate": rate, "interval_95": wilson(rate * pairs, pairs), "pairs": pairs}
+
+    return judge
+
+
+def _report(settings: Settings, registry: PolicyRegistry, base: str, promoted: list[str], population_tally) -> int:
+    from alignloop import report
+
+    judge = _hidden_rule_judge(registry, base)
+    final = promoted[-1]
+    result = judge(final)
+    low, high = result["interval_95"]
+    page = report.build(settings, settings.state_dir / "report", judge=judge, judge_name="hidden rule",
+                        judged_versions=promoted)
+    print(page.read_text(), flush=True)
+    say(f"report with plots: {page}")
     say(f"the users' hidden rule prefers {final}'s answers over those of {base} (served when the demo started) "
-        f"{rate:.0%} of the time (95% interval {low:.0%}-{high:.0%}, {pairs} pairs), on prompts no user asked "
-        f"(50% = no change)")
-    print(json.dumps({"final": final, "win_rate_vs_base": rate, "interval_95": [low, high], "pairs": pairs,
-                      "failed_requests": population_tally.failed}), flush=True)
+        f"{result['rate']:.0%} of the time (95% interval {low:.0%}-{high:.0%}, {result['pairs']} pairs), on prompts "
+        f"no user asked (50% = no change)")
+    print(json.dumps({"final": final, "win_rate_vs_base": result["rate"], "interval_95": [low, high],
+                      "pairs": result["pairs"], "failed_requests": population_tally.failed}), flush=True)
     return 0 if population_tally.failed == 0 else 1
 
 
@@ -190,7 +212,7 @@ def run(settings: Settings, common: list[str], rounds: int, users: int, minutes:
             return 1
         say(f"done: {len(story.promoted)} promotions, {tally.requests} requests, {tally.failed} failed, "
             f"versions served {dict(tally.versions)}")
-        return _report(registry, base, story.promoted[-1], tally)
+        return _report(settings, registry, base, story.promoted, tally)
     except KeyboardInterrupt:
         say("interrupted")
         return 130

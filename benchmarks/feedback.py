@@ -4,6 +4,9 @@
 
     .venv/bin/python -m benchmarks.feedback --before <git ref>   # also that commit's gateway
 
+The single-event load comes from wrk where it is installed (`make bench-feedback` installs it):
+a Python client on the same two cores is slower than the endpoint it measures.
+
 In one run, on one machine, with a real Kafka broker, gateways all up at once and measured in
 rounds whose order rotates (so start order and drift favour none):
 1. a gateway publishing to Kafka takes ratings through the single-event endpoint and through the
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks import wrk
 from benchmarks.processes import checkout, launch_gateway, machine, remove_checkout, stop
 
 KEY = "sk-bench"
@@ -72,12 +76,16 @@ def _ratings(served: list[dict], events: int) -> tuple[list, list]:
     return single, items
 
 
-def _ingest(url: str, served: list[dict], events: int, batch: int, concurrency: int) -> dict:
+def _ingest(url: str, served: list[dict], events: int, batch: int, concurrency: int, client: str) -> dict:
     single, items = _ratings(served, events)
-    wall, lat, resp = asyncio.run(_concurrently(url, single, concurrency))
-    ok = sum(r.status_code == 202 for r in resp)
-    out = {"single": {"events_per_s": ok / wall, "p50_ms": 1000 * statistics.median(lat),
-                      "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))], "accepted": ok, "events": events}}
+    if client == "wrk":  # as long as httpx would take for `events` at 1,000/s
+        out = {"single": wrk.post(url + "/v1/feedback/ratings", [body for _, body in single[:200]], KEY, concurrency,
+                                  max(5.0, events / 1000))}
+    else:
+        wall, lat, resp = asyncio.run(_concurrently(url, single, concurrency))
+        ok = sum(r.status_code == 202 for r in resp)
+        out = {"single": {"events_per_s": ok / wall, "p50_ms": 1000 * statistics.median(lat),
+                          "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))], "accepted": ok, "events": events}}
     batches = [("/v1/feedback/batch", {"items": items[i:i + batch]}) for i in range(0, events, batch)]
     wall, lat, resp = asyncio.run(_concurrently(url, batches, max(1, concurrency // 4)))
     ok = sum(len(r.json()["accepted"]) for r in resp if r.status_code == 202)
@@ -87,7 +95,7 @@ def _ingest(url: str, served: list[dict], events: int, batch: int, concurrency: 
 
 
 def run(model_dir: Path, kafka: str, events: int, batch: int, completions: int, concurrency: int,
-        rounds: int, before: Path | None) -> dict[str, list[dict]]:
+        rounds: int, before: Path | None, client: str = "httpx") -> dict[str, list[dict]]:
     """Per gateway, one measurement per round. Every gateway is up for the whole run and the rounds
     alternate the order, so neither start order nor drift favours one of them."""
     setups = {"recording": (True, None), "not recording": (False, None)}
@@ -112,7 +120,7 @@ def run(model_dir: Path, kafka: str, events: int, batch: int, completions: int, 
                     wall, lat, resp = asyncio.run(_concurrently(url, _completions(completions), concurrency))
                     row = {"completions": _latency_summary(wall, lat, resp)}
                     if setups[name][0]:  # feedback needs recorded completions
-                        row.update(_ingest(url, [x.json() for x in resp[:50]], events, batch, concurrency))
+                        row.update(_ingest(url, [x.json() for x in resp[:50]], events, batch, concurrency, client))
                     results[name].append(row)
                     print(f"[bench] round {r + 1} {name}: {row}", flush=True)
         finally:
@@ -140,6 +148,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--before", metavar="GIT_REF", help="also run this git ref's gateway (a worktree), "
                         "for feedback ingestion before/after in the same run")
+    parser.add_argument("--client", choices=("wrk", "httpx"), default="wrk" if wrk.available() else "httpx",
+                        help="the single-event load's client: wrk (default where installed; "
+                        "deploy/install-bench-tools.sh) or httpx, which on 2 cores measures itself as much as the gateway")
     args = parser.parse_args()
     import logging
 
@@ -154,7 +165,7 @@ def main() -> None:
         before = checkout(args.before, Path(tmp) / "before") if args.before else None
         try:
             r = run(model, broker.bootstrap, args.events, args.batch, args.completions, args.concurrency, args.rounds,
-                    before)
+                    before, args.client)
         finally:
             broker.stop()
             if before is not None:
@@ -163,7 +174,7 @@ def main() -> None:
           f"{args.rounds} rounds, order rotated each round; medians over rounds.\n")
     print("| feedback ingestion | endpoint | events/s | p50 ms | p99 ms | per round (events/s) |\n|---|---|---|---|---|---|")
     for name in [n for n in r if "recording" in n and not n.startswith("not")]:
-        for endpoint, how in (("single", f"single event, {args.concurrency} clients"),
+        for endpoint, how in (("single", f"single event, {args.concurrency} connections ({args.client})"),
                               ("batch", f"batch of {args.batch}, {max(1, args.concurrency // 4)} clients")):
             per = ", ".join(f"{row[endpoint]['events_per_s']:.0f}" for row in r[name])
             print(f"| {name} | {how} | {_median(r[name], endpoint, 'events_per_s'):.0f} | "

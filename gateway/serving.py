@@ -7,14 +7,13 @@ the rendering of the prompt and the shape of the response differ (gateway/render
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from core.config import GatewayConfig
 from feedback.events import CompletionServed, ServedChoice
@@ -27,6 +26,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.overhead import clock_of
 from gateway.ownership import Ownership
 from gateway.rendering import Accumulator, ChatRenderer, CompletionRenderer, Renderer
+from gateway.streaming import ClosingStreamingResponse, StreamEnd, sse
 from inference.engine import PolicyEngine
 from inference.prompts import ChatTemplateError, chat_ids
 from inference.sampling import Chunk, Sampling
@@ -55,50 +55,6 @@ class Job:
         """The usage block for `generated` completion tokens."""
         return {"prompt_tokens": len(self.prompt_ids), "completion_tokens": generated,
                 "total_tokens": len(self.prompt_ids) + generated}
-
-
-class _StreamEnd:
-    """Ends a stream exactly once: counts a hang-up, gives the caller's reservation back and aborts
-    the engine request. Called from the event generator's `finally` and again (a no-op then) when
-    the response ends: under an ASGI server of spec 2.4 or later, Starlette sends the response
-    start before it iterates, and a client already gone makes that send raise, so the generator
-    never starts and its `finally` never runs."""
-
-    def __init__(self, serving: "Serving", job: Job, chunks: AsyncIterator[Chunk], lease: GenerationLease):
-        self.serving, self.job, self.chunks, self.lease = serving, job, chunks, lease
-        self.result = Accumulator(job.sampling.n)
-        self.ended = False
-
-    async def __call__(self, finished: bool) -> None:
-        if self.ended:
-            return
-        self.ended = True
-        if not finished:
-            self.serving.metrics.cancelled.labels(self.job.route).inc()
-        self.lease.release(self.result.generated)
-        self.serving._count(self.job, self.result.generated)
-        await self.chunks.aclose()
-
-
-class _ClosingStreamingResponse(StreamingResponse):
-    """Ends its stream however the response ends. When a client hangs up, Starlette cancels the
-    send; a generator suspended at a `yield` would otherwise keep its engine request running until
-    the garbage collector finalises it, and one never started would keep its reservation."""
-
-    def __init__(self, content: AsyncIterator[str], end: _StreamEnd, **kwargs):
-        super().__init__(content, **kwargs)
-        self.end = end
-
-    async def __call__(self, scope, receive, send):
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.body_iterator.aclose()
-            await self.end(finished=False)
-
-
-def _sse(payload: dict | str) -> str:
-    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
 
 class Serving:
@@ -248,9 +204,10 @@ class Serving:
         headers = {"X-Policy-Version": version, "X-Request-Id": job.response_id}
         head = {"id": job.response_id, "created": int(time.time()), "model": model, "policy_version": version}
         if job.stream:
-            end = _StreamEnd(self, job, chunks, lease)
+            end = StreamEnd(chunks, Accumulator(job.sampling.n),
+                            lambda generated, finished: self._ended(job, lease, generated, finished))
             events = self._stream(job, chunks, first, head, renderer, end)
-            return _ClosingStreamingResponse(events, end, media_type="text/event-stream", headers=headers)
+            return ClosingStreamingResponse(events, end, media_type="text/event-stream", headers=headers)
         result = await self._collect(job, chunks, first, request)
         lease.release(result.generated)
         self._count(job, result.generated)
@@ -282,8 +239,14 @@ class Serving:
         task.result()
         return result
 
+    def _ended(self, job: Job, lease: GenerationLease, generated: int, finished: bool) -> None:
+        if not finished:  # the client hung up
+            self.metrics.cancelled.labels(job.route).inc()
+        lease.release(generated)
+        self._count(job, generated)
+
     async def _stream(self, job: Job, chunks: AsyncIterator[Chunk], first: Chunk | None, head: dict,
-                      renderer: Renderer, end: _StreamEnd) -> AsyncIterator[str]:
+                      renderer: Renderer, end: StreamEnd) -> AsyncIterator[str]:
         chunk_head = {**head, "object": renderer.chunk_object}
         result = end.result
         opened: set[int] = set()  # candidates that have sent their first piece (it carries the role)
@@ -305,19 +268,19 @@ class Serving:
                         break
                 offset = len(result.candidates[c.index].text)
                 result.add(c)
-                yield _sse({**chunk_head, "choices": [renderer.delta(job.choice_ids[c.index], c, offset, c.index not in opened)]})
+                yield sse({**chunk_head, "choices": [renderer.delta(job.choice_ids[c.index], c, offset, c.index not in opened)]})
                 opened.add(c.index)
             if job.include_usage:
-                yield _sse({**chunk_head, "choices": [], "usage": job.usage(result.generated)})
-            yield _sse("[DONE]")
+                yield sse({**chunk_head, "choices": [], "usage": job.usage(result.generated)})
+            yield sse("[DONE]")
             finished = True
             self._record(job, head["policy_version"], result)
         except Exception:  # the status line is gone; tell the client in-band, as OpenAI does
             # The reason stays in the log: internal error text is not the client's business.
             log.exception("stream %s failed", job.response_id)
-            yield _sse(error_body(500, "Generation failed; the request was not completed. Retry it.",
+            yield sse(error_body(500, "Generation failed; the request was not completed. Retry it.",
                                   code="generation_failed"))
-            yield _sse("[DONE]")
+            yield sse("[DONE]")
             finished = True
         finally:
             # Reaching here unfinished means the client hung up: closing the chunks aborts the engine request.

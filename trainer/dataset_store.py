@@ -42,7 +42,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     topic TEXT, partition INTEGER, offset INTEGER, reason TEXT, value BLOB, at REAL, PRIMARY KEY (topic, partition, offset)
 );
 """
-_MIGRATIONS = ["ALTER TABLE completions ADD COLUMN caller TEXT"]
+_MIGRATIONS = ["ALTER TABLE completions ADD COLUMN caller TEXT",
+               # the newest comparison a round could see: what arrives after it is new to the next one
+               "ALTER TABLE rounds ADD COLUMN last_seq INTEGER"]
 
 # Trainable comparisons: joined to a single-turn completion, the latest per (rater, request), and
 # at most :cap per rater (the latest). n = 1 is a rater's newest.
@@ -136,6 +138,17 @@ class DatasetStore:
         """Trainable comparisons (what a round can train on, after the per-user rules)."""
         return self._rows(_USABLE + "SELECT COUNT(*) FROM usable WHERE n <= ?", (self.per_user_cap,))[0][0]
 
+    def last_seq(self) -> int:
+        """The newest stored comparison's sequence number (0: none)."""
+        return self._rows("SELECT COALESCE(MAX(seq), 0) FROM comparisons")[0][0]
+
+    def new_since(self, seq: int) -> int:
+        """Trainable comparisons stored after `seq`, counting at most per_user_cap per rater: what
+        triggers a round. (Counting the capped total instead stops counting once every rater is at
+        the cap: a service with one busy key would never train again.)"""
+        return self._rows(_USABLE + "SELECT COALESCE(SUM(MIN(c, ?)), 0) FROM (SELECT COUNT(*) AS c FROM joined "
+                          "WHERE k = 1 AND seq > ? GROUP BY rater)", (self.per_user_cap, seq))[0][0]
+
     def comparison_ids(self) -> list[str]:
         """Every stored comparison's event id (for consistency checks)."""
         return [r[0] for r in self._rows("SELECT event_id FROM comparisons ORDER BY seq")]
@@ -180,16 +193,18 @@ class DatasetStore:
 
     def last_round(self) -> dict | None:
         """The latest finished round, or None."""
-        rows = self._rows("SELECT round, finished, comparisons, version, rm_dir, decision FROM rounds "
+        rows = self._rows("SELECT round, finished, comparisons, version, rm_dir, decision, last_seq FROM rounds "
                           "ORDER BY round DESC LIMIT 1")
         if not rows:
             return None
-        keys = ("round", "finished", "comparisons", "version", "rm_dir", "decision")
+        keys = ("round", "finished", "comparisons", "version", "rm_dir", "decision", "last_seq")
         return dict(zip(keys, rows[0]))
 
     def record_round(self, number: int, started: float, comparisons: int, version: str | None, rm_dir: str,
-                     decision: str, record: dict) -> None:
-        """Remember a finished round."""
+                     decision: str, record: dict, last_seq: int = 0) -> None:
+        """Remember a finished round (`last_seq`: the newest comparison it could train on)."""
         with durable_sqlite.transaction(self._db, self._lock) as cur:
-            cur.execute("INSERT OR REPLACE INTO rounds VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (number, started, time.time(), comparisons, version, rm_dir, decision, json.dumps(record)))
+            cur.execute("INSERT OR REPLACE INTO rounds (round, started, finished, comparisons, version, rm_dir, "
+                        "decision, record, last_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (number, started, time.time(), comparisons, version, rm_dir, decision, json.dumps(record),
+                         last_seq))

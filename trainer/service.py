@@ -88,8 +88,9 @@ class TrainerService:
         self.metrics = _Metrics(self.metrics_registry)
         last = self.store.last_round()
         self._last_round_at = last["finished"] if last else time.time()
-        # Counted in joined comparisons: a comparison is trainable once its completion is stored too.
-        self._last_round_comparisons = last["comparisons"] if last else 0
+        # New trainable comparisons are counted after the last round's newest one (rounds recorded
+        # before that was kept count from 0: one early round after an upgrade).
+        self._last_round_seq = (last["last_seq"] or 0) if last else 0
         self._lag_at = 0.0
         self._refresh_gauges()
 
@@ -98,7 +99,7 @@ class TrainerService:
         for kind, n in counts.items():
             self.metrics.dataset.labels(kind).set(n)
         self.metrics.dead_letters.set(len(self.store.dead_letters()))
-        self.metrics.pending.set(self.store.joined_count() - self._last_round_comparisons)
+        self.metrics.pending.set(self.store.new_since(self._last_round_seq))
         return counts
 
     def refresh_lag(self) -> dict[str, int]:
@@ -131,7 +132,7 @@ class TrainerService:
 
     def due(self) -> bool:
         """Whether enough new trainable feedback has come in for a round."""
-        new = self.store.joined_count() - self._last_round_comparisons
+        new = self.store.new_since(self._last_round_seq)
         waited = time.time() - self._last_round_at
         return new >= self.cfg.min_new_comparisons or (new > 0 and waited >= self.cfg.max_interval_s)
 
@@ -141,7 +142,7 @@ class TrainerService:
         last = self.store.last_round()
         number = (last["round"] + 1) if last else 1
         counts = self.store.counts()
-        joined = self.store.joined_count()
+        joined, seq = self.store.joined_count(), self.store.last_seq()
         ranked = self.store.ranked()
         rankings, judge_set = self._split_for_judging(ranked)
         prompts = self.store.prompts()
@@ -151,7 +152,7 @@ class TrainerService:
             return {"round": number, "decision": "skipped"}
         published = self._published(number)
         if published is not None:
-            return self._finish_published_round(number, published, started, joined)
+            return self._finish_published_round(number, published, started, joined, seq)
         train_prompts = [p for p in prompts if not held_out(p, self.cfg.eval_fraction)] or prompts
         # Bounded: the gate's time must not grow with all the traffic ever collected.
         eval_prompts = stable_subset([p for p in prompts if held_out(p, self.cfg.eval_fraction)] or prompts,
@@ -192,7 +193,7 @@ class TrainerService:
                                         metrics={**{f"rm_{k}": v for k, v in rm_metrics.items()},
                                                  **{f"ppo_{k}": v for k, v in ppo_metrics.items()}, **gate.metrics},
                                         extra=lineage)
-        return self._finish_published_round(number, version, started, joined)
+        return self._finish_published_round(number, version, started, joined, seq)
 
     def _split_for_judging(self, ranked: list) -> tuple[list, list]:
         """(rankings to train the RM on, rankings that judge it): the held-out prompts' and, once
@@ -222,7 +223,7 @@ class TrainerService:
                 return name
         return None
 
-    def _finish_published_round(self, number: int, version: str, started: float, joined: int) -> dict:
+    def _finish_published_round(self, number: int, version: str, started: float, joined: int, seq: int) -> dict:
         # Every step here is idempotent, so a trainer restarted after a crash anywhere in it ends
         # the round exactly as an uninterrupted one would, instead of training and publishing it twice.
         info = self.registry.info(version)
@@ -245,8 +246,8 @@ class TrainerService:
         self.metrics.round_seconds.observe(time.time() - started)
         record = {"round": number, "version": version, "decision": decision, "reasons": gate["reasons"], **metrics,
                   "rm_heldout_accuracy": info.metrics.get("rm_heldout_accuracy"), "seconds": time.time() - started}
-        self.store.record_round(number, started, joined, version, info.extra["rm"], decision, record)
-        self._last_round_at, self._last_round_comparisons = time.time(), joined
+        self.store.record_round(number, started, joined, version, info.extra["rm"], decision, record, seq)
+        self._last_round_at, self._last_round_seq = time.time(), seq
         log.info("round %d: %s %s (reward %.3f vs serving %.3f, KL %.2f, ptx %.3f; %.0fs)%s", number, decision, version,
                  metrics.get("candidate_reward", float("nan")), metrics.get("serving_reward", float("nan")),
                  metrics.get("kl_from_sft", float("nan")), metrics.get("candidate_ptx_loss", float("nan")),

@@ -48,9 +48,20 @@ def test_each_users_weight_is_capped(tmp_path):
     store.store(delivered(events))
     raters = [r.rater for r in store.ranked()]
     assert raters.count("mallory") == 10 and raters.count("alice") == 5
-    assert store.joined_count() == 15, "a round is triggered by capped counts"
+    assert store.joined_count() == 15 == store.new_since(0), "a round is triggered by capped counts"
     assert sum(p.startswith("Say ") for p in store.prompts()) == 10
     assert store.per_user() == {"mallory": {"stored": 100, "used": 10}, "alice": {"stored": 5, "used": 5}}
+
+    # After a round, what arrives is new, still capped per user; raters already at the cap keep
+    # counting (the capped total would stay at 10 for mallory: with one key, no round ever again).
+    seq = store.last_seq()
+    more = []
+    for i in range(100, 130):
+        more += [served(f"m{i}", "mallory", f"Say {i}."), ranked(f"m{i}", "mallory", 0)]
+    for i in range(5, 7):
+        more += [served(f"a{i}", "alice", f"Describe a {i}."), ranked(f"a{i}", "alice", 1)]
+    store.store(delivered(more))
+    assert store.joined_count() == 17 and store.new_since(seq) == 12
 
 
 def test_the_gates_judge_is_held_out_by_user_and_prompt(tmp_path, tiny_model_dir):
