@@ -20,12 +20,14 @@ def available() -> bool:
     return shutil.which("wrk") is not None
 
 
-def _lua(key: str, bodies: list[dict]) -> str:
-    """A wrk script that POSTs the bodies in turn, with the key, as JSON."""
+def _lua(key: str, bodies: list[dict] | None) -> str:
+    """A wrk script that sends the key and, given bodies, POSTs them in turn as JSON (else GETs)."""
+    script = f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+    if bodies is None:
+        return script
     quoted = ",\n".join(json.dumps(json.dumps(b)) for b in bodies)
-    return f"""wrk.method = "POST"
+    return script + f"""wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer {key}"
 local bodies = {{
 {quoted}
 }}
@@ -42,9 +44,10 @@ def _ms(text: str) -> float:
     return float(value) * _UNITS[unit]
 
 
-def post(url: str, bodies: list[dict], key: str, connections: int, seconds: float) -> dict:
-    """POST `bodies` in turn over `connections` keep-alive connections for `seconds` (one wrk
-    thread: the other core stays with the server); returns ok responses/s and latency percentiles."""
+def post(url: str, bodies: list[dict] | None, key: str, connections: int, seconds: float) -> dict:
+    """POST `bodies` in turn (None: GET) over `connections` keep-alive connections for `seconds`
+    (one wrk thread: the other core stays with the server); returns 2xx responses/s and latency
+    percentiles."""
     with tempfile.TemporaryDirectory(prefix="alignloop-wrk-") as tmp:
         script = Path(tmp) / "post.lua"
         script.write_text(_lua(key, bodies))
