@@ -2,7 +2,8 @@
 
 Starts the gateway (vLLM) and the trainer service as processes, and a simulated user population
 that asks for 4 candidates at a time and ranks them by a taste the trainer never sees. Prints the
-traffic, each training round's gate decision and each version switch as they happen; stops after
+traffic, each training round's gate decision, each canary's decision by the users' blinded comparisons
+and each version switch as they happen; stops after
 --rounds promotions (or --minutes, or Ctrl-C) and reports how often the users' rule prefers the final policy's
 answers over the base policy's, on prompts no user asked.
 
@@ -36,11 +37,13 @@ from synthetic.users import Population, win_rate
 
 # Small rounds so that a 2-core machine shows several of them within minutes. The tiny model's
 # answers move far from SFT's (always one colour is ~10-20 nats per answer), hence the KL budget.
+# PPO's iterations are the cheap part of a round here (~15 s each, the RM's 60 steps ~160 s), and
+# the policy's reward was still climbing after 6 of them: 12.
 DEMO_SETTINGS = [
     "train.loop.min_new_comparisons=40", "train.loop.max_interval_s=3600", "train.loop.rm_max_steps=60",
     "train.loop.kl_budget=25",
     "train.rm.learning_rate=0.001",
-    "train.ppo.iterations=6", "train.ppo.rollout_batch=12", "train.ppo.minibatch=6",
+    "train.ppo.iterations=12", "train.ppo.rollout_batch=12", "train.ppo.minibatch=6",
     "train.ppo.max_new_tokens=24", "train.ppo.learning_rate=0.0002", "train.ppo.save_every=0",
     "train.ppo.rollout_engine=transformers",
 ]
@@ -83,6 +86,7 @@ class _Story:
     serving: str
     reported: set[str]
     promoted: list[str] = field(default_factory=list)
+    on_canary: set[str] = field(default_factory=set)  # proposed versions whose canary is undecided
     last_print: float = field(default_factory=time.monotonic)
     last_requests: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -96,12 +100,27 @@ class _Story:
             info = registry.info(name)
             gate = info.extra.get("gate", {})
             decision = gate.get("decision", "?")
-            why = "" if decision == "promoted" else f": {'; '.join(gate.get('reasons', []))}"
-            say(f"round {info.extra.get('round')}: candidate {name} {decision.upper()} "
+            why = "" if decision != "rejected" else f": {'; '.join(gate.get('reasons', []))}"
+            then = " -> on canary: the users' blinded comparisons decide" if decision == "proposed" else ""
+            say(f"round {info.extra.get('round')}: candidate {name} {decision.upper()} by the offline gate "
                 f"(reward {gate.get('candidate_reward', float('nan')):.2f} vs serving "
                 f"{gate.get('serving_reward', float('nan')):.2f}, KL {gate.get('kl_from_sft', float('nan')):.2f}, "
-                f"from {info.extra.get('data', {}).get('comparisons', 0)} comparisons){why}")
+                f"from {info.extra.get('data', {}).get('comparisons', 0)} comparisons){why}{then}")
             if decision == "promoted":
+                self.promoted.append(name)
+            elif decision == "proposed":
+                self.on_canary.add(name)
+        for name in sorted(self.on_canary):
+            decided = registry.decision(name)
+            if decided is None:
+                continue
+            self.on_canary.discard(name)
+            e = decided.get("evidence", {})
+            low, high = e.get("interval_95") or (float("nan"), float("nan"))
+            say(f"canary {name}: {decided['decision'].replace('_', ' ').upper()} ({decided['reason']}; users "
+                f"preferred it in {e.get('wins', 0)} of {e.get('n', 0)} blinded comparisons against "
+                f"{decided.get('against')}, 95% interval {low:.0%}-{high:.0%}, after {decided.get('canary_s', 0):.0f}s)")
+            if decided["decision"] in ("promoted", "promoted_by_operator"):
                 self.promoted.append(name)
 
     def traffic(self, population: Population) -> None:
@@ -192,13 +211,17 @@ def run(settings: Settings, common: list[str], rounds: int, users: int, minutes:
         metrics_port = free_port()
         trainer = _spawn(["trainer", *loop_args, "--set", f"train.loop.metrics_port={metrics_port}"],
                          logs / "trainer.log")
-        population = Population(url, key, TRAIN_PROMPTS, users=users, k=4, pause_s=1.0).start()
+        # Every other request opts into blinded comparisons: while a candidate is on canary, those
+        # rankings are the evidence that promotes or rolls it back.
+        population = Population(url, key, TRAIN_PROMPTS, users=users, k=4, pause_s=1.0, compare_every=2).start()
         say(f"trainer metrics on http://127.0.0.1:{metrics_port}/metrics; gateway metrics on {url}/metrics")
         say(f"rank answers yourself beside the simulated users: open {url}/ui/ and sign in with a key from "
             f"{settings.paths.api_keys} (the rater key also opens the labelling queue)")
         story = _Story(serving=base, reported=set(registry.names()))
         deadline = time.monotonic() + 60 * minutes
-        while len(story.promoted) < rounds and time.monotonic() < deadline:
+        # ... and until the last promoted version has served users (the report judges what they got).
+        while (len(story.promoted) < rounds or population.tally.versions.get(story.promoted[-1], 0) < 5) \
+                and time.monotonic() < deadline:
             time.sleep(1)
             if trainer.poll() is not None:
                 print(f"[demo] the trainer exited; see {logs / 'trainer.log'}", file=sys.stderr)

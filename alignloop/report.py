@@ -1,9 +1,11 @@
 """`alignloop report`: InstructGPT's figures in miniature, from the registry's lineage and people's
 comparisons, as a markdown page with PNG plots.
 
-- Win rate against the SFT version, per version, with a 95% interval: from people's comparisons
-  across versions (the labelling queue's rankings, as the leaderboard reads them) where there are
-  any, and from a `judge` the caller supplies (the demo's: its simulated users' hidden rule).
+- Win rate against the SFT version, per version, with a 95% interval: from people's blinded
+  comparisons across versions (the gateway's evidence store: labelling items and mixed requests,
+  as the leaderboard reads them) where there are any, and from a `judge` the caller supplies (the
+  demo's: its simulated users' hidden rule).
+- Each candidate's canary decision: people's verdicts against the version it was tried against.
 - The alignment tax per version: the held-out pretraining LM loss the gate measured for the
   candidate, against SFT's (PPO-ptx exists to keep this near 1x).
 - The reward model's accuracy on held-out comparisons (the gate's judge set: prompts and raters it
@@ -18,9 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import Settings
-from gateway.labelling import LabelQueue
-from gateway.leaderboard import from_rankings
-from gateway.ownership import Ownership
+from gateway.evidence import EvidenceStore
 from registry.store import PolicyRegistry
 
 # (version) -> {"rate", "interval_95": (low, high), "pairs"}: a win rate against SFT from elsewhere.
@@ -35,6 +35,7 @@ class VersionRow:
     source: str
     round: int | None = None
     decision: str | None = None
+    canary: dict | None = None  # the canary's decision with its evidence (promotion = canary)
     rm_accuracy: float | None = None
     ptx_loss: float | None = None
     sft_ptx_loss: float | None = None
@@ -64,24 +65,29 @@ def versions(registry: PolicyRegistry) -> list[VersionRow]:
         accuracy = _finite(gate.get("judge_accuracy"))
         accuracy = accuracy if accuracy is not None else _finite(info.metrics.get("rm_heldout_accuracy"))
         rows.append(VersionRow(name, info.source, info.extra.get("round"), gate.get("decision"),
-                               accuracy, _finite(gate.get("candidate_ptx_loss")),
+                               registry.decision(name), accuracy, _finite(gate.get("candidate_ptx_loss")),
                                _finite(gate.get("sft_ptx_loss")), _finite(gate.get("kl_from_sft"))))
     return rows
 
 
 def people_board(settings: Settings, registry: PolicyRegistry) -> dict | None:
-    """The leaderboard from the labelling queue's rankings in this state directory, or None if the
-    gateway's queue or signing secret is not here (ids are read only with the secret that signed them)."""
-    paths = settings.paths
-    secrets = [s.get_secret_value().encode() for s in settings.gateway.ownership_secrets]
-    if not secrets and paths.ownership_secret.exists():
-        secrets = [paths.ownership_secret.read_text().strip().encode()]
-    if not secrets or not paths.labels.exists():
+    """The leaderboard of people's cross-version verdicts kept by the gateway of this state
+    directory, or None if no gateway kept any here."""
+    if not settings.paths.evidence.exists():
         return None
-    ownership = Ownership(secrets, settings.feedback.index_retention_days * 86400)
     names = registry.names()
-    queue = LabelQueue(paths.labels, settings.gateway.labelling)
-    return from_rankings(queue.rankings(), ownership.version_of, names[0] if names else None, registry.current())
+    return EvidenceStore(settings.paths.evidence).leaderboard(names[0] if names else None, registry.current())
+
+
+def _canary(decision: dict | None) -> str:
+    if not decision:
+        return ""
+    e = decision.get("evidence") or {}
+    if not e.get("n"):
+        return decision["decision"].replace("_", " ")
+    low, high = e["interval_95"]
+    return (f"{decision['decision'].replace('_', ' ')}: {e['wins']}/{e['n']} vs {decision.get('against')} "
+            f"({low:.0%}-{high:.0%})")
 
 
 def _plots(rows: list[VersionRow], out: Path, judge_name: str) -> list[str]:
@@ -150,11 +156,11 @@ def write(rows: list[VersionRow], out: Path, serving: str | None, judge_name: st
     lines = ["# alignloop report", "",
              f"Serving: {serving or 'nothing'}. Win rates are against the SFT version ({rows[0].version if rows else '-'}), "
              "ties count half; intervals are 95% (Wilson).", "",
-             f"| version | source | round | gate | RM held-out accuracy | KL from SFT | alignment tax | "
-             f"vs SFT, people | vs SFT, {judge_name} |", "|---|---|---|---|---|---|---|---|---|"]
+             f"| version | source | round | gate | canary: people's verdicts | RM held-out accuracy | KL from SFT | "
+             f"alignment tax | vs SFT, people | vs SFT, {judge_name} |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r.version}{' (serving)' if r.version == serving else ''} | {r.source} | {r.round or ''} | "
-                     f"{r.decision or ''} | {_num(r.rm_accuracy, '.2f')} | {_num(r.kl_from_sft, '.2f')} | "
+                     f"{r.decision or ''} | {_canary(r.canary)} | {_num(r.rm_accuracy, '.2f')} | {_num(r.kl_from_sft, '.2f')} | "
                      f"{_num(r.alignment_tax, '.3f')} | {_rate(r.people)} | {_rate(r.judged)} |")
     if board and board.get("versions"):
         lines += ["", f"People's leaderboard ({board['outcomes']} pairwise outcomes across versions; "

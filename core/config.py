@@ -305,6 +305,33 @@ class TrainConfig(_Section):
     loop: LoopConfig = LoopConfig()
 
 
+class PromotionConfig(_Section):
+    """How a candidate that passed the trainer's offline gate comes to serve everyone.
+
+    canary: the gateway serves it to `canary_fraction` of users (sticky per user) and lets people's
+    blinded comparisons against the serving version decide, by a sequential test (gateway/sequential.py)
+    that may be looked at after every comparison: promote when it is preferred, roll back when it is
+    not, or when it fails guardrails, or when `max_samples` or `max_canary_s` pass undecided.
+    direct: the trainer moves CURRENT itself once the offline gate passes (no people in the decision).
+    """
+
+    mode: Literal["canary", "direct"] = "canary"
+    canary_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)  # of users (sticky), not of requests
+    alpha: float = Field(default=0.05, gt=0.0, lt=0.5)   # false promotion rate (candidate preferred <= 50%)
+    beta: float = Field(default=0.1, gt=0.0, lt=0.5)     # false roll-back rate (candidate preferred >= 50% + delta)
+    delta: float = Field(default=0.2, gt=0.0, lt=0.5)    # the preference worth detecting: 0.5 + delta
+    min_samples: int = Field(default=20, ge=1)           # no decision on fewer comparisons (ties excluded)
+    max_samples: int = Field(default=400, ge=1)          # undecided after this many: roll back
+    max_canary_s: float = Field(default=3600.0, gt=0)    # undecided after this long: roll back
+    # Guardrails, checked once the candidate served `guardrail_min_requests`: roll back at once if it
+    # fails a larger share of requests than the serving version by this much, or its p99 latency is
+    # over this multiple of the serving version's.
+    guardrail_min_requests: int = Field(default=20, ge=1)
+    max_error_rate_increase: float = Field(default=0.05, ge=0.0)
+    max_latency_ratio: float = Field(default=3.0, gt=1.0)
+    poll_s: float = Field(default=1.0, gt=0)             # how often the gateway's controller looks
+
+
 class Settings(_Section):
     """The whole configuration tree."""
 
@@ -319,6 +346,7 @@ class Settings(_Section):
     gateway: GatewayConfig = GatewayConfig()
     feedback: FeedbackConfig = FeedbackConfig()
     train: TrainConfig = TrainConfig()
+    promotion: PromotionConfig = PromotionConfig()
 
     @property
     def paths(self) -> StatePaths:

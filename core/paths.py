@@ -56,6 +56,11 @@ class StatePaths:
         return self.root / "gateway" / "labels.db"
 
     @property
+    def evidence(self) -> Path:
+        """People's blinded verdicts between versions (the leaderboard's and the canary's evidence)."""
+        return self.root / "gateway" / "evidence.db"
+
+    @property
     def ownership_secret(self) -> Path:
         """The generated secret that signs served ids (when none is configured)."""
         return self.root / "gateway" / "ownership_secret"

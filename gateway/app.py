@@ -18,11 +18,14 @@ from gateway.auth import KeyStore, load_or_create_keys
 from gateway.dependencies import Services
 from gateway.deployment import Deployment
 from gateway.errors import SafeJSONResponse, install_error_handlers
+from gateway.evidence import EvidenceStore
 from gateway.metrics import GatewayMetrics
 from gateway.ownership import Ownership, load_or_create_secrets
 from gateway.middleware import HTTPMetricsMiddleware
 from gateway.label_filler import fill_forever
 from gateway.labelling import LabelQueue
+from gateway.promotion import CanaryController
+from gateway.version_health import VersionHealth
 from gateway.loop_watch import watch_loop
 from gateway.routers import admin, feedback, health, labelling, openai
 from gateway.serving import Serving
@@ -49,9 +52,13 @@ def build_services(settings: Settings) -> Services:
     # Feedback is accepted on ids younger than the idempotency window, as before ids were signed.
     ownership = Ownership(load_or_create_secrets(settings.gateway.ownership_secrets, settings.paths.ownership_secret),
                           retention_s=settings.feedback.index_retention_days * 86400)
+    health = VersionHealth()
     serving = Serving(deployment.engine, settings.gateway, metrics, keys, ownership,
-                      recorder if settings.feedback.record_completions else None, labels)
-    return Services(settings, deployment, serving, recorder, keys, metrics, labels, ownership, started_at=time.time())
+                      recorder if settings.feedback.record_completions else None, labels, health)
+    evidence = EvidenceStore(settings.paths.evidence)
+    promotion = CanaryController(deployment, evidence, health, settings.promotion)
+    return Services(settings, deployment, serving, recorder, keys, metrics, labels, ownership, evidence, promotion,
+                    started_at=time.time())
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -66,10 +73,14 @@ def create_app(settings: Settings) -> FastAPI:
         watching = asyncio.create_task(deployment.follow_registry(poll_s)) if poll_s > 0 else None
         filling = asyncio.create_task(supervise("label-filler", lambda: fill_forever(
             services.labels, deployment.engine, services.recorder, services.ownership, settings.gateway.labelling,
-            services.metrics),
+            services.metrics, services.evidence),
             on_failure=lambda task: services.metrics.background_failures.labels(task).inc()))
         lag = asyncio.create_task(watch_loop(services.metrics.loop_lag))
+        # direct: the trainer moves CURRENT itself and nothing here decides.
+        deciding = asyncio.create_task(services.promotion.run()) if settings.promotion.mode == "canary" else None
         yield
+        if deciding is not None:
+            deciding.cancel()
         starting.cancel()
         filling.cancel()
         lag.cancel()

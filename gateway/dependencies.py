@@ -20,9 +20,11 @@ from feedback.recorder import FeedbackRecorder
 from gateway.auth import Caller, KeyStore
 from gateway.errors import APIError
 from gateway.deployment import Deployment
+from gateway.evidence import EvidenceStore
 from gateway.labelling import LabelQueue
 from gateway.metrics import GatewayMetrics
 from gateway.ownership import Ownership
+from gateway.promotion import CanaryController
 from gateway.serving import Serving
 
 
@@ -38,6 +40,8 @@ class Services:
     metrics: GatewayMetrics
     labels: LabelQueue
     ownership: Ownership
+    evidence: EvidenceStore
+    promotion: CanaryController
     started_at: float
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 from core.config import EngineConfig
@@ -34,6 +35,7 @@ class Deployment:
         self._last_served = last_served
         self.start_error: str | None = None  # why CURRENT could not be started, if it could not
         self.starting = False
+        self._deployed: set[str] = set()  # versions whose feedback-to-deployment time was observed
 
     @property
     def ready(self) -> bool:
@@ -63,6 +65,7 @@ class Deployment:
             await self._start_first_that_loads(wanted, fallback)
         finally:
             self.starting = False
+        self._deployed: set[str] = set()  # versions whose feedback-to-deployment time was observed
 
     async def _start_first_that_loads(self, wanted: str | None, fallback: str | None) -> None:
         for version in dict.fromkeys(v for v in (wanted, fallback) if v):
@@ -114,7 +117,18 @@ class Deployment:
             self.metrics.set_version(version)
             self._show_canary()
             self._remember(version)
+            self._observe_feedback_to_deployment(version)
         return switch
+
+    def _observe_feedback_to_deployment(self, version: str) -> None:
+        # The trainer keeps when the oldest comparison new to the round was given; the clock stops
+        # when the version it trained serves all traffic (directly or after its canary).
+        if version in self._deployed:
+            return
+        self._deployed.add(version)
+        first = self.registry.info(version).extra.get("data", {}).get("first_new_comparison_at")
+        if first:
+            self.metrics.feedback_to_deployment.observe(max(0.0, time.time() - first))
 
     async def rollback(self) -> tuple[str, Switch]:
         """Back to the version served before the last switch; the history entry is used up only

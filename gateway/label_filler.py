@@ -17,7 +17,7 @@ from core.config import LabellingConfig
 from feedback.events import CompletionServed, ServedChoice
 from feedback.recorder import FeedbackRecorder
 from gateway.labelling import LabelQueue
-from gateway.leaderboard import from_rankings
+from gateway.evidence import EvidenceStore
 from gateway.metrics import GatewayMetrics
 from gateway.ownership import Ownership
 from gateway.rendering import Accumulator, Candidate
@@ -33,35 +33,16 @@ _COUNT_EVERY_S = 10.0
 _AGREEMENT_EVERY_S = 30.0  # agreement reads every ranking: not on every idle tick
 
 
-async def _one_version(engine: PolicyEngine, prompt_ids: list[int], sampling: Sampling, request_id: str,
-                       version: str | None) -> list[tuple[str, Candidate]]:
-    result, written_by = Accumulator(sampling.n), version or engine.version
-    async for chunk in engine.generate(prompt_ids, sampling, request_id, version=version):
-        result.add(chunk)
-        written_by = chunk.version
-    return [(written_by, c) for c in result.candidates]
-
-
 async def _candidates(engine: PolicyEngine, prompt_ids: list[int], config: LabellingConfig, max_tokens: int,
                       request_id: str) -> list[tuple[str, Candidate]]:
     """K (version, candidate) pairs: all from the serving version, or, while a canary is under
     evaluation, half from it, so a rater's ranking compares the two versions directly."""
-    def sampling(n: int) -> Sampling:
-        return Sampling(n=n, max_tokens=max_tokens, temperature=config.temperature)
-
-    canary = engine.canary
-    if canary is None:
-        return await _one_version(engine, prompt_ids, sampling(config.k), request_id, None)
-    half = config.k // 2
-    parts = await asyncio.gather(
-        _one_version(engine, prompt_ids, sampling(config.k - half), f"{request_id}-s", engine.version),
-        _one_version(engine, prompt_ids, sampling(half), f"{request_id}-c", canary.version), return_exceptions=True)
-    if any(isinstance(p, LookupError) for p in parts):  # the canary was promoted or stopped meanwhile
-        return await _one_version(engine, prompt_ids, sampling(config.k), request_id, None)
-    for p in parts:
-        if isinstance(p, BaseException):
-            raise p
-    return parts[0] + parts[1]
+    plan = engine.plan(config.k, compare=True)
+    result = Accumulator(config.k)
+    async for chunk in engine.run(plan, prompt_ids, Sampling(n=config.k, max_tokens=max_tokens,
+                                                             temperature=config.temperature), request_id):
+        result.add(chunk)
+    return [(c.version or plan.versions[i], c) for i, c in enumerate(result.candidates)]
 
 
 async def fill_once(queue: LabelQueue, engine: PolicyEngine, recorder: FeedbackRecorder, ownership: Ownership,
@@ -92,23 +73,23 @@ async def fill_once(queue: LabelQueue, engine: PolicyEngine, recorder: FeedbackR
         recorder.record_completion(CompletionServed(
             request_id=request_id, route="chat", prompt_tokens=len(prompt_ids), choices=choices,
             sampling=Sampling(n=config.k, max_tokens=max_tokens, temperature=config.temperature).describe(),
-            policy_version=written[0][0], caller=CALLER, messages=messages, prompt_text=prompt))
+            policy_version=engine.version if mixed else written[0][0], caller=CALLER, messages=messages,
+            prompt_text=prompt))
         await asyncio.to_thread(queue.fill, item_id, request_id,
                                 [{"id": c.choice_id, "text": c.text} for c in choices])
         filled += 1
     return filled
 
 
-def versions_board(queue: LabelQueue, ownership: Ownership, engine: PolicyEngine, bootstrap_rounds: int = 200) -> dict:
-    """The leaderboard of the queue's rankings against SFT (the registry's first version) and the
-    serving version (blocking: reads the queue and the registry)."""
+def versions_board(evidence: EvidenceStore, engine: PolicyEngine, bootstrap_rounds: int = 200) -> dict:
+    """The leaderboard of people's cross-version rankings (labelling items and mixed requests)
+    against SFT (the registry's first version) and the serving version (blocking: reads SQLite)."""
     names = engine.registry.names()
-    return from_rankings(queue.rankings(), ownership.version_of, names[0] if names else None, engine.version,
-                         bootstrap_rounds)
+    return evidence.leaderboard(names[0] if names else None, engine.version, bootstrap_rounds)
 
 
 async def fill_forever(queue: LabelQueue, engine: PolicyEngine, recorder: FeedbackRecorder, ownership: Ownership,
-                       config: LabellingConfig, metrics: GatewayMetrics) -> None:
+                       config: LabellingConfig, metrics: GatewayMetrics, evidence: EvidenceStore) -> None:
     """fill_once in a loop, idling when nothing waits; keeps the queue's gauges current."""
     measured = counted = 0.0
     while True:
@@ -121,6 +102,6 @@ async def fill_forever(queue: LabelQueue, engine: PolicyEngine, recorder: Feedba
             agreement = (await asyncio.to_thread(queue.raters))["agreement"]
             if agreement is not None:
                 metrics.rater_agreement.set(agreement)
-            metrics.set_leaderboard(await asyncio.to_thread(versions_board, queue, ownership, engine, 50))
+            metrics.set_leaderboard(await asyncio.to_thread(versions_board, evidence, engine))
         if not filled:
             await asyncio.sleep(_IDLE_S)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from dataclasses import dataclass
 
 from gateway.sequential import wilson
@@ -46,14 +47,17 @@ def bradley_terry(outcomes: list[Outcome], steps: int = 300, lr: float = 0.5, ri
     versions = sorted({v for o in outcomes for v in (o.winner, o.loser)})
     if not versions:
         return {}
+    # The likelihood depends only on how often each outcome occurred: a step costs distinct
+    # outcomes (a few per pair of versions), not comparisons.
+    counts = Counter(outcomes)
     score = {v: 0.0 for v in versions}
     for _ in range(steps):
         grad = {v: -ridge * score[v] for v in versions}
-        for o in outcomes:
+        for o, n in counts.items():
             p = 1.0 / (1.0 + math.exp(score[o.loser] - score[o.winner]))  # P(winner beats loser)
             won = 0.5 if o.tie else 1.0
-            grad[o.winner] += won - p
-            grad[o.loser] -= won - p
+            grad[o.winner] += n * (won - p)
+            grad[o.loser] -= n * (won - p)
         for v in versions:
             score[v] += lr * grad[v] / max(1, len(outcomes)) * len(versions)
         mean = sum(score.values()) / len(score)
@@ -66,7 +70,7 @@ def bootstrap_intervals(outcomes: list[Outcome], rounds: int = 200, seed: int = 
     rng = random.Random(seed)
     draws: dict[str, list[float]] = {}
     for _ in range(rounds):
-        sample = [outcomes[rng.randrange(len(outcomes))] for _ in outcomes]
+        sample = rng.choices(outcomes, k=len(outcomes))
         for v, s in bradley_terry(sample, steps=150).items():
             draws.setdefault(v, []).append(s)
     out = {}

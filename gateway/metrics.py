@@ -6,6 +6,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _LAG_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_DEPLOYMENT_BUCKETS = (60, 120, 300, 600, 900, 1200, 1800, 3600, 7200, 21600, 86400)
+CANARY_DECISIONS = ("promoted", "rolled_back", "promoted_by_operator", "rolled_back_by_operator", "superseded",
+                    "refused")
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
 
@@ -55,6 +58,15 @@ class GatewayMetrics:
                                 ["rater"], registry=r)
         self.rater_agreement = Gauge("alignloop_rater_agreement", "Share of candidate pairs that two raters of the "
                                      "same item ordered the same way (InstructGPT: ~0.73)", registry=r)
+        self.canary_decisions = Counter("alignloop_canary_decisions", "Canary decisions by outcome (the lineage "
+                                        "keeps each with its evidence)", ["decision"], registry=r)
+        self.canary_comparisons = Gauge("alignloop_canary_comparisons", "People's blinded verdicts between the "
+                                        "canary and the serving version so far", ["outcome"], registry=r)
+        self.canary_llr = Gauge("alignloop_canary_log_likelihood_ratio", "The canary's sequential test statistic "
+                                "(promotes at its upper bound, rolls back at its lower)", registry=r)
+        self.feedback_to_deployment = Histogram(
+            "alignloop_feedback_to_deployment_seconds", "From the oldest comparison new to a round until the "
+            "version that round trained serves all traffic", buckets=_DEPLOYMENT_BUCKETS, registry=r)
 
         # Known label values exist from the start at 0 (Prometheus' advice): a rate over a counter
         # that appears only on its first event shows "no data" instead of 0 until then.
@@ -63,6 +75,10 @@ class GatewayMetrics:
             self.overhead.labels(route)
         for outcome in ("ok", "refused", "canary_refused"):
             self.swaps.labels(outcome)
+        for decision in CANARY_DECISIONS:
+            self.canary_decisions.labels(decision)
+        for outcome in ("wins", "losses", "ties"):
+            self.canary_comparisons.labels(outcome)
         self.set_canary(None)
 
     def set_leaderboard(self, board: dict) -> None:

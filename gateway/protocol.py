@@ -52,6 +52,10 @@ class _SamplingFields(_Request):
     user: Text | None = Field(default=None, max_length=256)
     # vLLM's extension, accepted by `vllm serve` too: generate exactly max_tokens.
     ignore_eos: bool = False
+    # alignloop's: while a candidate version is on canary, half of n >= 2 candidates come from it
+    # and half from the serving version, in shuffled positions (the response's policy_version says
+    # "mixed", not which is which), so that ranking them compares the two versions blind.
+    compare_versions: bool = False
 
     @field_validator("stop")
     @classmethod

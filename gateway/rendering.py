@@ -17,6 +17,7 @@ class Candidate:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[dict] = field(default_factory=list)
     finish_reason: str | None = None
+    version: str | None = None  # the policy version that wrote it
 
 
 class Accumulator:
@@ -32,6 +33,7 @@ class Accumulator:
         c.token_ids += chunk.token_ids
         c.logprobs += chunk.logprobs or []
         c.finish_reason = chunk.finish_reason or c.finish_reason
+        c.version = chunk.version
         return c
 
     @property

@@ -4,7 +4,7 @@ People compare a candidate's answers with the serving version's (blinded). Each 
 not a tie is one Bernoulli outcome x (1: the candidate's answer was preferred). Wald's sequential
 probability ratio test weighs
 
-    H0: p = 0.5 − δ/2  (no better; roll back)   against   H1: p = 0.5 + δ/2  (better; promote)
+    H0: p = 0.5  (no better than serving; roll back)   against   H1: p = 0.5 + δ  (better; promote)
 
 by the log-likelihood ratio, updated after every comparison:
 
@@ -12,7 +12,8 @@ by the log-likelihood ratio, updated after every comparison:
 
 and stops the first time LLR ≥ log((1 − β) / α) (promote) or LLR ≤ log(β / (1 − α)) (roll back).
 Its error rates hold although it is looked at after every comparison: a candidate no better than
-p0 is promoted with probability at most α, one at p1 rolled back with probability at most β. A
+the serving version (p ≤ 0.5: a republished old version, a worse one) is promoted with probability
+at most α; one preferred at p1 or more is rolled back with probability at most β. A
 minimum sample delays any decision; a maximum sample or a time limit ends the test as a roll back
 (never as a promotion), which only lowers the chance of a false promotion. tests/gateway/
 test_sequential.py checks the error rates by simulation.
@@ -30,17 +31,17 @@ class SequentialTestConfig:
 
     alpha: float = 0.05   # false promotion rate (candidate no better than p0)
     beta: float = 0.1     # false roll-back rate (candidate as good as p1)
-    delta: float = 0.2    # the smallest improvement worth detecting: p1 − p0
+    delta: float = 0.2    # the preference worth detecting: p1 = 0.5 + delta
     min_samples: int = 20
     max_samples: int = 400
 
     @property
     def p0(self) -> float:
-        return 0.5 - self.delta / 2
+        return 0.5
 
     @property
     def p1(self) -> float:
-        return 0.5 + self.delta / 2
+        return 0.5 + self.delta
 
 
 @dataclass
@@ -88,6 +89,12 @@ class SequentialTest:
         """End an undecided test (time limit): a roll back."""
         if self.decision is None:
             self._decide("roll_back", f"no decision within {seconds:g} s")
+        return self.decision
+
+    def stop(self, decision: str, reason: str) -> str:
+        """End an undecided test for a reason outside it (a guardrail)."""
+        if self.decision is None:
+            self._decide(decision, reason)
         return self.decision
 
     def _decide(self, decision: str, reason: str) -> None:

@@ -10,7 +10,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -26,44 +25,23 @@ from gateway.metrics import GatewayMetrics
 from gateway.overhead import clock_of
 from gateway.ownership import Ownership
 from gateway.rendering import Accumulator, ChatRenderer, CompletionRenderer, Renderer
+from gateway.job import MIXED, Job
 from gateway.streaming import ClosingStreamingResponse, StreamEnd, sse
+from gateway.version_health import VersionHealth
 from inference.engine import PolicyEngine
 from inference.prompts import ChatTemplateError, chat_ids
-from inference.sampling import Chunk, Sampling
+from inference.sampling import Chunk
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Job:
-    """One validated request, ready for the engine."""
-
-    route: str
-    response_id: str
-    prompt_ids: list[int]
-    sampling: Sampling
-    stream: bool
-    include_usage: bool
-    started: float
-    caller: str
-    served: dict  # what the completion event records of the request: prompt or messages, prompt_text
-    label_sampling: bool = False  # the caller lets its prompts be sampled into the labelling queue
-    sticky_key: str = ""  # who the request is for (key, and the request's `user` if given): canary routing
-    choice_ids: list[str] = field(default_factory=list)  # signed, once the serving version is known
-
-    def usage(self, generated: int) -> dict:
-        """The usage block for `generated` completion tokens."""
-        return {"prompt_tokens": len(self.prompt_ids), "completion_tokens": generated,
-                "total_tokens": len(self.prompt_ids) + generated}
-
 
 class Serving:
     """Validates requests against the caller's limits and runs them on the engine."""
 
     def __init__(self, engine: PolicyEngine, config: GatewayConfig, metrics: GatewayMetrics, keys: KeyStore,
-                 ownership: Ownership, recorder: FeedbackRecorder | None = None, labels: LabelQueue | None = None):
+                 ownership: Ownership, recorder: FeedbackRecorder | None = None, labels: LabelQueue | None = None,
+                 health: VersionHealth | None = None):
         self.engine, self.config, self.metrics, self.keys, self.recorder = engine, config, metrics, keys, recorder
-        self.ownership, self.labels = ownership, labels
+        self.ownership, self.labels, self.health = ownership, labels, health
 
     # ---- validation -------------------------------------------------------------------------
 
@@ -96,7 +74,7 @@ class Serving:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return Job(route, self.ownership.request_id(prefix, caller.name), prompt_ids, req.to_sampling(max_tokens, logprobs),
                    req.stream, include_usage, time.monotonic(), caller.name, served, caller.limits.label_sampling,
-                   f"{caller.name}:{req.user or ''}")
+                   f"{caller.name}:{req.user or ''}", req.compare_versions)
 
     def _max_chars(self) -> int:
         # No prompt can have fewer tokens than characters / the longest token's bytes, so past this
@@ -175,12 +153,21 @@ class Serving:
             asyncio.get_running_loop().run_in_executor(None, self.labels.offer, messages[0]["content"])
         if self.recorder is None:
             return
+        mixed = version == MIXED
         self.recorder.record_completion(CompletionServed(
             request_id=job.response_id, route=job.route, prompt_tokens=len(job.prompt_ids),
             choices=[ServedChoice(choice_id=job.choice_ids[i], text=c.text,
-                                  completion_tokens=len(c.token_ids), finish_reason=c.finish_reason)
+                                  completion_tokens=len(c.token_ids), finish_reason=c.finish_reason,
+                                  policy_version=job.versions[i] if mixed else None)
                      for i, c in enumerate(result.candidates)],
-            sampling=job.sampling.describe(), policy_version=version, caller=job.caller, **job.served))
+            sampling=job.sampling.describe(), policy_version=self.engine.version if mixed else version,
+            caller=job.caller, **job.served))
+
+    def _observe(self, job: Job, ok: bool) -> None:
+        """Count a finished request in its version's health (the canary's guardrails); a mixed one
+        belongs to neither version alone."""
+        if self.health is not None and job.version and job.version != MIXED:
+            self.health.observe(job.version, ok, time.monotonic() - job.started)
 
     async def _run(self, job: Job, request: Request, model: str, renderer: Renderer, caller: Caller):
         lease = self.keys.admit(caller, job.sampling.n * job.sampling.max_tokens)
@@ -191,16 +178,27 @@ class Serving:
             raise
 
     async def _generate(self, job: Job, request: Request, model: str, renderer: Renderer, lease: GenerationLease):
-        chunks = clock_of(request.scope).timed(self.engine.generate(job.prompt_ids, job.sampling, job.response_id,
-                                                                    sticky_key=job.sticky_key))
+        # Routed here, with no await before the engines count the request (see PolicyEngine.generate).
+        plan = self.engine.plan(job.sampling.n, job.sticky_key, job.compare)
+        job.version = MIXED if plan.mixed else plan.versions[0]
+        chunks = clock_of(request.scope).timed(self.engine.run(plan, job.prompt_ids, job.sampling, job.response_id))
         try:
             first = await anext(chunks)
         except StopAsyncIteration:
             first = None
+        except Exception:
+            self._observe(job, False)  # the version's engine failed it: the canary's guardrail counts this
+            raise
         self.metrics.ttft.labels(job.route).observe(time.monotonic() - job.started)
-        version = first.version if first else self.engine.version
-        job.choice_ids = [self.ownership.choice_id(job.response_id, i, version) for i in range(job.sampling.n)]
-        self.metrics.served_by.labels(version).inc()
+        if plan.mixed:
+            job.version, job.versions = MIXED, list(plan.versions)
+        else:  # the chunk's: an in-place reload may have run between routing and generating
+            job.version = first.version if first else plan.versions[0]
+            job.versions = [job.version] * job.sampling.n
+        version = job.version
+        job.choice_ids = [self.ownership.choice_id(job.response_id, i, v) for i, v in enumerate(job.versions)]
+        for v in set(job.versions):
+            self.metrics.served_by.labels(v).inc()
         headers = {"X-Policy-Version": version, "X-Request-Id": job.response_id}
         head = {"id": job.response_id, "created": int(time.time()), "model": model, "policy_version": version}
         if job.stream:
@@ -208,7 +206,14 @@ class Serving:
                             lambda generated, finished: self._ended(job, lease, generated, finished))
             events = self._stream(job, chunks, first, head, renderer, end)
             return ClosingStreamingResponse(events, end, media_type="text/event-stream", headers=headers)
-        result = await self._collect(job, chunks, first, request)
+        try:
+            result = await self._collect(job, chunks, first, request)
+        except APIError:
+            raise  # the client hung up: no fault of the version's
+        except Exception:
+            self._observe(job, False)
+            raise
+        self._observe(job, True)
         lease.release(result.generated)
         self._count(job, result.generated)
         self._record(job, version, result)
@@ -274,10 +279,12 @@ class Serving:
                 yield sse({**chunk_head, "choices": [], "usage": job.usage(result.generated)})
             yield sse("[DONE]")
             finished = True
+            self._observe(job, True)
             self._record(job, head["policy_version"], result)
         except Exception:  # the status line is gone; tell the client in-band, as OpenAI does
             # The reason stays in the log: internal error text is not the client's business.
             log.exception("stream %s failed", job.response_id)
+            self._observe(job, False)
             yield sse(error_body(500, "Generation failed; the request was not completed. Retry it.",
                                   code="generation_failed"))
             yield sse("[DONE]")

@@ -33,6 +33,7 @@ from core.config import EngineConfig
 from registry.errors import RegistryError
 from registry.store import PolicyRegistry
 from inference.sampling import Chunk, Sampling
+from inference.plan import Plan, stream
 from inference.vllm_engine import VLLMEngine
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,30 @@ class PolicyEngine:
         draw = (_unit_hash(f"{self._canary.version}:{sticky_key}") if sticky_key is not None
                 else self._route_rng.random())
         return self._canary if draw < self._canary_fraction else self._active
+
+    def plan(self, n: int, sticky_key: str | None = None, compare: bool = False) -> Plan:
+        """Which version writes each of a request's n candidates: all from one engine (the sticky
+        route), or, when `compare` and a canary runs and n >= 2, half from each version in shuffled
+        positions, so a ranking of them compares the versions blind."""
+        if not compare or self._canary is None or n < 2:
+            instance = self._route(sticky_key=sticky_key)
+            return Plan([instance.version] * n, [(instance, list(range(n)))])
+        slots = list(range(n))
+        self._route_rng.shuffle(slots)
+        half = n // 2
+        parts = [(self._canary, sorted(slots[:half])), (self._active, sorted(slots[half:]))]
+        versions = [""] * n
+        for instance, where in parts:
+            for i in where:
+                versions[i] = instance.version
+        return Plan(versions, parts)
+
+    async def run(self, plan: Plan, prompt_token_ids: list[int], sampling: Sampling,
+                  request_id: str | None = None) -> AsyncIterator[Chunk]:
+        """Stream a plan's candidates (chunk indices are the request's), interleaved as they come."""
+        async with contextlib.aclosing(stream(plan, prompt_token_ids, sampling, request_id)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def generate(self, prompt_token_ids: list[int], sampling: Sampling, request_id: str | None = None,
                        version: str | None = None, sticky_key: str | None = None) -> AsyncIterator[Chunk]:

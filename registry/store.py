@@ -5,6 +5,8 @@ Layout under the registry root::
     versions/v0001/{config.json, model.safetensors, tokenizer files, ...}
     versions/v0001/alignloop-version.json   metadata: parent, created, source, metrics, checksums, ...
     CURRENT                    the name of the version to serve, e.g. "v0003"
+    CANDIDATE                  a version the trainer proposes, for the gateway's canary to decide on
+    decisions/v0004.json       how a proposed version was decided (promoted, rolled back), with the evidence
 
 A version becomes visible only once complete: it is written into a hidden temporary directory
 and renamed into place, so a reader (the gateway) never sees a half-written checkpoint. CURRENT
@@ -167,6 +169,48 @@ class PolicyRegistry:
             if self.current() != expected:
                 return False
             _write_atomic(self.root / "CURRENT", name + "\n")
+            return True
+
+    def candidate(self) -> str | None:
+        """The version proposed for a canary, or None."""
+        pointer = self.root / "CANDIDATE"
+        try:
+            return pointer.read_text(errors="replace").strip()[:64] or None
+        except FileNotFoundError:
+            return None
+
+    def propose(self, name: str) -> None:
+        """Offer a version to the gateway's canary (replacing an undecided earlier proposal)."""
+        validate_checkpoint(self.path(name))
+        with self._pointer_lock():
+            _write_atomic(self.root / "CANDIDATE", name + "\n")
+
+    def clear_candidate(self, expected: str) -> bool:
+        """Withdraw the proposal if it still names `expected` (a newer one stays)."""
+        with self._pointer_lock():
+            if self.candidate() != expected:
+                return False
+            (self.root / "CANDIDATE").unlink(missing_ok=True)
+            _fsync_dir(self.root)
+            return True
+
+    def decision(self, name: str) -> dict | None:
+        """How a proposed version was decided, with its evidence, or None while undecided."""
+        try:
+            return json.loads((self.root / "decisions" / f"{self.path(name).name}.json").read_text())
+        except FileNotFoundError:
+            return None
+
+    def record_decision(self, name: str, record: dict) -> bool:
+        """Keep the decision on a proposed version (the first one kept wins: with several gateways,
+        one decides); False if it was decided already."""
+        folder = self.root / "decisions"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{self.path(name).name}.json"
+        with self._pointer_lock():
+            if path.exists():
+                return False
+            _write_atomic(path, json.dumps(record, indent=2, default=str))
             return True
 
     def publish(

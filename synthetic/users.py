@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -27,17 +28,31 @@ class Tally:
     requests: int = 0
     failed: int = 0
     rankings: int = 0
-    versions: Counter = field(default_factory=Counter)
+    versions: Counter = field(default_factory=Counter)  # requests served by each version (one version each)
+    mixed: int = 0  # requests answered by two versions (compare_versions while a canary ran)
     errors: list = field(default_factory=list)
+    # (time sent, user, version) of every single-version answer: who saw what, for stickiness checks
+    served: list = field(default_factory=list)
+
+    def versions_seen(self, start: float, end: float) -> dict[int, set[str]]:
+        """Per user, the versions of the single-version answers to requests sent between start and end."""
+        seen: dict[int, set[str]] = {}
+        for at, user, version in self.served:
+            if start <= at <= end:
+                seen.setdefault(user, set()).add(version)
+        return seen
 
 
 class Population:
-    """`users` client threads ranking `k` candidates per request until stopped."""
+    """`users` client threads ranking `k` candidates per request until stopped. Each names itself in
+    the request's `user` (canary routing is sticky per user); every `compare_every`-th request of a
+    user (0: none) opts into blinded comparisons across versions (`compare_versions`)."""
 
     def __init__(self, url: str, key: str, prompts: list[str], users: int = 4, k: int = 4, max_tokens: int = 24,
-                 model: str = "alignloop-policy", pause_s: float = 0.0, seed: int = 0):
+                 model: str = "alignloop-policy", pause_s: float = 0.0, seed: int = 0, compare_every: int = 0):
         self.url, self.key, self.prompts, self.users, self.k = url, key, prompts, users, k
         self.max_tokens, self.model, self.pause_s, self.seed = max_tokens, model, pause_s, seed
+        self.compare_every = compare_every
         self.tally = Tally()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -46,12 +61,17 @@ class Population:
     def _user(self, n: int) -> None:
         rng = random.Random(self.seed * 100 + n)
         with httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=120) as http:
+            sent = 0
             while not self._stop.wait(self.pause_s):
                 prompt = rng.choice(self.prompts)
+                sent += 1
+                compare = bool(self.compare_every) and sent % self.compare_every == 0
+                at = time.time()
                 try:
                     r = http.post("/v1/chat/completions", json={
                         "model": self.model, "n": self.k, "max_tokens": self.max_tokens, "temperature": 1.0,
-                        "messages": [{"role": "user", "content": prompt}]})
+                        "messages": [{"role": "user", "content": prompt}], "user": f"user-{n}",
+                        "compare_versions": compare})
                 except httpx.HTTPError as exc:
                     with self._lock:
                         self.tally.requests += 1
@@ -65,7 +85,11 @@ class Population:
                         self.tally.errors.append(r.text[:200])
                         continue
                     body = r.json()
-                    self.tally.versions[body["policy_version"]] += 1
+                    if body["policy_version"] == "mixed":
+                        self.tally.mixed += 1
+                    else:
+                        self.tally.versions[body["policy_version"]] += 1
+                        self.tally.served.append((at, n, body["policy_version"]))
                 ids = [c["id"] for c in body["choices"]]
                 order = rank([c["message"]["content"] for c in body["choices"]])
                 ranking = [[ids[i] for i in group] for group in order]

@@ -119,7 +119,7 @@ class Gateway:
 
 
 def _write_config(path: Path, state_dir: Path, port: int, kafka: str | None, swap_mode: str, labelling: str,
-                  registry_dir: Path | None = None, secret: str | None = None) -> None:
+                  registry_dir: Path | None = None, secret: str | None = None, extra: str = "") -> None:
     feedback = f'[feedback]\nkafka_bootstrap = "{kafka}"\nkafka_timeout_s = 3\n' if kafka else ""
     shared = f'registry_dir = "{registry_dir}"' if registry_dir else ""
     secrets = f'ownership_secrets = ["{secret}"]' if secret else ""
@@ -150,6 +150,7 @@ swap_mode = "{swap_mode}"
 {feedback}
 [gateway.labelling]
 {labelling}
+{extra}
 """)
 
 
@@ -160,12 +161,12 @@ def write_pretraining_data(state_dir: Path) -> None:
 
 def make_gateway(root: Path, model_dir: Path, kafka: str | None, swap_mode: str = "in_place",
                  labelling: str = "sample_rate = 0.0", replica_of: Gateway | None = None,
-                 secret: str | None = None) -> Gateway:
+                 secret: str | None = None, extra: str = "") -> Gateway:
     """A configured, not yet started gateway whose registry holds v0001 (current) and v0002
     (same shapes, other weights). Labelling sampling is off unless asked for (TOML lines of the
     [gateway.labelling] table): the queue's extra generations would otherwise share the engine
     with tests that count its requests. A `replica_of` another gateway shares that one's registry
-    (give both the same ownership `secret`)."""
+    (give both the same ownership `secret`). `extra`: more TOML tables (e.g. "[promotion]...")."""
     state_dir = root / "state"
     write_pretraining_data(state_dir)
     if replica_of is not None:
@@ -176,7 +177,7 @@ def make_gateway(root: Path, model_dir: Path, kafka: str | None, swap_mode: str 
         registry.publish(perturbed_copy(model_dir, root / "v2", seed=2), source="test:perturbed", parent="v0001")
     config = root / "alignloop.toml"
     _write_config(config, state_dir, free_port(), kafka, swap_mode, labelling,
-                  registry.root if replica_of is not None else None, secret)
+                  registry.root if replica_of is not None else None, secret, extra)
     port = int(next(line for line in config.read_text().splitlines() if line.startswith("port")).split("=")[1])
     return Gateway(f"http://127.0.0.1:{port}", state_dir, registry, config, root / "gateway.log")
 

@@ -1,5 +1,7 @@
 """The whole loop on one machine, all real parts: Kafka, the gateway with vLLM, the trainer
-service, and simulated users whose taste (a hidden rule) the trainer never sees; and a real
+service, and simulated users whose taste (a hidden rule) the trainer never sees; candidates that
+pass the trainer's gate go through the gateway's canary, where the users' blinded comparisons
+decide (promotion = canary, the default); and a real
 Prometheus on the shipped config and alert rules watching it, with the shipped dashboard's queries
 asked of it."""
 
@@ -9,11 +11,12 @@ import subprocess
 import sys
 import time
 
+import httpx
 import pytest
 from deploy.prometheus.server import PrometheusServer
 from synthetic.users import Population, win_rate
 from synthetic.corpus import ANIMALS
-from tests.conftest import REPO, USER_KEY, free_port, make_gateway
+from tests.conftest import ADMIN_KEY, REPO, USER_KEY, free_port, make_gateway
 from trainer.evaluate import sampled_responses
 
 TRAIN_PROMPTS = [f"Describe a {a}." for a in ANIMALS[:7]]
@@ -41,9 +44,16 @@ def loop_gateway(tmp_path, tiny_model_dir):
 
 
 def _gate_decisions(registry) -> dict:
-    """Each trainer version's gate decision and reasons: what a failed run needs to explain itself."""
-    return {v: (registry.info(v).extra.get("gate", {}).get("decision"), registry.info(v).extra.get("gate", {}).get("reasons"))
+    """Each trainer version's gate and canary decisions and reasons: what a failed run needs to explain itself."""
+    return {v: (registry.info(v).extra.get("gate", {}).get("decision"), registry.info(v).extra.get("gate", {}).get("reasons"),
+                (registry.decision(v) or {}).get("decision"), (registry.decision(v) or {}).get("reason"))
             for v in registry.names() if registry.info(v).source == "trainer"}
+
+
+def _promoted_by_people(registry) -> list[str]:
+    """Trainer versions that the canary's sequential test promoted, oldest first."""
+    return [v for v in registry.names() if registry.info(v).source == "trainer"
+            and (registry.decision(v) or {}).get("decision") == "promoted"]
 
 
 def _dashboard_queries() -> list[tuple[str, str]]:
@@ -77,37 +87,59 @@ def test_the_loop_improves_the_served_policy(loop_gateway, gateway, tmp_path):
     log = open(tmp_path / "trainer.log", "wb")
     trainer = subprocess.Popen([sys.executable, "-m", "alignloop", "trainer", "--config", str(gw.config), *args],
                                cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    users = Population(gw.url, USER_KEY, TRAIN_PROMPTS, users=3, k=4, pause_s=1.0).start()
+    users = Population(gw.url, USER_KEY, TRAIN_PROMPTS, users=3, k=4, pause_s=1.0, compare_every=2).start()
     try:
-        # Usually ~6-9 min; the gate may reject a round (the rule is learned from sampled answers),
-        # and each later round trains on more data, so allow for a rejected round or two.
-        deadline = time.monotonic() + 1500
+        # Until people promoted a version of round 2 or later (trained on hundreds of rankings: round
+        # 1 has only the first 40) and it served users. The gate or the canary may turn a round down
+        # (the rule is learned from sampled answers), so allow for a rejected round or two.
+        deadline = time.monotonic() + 1800
         while True:
-            promoted = [v for v in gw.registry.names() if gw.registry.info(v).source == "trainer"
-                        and gw.registry.info(v).extra["gate"]["decision"] == "promoted"]
-            if len(promoted) >= 2 and users.tally.versions.get(promoted[-1], 0) >= 5:
+            promoted = _promoted_by_people(gw.registry)
+            if promoted and gw.registry.info(promoted[-1]).extra["round"] >= 2 \
+                    and users.tally.versions.get(promoted[-1], 0) >= 5:
                 break
             assert trainer.poll() is None, (tmp_path / "trainer.log").read_text()[-3000:]
             assert time.monotonic() < deadline, (promoted, users.tally, _gate_decisions(gw.registry),
                                                  (tmp_path / "trainer.log").read_text()[-3000:])
             time.sleep(2)
         _check_monitoring(prom)  # while every process is still up: a stopped target's series go stale
-    finally:
-        tally = users.stop()
+        # A deliberately worse candidate: the base policy republished (with no trainer left to
+        # propose anything newer). The users' blinded comparisons must roll it back.
         trainer.terminate()
         trainer.wait(timeout=60)
+        final = promoted[-1]
+        worse = gw.registry.publish(gw.registry.path("v0001"), source="test:base-republished", parent=final)
+        gw.registry.propose(worse)
+        deadline = time.monotonic() + 600
+        while (rolled_back := gw.registry.decision(worse)) is None:
+            assert time.monotonic() < deadline, httpx.get(f"{gw.url}/admin/promotion",
+                                                          headers={"Authorization": f"Bearer {ADMIN_KEY}"}).text
+            time.sleep(2)
+    finally:
+        tally = users.stop()
+        if trainer.poll() is None:
+            trainer.terminate()
+            trainer.wait(timeout=60)
         prom.stop()
     assert tally.failed == 0, tally.errors[:3]
-    assert tally.rankings > 0
-    final = promoted[-1]
+    assert tally.rankings > 0 and tally.mixed > 0
     info = gw.registry.info(final)
     assert info.parent and info.extra["data"]["comparisons"] > 0 and info.extra["data"]["consumed"]
     assert gw.registry.current() == final
+    decided = gw.registry.decision(final)
+    assert decided["evidence"]["n"] >= 20 and decided["evidence"]["llr"] >= decided["evidence"]["promote_bound"]
+    assert info.extra["gate"]["decision"] == "proposed"
+    assert rolled_back["decision"] == "rolled_back" and rolled_back["against"] == final, rolled_back
+    assert rolled_back["evidence"]["rate"] < 0.5 and gw.registry.candidate() is None
+    for decision in (decided, rolled_back):  # sticky: one version per user during each canary
+        seen = tally.versions_seen(decision["started_at"] + 1, decision["at"] - 1)
+        assert seen and all(len(v) == 1 for v in seen.values()), (decision["decision"], seen)
 
     # 3 held-out prompts x 64 sampled answers per policy: 192 pairs (standard error under 0.04).
     rate = win_rate(sampled_responses(gw.registry.path(final), HELDOUT_PROMPTS, per_prompt=64),
                     sampled_responses(gw.registry.path("v0001"), HELDOUT_PROMPTS, per_prompt=64))
-    print(f"\nversions served: {dict(tally.versions)}; promoted {promoted}; "
+    print(f"\nversions served: {dict(tally.versions)} (+{tally.mixed} mixed); promoted by people {promoted}; "
+          f"decisions {_gate_decisions(gw.registry)}; "
           f"hidden-rule win rate of {final} vs v0001 on held-out prompts: {rate:.3f}")
     print(json.dumps({k: info.extra["gate"][k] for k in ("candidate_reward", "serving_reward", "kl_from_sft")}))
     assert rate > 0.60  # the stated margin: 10 points over no change

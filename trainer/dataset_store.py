@@ -44,7 +44,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 """
 _MIGRATIONS = ["ALTER TABLE completions ADD COLUMN caller TEXT",
                # the newest comparison a round could see: what arrives after it is new to the next one
-               "ALTER TABLE rounds ADD COLUMN last_seq INTEGER"]
+               "ALTER TABLE rounds ADD COLUMN last_seq INTEGER",
+               # when the rater gave it (the event's timestamp): the feedback-to-deployment clock starts there
+               "ALTER TABLE comparisons ADD COLUMN at REAL"]
 
 # Trainable comparisons: joined to a single-turn completion, the latest per (rater, request), and
 # at most :cap per rater (the latest). n = 1 is a rater's newest.
@@ -112,9 +114,9 @@ class DatasetStore:
                                  json.dumps({c.choice_id: c.text for c in e.choices}), e.caller))
                     new[0] += 1
                 elif isinstance(e, Comparison):
-                    cur.execute("INSERT INTO comparisons (event_id, request_id, ranking, rater, policy_version) "
-                                "VALUES (?, ?, ?, ?, ?)", (e.event_id, e.request_id, json.dumps(e.ranking), e.rater,
-                                                           e.policy_version))
+                    cur.execute("INSERT INTO comparisons (event_id, request_id, ranking, rater, policy_version, at) "
+                                "VALUES (?, ?, ?, ?, ?, ?)", (e.event_id, e.request_id, json.dumps(e.ranking), e.rater,
+                                                              e.policy_version, e.timestamp))
                     new[1] += 1
         return new[0], new[1]
 
@@ -148,6 +150,10 @@ class DatasetStore:
         the cap: a service with one busy key would never train again.)"""
         return self._rows(_USABLE + "SELECT COALESCE(SUM(MIN(c, ?)), 0) FROM (SELECT COUNT(*) AS c FROM joined "
                           "WHERE k = 1 AND seq > ? GROUP BY rater)", (self.per_user_cap, seq))[0][0]
+
+    def first_at_since(self, seq: int) -> float | None:
+        """When the oldest comparison stored after `seq` was given (None: none, or stored before times were)."""
+        return self._rows("SELECT MIN(at) FROM comparisons WHERE seq > ?", (seq,))[0][0]
 
     def comparison_ids(self) -> list[str]:
         """Every stored comparison's event id (for consistency checks)."""

@@ -39,7 +39,8 @@ class _Metrics:
                          "committed", ["topic", "partition"], registry=registry)
         self.consumed = Counter("alignloop_trainer_consumed_events", "Events polled (before de-duplication)",
                                 registry=registry)
-        self.rounds = Counter("alignloop_trainer_rounds", "Rounds by gate decision", ["decision"], registry=registry)
+        self.rounds = Counter("alignloop_trainer_rounds", "Rounds by gate decision (proposed: passed the gate, "
+                              "handed to the gateway's canary)", ["decision"], registry=registry)
         self.round_seconds = Histogram("alignloop_trainer_round_seconds", "Duration of a round",
                                        buckets=(10, 30, 60, 120, 300, 600, 1800, 3600), registry=registry)
         self.rm_accuracy = Gauge("alignloop_trainer_rm_heldout_accuracy", "RM held-out pairwise accuracy", registry=registry)
@@ -48,7 +49,7 @@ class _Metrics:
         self.ptx = Gauge("alignloop_trainer_ptx_loss", "Candidate's pretraining LM loss", registry=registry)
         self.promoted = Gauge("alignloop_trainer_last_promoted_info", "1 for the last promoted version", ["version"],
                               registry=registry)
-        for decision in ("promoted", "rejected"):  # at 0 from the start: a rate of "no data" reads as broken
+        for decision in ("promoted", "proposed", "rejected"):  # at 0 from the start: a rate of "no data" reads as broken
             self.rounds.labels(decision)
         self.dead_letters = Gauge("alignloop_trainer_dead_letters", "Consumed records that were not events "
                                   "(kept with their offsets in the dataset's dead_letters table)", registry=registry)
@@ -136,6 +137,18 @@ class TrainerService:
         waited = time.time() - self._last_round_at
         return new >= self.cfg.min_new_comparisons or (new > 0 and waited >= self.cfg.max_interval_s)
 
+    def waiting_for_canary(self) -> bool:
+        """Whether this trainer's last proposal is still on the gateway's canary: the next round
+        starts from what people decide (a round started now would train from the version the
+        candidate is about to replace). Bounded by the canary's own time limit, so a gateway that
+        never decides cannot stop training."""
+        if self.settings.promotion.mode != "canary":
+            return False
+        candidate = self.registry.candidate()
+        if candidate is None or self.registry.decision(candidate) is not None:
+            return False
+        return time.time() - self.registry.info(candidate).created < self.settings.promotion.max_canary_s + 300
+
     def run_round(self) -> dict:
         """Train, gate, publish and (if it passes) promote one candidate; returns the round's record."""
         started = time.time()
@@ -179,14 +192,18 @@ class TrainerService:
                                                math.ceil(self.cfg.gate_min_answers / max(1, len(eval_prompts)))),
                         confidence_z=self.cfg.gate_confidence_z,
                         min_judge_accuracy=self.cfg.min_judge_accuracy)
-        decision = "promoted" if gate.passed else "rejected"
+        # Passing the offline gate promotes at once (promotion.mode = direct) or proposes the
+        # candidate to the gateway's canary, where people's comparisons decide (canary).
+        decision = ("promoted" if self.settings.promotion.mode == "direct" else "proposed") if gate.passed else "rejected"
         # round + work_dir let a restarted trainer recognise a version it published before a crash.
         lineage = {"round": number, "work_dir": str(self.work), "rm": str(round_dir / "rm"), "rm_init": str(rm_init),
                    "sft": self.cfg.sft_version, "policy_init": str(adapter or init or sft),
                    "lora_adapter": str(round_dir / "policy" / ADAPTER_DIR) if self.runtime.lora.enabled else None,
                    "data": {**counts, "rankings": len(rankings), "judge_rankings": len(judge_set),
                             "prompts": len(prompts), "per_user": self.store.per_user(),
-                            "dead_letters": len(self.store.dead_letters()), "consumed": self.store.consumed()},
+                            "dead_letters": len(self.store.dead_letters()), "consumed": self.store.consumed(),
+                            # the feedback-to-deployment clock: the oldest comparison new to this round
+                            "first_new_comparison_at": self.store.first_at_since(self._last_round_seq)},
                    "config": self.settings.train.model_dump(),
                    "gate": {"decision": decision, "reasons": gate.reasons, **gate.metrics}}
         version = self.registry.publish(round_dir / "policy", source="trainer", parent=serving,
@@ -237,6 +254,9 @@ class TrainerService:
             failpoint("trainer.round.promoted")
             self.metrics.promoted.clear()
             self.metrics.promoted.labels(version).set(1)
+        elif decision == "proposed" and self.registry.decision(version) is None and self.registry.candidate() != version:
+            self.registry.propose(version)  # the gateway's canary takes it from here
+            log.info("round %d: %s passed the gate; proposed to the gateway's canary", number, version)
         metrics = {k: gate[k] for k in gate if k not in ("decision", "reasons")}
         for policy in ("candidate", "serving"):
             self.metrics.reward.labels(policy).set(metrics.get(f"{policy}_reward", float("nan")))
@@ -251,7 +271,7 @@ class TrainerService:
         log.info("round %d: %s %s (reward %.3f vs serving %.3f, KL %.2f, ptx %.3f; %.0fs)%s", number, decision, version,
                  metrics.get("candidate_reward", float("nan")), metrics.get("serving_reward", float("nan")),
                  metrics.get("kl_from_sft", float("nan")), metrics.get("candidate_ptx_loss", float("nan")),
-                 time.time() - started, "" if decision == "promoted" else f": {'; '.join(gate['reasons'])}")
+                 time.time() - started, "" if decision != "rejected" else f": {'; '.join(gate['reasons'])}")
         self._refresh_gauges()
         return record
 
@@ -261,9 +281,17 @@ class TrainerService:
             start_http_server(self.cfg.metrics_port, addr=self.cfg.metrics_host, registry=self.metrics_registry)
         log.info("trainer: consuming as group %s; a round every %d new comparisons or %.0fs", self.cfg.group,
                  self.cfg.min_new_comparisons, self.cfg.max_interval_s)
+        waiting = False
         while not (stop and stop()):
             self.consume_once(self.cfg.poll_s)
             if self.due():
+                if self.waiting_for_canary():
+                    if not waiting:
+                        log.info("trainer: %s is on the gateway's canary; the next round starts once people "
+                                 "decide", self.registry.candidate())
+                    waiting = True
+                    continue
+                waiting = False
                 self.catch_up()
                 self.run_round()
 

@@ -9,7 +9,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.dependencies import DeploymentDep, admin
+from gateway.dependencies import DeploymentDep, ServicesDep, admin
 from gateway.deployment import Deployment, NothingToRollBack
 from gateway.errors import APIError
 from gateway.protocol import Text
@@ -43,8 +43,18 @@ async def versions(deployment: DeploymentDep) -> dict:
         "engines": deployment.engine.engines(),
         "history": deployment.history,
         "start_error": deployment.start_error,
-        "versions": [asdict(registry.info(name)) for name in registry.names()],
+        "candidate": registry.candidate(),
+        "versions": [{**asdict(registry.info(name)), "decision": registry.decision(name)} for name in registry.names()],
     }
+
+
+@router.get("/promotion")
+async def promotion(services: ServicesDep) -> dict:
+    """The canary controller: the candidate under test with its evidence so far (counts, rate,
+    interval, test statistic and bounds), and every decision taken, newest first."""
+    registry = services.deployment.registry
+    decided = [{"version": name, **d} for name in reversed(registry.names()) if (d := registry.decision(name))]
+    return {**services.promotion.state(), "proposed": registry.candidate(), "decisions": decided}
 
 
 def _require_ready(deployment: Deployment, may_start: bool = False) -> None:

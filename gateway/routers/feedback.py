@@ -90,6 +90,16 @@ async def _count_labelling(labels: LabelQueue, submissions: list[Submission], ca
             metrics.labelled.labels(caller.name).inc()
 
 
+async def _keep_evidence(services: Services, submissions: list[Submission]) -> None:
+    """Rankings whose answers came from different versions (blinded mixed requests, labelling items
+    during a canary) are people's verdicts between versions: the leaderboard's and the canary's."""
+    version_of = services.ownership.version_of
+    for s in submissions:
+        e = s.event
+        if isinstance(e, Comparison) and len({version_of(c) for group in e.ranking for c in group}) > 1:
+            await asyncio.to_thread(services.evidence.record, e.event_id, e.rater, e.ranking, version_of)
+
+
 async def _accept(services: Services, items: list, caller: Caller, batch: bool) -> tuple[int, list[p.FeedbackAccepted]]:
     recorder, labels, metrics = services.recorder, services.labels, services.metrics
     kinds = [i.kind for i in items]
@@ -115,7 +125,9 @@ async def _accept(services: Services, items: list, caller: Caller, batch: bool) 
         raise APIError(409, str(exc), param="idempotency_key", code="idempotency_conflict") from exc
     for kind, a in zip(kinds, accepted):
         recorder.metrics.events.labels(kind, "duplicate" if a.duplicate else "accepted").inc()
-    await _count_labelling(labels, [s for s, a in zip(submissions, accepted) if not a.duplicate], caller, metrics)
+    fresh = [s for s, a in zip(submissions, accepted) if not a.duplicate]
+    await _keep_evidence(services, fresh)
+    await _count_labelling(labels, fresh, caller, metrics)
     status = 200 if all(a.duplicate for a in accepted) else 202
     return status, [p.FeedbackAccepted(event_id=a.event_id, duplicate=a.duplicate) for a in accepted]
 

@@ -44,11 +44,18 @@ async def items(labels: LabelsDep, limit: int = 100) -> dict:
     return {"items": labels.items(max(1, min(limit, 1000))), "waiting": labels.waiting()}
 
 
+@router.get("/v1/leaderboard")
+async def public_leaderboard(caller: ClientDep, services: ServicesDep) -> dict:
+    """The versions' leaderboard for the page's chart (any client key): the same figures as the
+    admin route."""
+    return await asyncio.to_thread(versions_board, services.evidence, services.deployment.engine)
+
+
 @router.get("/admin/leaderboard", dependencies=[Depends(admin)])
 async def leaderboard(services: ServicesDep) -> dict:
     """Policy versions ranked by raters' blinded cross-version comparisons (the labelling queue's
     items mix the canary's answers with the serving version's): Bradley-Terry scores with bootstrap
     95% intervals, win rates against SFT (the registry's first version) and the serving version."""
-    board = await asyncio.to_thread(versions_board, services.labels, services.ownership, services.deployment.engine)
+    board = await asyncio.to_thread(versions_board, services.evidence, services.deployment.engine)
     services.metrics.set_leaderboard(board)
     return board

@@ -69,10 +69,10 @@ function signOut() {
 }
 
 function select(tab) {
-  $("tab-ask").setAttribute("aria-pressed", tab === "ask");
-  $("tab-label").setAttribute("aria-pressed", tab === "label");
-  $("ask").hidden = tab !== "ask";
-  $("label").hidden = tab !== "label";
+  for (const name of ["ask", "label", "versions"]) {
+    $(`tab-${name}`).setAttribute("aria-pressed", tab === name);
+    $(name).hidden = tab !== name;
+  }
   $("rank").hidden = true;
   current = null;
 }
@@ -89,6 +89,7 @@ async function ask(prompt, k) {
     const response = await api("/v1/chat/completions", {
       method: "POST",
       body: JSON.stringify({ model, n: k, max_tokens: 64, temperature: 1, stream: true,
+                             compare_versions: $("compare").checked,
                              messages: [{ role: "user", content: prompt }] }),
     });
     current = { source: "ask", requestId: null };
@@ -282,6 +283,49 @@ async function resendPending() {
   if (store.getItem("pending")) await sendPending(true);
 }
 
+// ---- versions: the leaderboard as a chart ---------------------------------------------------
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(name, attrs, text) {
+  const el = document.createElementNS(SVG, name);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+async function showVersions() {
+  show("error");
+  try {
+    const board = await (await api("/v1/leaderboard")).json();
+    const rows = board.versions.filter((r) => r.vs_sft && r.vs_sft.rate !== null);
+    const chart = $("chart");
+    chart.replaceChildren(chart.firstElementChild); // keep the title
+    const rowH = 34, left = 70, width = 420;
+    chart.setAttribute("height", rows.length ? rows.length * rowH + 30 : 0);
+    chart.setAttribute("viewBox", `0 0 ${left + width + 150} ${rows.length * rowH + 30}`);
+    const x = (rate) => left + rate * width;
+    rows.forEach((r, i) => {
+      const y = i * rowH + 6, [lo, hi] = r.vs_sft.interval_95;
+      const g = svg("g", { class: "bar", "data-version": r.version });
+      g.append(svg("text", { x: 0, y: y + 17 }, r.version));
+      g.append(svg("rect", { x: left, y, width: r.vs_sft.rate * width, height: rowH - 12, fill: "#2357c6" }));
+      g.append(svg("line", { x1: x(lo), x2: x(hi), y1: y + 11, y2: y + 11, stroke: "#1d2330", "stroke-width": 2 }));
+      g.append(svg("text", { x: left + width + 8, y: y + 17 },
+                    `${Math.round(100 * r.vs_sft.rate)}% (${Math.round(100 * lo)}-${Math.round(100 * hi)}%, n=${r.vs_sft.comparisons})`));
+      chart.append(g);
+    });
+    const axis = rows.length * rowH + 20;
+    chart.append(svg("line", { x1: x(0.5), x2: x(0.5), y1: 0, y2: axis - 8, stroke: "#b3261e", "stroke-dasharray": "4 3" }));
+    chart.append(svg("text", { x: x(0.5) - 40, y: axis + 6 }, "50% = as SFT"));
+    $("board-summary").textContent = rows.length
+      ? `${board.outcomes} pairwise outcomes; serving ${board.serving}, SFT ${board.sft}.`
+      : "No cross-version comparisons yet: they come from rankings made while a new version is tried out.";
+  } catch (e) {
+    fail(e);
+  }
+}
+
 // ---- wiring ---------------------------------------------------------------------------------
 
 for (let k = 2; k <= 9; k++) $("k").add(new Option(String(k), String(k), k === 4, k === 4));
@@ -289,6 +333,7 @@ $("sign-in-form").addEventListener("submit", (e) => { e.preventDefault(); signIn
 $("ask-form").addEventListener("submit", (e) => { e.preventDefault(); ask($("prompt").value, Number($("k").value)); });
 $("tab-ask").addEventListener("click", () => select("ask"));
 $("tab-label").addEventListener("click", () => { select("label"); nextItem(); });
+$("tab-versions").addEventListener("click", () => { select("versions"); showVersions(); });
 $("next-item").addEventListener("click", nextItem);
 $("submit").addEventListener("click", submit);
 $("sign-out").addEventListener("click", signOut);

@@ -1,11 +1,12 @@
-"""`alignloop report` from a real registry (lineage as the trainer writes it) and a real labelling
-queue whose rankings carry signed ids of two versions."""
+"""`alignloop report` from a real registry (lineage as the trainer writes it, a canary decision as
+the gateway keeps it) and the gateway's real evidence store of rankings whose signed ids carry two
+versions."""
 
 from PIL import Image
 
 from alignloop import report
-from core.config import LabellingConfig, load_settings
-from gateway.labelling import LabelQueue
+from core.config import load_settings
+from gateway.evidence import EvidenceStore
 from gateway.ownership import Ownership, load_or_create_secrets
 from registry.store import PolicyRegistry
 
@@ -17,22 +18,22 @@ def test_the_report_shows_people_judge_tax_and_rm_accuracy(tmp_path, tiny_model_
     for n, (accuracy, ptx) in enumerate([(0.7, 1.10), (0.85, 1.05)], start=1):
         registry.publish(tiny_model_dir, source="trainer", parent=registry.current(), make_current=n == 2,
                          metrics={"rm_heldout_accuracy": accuracy},
-                         extra={"round": n, "gate": {"decision": "promoted" if n == 2 else "rejected",
+                         extra={"round": n, "gate": {"decision": "proposed" if n == 2 else "rejected",
                                                      "candidate_ptx_loss": ptx, "sft_ptx_loss": 1.0, "kl_from_sft": 2.5,
                                                      # the gate's held-out judge set, when it had one
                                                      **({"judge_accuracy": 0.9} if n == 2 else {})}})
     assert registry.current() == "v0003"
+    registry.record_decision("v0003", {"decision": "promoted", "against": "v0001", "evidence": {
+        "wins": 18, "n": 22, "interval_95": (0.61, 0.93)}})
 
     # People ranked blinded pairs of v0003's and v0001's answers: v0003 first 8 times out of 10.
     ownership = Ownership(load_or_create_secrets([], settings.paths.ownership_secret), 86400)
-    queue = LabelQueue(settings.paths.labels, LabellingConfig(sample_rate=1.0))
+    evidence = EvidenceStore(settings.paths.evidence)
     for i in range(10):
-        assert queue.offer(f"Describe a thing {i}.")
-        (item_id, _), = queue.unfilled(1)
         request_id = ownership.request_id("chatcmpl", "labelling")
         new, old = ownership.choice_id(request_id, 0, "v0003"), ownership.choice_id(request_id, 1, "v0001")
-        queue.fill(item_id, request_id, [{"id": new, "text": "a"}, {"id": old, "text": "b"}])
-        assert queue.done(request_id, "rita", [[new], [old]] if i < 8 else [[old], [new]])
+        assert evidence.record(f"event-{i}", "rita", [[new], [old]] if i < 8 else [[old], [new]], ownership.version_of) == 1
+    assert evidence.record("event-0", "rita", [[new], [old]], ownership.version_of) == 0, "an event counts once"
 
     judged = {"rate": 0.9, "interval_95": (0.8, 0.95), "pairs": 192}
     page = report.build(settings, tmp_path / "report", judge=lambda v: judged, judge_name="hidden rule",
@@ -41,7 +42,8 @@ def test_the_report_shows_people_judge_tax_and_rm_accuracy(tmp_path, tiny_model_
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| v")}
     assert "v0003 (serving)" in rows and "v0002" in rows and "v0001" in rows
     serving = rows["v0003 (serving)"]
-    assert "promoted" in serving and "0.90" in serving and "1.050" in serving  # gate, RM accuracy, tax
+    assert "proposed" in serving and "0.90" in serving and "1.050" in serving  # gate, RM accuracy, tax
+    assert "promoted: 18/22 vs v0001 (61%-93%)" in serving  # the canary's decision and its evidence
     assert "80% (" in serving and "n=10" in serving  # people: 8 of 10, with its interval
     assert "90% (80%-95%, n=192)" in serving and "vs SFT, hidden rule" in text
     assert "rejected" in rows["v0002"] and "0.70" in rows["v0002"] and "1.100" in rows["v0002"]

@@ -145,3 +145,23 @@ def test_the_tokenizer_fingerprint_covers_its_config(tiny_model_dir, tmp_path):
     (other / "tokenizer_config.json").write_text(json.dumps(config))
     assert tokenizer_fingerprint(other) != tokenizer_fingerprint(tiny_model_dir)
     assert arch_fingerprint(other) != arch_fingerprint(tiny_model_dir)
+
+
+def test_a_proposed_candidate_and_its_decision(tiny_model_dir, tmp_path):
+    """The trainer proposes (CANDIDATE), a gateway decides once: the first decision kept wins, and
+    clearing the proposal never withdraws a newer one."""
+    registry = PolicyRegistry(tmp_path)
+    v1 = registry.publish(tiny_model_dir, source="test", make_current=True)
+    v2 = registry.publish(tiny_model_dir, source="test")
+    v3 = registry.publish(tiny_model_dir, source="test")
+    assert registry.candidate() is None and registry.decision(v2) is None
+    registry.propose(v2)
+    assert registry.candidate() == v2 and registry.current() == v1
+    registry.propose(v3)  # a newer round's candidate replaces an undecided one
+    assert not registry.clear_candidate(v2) and registry.candidate() == v3
+    assert registry.record_decision(v3, {"decision": "rolled_back", "evidence": {"n": 20}})
+    assert not registry.record_decision(v3, {"decision": "promoted"}), "a version is decided once"
+    assert registry.decision(v3)["decision"] == "rolled_back"
+    assert registry.clear_candidate(v3) and registry.candidate() is None
+    with pytest.raises(RegistryError, match="unknown"):
+        registry.propose("v9999")

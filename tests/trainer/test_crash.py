@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from feedback.events import Comparison, CompletionServed, ServedChoice
 from feedback.local_log import LocalLog
 from feedback.topics import topic_for
@@ -48,9 +50,9 @@ def wait_for(predicate, timeout, what):
         time.sleep(0.2)
 
 
-def prepare(tmp_path, model_dir, n: int, **sections: dict):
+def prepare(tmp_path, model_dir, n: int, promotion: str = "direct", **sections: dict):
     """A registry holding v0001, n logged rankings, and a trainer config; `sections` (loop=, rm=,
-    ppo=) override train.<section> fields."""
+    ppo=) override train.<section> fields; `promotion` is promotion.mode."""
     state = tmp_path / "state"
     write_pretraining_data(state)
     registry = PolicyRegistry(state / "registry")
@@ -64,7 +66,7 @@ def prepare(tmp_path, model_dir, n: int, **sections: dict):
              "ppo": {"minibatch": 4, "rollout_engine": "transformers"}}
     for section, fields in sections.items():
         train[section].update(fields)
-    lines = [f'state_dir = "{state}"']
+    lines = [f'state_dir = "{state}"', "[promotion]", f'mode = "{promotion}"']
     for section, fields in train.items():
         lines += [f"[train.{section}]", *(f"{k} = {json.dumps(v)}" for k, v in fields.items())]
     config = tmp_path / "trainer.toml"
@@ -74,7 +76,7 @@ def prepare(tmp_path, model_dir, n: int, **sections: dict):
 
 def test_killed_mid_training_then_restarted(tiny_model_dir, tmp_path):
     state, registry, events, config = prepare(
-        tmp_path, tiny_model_dir, 40, loop={"rm_max_steps": 6}, rm={"save_every": 2},
+        tmp_path, tiny_model_dir, 40, promotion="canary", loop={"rm_max_steps": 6}, rm={"save_every": 2},
         ppo={"iterations": 4, "rollout_batch": 8, "max_new_tokens": 12, "save_every": 1})
     log = tmp_path / "trainer.log"
 
@@ -101,10 +103,13 @@ def test_killed_mid_training_then_restarted(tiny_model_dir, tmp_path):
     assert store.last_round()["round"] == 1
     for name in registry.names():
         validate_checkpoint(registry.path(name))
-    assert registry.current() in registry.names()
     v2 = registry.info("v0002")
-    assert v2.parent == "v0001" and v2.extra["gate"]["decision"] in ("promoted", "rejected")
-    assert v2.extra["data"]["comparisons"] == 40
+    assert v2.parent == "v0001" and v2.extra["data"]["comparisons"] == 40
+    # promotion = canary: a candidate that passed the gate is proposed to the gateway, not served.
+    assert v2.extra["gate"]["decision"] == "proposed", v2.extra["gate"]
+    assert registry.current() == "v0001" and registry.candidate() == "v0002"
+    first = min(e.timestamp for e in events if e.type == "comparison")
+    assert v2.extra["data"]["first_new_comparison_at"] == pytest.approx(first), "the feedback-to-deployment clock"
 
 
 def test_killed_at_every_dangerous_point_then_restarted(tiny_model_dir, tmp_path):

@@ -102,6 +102,7 @@ def test_rounds_with_lora_publish_merged_versions_and_continue_the_adapter(tiny_
     settings.train.loop.metrics_port = 0
     settings.train.lora.enabled = True
     settings.train.ppo.ptx_coef = 0.0
+    settings.promotion.mode = "direct"  # round 2 goes on from round 1's version only once it serves
     loop, ppo, rm = settings.train.loop, settings.train.ppo, settings.train.rm
     loop.min_new_comparisons, loop.rm_max_steps, loop.gate_margin, loop.kl_budget = 10, 4, -1000.0, 1000.0
     loop.min_judge_accuracy = 0.0  # about LoRA rounds, not about what the gate accepts
@@ -128,3 +129,31 @@ def test_rounds_with_lora_publish_merged_versions_and_continue_the_adapter(tiny_
         assert not any("lora" in k for k in load_file(registry.path(name) / "model.safetensors"))
     assert v2.extra["policy_init"] == str(registry.path("v0001")) and v2.extra["lora_adapter"]
     assert v3.extra["policy_init"] == v2.extra["lora_adapter"], "round 2 should go on training round 1's adapter"
+
+
+def test_no_round_starts_while_the_last_candidate_is_on_canary(tmp_path, tiny_model_dir):
+    """promotion = canary: the next round waits for people's decision on the proposed candidate
+    (it would otherwise train from the version the candidate may replace), but not forever."""
+    from registry.store import PolicyRegistry
+
+    settings = Settings(state_dir=tmp_path)
+    settings.train.loop.metrics_port = 0
+    settings.train.ppo.ptx_coef = 0.0
+    registry = PolicyRegistry(settings.paths.registry)
+    registry.publish(tiny_model_dir, source="tiny-model", make_current=True)
+    service = TrainerService(settings)
+    try:
+        assert not service.waiting_for_canary()
+        candidate = registry.publish(tiny_model_dir, source="trainer", parent="v0001")
+        registry.propose(candidate)
+        assert service.waiting_for_canary()
+        settings.promotion.max_canary_s = -300.0  # the canary's time limit is long past
+        assert not service.waiting_for_canary(), "a gateway that never decides must not stop training"
+        settings.promotion.max_canary_s = 3600.0
+        registry.record_decision(candidate, {"decision": "rolled_back"})
+        assert not service.waiting_for_canary()
+        registry.propose(candidate)
+        settings.promotion.mode = "direct"
+        assert not service.waiting_for_canary()
+    finally:
+        service.close()

@@ -198,3 +198,30 @@ def test_an_opted_out_keys_prompts_never_reach_the_queue(gateway):
             time.sleep(0.5)
     assert private not in prompts
     assert httpx.get(f"{gateway.url}/ui/").status_code == 200
+
+
+def test_the_versions_tab_charts_peoples_blinded_cross_version_rankings(browser, gateway, kafka_broker):
+    """A ranking of a mixed answer set (compare_versions while a canary runs) puts the versions on
+    the leaderboard, and the page draws each version's win rate against SFT with its interval."""
+    with gateway.client(ADMIN_KEY) as admin:
+        serving = admin.get("/admin/versions").json()["serving"]
+        candidate = "v0002" if serving != "v0002" else "v0001"
+        assert admin.post("/admin/canary", json={"version": candidate, "fraction": 0.01}).status_code == 200
+    try:
+        with gateway.client(USER_KEY) as user:
+            r = user.post("/v1/chat/completions", json={
+                "model": MODEL, "n": 2, "max_tokens": 4, "compare_versions": True,
+                "messages": [{"role": "user", "content": "Describe a fox."}]})
+            assert r.status_code == 200 and r.json()["policy_version"] == "mixed", r.text
+            ids = [c["id"] for c in r.json()["choices"]]
+            assert user.post("/v1/feedback/rankings", json={"ranking": ids}).status_code == 202
+    finally:
+        with gateway.client(ADMIN_KEY) as admin:
+            assert admin.delete("/admin/canary").status_code == 200
+    page = open_page(browser, gateway, USER_KEY)
+    page.click("#tab-versions")
+    page.wait_for_selector('#chart g.bar[data-version="v0002"]')  # v0001 is SFT, the reference
+    label = page.text_content('#chart g.bar[data-version="v0002"]')
+    assert "%" in label and "n=" in label, label
+    assert "pairwise outcomes" in page.text_content("#board-summary")
+    shoot(page, "versions")
