@@ -87,6 +87,7 @@ class _Story:
     reported: set[str]
     promoted: list[str] = field(default_factory=list)
     on_canary: set[str] = field(default_factory=set)  # proposed versions whose canary is undecided
+    canary_seen: set[str] = field(default_factory=set)  # ... that users have been served
     last_print: float = field(default_factory=time.monotonic)
     last_requests: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -123,13 +124,18 @@ class _Story:
             if decided["decision"] in ("promoted", "promoted_by_operator"):
                 self.promoted.append(name)
 
-    def traffic(self, population: Population) -> None:
+    def traffic(self, population: Population, registry: PolicyRegistry) -> None:
         """Tell version switches as users see them, and a traffic summary every 15 s."""
         tally = population.tally
-        newest = max(tally.versions, key=lambda v: int(v[1:])) if tally.versions else self.serving
-        if newest != self.serving:
-            say(f"users are now served {newest} (was {self.serving})")
-            self.serving = newest
+        for name in sorted(self.on_canary - self.canary_seen):
+            if tally.versions.get(name):
+                self.canary_seen.add(name)
+                say(f"canary: some users (sticky) are now served {name}, the others {self.serving}; "
+                    "their blinded comparisons of the two decide")
+        current = registry.current()
+        if current and current != self.serving and tally.versions.get(current):
+            say(f"users are now served {current} (was {self.serving})")
+            self.serving = current
         if time.monotonic() - self.last_print >= 15:
             rate = (tally.requests - self.last_requests) / (time.monotonic() - self.last_print)
             say(f"{time.monotonic() - self.started:.0f}s: {tally.requests} requests ({rate:.1f}/s), "
@@ -227,7 +233,7 @@ def run(settings: Settings, common: list[str], rounds: int, users: int, minutes:
                 print(f"[demo] the trainer exited; see {logs / 'trainer.log'}", file=sys.stderr)
                 return 1
             story.new_versions(registry)
-            story.traffic(population)
+            story.traffic(population, registry)
         tally = population.stop()
         population = None
         if not story.promoted:
