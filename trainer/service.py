@@ -281,19 +281,18 @@ class TrainerService:
             start_http_server(self.cfg.metrics_port, addr=self.cfg.metrics_host, registry=self.metrics_registry)
         log.info("trainer: consuming as group %s; a round every %d new comparisons or %.0fs", self.cfg.group,
                  self.cfg.min_new_comparisons, self.cfg.max_interval_s)
-        waiting = False
+        told = None  # the candidate whose canary we said we wait for
         while not (stop and stop()):
             self.consume_once(self.cfg.poll_s)
-            if self.due():
-                if self.waiting_for_canary():
-                    if not waiting:
-                        log.info("trainer: %s is on the gateway's canary; the next round starts once people "
-                                 "decide", self.registry.candidate())
-                    waiting = True
-                    continue
-                waiting = False
-                self.catch_up()
-                self.run_round()
+            if not self.due():
+                continue
+            if self.waiting_for_canary():
+                if self.registry.candidate() != told:
+                    told = self.registry.candidate()
+                    log.info("trainer: %s is on the gateway's canary; the next round starts once people decide", told)
+                continue
+            self.catch_up()
+            self.run_round()
 
     def close(self) -> None:
         """Leave the consumer group."""
