@@ -65,7 +65,6 @@ class Deployment:
             await self._start_first_that_loads(wanted, fallback)
         finally:
             self.starting = False
-        self._deployed: set[str] = set()  # versions whose feedback-to-deployment time was observed
 
     async def _start_first_that_loads(self, wanted: str | None, fallback: str | None) -> None:
         for version in dict.fromkeys(v for v in (wanted, fallback) if v):

@@ -101,11 +101,3 @@ def leaderboard(outcomes: list[Outcome], sft: str | None, serving: str | None, b
                      "vs_sft": win_rate(outcomes, v, sft) if sft and v != sft else None,
                      "vs_serving": win_rate(outcomes, v, serving) if serving and v != serving else None})
     return {"versions": rows, "outcomes": len(outcomes), "sft": sft, "serving": serving}
-
-
-def from_rankings(rankings: list[list[list[str]]], version_of, sft: str | None, serving: str | None,
-                  bootstrap_rounds: int = 200) -> dict:
-    """The leaderboard of rankings of choice ids (the labelling queue's), each id's version read by
-    `version_of` (the signed ids carry it: gateway/ownership.py)."""
-    outcomes = [o for ranking in rankings for o in outcomes_of(ranking, version_of)]
-    return leaderboard(outcomes, sft, serving, bootstrap_rounds)

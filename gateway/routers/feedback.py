@@ -93,11 +93,15 @@ async def _count_labelling(labels: LabelQueue, submissions: list[Submission], ca
 async def _keep_evidence(services: Services, submissions: list[Submission]) -> None:
     """Rankings whose answers came from different versions (blinded mixed requests, labelling items
     during a canary) are people's verdicts between versions: the leaderboard's and the canary's."""
-    version_of = services.ownership.version_of
     for s in submissions:
         e = s.event
-        if isinstance(e, Comparison) and len({version_of(c) for group in e.ranking for c in group}) > 1:
-            await asyncio.to_thread(services.evidence.record, e.event_id, e.rater, e.ranking, version_of)
+        if not isinstance(e, Comparison):
+            continue
+        # Each id's signature checked once here (the ownership check before did it too, keeping only
+        # the first version on the event); the store reads the same mapping.
+        versions = {c: services.ownership.version_of(c) for group in e.ranking for c in group}
+        if len(set(versions.values())) > 1:
+            await asyncio.to_thread(services.evidence.record, e.event_id, e.rater, e.ranking, versions.get)
 
 
 async def _accept(services: Services, items: list, caller: Caller, batch: bool) -> tuple[int, list[p.FeedbackAccepted]]:
