@@ -59,6 +59,11 @@ class Transaction:
         self.cursor.execute("INSERT INTO records (topic, key, value) VALUES (?, ?, ?)", (topic, key, value))
         return self.cursor.lastrowid
 
+    def append_many(self, records: list[tuple[str, bytes | None, bytes]]) -> None:
+        """Append records in one statement (one GIL hand-off, not one per record)."""
+        if records:
+            self.cursor.executemany("INSERT INTO records (topic, key, value) VALUES (?, ?, ?)", records)
+
     def commit_offset(self, group: str, topic: str, next_offset: int) -> None:
         """Set a consumer group's next offset."""
         self.cursor.execute("INSERT INTO group_offsets (grp, topic, next) VALUES (?, ?, ?) "
@@ -89,19 +94,21 @@ class LocalLog:
 
     def read(self, from_offset: int, limit: int = 500, topic: str | None = None) -> list[Record]:
         """Records with offset >= from_offset, oldest first (of one topic, or of all)."""
-        with self._lock:
+        # On the reader connection: WAL lets it see every committed record without waiting for
+        # (or holding up) the writer's transaction and its fsync.
+        with self._read_lock:
             if topic is None:
-                rows = self._db.execute("SELECT offset, topic, key, value FROM records WHERE offset >= ? "
+                rows = self._reader.execute("SELECT offset, topic, key, value FROM records WHERE offset >= ? "
                                         "ORDER BY offset LIMIT ?", (from_offset, limit)).fetchall()
             else:
-                rows = self._db.execute("SELECT offset, topic, key, value FROM records WHERE topic = ? AND offset >= ? "
+                rows = self._reader.execute("SELECT offset, topic, key, value FROM records WHERE topic = ? AND offset >= ? "
                                         "ORDER BY offset LIMIT ?", (topic, from_offset, limit)).fetchall()
         return [Record(*row) for row in rows]
 
     def committed(self, group: str, topic: str) -> int:
         """The next offset the group has yet to process (0 if it never committed)."""
-        with self._lock:
-            row = self._db.execute("SELECT next FROM group_offsets WHERE grp = ? AND topic = ?", (group, topic)).fetchone()
+        with self._read_lock:
+            row = self._reader.execute("SELECT next FROM group_offsets WHERE grp = ? AND topic = ?", (group, topic)).fetchone()
         return row[0] if row else 0
 
     def commit(self, group: str, topic: str, next_offset: int) -> None:
@@ -130,8 +137,8 @@ class LocalLog:
 
     def stats(self, from_offset: int = 0) -> tuple[int, int]:
         """(records, bytes) at or after from_offset."""
-        with self._lock:
-            n, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(value)), 0) FROM records "
+        with self._read_lock:
+            n, size = self._reader.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(value)), 0) FROM records "
                                        "WHERE offset >= ?", (from_offset,)).fetchone()
         return n, size
 

@@ -104,10 +104,9 @@ class SpoolWriter:
         written = Tally()  # counted only for what the transaction keeps
         try:
             with self._log.transaction() as tx:
-                for c in completions:
-                    tx.append(topic_for(c.event), c.event.key(), c.value)
-                    written.events += 1
-                    written.bytes += len(c.value)
+                tx.append_many([(topic_for(c.event), c.event.key(), c.value) for c in completions])
+                written.events += len(completions)
+                written.bytes += sum(len(c.value) for c in completions)
                 for f in feedback:
                     outcomes.append((f, self._append_feedback(tx, f.items, written)))
         except Exception as exc:  # the disk failed us: nothing in this batch is accepted
@@ -129,7 +128,11 @@ class SpoolWriter:
     @staticmethod
     def _append_feedback(tx: Transaction, items: list[Submission], written: "Tally") -> list[Accepted] | Exception:
         """One submission under a savepoint: all of its items, or none (and then none is counted)."""
-        tx.cursor.execute("SAVEPOINT submission")
+        # A single item needs no savepoint: its only refusal (a conflicting key) comes before it
+        # writes anything. Most submissions are single, and each statement saved is a GIL hand-off.
+        guarded = len(items) > 1
+        if guarded:
+            tx.cursor.execute("SAVEPOINT submission")
         mine = Tally()
         out = []
         try:
@@ -145,10 +148,12 @@ class SpoolWriter:
                 mine.index_bytes += IdempotencyIndex.key_bytes(item)
                 out.append(Accepted(item.event.event_id, duplicate=False))
         except IdempotencyConflict as exc:
-            tx.cursor.execute("ROLLBACK TO submission")
-            tx.cursor.execute("RELEASE submission")
+            if guarded:
+                tx.cursor.execute("ROLLBACK TO submission")
+                tx.cursor.execute("RELEASE submission")
             return exc
-        tx.cursor.execute("RELEASE submission")
+        if guarded:
+            tx.cursor.execute("RELEASE submission")
         written.add(mine)
         return out
 

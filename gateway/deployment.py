@@ -10,6 +10,7 @@ from pathlib import Path
 
 from core.config import EngineConfig
 from core.supervision import supervise
+from gateway import heap
 from gateway.metrics import GatewayMetrics
 from inference.engine import PolicyEngine, SwapBusy, Switch
 from registry.errors import RegistryError, UnknownVersion
@@ -54,6 +55,7 @@ class Deployment:
         self.metrics.ready.set(1)
         self.metrics.set_version(version)
         self._remember(version)
+        heap.settle()
 
     async def start_with_fallback(self, wanted: str | None) -> None:
         """Start on CURRENT; if it cannot be served (a corrupt or unloadable version), start on the
@@ -117,6 +119,7 @@ class Deployment:
             self._show_canary()
             self._remember(version)
             self._observe_feedback_to_deployment(version)
+            heap.settle()
         return switch
 
     def _observe_feedback_to_deployment(self, version: str) -> None:
@@ -147,11 +150,13 @@ class Deployment:
             self.metrics.swaps.labels("canary_refused").inc()
             raise
         self._show_canary()
+        heap.settle()
 
     async def stop_canary(self) -> str | None:
         """Send every request to the serving version again; returns the stopped canary's version."""
         version = await self.engine.stop_canary()
         self._show_canary()
+        heap.settle()
         return version
 
     def _show_canary(self) -> None:
