@@ -6,6 +6,10 @@ Each system is started in turn on a free loopback port, warmed up, then driven b
 closed-loop load (N concurrent clients issuing the same list of seeded /v1/completions requests).
 Prints a Markdown table with requests/s, generated tokens/s, p50/p99 latency and the
 gateway/vLLM ratios, plus the machine it ran on; --json writes the raw figures.
+
+The gateway's own time outside the engine (its X-Alignloop-Overhead-Ms header) is reported twice:
+under the load, where it includes every wait for the busy event loop and cores, and from one client
+alone right after (--alone requests), where it is the work itself.
 """
 
 from __future__ import annotations
@@ -95,7 +99,7 @@ def _start(name: str, model_dir: Path, work: Path, max_model_len: int, max_num_s
 
 
 def run(model_dir: Path, concurrency: int, n_requests: int, max_tokens: int, max_model_len: int, max_num_seqs: int,
-        rounds: int = 1) -> dict:
+        rounds: int = 1, alone: int = 64) -> dict:
     """Benchmark both systems, alternating which goes first each round; returns figures and ratios."""
     runs: dict[str, list[dict]] = {"vllm": [], "gateway": []}
     bodies = _requests(n_requests, max_tokens)
@@ -113,6 +117,8 @@ def run(model_dir: Path, concurrency: int, n_requests: int, max_tokens: int, max
                     print(f"[bench] {name} ready in {time.monotonic() - t0:.0f}s; warming up", flush=True)
                     asyncio.run(_drive(url, warm, concurrency))
                     r = asyncio.run(_drive(url, bodies, concurrency))
+                    if name == "gateway" and alone:
+                        r["alone"] = asyncio.run(_drive(url, bodies[:alone], 1))
                     runs[name].append(r)
                     print(f"[bench] {name}: {r['requests_per_s']:.2f} req/s, {r['tokens_per_s']:.0f} tok/s, "
                           f"p50 {r['p50_s'] * 1000:.0f} ms, p99 {r['p99_s'] * 1000:.0f} ms, {r['failures']} failed",
@@ -143,6 +149,10 @@ def table(results: dict, args) -> str:
     if own:
         rows.append("\nThe gateway's own time outside the engine (X-Alignloop-Overhead-Ms), per round: " + ", ".join(
             f"p50 {p50 * 1000:.2f} ms / p99 {p99 * 1000:.2f} ms" for p50, p99 in own))
+    alone = [r["alone"] for r in results["rounds"]["gateway"] if r.get("alone")]
+    if alone:
+        rows.append(f"The same, one client alone ({alone[0]['requests']} requests) right after, per round: " + ", ".join(
+            f"p50 {a['overhead_p50_s'] * 1000:.2f} ms / p99 {a['overhead_p99_s'] * 1000:.2f} ms" for a in alone))
     head = (f"Load: {args.concurrency} concurrent clients, {args.requests} requests of max_tokens={args.max_tokens} "
             f"(temperature 1, seeded, ignore_eos), non-streaming /v1/completions.\nMachine: {machine()}\n")
     return head + "\n" + "\n".join(rows)
@@ -157,6 +167,8 @@ def main() -> None:
     parser.add_argument("--max-model-len", type=int, default=512)
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2, help="rounds; the order of the systems alternates")
+    parser.add_argument("--alone", type=int, default=64,
+                        help="requests from one client after the load, for the gateway's overhead alone (0: none)")
     parser.add_argument("--json", type=Path, help="write the raw figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="alignloop-model-") as tmp:
@@ -170,7 +182,7 @@ def main() -> None:
             logging.basicConfig(level=logging.INFO)
             model = build_tiny_model(Path(tmp) / "tiny", TinyModelConfig())
         results = run(model, args.concurrency, args.requests, args.max_tokens, args.max_model_len, args.max_num_seqs,
-                      args.rounds)
+                      args.rounds, args.alone)
     print()
     print(table(results, args))
     if args.json:

@@ -88,7 +88,8 @@ class FeedbackRecorder:
         try:
             # Bounded: a stalled disk answers 503, never a request that waits for ever. On timeout
             # the wait is cancelled, and so is the submission if the writer has not started on it.
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.config.write_timeout_s)
+            async with asyncio.timeout(self.config.write_timeout_s):
+                return await asyncio.wrap_future(future)
         except TimeoutError:
             raise SpoolUnavailable(f"the spool did not take the feedback within {self.config.write_timeout_s:g}s") from None
         except (sqlite3.Error, OSError) as exc:  # the disk is full or failing: nothing was accepted

@@ -1,0 +1,90 @@
+"""What recording served completions costs serving: the same completion load on a gateway that
+records every served completion for Kafka and on one that records nothing.
+
+    .venv/bin/python -m benchmarks.recording [--rounds 4] [--completions 400]
+
+One gateway at a time (so the two never share the cores or vLLM's CPU binding), each started fresh
+and warmed up, in alternating order (recording first in odd rounds, second in even ones), with a real
+Kafka broker. Earlier runs that kept both gateways up at once, or started each once, reported
+recording as 1.17x, 1.88x and 1.65x *faster*: the order and the neighbours, not the recording.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import statistics
+import tempfile
+from pathlib import Path
+
+from benchmarks.feedback import KEY, _completions, _concurrently, _latency_summary
+from benchmarks.processes import launch_gateway, machine, stop
+
+SETUPS = {"recording": True, "not recording": False}
+
+
+def run(model_dir: Path, kafka: str, completions: int, concurrency: int, rounds: int) -> dict[str, list[dict]]:
+    """One measurement per setup per round; each from a freshly started gateway."""
+    results: dict[str, list[dict]] = {name: [] for name in SETUPS}
+    with tempfile.TemporaryDirectory(prefix="alignloop-rbench-") as tmp:
+        for r in range(rounds):
+            order = list(SETUPS) if r % 2 == 0 else list(reversed(SETUPS))
+            for name in order:
+                work = Path(tmp) / f"{r}-{name.replace(' ', '-')}"
+                work.mkdir()
+                extra = f'[feedback]\nkafka_bootstrap = "{kafka}"\nrecord_completions = {str(SETUPS[name]).lower()}\n'
+                proc, url = launch_gateway(work, model_dir, KEY, extra)
+                try:
+                    asyncio.run(_concurrently(url, _completions(2 * concurrency), concurrency))  # warm-up
+                    row = _latency_summary(*asyncio.run(_concurrently(url, _completions(completions), concurrency)))
+                finally:
+                    stop(proc)
+                results[name].append(row)
+                print(f"[bench] round {r + 1}/{rounds} {name}: {row['requests_per_s']:.2f} req/s, "
+                      f"p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, {row['failed']} failed", flush=True)
+    return results
+
+
+def table(results: dict[str, list[dict]], args) -> str:
+    """Medians per setup, every round's figure, and recorded / not recorded."""
+    med = {name: {k: statistics.median(row[k] for row in rows) for k in ("requests_per_s", "p50_ms", "p99_ms")}
+           for name, rows in results.items()}
+    lines = [f"Machine: {machine()}",
+             f"{args.concurrency} clients, {args.completions} requests of n=2 x 16 tokens per measurement; "
+             f"{args.rounds} rounds, one gateway at a time, order alternating; medians over rounds.", "",
+             "| completions | req/s | p50 ms | p99 ms | failed | per round (req/s) |", "|---|---|---|---|---|---|"]
+    for name, rows in results.items():
+        per = ", ".join(f"{row['requests_per_s']:.1f}" for row in rows)
+        lines.append(f"| {name} | {med[name]['requests_per_s']:.2f} | {med[name]['p50_ms']:.0f} | "
+                     f"{med[name]['p99_ms']:.0f} | {sum(row['failed'] for row in rows)} | {per} |")
+    a, b = med["recording"], med["not recording"]
+    lines.append(f"| recording / not recording | {a['requests_per_s'] / b['requests_per_s']:.3f}x | "
+                 f"{a['p50_ms'] / b['p50_ms']:.3f}x | {a['p99_ms'] / b['p99_ms']:.3f}x | | |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help="HF checkpoint dir (default: build the tiny model)")
+    parser.add_argument("--completions", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args()
+    from core.config import TinyModelConfig
+    from deploy.kafka.broker import KafkaBroker
+    from synthetic.tiny_model import build_tiny_model
+
+    logging.basicConfig(level=logging.INFO)
+    with tempfile.TemporaryDirectory(prefix="alignloop-rbench-model-") as tmp:
+        model = args.model or build_tiny_model(Path(tmp) / "tiny", TinyModelConfig())
+        broker = KafkaBroker(Path(tmp) / "kafka").start()
+        try:
+            results = run(model, broker.bootstrap, args.completions, args.concurrency, args.rounds)
+        finally:
+            broker.stop()
+    print("\n" + table(results, args))
+
+
+if __name__ == "__main__":
+    main()
