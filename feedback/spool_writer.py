@@ -100,14 +100,21 @@ class SpoolWriter:
         # accepted: it is not written. Once marked running it can no longer be cancelled, so the
         # result set below always lands.
         feedback = [i for i in batch if isinstance(i, FeedbackWrite) and i.future.set_running_or_notify_cancel()]
-        outcomes: list[tuple[FeedbackWrite, list[Accepted] | Exception]] = []
+        # Completions and single submissions without an idempotency key cannot be refused: they
+        # go in as one statement (each statement hands the GIL to the busy event loop and back).
+        plain = [f for f in feedback if len(f.items) == 1 and f.items[0].idempotency_key is None]
+        keyed = [f for f in feedback if not (len(f.items) == 1 and f.items[0].idempotency_key is None)]
+        rows = [(topic_for(c.event), c.event.key(), c.value) for c in completions]
+        rows += [(topic_for(e), e.key(), e.to_bytes()) for e in (f.items[0].event for f in plain)]
+        outcomes: list[tuple[FeedbackWrite, list[Accepted] | Exception]] = [
+            (f, [Accepted(f.items[0].event.event_id, duplicate=False)]) for f in plain]
         written = Tally()  # counted only for what the transaction keeps
         try:
             with self._log.transaction() as tx:
-                tx.append_many([(topic_for(c.event), c.event.key(), c.value) for c in completions])
-                written.events += len(completions)
-                written.bytes += sum(len(c.value) for c in completions)
-                for f in feedback:
+                tx.append_many(rows)
+                written.events += len(rows)
+                written.bytes += sum(len(value) for _, _, value in rows)
+                for f in keyed:
                     outcomes.append((f, self._append_feedback(tx, f.items, written)))
         except Exception as exc:  # the disk failed us: nothing in this batch is accepted
             log.exception("feedback: could not write %d items to the local log", len(batch))

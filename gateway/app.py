@@ -19,6 +19,7 @@ from gateway.dependencies import Services
 from gateway.deployment import Deployment
 from gateway.errors import SafeJSONResponse, install_error_handlers
 from gateway.evidence import EvidenceStore
+from gateway.heap import PauseClock
 from gateway.metrics import GatewayMetrics
 from gateway.ownership import Ownership, load_or_create_secrets
 from gateway.middleware import HTTPMetricsMiddleware
@@ -76,6 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
             services.metrics, services.evidence),
             on_failure=lambda task: services.metrics.background_failures.labels(task).inc()))
         lag = asyncio.create_task(watch_loop(services.metrics.loop_lag))
+        gc_pauses = asyncio.create_task(PauseClock().report(services.metrics.gc_pauses))
         # direct: the trainer moves CURRENT itself and nothing here decides.
         deciding = asyncio.create_task(services.promotion.run()) if settings.promotion.mode == "canary" else None
         yield
@@ -84,6 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
         starting.cancel()
         filling.cancel()
         lag.cancel()
+        gc_pauses.cancel()
         if watching is not None:
             watching.cancel()
         deployment.shutdown()

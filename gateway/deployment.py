@@ -55,7 +55,7 @@ class Deployment:
         self.metrics.ready.set(1)
         self.metrics.set_version(version)
         self._remember(version)
-        heap.settle()
+        heap.settle(self.metrics.heap_frozen)
 
     async def start_with_fallback(self, wanted: str | None) -> None:
         """Start on CURRENT; if it cannot be served (a corrupt or unloadable version), start on the
@@ -119,7 +119,7 @@ class Deployment:
             self._show_canary()
             self._remember(version)
             self._observe_feedback_to_deployment(version)
-            heap.settle()
+            heap.settle(self.metrics.heap_frozen)
         return switch
 
     def _observe_feedback_to_deployment(self, version: str) -> None:
@@ -150,13 +150,13 @@ class Deployment:
             self.metrics.swaps.labels("canary_refused").inc()
             raise
         self._show_canary()
-        heap.settle()
+        heap.settle(self.metrics.heap_frozen)
 
     async def stop_canary(self) -> str | None:
         """Send every request to the serving version again; returns the stopped canary's version."""
         version = await self.engine.stop_canary()
         self._show_canary()
-        heap.settle()
+        heap.settle(self.metrics.heap_frozen)
         return version
 
     def _show_canary(self) -> None:

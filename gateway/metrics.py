@@ -48,6 +48,11 @@ class GatewayMetrics:
         self.loop_lag = Histogram("alignloop_gateway_event_loop_lag_seconds", "How late the gateway's event loop "
                                   "woke from a short sleep: a stall delays every request", buckets=_LAG_BUCKETS,
                                   registry=r)
+        self.gc_pauses = Histogram("alignloop_gateway_gc_pause_seconds", "Garbage-collector passes by "
+                                   "generation: a long one stalls every request (gateway/heap.py)", ["generation"],
+                                   buckets=_LAG_BUCKETS, registry=r)
+        self.heap_frozen = Gauge("alignloop_gateway_heap_frozen_objects", "Long-lived objects kept out of the "
+                                 "collector's passes since the last engine change", registry=r)
         self.version_score = Gauge("alignloop_version_score", "Bradley-Terry score of a policy version from raters' "
                                    "blinded cross-version rankings (0 = average)", ["version"], registry=r)
         self.version_win_rate = Gauge("alignloop_version_win_rate", "How often raters preferred a version's answer "
