@@ -7,6 +7,9 @@ request in flight (the p99 of feedback ingestion was ~400 ms for that alone; ~25
 Those objects live as long as their engine, so each time the engines change they are collected once
 and moved out of the collector's sight (gc.freeze); the passes then walk only what requests create.
 Every pass is timed into alignloop_gateway_gc_pause_seconds{generation}.
+
+A blue/green engine retiring in the background when the heap is frozen is frozen with it: reference
+counting still frees it, and what it leaves in reference cycles waits for the next engine change.
 """
 
 from __future__ import annotations
