@@ -94,21 +94,23 @@ class LocalLog:
 
     def read(self, from_offset: int, limit: int = 500, topic: str | None = None) -> list[Record]:
         """Records with offset >= from_offset, oldest first (of one topic, or of all)."""
-        # On the reader connection: WAL lets it see every committed record without waiting for
-        # (or holding up) the writer's transaction and its fsync.
-        with self._read_lock:
+        # On the writer's connection, under its lock, although WAL would let the reader connection
+        # read meanwhile: with the shipper reading there many times a second, a 16 MB spool disk
+        # filled up before the test meant it to (tests/feedback/test_disk_full.py, in CI), most
+        # likely a WAL that could not be rewound while another connection kept reading.
+        with self._lock:
             if topic is None:
-                rows = self._reader.execute("SELECT offset, topic, key, value FROM records WHERE offset >= ? "
+                rows = self._db.execute("SELECT offset, topic, key, value FROM records WHERE offset >= ? "
                                         "ORDER BY offset LIMIT ?", (from_offset, limit)).fetchall()
             else:
-                rows = self._reader.execute("SELECT offset, topic, key, value FROM records WHERE topic = ? AND offset >= ? "
+                rows = self._db.execute("SELECT offset, topic, key, value FROM records WHERE topic = ? AND offset >= ? "
                                         "ORDER BY offset LIMIT ?", (topic, from_offset, limit)).fetchall()
         return [Record(*row) for row in rows]
 
     def committed(self, group: str, topic: str) -> int:
         """The next offset the group has yet to process (0 if it never committed)."""
-        with self._read_lock:
-            row = self._reader.execute("SELECT next FROM group_offsets WHERE grp = ? AND topic = ?", (group, topic)).fetchone()
+        with self._lock:
+            row = self._db.execute("SELECT next FROM group_offsets WHERE grp = ? AND topic = ?", (group, topic)).fetchone()
         return row[0] if row else 0
 
     def commit(self, group: str, topic: str, next_offset: int) -> None:
@@ -137,8 +139,8 @@ class LocalLog:
 
     def stats(self, from_offset: int = 0) -> tuple[int, int]:
         """(records, bytes) at or after from_offset."""
-        with self._read_lock:
-            n, size = self._reader.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(value)), 0) FROM records "
+        with self._lock:
+            n, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(value)), 0) FROM records "
                                        "WHERE offset >= ?", (from_offset,)).fetchone()
         return n, size
 
