@@ -102,8 +102,10 @@ class SpoolWriter:
         feedback = [i for i in batch if isinstance(i, FeedbackWrite) and i.future.set_running_or_notify_cancel()]
         # Completions and single submissions without an idempotency key cannot be refused: they
         # go in as one statement (each statement hands the GIL to the busy event loop and back).
-        plain = [f for f in feedback if len(f.items) == 1 and f.items[0].idempotency_key is None]
-        keyed = [f for f in feedback if not (len(f.items) == 1 and f.items[0].idempotency_key is None)]
+        plain: list[FeedbackWrite] = []
+        keyed: list[FeedbackWrite] = []
+        for f in feedback:
+            (plain if len(f.items) == 1 and f.items[0].idempotency_key is None else keyed).append(f)
         rows = [(topic_for(c.event), c.event.key(), c.value) for c in completions]
         rows += [(topic_for(e), e.key(), e.to_bytes()) for e in (f.items[0].event for f in plain)]
         outcomes: list[tuple[FeedbackWrite, list[Accepted] | Exception]] = [
