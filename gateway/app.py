@@ -22,6 +22,7 @@ from gateway.evidence import EvidenceStore
 from gateway.heap import PauseClock
 from gateway.metrics import GatewayMetrics
 from gateway.ownership import Ownership, load_or_create_secrets
+from gateway.feedback_fast_path import FeedbackFastPath, single_event_routes
 from gateway.middleware import HTTPMetricsMiddleware
 from gateway.label_filler import fill_forever
 from gateway.labelling import LabelQueue
@@ -102,5 +103,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(labelling.router)
     # The ranking page: static files, same origin as the API it calls, nothing fetched from elsewhere.
     app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
+    # Added first, so it runs inside the metrics middleware: its requests are counted and bounded the same.
+    app.add_middleware(FeedbackFastPath, routes=single_event_routes(app))
     app.add_middleware(HTTPMetricsMiddleware, metrics=services.metrics, max_body_bytes=settings.gateway.max_body_bytes)
     return app

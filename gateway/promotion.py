@@ -95,15 +95,19 @@ class CanaryController:
             self.test.stop("roll_back", reason)
         elif self.test.decision is None and time.time() - self._started > self.config.max_canary_s:
             self.test.time_out(self.config.max_canary_s)
+        # The decision's time is taken before the engines change: until then every user was still on
+        # their version of the canary, and the change itself (a switch, a retired engine, the heap
+        # settled again) can take seconds on a busy machine.
+        decided_at = time.time()
         if self.test.decision == "promote":
             try:
                 await self.deployment.switch(self.candidate)  # the warm canary engine takes all traffic
             except SwapBusy:
                 return  # an admin switch holds the engines: decide again at the next look
-            self._finish("promoted", self.test.reason)
+            self._finish("promoted", self.test.reason, decided_at)
         elif self.test.decision == "roll_back":
             await self.deployment.stop_canary()
-            self._finish("rolled_back", self.test.reason)
+            self._finish("rolled_back", self.test.reason, decided_at)
 
     async def _maybe_start(self) -> None:
         candidate = self.registry.candidate()
@@ -150,11 +154,14 @@ class CanaryController:
         for outcome, n in (("wins", t.wins if t else 0), ("losses", t.losses if t else 0), ("ties", t.ties if t else 0)):
             self.metrics.canary_comparisons.labels(outcome).set(n)
 
-    def _finish(self, decision: str, reason: str) -> None:
+    def _finish(self, decision: str, reason: str, decided_at: float | None = None) -> None:
+        """Record the decision: `at` is when it was made, `applied_at` when the engines had followed it."""
         evidence = self.test.evidence()
         health = {v: vars(self.health.summary(v)) for v in (self.candidate, self.serving)}
-        record = {"decision": decision, "reason": reason, "against": self.serving, "at": time.time(),
-                  "started_at": self._started, "canary_s": time.time() - self._started,
+        now = time.time()
+        at = decided_at or now
+        record = {"decision": decision, "reason": reason, "against": self.serving, "at": at, "applied_at": now,
+                  "started_at": self._started, "canary_s": at - self._started,
                   "fraction": self.config.canary_fraction, "evidence": evidence, "health": health}
         if self.registry.record_decision(self.candidate, record):
             self.metrics.canary_decisions.labels(decision).inc()

@@ -136,7 +136,8 @@ async def _accept(services: Services, items: list, caller: Caller, batch: bool) 
     return status, [p.FeedbackAccepted(event_id=a.event_id, duplicate=a.duplicate) for a in accepted]
 
 
-async def _single(services: Services, item, caller: Caller) -> JSONResponse:
+async def single(services: Services, item, caller: Caller) -> JSONResponse:
+    """Accept one feedback event (the single-event routes, and gateway/feedback_fast_path.py)."""
     status, accepted = await _accept(services, [item], caller, False)
     return JSONResponse(accepted[0].model_dump(), status_code=status)
 
@@ -144,25 +145,31 @@ async def _single(services: Services, item, caller: Caller) -> JSONResponse:
 @router.post("/pairwise", status_code=202, response_model=p.FeedbackAccepted)
 async def pairwise(body: p.PairwiseFeedback, caller: ClientDep, services: ServicesDep):
     """Prefer one choice over another (or record a tie)."""
-    return await _single(services, body, caller)
+    return await single(services, body, caller)
 
 
 @router.post("/rankings", status_code=202, response_model=p.FeedbackAccepted)
 async def rankings(body: p.RankingFeedback, caller: ClientDep, services: ServicesDep):
     """Rank K = 2..9 choices of one request, best first."""
-    return await _single(services, body, caller)
+    return await single(services, body, caller)
 
 
 @router.post("/ratings", status_code=202, response_model=p.FeedbackAccepted)
 async def ratings(body: p.RatingFeedback, caller: ClientDep, services: ServicesDep):
     """Thumbs up or down on one choice."""
-    return await _single(services, body, caller)
+    return await single(services, body, caller)
 
 
 @router.post("/demonstrations", status_code=202, response_model=p.FeedbackAccepted)
 async def demonstrations(body: p.DemonstrationFeedback, caller: ClientDep, services: ServicesDep):
     """A better response to one of your requests."""
-    return await _single(services, body, caller)
+    return await single(services, body, caller)
+
+
+# The body model of each single-event route: gateway/feedback_fast_path.py serves these without FastAPI's
+# routing and dependency solving (same handler, same checks).
+SINGLE_EVENT_ROUTES = {pairwise: p.PairwiseFeedback, rankings: p.RankingFeedback, ratings: p.RatingFeedback,
+                       demonstrations: p.DemonstrationFeedback}
 
 
 @router.post("/batch", status_code=202, response_model=p.BatchAccepted)

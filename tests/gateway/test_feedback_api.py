@@ -1,12 +1,13 @@
 """Hostile or malformed feedback is refused with the documented status and leaves no event behind."""
 
+import json
 import time
 
 import httpx
 import pytest
 
 from feedback.topics import FEEDBACK
-from tests.conftest import ADMIN_KEY, MODEL, RATER_KEY, USER2_KEY
+from tests.conftest import ADMIN_KEY, MODEL, RATER_KEY, USER2_KEY, USER_KEY
 from tests.feedback.helpers import read_all_kafka
 from tests.gateway.test_metrics import scrape
 
@@ -97,3 +98,42 @@ def test_rater_may_rate_anyones_and_batches_are_all_or_nothing(gateway, served):
             {"kind": "demonstration", "request_id": served["b_request"], "response": "Better."}]})
     assert ok.status_code == 202, ok.text
     assert len({a["event_id"] for a in ok.json()["accepted"]}) == 3
+
+
+def test_the_short_way_in_answers_as_the_routes_do(gateway, served):
+    """Single events sent as application/json take gateway/feedback_fast_path.py; the same sent as
+    application/x+json (JSON to FastAPI, not to the fast path) take FastAPI's routes. Every answer
+    must be the same either way: acceptances, each refusal, and the refusals the fast path hands on."""
+    a, b = served["a1"], served["b"]
+    requests = [
+        ("ratings", {"choice_id": a[0], "rating": 1}, USER_KEY),
+        ("pairwise", {"chosen": a[0], "rejected": a[1], "tie": True}, USER_KEY),
+        ("rankings", {"ranking": [a[2], [a[0], a[1]]]}, USER_KEY),
+        ("demonstrations", {"request_id": served["a1_request"], "response": "better"}, USER_KEY),
+        ("ratings", {"choice_id": b[0], "rating": 1}, USER_KEY),          # 403: another caller's
+        ("ratings", {"choice_id": b[0], "rating": 1}, RATER_KEY),         # a rater may
+        ("ratings", {"choice_id": "nope", "rating": 1}, USER_KEY),        # 404
+        ("rankings", {"ranking": [a[0], a[0]]}, USER_KEY),                # 400 from the handler
+        ("ratings", {"choice_id": a[0], "rating": 5}, USER_KEY),          # 400 from validation
+        ("ratings", {"choice_id": a[0], "rating": 1, "extra": 1}, USER_KEY),
+        ("pairwise", {"chosen": a[0], "rejected": a[1]}, "sk-not-a-key"),  # 401
+        ("ratings", {"choice_id": a[0], "rating": 1}, ADMIN_KEY),         # 403: the admin key
+        ("ratings", [1, 2], USER_KEY),
+    ]
+    before = accepted_count(gateway)
+    for route, body, key in requests:
+        answers = []
+        for content_type in ("application/json", "application/x+json"):
+            r = httpx.post(f"{gateway.url}/v1/feedback/{route}", content=json.dumps(body), timeout=60,
+                           headers={"Authorization": f"Bearer {key}", "Content-Type": content_type})
+            answer = r.json()
+            answers.append((r.status_code, {k: v for k, v in answer.items() if k != "event_id"}))
+            assert r.status_code in (202, 400, 401, 403, 404), (route, body, r.status_code, answer)
+        assert answers[0] == answers[1], (route, body, answers)
+    assert accepted_count(gateway) - before == 2 * 5  # both ways stored every acceptance
+
+    # Not JSON at all, and JSON that is not UTF-8 text: the route's own refusal, either way.
+    for content in (b"{not json", b'{"choice_id": "\xff", "rating": 1}'):
+        r = httpx.post(f"{gateway.url}/v1/feedback/ratings", content=content, timeout=60,
+                       headers={"Authorization": f"Bearer {USER_KEY}", "Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["message"], r.text
