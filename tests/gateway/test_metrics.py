@@ -51,7 +51,7 @@ def test_client_hangup_cancels_generation(gateway):
     # The client reads the head of a ~4 s stream and hangs up. Had the whole answer been generated
     # and handed to the kernel first (a machine stalled for seconds), nothing was cancelled: try again.
     body = {"model": MODEL, "prompt": "The", **BIG_STREAM}
-    asked = 9 * 240
+    asked = BIG_STREAM["n"] * BIG_STREAM["max_tokens"]
     for _ in range(3):
         before = scrape(gateway)
         unread_stream(gateway.url, USER_KEY, body).close()  # the head, then hang up mid-stream
