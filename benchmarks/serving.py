@@ -1,6 +1,7 @@
 """Serving benchmark: the alignloop gateway vs vLLM's own OpenAI server, same model, machine, load.
 
     .venv/bin/python -m benchmarks.serving [--concurrency 32] [--requests 320] [--max-tokens 64]
+    .venv/bin/python -m benchmarks.serving --before <git ref>   # also that commit's gateway
 
 Each system is started in turn on a free loopback port, warmed up, then driven by the same
 closed-loop load (N concurrent clients issuing the same list of seeded /v1/completions requests).
@@ -9,7 +10,8 @@ gateway/vLLM ratios, plus the machine it ran on; --json writes the raw figures.
 
 The gateway's own time outside the engine (its X-Alignloop-Overhead-Ms header) is reported twice:
 under the load, where it includes every wait for the busy event loop and cores, and from one client
-alone right after (--alone requests), where it is the work itself.
+alone right after (--alone requests), where it is the work itself. With --before, an older commit's
+gateway (a git worktree) takes the same load in the same rounds, for a before/after in one run.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.processes import free_port, launch, launch_gateway, machine, stop
+from benchmarks.processes import checkout, free_port, launch, launch_gateway, machine, remove_checkout, stop
 
 MODEL_NAME = "alignloop-policy"
 KEY = "sk-bench"
@@ -80,10 +82,12 @@ async def _drive(url: str, bodies: list[dict], concurrency: int) -> dict:
     }
 
 
-def _start(name: str, model_dir: Path, work: Path, max_model_len: int, max_num_seqs: int) -> tuple[subprocess.Popen, str]:
-    if name == "gateway":
+def _start(name: str, model_dir: Path, work: Path, max_model_len: int, max_num_seqs: int,
+           before: Path | None = None) -> tuple[subprocess.Popen, str]:
+    if name in ("gateway", "before"):
         return launch_gateway(work, model_dir, KEY, f"[engine]\nmax_model_len = {max_model_len}\n"
-                                                    f"max_num_seqs = {max_num_seqs}\n")
+                                                    f"max_num_seqs = {max_num_seqs}\n",
+                              code=before if name == "before" else None)
     import torch
 
     port = free_port()
@@ -99,25 +103,27 @@ def _start(name: str, model_dir: Path, work: Path, max_model_len: int, max_num_s
 
 
 def run(model_dir: Path, concurrency: int, n_requests: int, max_tokens: int, max_model_len: int, max_num_seqs: int,
-        rounds: int = 1, alone: int = 64) -> dict:
-    """Benchmark both systems, alternating which goes first each round; returns figures and ratios."""
-    runs: dict[str, list[dict]] = {"vllm": [], "gateway": []}
+        rounds: int = 1, alone: int = 64, before: Path | None = None) -> dict:
+    """Benchmark the systems (vLLM, the gateway, and the `before` checkout's gateway if given), in an
+    order rotated each round; returns figures and ratios."""
+    runs: dict[str, list[dict]] = {"vllm": [], "gateway": []} | ({"before": []} if before else {})
+    names = list(runs)
     bodies = _requests(n_requests, max_tokens)
     warm = _requests(2 * concurrency, max_tokens)
     with tempfile.TemporaryDirectory(prefix="alignloop-bench-") as tmp:
         for round_ in range(rounds):
-            order = ("vllm", "gateway") if round_ % 2 == 0 else ("gateway", "vllm")
+            order = names[round_ % len(names):] + names[:round_ % len(names)]
             for name in order:
                 work = Path(tmp) / f"{name}-{round_}"
                 work.mkdir()
                 print(f"[bench] round {round_ + 1}/{rounds}: starting {name} ...", flush=True)
                 t0 = time.monotonic()
-                proc, url = _start(name, model_dir, work, max_model_len, max_num_seqs)
+                proc, url = _start(name, model_dir, work, max_model_len, max_num_seqs, before)
                 try:
                     print(f"[bench] {name} ready in {time.monotonic() - t0:.0f}s; warming up", flush=True)
                     asyncio.run(_drive(url, warm, concurrency))
                     r = asyncio.run(_drive(url, bodies, concurrency))
-                    if name == "gateway" and alone:
+                    if name != "vllm" and alone:
                         r["alone"] = asyncio.run(_drive(url, bodies[:alone], 1))
                     runs[name].append(r)
                     print(f"[bench] {name}: {r['requests_per_s']:.2f} req/s, {r['tokens_per_s']:.0f} tok/s, "
@@ -133,28 +139,41 @@ def run(model_dir: Path, concurrency: int, n_requests: int, max_tokens: int, max
     results["ratio"] = {"requests_per_s": g["requests_per_s"] / v["requests_per_s"],
                         "tokens_per_s": g["tokens_per_s"] / v["tokens_per_s"],
                         "p50": g["p50_s"] / v["p50_s"], "p99": g["p99_s"] / v["p99_s"]}
+    if before:
+        b = results["before"]
+        results["ratio_before"] = {"requests_per_s": g["requests_per_s"] / b["requests_per_s"],
+                                   "tokens_per_s": g["tokens_per_s"] / b["tokens_per_s"],
+                                   "p50": g["p50_s"] / b["p50_s"], "p99": g["p99_s"] / b["p99_s"]}
     return results
 
 
 def table(results: dict, args) -> str:
     """The results as a Markdown table."""
     rows = ["| system | round | req/s | gen tok/s | p50 ms | p99 ms | failed |", "|---|---|---|---|---|---|---|"]
-    for name in ("vllm", "gateway"):
+    for name in results["rounds"]:
         for i, r in enumerate(results["rounds"][name]):
             rows.append(f"| {name} | {i + 1} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
                         f"{r['p50_s'] * 1000:.0f} | {r['p99_s'] * 1000:.0f} | {r['failures']} |")
     q = results["ratio"]
     rows.append(f"| gateway / vllm (medians) | | {q['requests_per_s']:.3f}x | {q['tokens_per_s']:.3f}x | {q['p50']:.3f}x | {q['p99']:.3f}x | |")
-    own = [(r["overhead_p50_s"], r["overhead_p99_s"]) for r in results["rounds"]["gateway"] if r["overhead_p50_s"] is not None]
-    if own:
-        rows.append("\nThe gateway's own time outside the engine (X-Alignloop-Overhead-Ms), per round: " + ", ".join(
-            f"p50 {p50 * 1000:.2f} ms / p99 {p99 * 1000:.2f} ms" for p50, p99 in own))
-    alone = [r["alone"] for r in results["rounds"]["gateway"] if r.get("alone")]
-    if alone:
-        rows.append(f"The same, one client alone ({alone[0]['requests']} requests) right after, per round: " + ", ".join(
-            f"p50 {a['overhead_p50_s'] * 1000:.2f} ms / p99 {a['overhead_p99_s'] * 1000:.2f} ms" for a in alone))
+    if "ratio_before" in results:
+        q = results["ratio_before"]
+        rows.append(f"| gateway / before (medians) | | {q['requests_per_s']:.3f}x | {q['tokens_per_s']:.3f}x | "
+                    f"{q['p50']:.3f}x | {q['p99']:.3f}x | |")
+    for name in [n for n in results["rounds"] if n != "vllm"]:
+        own = [(r["overhead_p50_s"], r["overhead_p99_s"]) for r in results["rounds"][name] if r["overhead_p50_s"] is not None]
+        if own:
+            rows.append(f"\n{name}: the gateway's own time outside the engine (X-Alignloop-Overhead-Ms), per round: "
+                        + ", ".join(f"p50 {p50 * 1000:.2f} ms / p99 {p99 * 1000:.2f} ms" for p50, p99 in own))
+        alone = [r["alone"] for r in results["rounds"][name] if r.get("alone")]
+        if alone:
+            rows.append(f"{name}: the same, one client alone ({alone[0]['requests']} requests) right after, per round: "
+                        + ", ".join(f"p50 {a['overhead_p50_s'] * 1000:.2f} ms / p99 {a['overhead_p99_s'] * 1000:.2f} ms"
+                                    for a in alone))
     head = (f"Load: {args.concurrency} concurrent clients, {args.requests} requests of max_tokens={args.max_tokens} "
             f"(temperature 1, seeded, ignore_eos), non-streaming /v1/completions.\nMachine: {machine()}\n")
+    if args.before:
+        head += f"'before' is the gateway at git ref {args.before}; 'gateway' is this checkout's.\n"
     return head + "\n" + "\n".join(rows)
 
 
@@ -169,6 +188,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds; the order of the systems alternates")
     parser.add_argument("--alone", type=int, default=64,
                         help="requests from one client after the load, for the gateway's overhead alone (0: none)")
+    parser.add_argument("--before", metavar="GIT_REF", help="also run this git ref's gateway (a worktree), "
+                        "for a before/after in the same run")
     parser.add_argument("--json", type=Path, help="write the raw figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="alignloop-model-") as tmp:
@@ -181,8 +202,13 @@ def main() -> None:
 
             logging.basicConfig(level=logging.INFO)
             model = build_tiny_model(Path(tmp) / "tiny", TinyModelConfig())
-        results = run(model, args.concurrency, args.requests, args.max_tokens, args.max_model_len, args.max_num_seqs,
-                      args.rounds, args.alone)
+        before = checkout(args.before, Path(tmp) / "before") if args.before else None
+        try:
+            results = run(model, args.concurrency, args.requests, args.max_tokens, args.max_model_len,
+                          args.max_num_seqs, args.rounds, args.alone, before)
+        finally:
+            if before is not None:
+                remove_checkout(before)
     print()
     print(table(results, args))
     if args.json:

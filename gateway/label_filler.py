@@ -40,7 +40,8 @@ async def _candidates(engine: PolicyEngine, prompt_ids: list[int], config: Label
     plan = engine.plan(config.k, compare=True)
     result = Accumulator(config.k)
     async for chunk in engine.run(plan, prompt_ids, Sampling(n=config.k, max_tokens=max_tokens,
-                                                             temperature=config.temperature), request_id):
+                                                             temperature=config.temperature, final_only=True),
+                                  request_id):
         result.add(chunk)
     return [(c.version or plan.versions[i], c) for i, c in enumerate(result.candidates)]
 

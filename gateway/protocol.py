@@ -76,7 +76,8 @@ class _SamplingFields(_Request):
         stops = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         return Sampling(n=self.n, max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, stop=stops,
                         seed=self.seed, presence_penalty=self.presence_penalty,
-                        frequency_penalty=self.frequency_penalty, logprobs=logprobs, ignore_eos=self.ignore_eos)
+                        frequency_penalty=self.frequency_penalty, logprobs=logprobs, ignore_eos=self.ignore_eos,
+                        final_only=not self.stream)
 
 
 class CompletionRequest(_SamplingFields):

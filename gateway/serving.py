@@ -183,13 +183,22 @@ class Serving:
         job.version = MIXED if plan.mixed else plan.versions[0]
         chunks = clock_of(request.scope).timed(self.engine.run(plan, job.prompt_ids, job.sampling, job.response_id))
         try:
-            first = await anext(chunks)
-        except StopAsyncIteration:
-            first = None
+            if job.stream:
+                first = await self._unless_hung_up(job, request, chunks, anext(chunks, None))
+            else:
+                # Non-streamed candidates come from the engine only when finished (Sampling.final_only).
+                first, result = await self._unless_hung_up(job, request, chunks, self._collect(job, chunks))
+        except APIError:
+            raise  # the client hung up: no fault of the version's
         except Exception:
             self._observe(job, False)  # the version's engine failed it: the canary's guardrail counts this
             raise
-        self.metrics.ttft.labels(job.route).observe(time.monotonic() - job.started)
+        ttft = time.monotonic() - job.started
+        if first is not None and first.first_token_at is not None:
+            # A non-streamed request's first chunk is its final output: the first token's time is
+            # the engine's, less however long ago that was.
+            ttft -= max(0.0, time.time() - first.first_token_at)
+        self.metrics.ttft.labels(job.route).observe(max(0.0, ttft))
         if plan.mixed:
             job.version, job.versions = MIXED, list(plan.versions)
         else:  # the chunk's: an in-place reload may have run between routing and generating
@@ -206,13 +215,6 @@ class Serving:
                             lambda generated, finished: self._ended(job, lease, generated, finished))
             events = self._stream(job, chunks, first, head, renderer, end)
             return ClosingStreamingResponse(events, end, media_type="text/event-stream", headers=headers)
-        try:
-            result = await self._collect(job, chunks, first, request)
-        except APIError:
-            raise  # the client hung up: no fault of the version's
-        except Exception:
-            self._observe(job, False)
-            raise
         self._observe(job, True)
         lease.release(result.generated)
         self._count(job, result.generated)
@@ -221,18 +223,20 @@ class Serving:
                 "choices": [renderer.choice(job.choice_ids[i], i, c) for i, c in enumerate(result.candidates)]}
         return JSONResponse(renderer.response_model.model_validate(body).model_dump(), headers=headers)
 
-    async def _collect(self, job: Job, chunks: AsyncIterator[Chunk], first: Chunk | None,
-                       request: Request) -> Accumulator:
+    @staticmethod
+    async def _collect(job: Job, chunks: AsyncIterator[Chunk]) -> tuple[Chunk | None, Accumulator]:
+        """Every chunk of a request: its first one, and all of them put together."""
         result = Accumulator(job.sampling.n)
+        first = None
+        async for c in chunks:
+            first = first or c
+            result.add(c)
+        return first, result
 
-        async def drain() -> None:
-            if first:
-                result.add(first)
-            async for c in chunks:
-                result.add(c)
-
-        # A client that hangs up should not keep the engine busy: watch for it while generating.
-        task = asyncio.ensure_future(drain())
+    async def _unless_hung_up(self, job: Job, request: Request, chunks: AsyncIterator[Chunk], work):
+        """Await the engine work, but if the client hangs up meanwhile, abort it and refuse (499):
+        nobody should keep the engine busy for an answer no one will read."""
+        task = asyncio.ensure_future(work)
         while not task.done():
             await asyncio.wait({task}, timeout=0.5)
             if not task.done() and await request.is_disconnected():
@@ -241,8 +245,7 @@ class Serving:
                 await chunks.aclose()
                 self.metrics.cancelled.labels(job.route).inc()
                 raise APIError(499, "Client closed the request.")
-        task.result()
-        return result
+        return task.result()
 
     def _ended(self, job: Job, lease: GenerationLease, generated: int, finished: bool) -> None:
         if not finished:  # the client hung up

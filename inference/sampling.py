@@ -20,6 +20,9 @@ class Sampling:
     frequency_penalty: float = 0.0
     logprobs: int | None = None  # top alternatives to return per token (None: no log-probabilities)
     ignore_eos: bool = False     # generate exactly max_tokens
+    # One chunk per candidate, when it is finished: for callers that show nothing before the end
+    # (non-streaming requests), so that no per-token output crosses the event loop.
+    final_only: bool = False
 
     def describe(self) -> dict:
         """The settings a served-completion event records."""
@@ -37,3 +40,4 @@ class Chunk:
     logprobs: list[dict] | None  # per token: {token id: (logprob, decoded text)}
     finish_reason: str | None
     version: str
+    first_token_at: float | None = None  # wall-clock time the engine made the request's first token, if known

@@ -64,7 +64,7 @@ class _SwapGate:
 
 
 def vllm_params(sampling: Sampling):
-    """vLLM's SamplingParams for our Sampling, streaming deltas."""
+    """vLLM's SamplingParams for our Sampling: streaming deltas, or only each candidate's final output."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
@@ -72,7 +72,16 @@ def vllm_params(sampling: Sampling):
         n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens,
         stop=list(sampling.stop) or None, seed=sampling.seed, presence_penalty=sampling.presence_penalty,
         frequency_penalty=sampling.frequency_penalty, logprobs=sampling.logprobs, ignore_eos=sampling.ignore_eos,
-        output_kind=RequestOutputKind.DELTA)
+        output_kind=RequestOutputKind.FINAL_ONLY if sampling.final_only else RequestOutputKind.DELTA)
+
+
+def _first_token_at(out) -> float | None:
+    """When the engine made a request's first token (wall clock), from vLLM's request stats: a
+    final-only output arrives long after it."""
+    stats = getattr(out, "metrics", None)
+    if stats is None or not getattr(stats, "first_token_latency", 0.0):
+        return None
+    return stats.arrival_time + stats.first_token_latency
 
 
 class VLLMEngine:
@@ -150,6 +159,7 @@ class VLLMEngine:
         async def pump() -> None:
             try:
                 async for out in self.llm.generate({"prompt_token_ids": prompt_token_ids}, params, request_id):
+                    first_token_at = _first_token_at(out)
                     for c in out.outputs:
                         logprobs = None
                         if c.logprobs is not None:
@@ -157,7 +167,8 @@ class VLLMEngine:
                                 {tid: (lp.logprob, lp.decoded_token) for tid, lp in step.items()}
                                 for step in c.logprobs
                             ]
-                        queue.put_nowait(Chunk(c.index, c.text, list(c.token_ids), logprobs, c.finish_reason, version))
+                        queue.put_nowait(Chunk(c.index, c.text, list(c.token_ids), logprobs, c.finish_reason, version,
+                                              first_token_at))
                 queue.put_nowait(done)
             except BaseException as exc:  # handed to the caller, who re-raises it
                 queue.put_nowait(exc)

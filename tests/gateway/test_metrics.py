@@ -7,7 +7,7 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import MODEL, ONE_AT_A_TIME_KEY, USER_KEY
+from tests.conftest import ADMIN_KEY, MODEL, ONE_AT_A_TIME_KEY, USER_KEY
 from tests.gateway.helpers import BIG_STREAM, unread_stream
 
 
@@ -68,6 +68,59 @@ def test_client_hangup_cancels_generation(gateway):
             break
     assert cancelled == 1
     assert generated < asked  # far fewer tokens went out than the request asked for
+
+
+def test_a_hang_up_during_a_non_streamed_request_aborts_its_generation(gateway):
+    # A non-streamed request gets nothing from the engine until its candidates are finished, so
+    # the gateway must notice the hang-up while it waits, and abort the engine's work. Had the
+    # answer been finished before the hang-up was noticed (~2 s of work), nothing was cancelled:
+    # try again.
+    body = json.dumps({"model": MODEL, "prompt": "The", **{**BIG_STREAM, "stream": False}})
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with gateway.client(ADMIN_KEY) as admin:
+        def engine_requests() -> int:
+            return sum(e["in_flight"] for e in admin.get("/admin/versions").json()["engines"])
+
+        for _ in range(3):
+            before = scrape(gateway)
+            with socket.create_connection((host, int(port))) as s:
+                s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {USER_KEY}\r\n"
+                          f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode())
+                deadline = time.monotonic() + 10
+                while not engine_requests() and time.monotonic() < deadline:
+                    time.sleep(0.01)  # hang up once the engine works on it (or it was too quick to see)
+            deadline = time.monotonic() + 30
+            while engine_requests():
+                assert time.monotonic() < deadline, "the engine kept working on a request nobody waits for"
+                time.sleep(0.1)
+            after = scrape(gateway)
+            cancelled = value(after, "alignloop_requests_cancelled_total", route="completions") \
+                - value(before, "alignloop_requests_cancelled_total", route="completions")
+            answered = value(after, "alignloop_http_requests_total", route="/v1/completions", method="POST",
+                             status="200") \
+                - value(before, "alignloop_http_requests_total", route="/v1/completions", method="POST", status="200")
+            if not answered:
+                break
+    assert cancelled == 1
+    assert not answered
+
+
+def test_a_non_streamed_request_reports_its_first_tokens_time_not_its_last(gateway):
+    # The engine hands a non-streamed request only its finished candidates; the time to the first
+    # token is the engine's, not the time the whole answer took.
+    before = scrape(gateway)
+    with gateway.client() as c:
+        started = time.monotonic()
+        r = c.post("/v1/completions", json={"model": MODEL, "prompt": "The", "max_tokens": 240, "n": 4,
+                                            "ignore_eos": True})
+        took = time.monotonic() - started
+    assert r.status_code == 200, r.text
+    after = scrape(gateway)
+    name = "alignloop_time_to_first_token_seconds"
+    assert value(after, f"{name}_count", route="completions") - value(before, f"{name}_count", route="completions") == 1
+    ttft = value(after, f"{name}_sum", route="completions") - value(before, f"{name}_sum", route="completions")
+    # 960 tokens come after the first one: the first came well inside the request's time.
+    assert 0 < ttft < took / 2, (ttft, took)
 
 
 def test_a_hang_up_before_the_first_byte_gives_the_reservation_back(gateway):
