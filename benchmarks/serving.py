@@ -47,6 +47,7 @@ async def _drive(url: str, bodies: list[dict], concurrency: int) -> dict:
     overheads: list[float] = []  # the gateway's X-Alignloop-Overhead-Ms (vLLM's server sends none)
     tokens = 0
     failures = 0
+    errors: list[str] = []
     queue: asyncio.Queue = asyncio.Queue()
     for b in bodies:
         queue.put_nowait(b)
@@ -56,7 +57,12 @@ async def _drive(url: str, bodies: list[dict], concurrency: int) -> dict:
         while not queue.empty():
             body = queue.get_nowait()
             started = time.perf_counter()
-            r = await http.post("/v1/completions", json=body)
+            try:
+                r = await http.post("/v1/completions", json=body)
+            except httpx.TransportError as exc:  # counted, and named in the output, not fatal to the run
+                failures += 1
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
             latencies.append(time.perf_counter() - started)
             if "x-alignloop-overhead-ms" in r.headers:
                 overheads.append(float(r.headers["x-alignloop-overhead-ms"]) / 1000)
@@ -76,9 +82,10 @@ async def _drive(url: str, bodies: list[dict], concurrency: int) -> dict:
     return {
         "overhead_p50_s": statistics.median(overheads) if overheads else None,
         "overhead_p99_s": overheads[min(len(overheads) - 1, int(0.99 * len(overheads)))] if overheads else None,
-        "requests": len(bodies), "failures": failures, "wall_s": wall,
+        "requests": len(bodies), "failures": failures, "errors": sorted(set(errors)), "wall_s": wall,
         "requests_per_s": len(bodies) / wall, "tokens_per_s": tokens / wall, "generated_tokens": tokens,
-        "p50_s": statistics.median(latencies), "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "p50_s": statistics.median(latencies) if latencies else float("nan"),
+        "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan"),
     }
 
 
@@ -103,10 +110,10 @@ def _start(name: str, model_dir: Path, work: Path, max_model_len: int, max_num_s
 
 
 def run(model_dir: Path, concurrency: int, n_requests: int, max_tokens: int, max_model_len: int, max_num_seqs: int,
-        rounds: int = 1, alone: int = 64, before: Path | None = None) -> dict:
-    """Benchmark the systems (vLLM, the gateway, and the `before` checkout's gateway if given), in an
-    order rotated each round; returns figures and ratios."""
-    runs: dict[str, list[dict]] = {"vllm": [], "gateway": []} | ({"before": []} if before else {})
+        rounds: int = 1, alone: int = 64, before: Path | None = None, with_vllm: bool = True) -> dict:
+    """Benchmark the systems (vLLM unless with_vllm is False, the gateway, and the `before`
+    checkout's gateway if given), in an order rotated each round; returns figures and ratios."""
+    runs: dict[str, list[dict]] = ({"vllm": []} if with_vllm else {}) | {"gateway": []} | ({"before": []} if before else {})
     names = list(runs)
     bodies = _requests(n_requests, max_tokens)
     warm = _requests(2 * concurrency, max_tokens)
@@ -127,24 +134,26 @@ def run(model_dir: Path, concurrency: int, n_requests: int, max_tokens: int, max
                         r["alone"] = asyncio.run(_drive(url, bodies[:alone], 1))
                     runs[name].append(r)
                     print(f"[bench] {name}: {r['requests_per_s']:.2f} req/s, {r['tokens_per_s']:.0f} tok/s, "
-                          f"p50 {r['p50_s'] * 1000:.0f} ms, p99 {r['p99_s'] * 1000:.0f} ms, {r['failures']} failed",
-                          flush=True)
+                          f"p50 {r['p50_s'] * 1000:.0f} ms, p99 {r['p99_s'] * 1000:.0f} ms, {r['failures']} failed "
+                          f"{r['errors'] or ''}", flush=True)
+                    if r["failures"]:
+                        log_file = work / ("vllm.log" if name == "vllm" else "gateway.log")
+                        print(f"[bench] the end of {name}'s log:\n" + log_file.read_text()[-3000:], flush=True)
                 finally:
                     stop(proc)
     # Each system's median round by throughput stands for it.
     results: dict = {"rounds": runs}
     for name, rs in runs.items():
         results[name] = sorted(rs, key=lambda r: r["requests_per_s"])[len(rs) // 2]
-    g, v = results["gateway"], results["vllm"]
-    results["ratio"] = {"requests_per_s": g["requests_per_s"] / v["requests_per_s"],
-                        "tokens_per_s": g["tokens_per_s"] / v["tokens_per_s"],
-                        "p50": g["p50_s"] / v["p50_s"], "p99": g["p99_s"] / v["p99_s"]}
-    if before:
-        b = results["before"]
-        results["ratio_before"] = {"requests_per_s": g["requests_per_s"] / b["requests_per_s"],
-                                   "tokens_per_s": g["tokens_per_s"] / b["tokens_per_s"],
-                                   "p50": g["p50_s"] / b["p50_s"], "p99": g["p99_s"] / b["p99_s"]}
+    for other, key in (("vllm", "ratio"), ("before", "ratio_before")):
+        if other in runs:
+            results[key] = _ratio(results["gateway"], results[other])
     return results
+
+
+def _ratio(a: dict, b: dict) -> dict:
+    return {"requests_per_s": a["requests_per_s"] / b["requests_per_s"], "tokens_per_s": a["tokens_per_s"] / b["tokens_per_s"],
+            "p50": a["p50_s"] / b["p50_s"], "p99": a["p99_s"] / b["p99_s"]}
 
 
 def table(results: dict, args) -> str:
@@ -154,12 +163,11 @@ def table(results: dict, args) -> str:
         for i, r in enumerate(results["rounds"][name]):
             rows.append(f"| {name} | {i + 1} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
                         f"{r['p50_s'] * 1000:.0f} | {r['p99_s'] * 1000:.0f} | {r['failures']} |")
-    q = results["ratio"]
-    rows.append(f"| gateway / vllm (medians) | | {q['requests_per_s']:.3f}x | {q['tokens_per_s']:.3f}x | {q['p50']:.3f}x | {q['p99']:.3f}x | |")
-    if "ratio_before" in results:
-        q = results["ratio_before"]
-        rows.append(f"| gateway / before (medians) | | {q['requests_per_s']:.3f}x | {q['tokens_per_s']:.3f}x | "
-                    f"{q['p50']:.3f}x | {q['p99']:.3f}x | |")
+    for key, label in (("ratio", "gateway / vllm"), ("ratio_before", "gateway / before")):
+        if key in results:
+            q = results[key]
+            rows.append(f"| {label} (medians) | | {q['requests_per_s']:.3f}x | {q['tokens_per_s']:.3f}x | "
+                        f"{q['p50']:.3f}x | {q['p99']:.3f}x | |")
     for name in [n for n in results["rounds"] if n != "vllm"]:
         own = [(r["overhead_p50_s"], r["overhead_p99_s"]) for r in results["rounds"][name] if r["overhead_p50_s"] is not None]
         if own:
@@ -190,6 +198,8 @@ def main() -> None:
                         help="requests from one client after the load, for the gateway's overhead alone (0: none)")
     parser.add_argument("--before", metavar="GIT_REF", help="also run this git ref's gateway (a worktree), "
                         "for a before/after in the same run")
+    parser.add_argument("--no-vllm", action="store_true", help="run only the gateways (with --before: a before/after "
+                        "of the gateway alone, in less time); the comparison with vLLM needs vLLM")
     parser.add_argument("--json", type=Path, help="write the raw figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="alignloop-model-") as tmp:
@@ -205,7 +215,7 @@ def main() -> None:
         before = checkout(args.before, Path(tmp) / "before") if args.before else None
         try:
             results = run(model, args.concurrency, args.requests, args.max_tokens, args.max_model_len,
-                          args.max_num_seqs, args.rounds, args.alone, before)
+                          args.max_num_seqs, args.rounds, args.alone, before, not args.no_vllm)
         finally:
             if before is not None:
                 remove_checkout(before)

@@ -43,7 +43,9 @@ class HTTPMetricsMiddleware:
 
             async def bounded_receive():
                 nonlocal received, cut_off
+                t0 = time.monotonic()
                 message = await receive()
+                clock.receiving_s += time.monotonic() - t0
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > self.max_body:

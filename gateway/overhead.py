@@ -2,8 +2,10 @@
 
 The middleware gives each request an EngineClock; serving wraps the engine's output stream in it,
 so every wait for the engine's next piece is counted. The gateway's own cost (parsing, auth,
-tokenising, validation, recording, rendering) is then the request's time less the engine waits
-and less the time spent handing body bytes to a slow client. It is exported as the histogram
+tokenising, validation, recording, rendering) is then the request's time less the engine waits,
+less the waits for the request's body to arrive (a client may send its head and its body apart,
+and a busy client's body can come much later) and less the time spent handing body bytes to a slow
+client. It is exported as the histogram
 alignloop_gateway_overhead_seconds{route} and, for each response, as the header
 X-Alignloop-Overhead-Ms (measured when the response head is sent: for a stream, up to its first
 byte), as LiteLLM's x-litellm-overhead-duration-ms does.
@@ -21,11 +23,13 @@ HEADER = b"x-alignloop-overhead-ms"
 
 
 class EngineClock:
-    """Seconds one request spent waiting for the engine, and sending body bytes to the client."""
+    """Seconds one request spent waiting for the engine, for the client's request body, and sending
+    body bytes to the client."""
 
     def __init__(self) -> None:
         self.started = time.monotonic()
         self.engine_s = 0.0
+        self.receiving_s = 0.0
         self.sending_s = 0.0
 
     async def timed(self, items: AsyncIterator[T]) -> AsyncIterator[T]:
@@ -45,7 +49,7 @@ class EngineClock:
 
     def overhead_s(self) -> float:
         """The gateway's own time so far."""
-        return max(0.0, time.monotonic() - self.started - self.engine_s - self.sending_s)
+        return max(0.0, time.monotonic() - self.started - self.engine_s - self.receiving_s - self.sending_s)
 
 
 def clock_of(scope: dict) -> EngineClock:

@@ -168,3 +168,22 @@ def test_the_engines_objects_are_kept_out_of_the_collectors_passes(gateway):
     samples = scrape(gateway)
     assert value(samples, "alignloop_gateway_heap_frozen_objects") > 50_000
     assert value(samples, "alignloop_gateway_gc_pause_seconds_count", generation="2") >= 1
+
+
+def test_a_client_slow_to_send_its_body_does_not_count_as_the_gateways_time(gateway):
+    # The head arrives, then the body 2 s later (a busy client): those 2 s are the client's.
+    body = json.dumps({"model": MODEL, "prompt": "The", "max_tokens": 2})
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as s:
+        s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {USER_KEY}\r\n"
+                  f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        time.sleep(2)
+        s.sendall(body.encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(4096)
+    lines = head.split(b"\r\n\r\n")[0].decode().split("\r\n")
+    assert lines[0].startswith("HTTP/1.1 200"), lines
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    assert float(headers["x-alignloop-overhead-ms"]) < 1000, headers
+
