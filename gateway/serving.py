@@ -195,8 +195,8 @@ class Serving:
             raise
         ttft = time.monotonic() - job.started
         if first is not None and first.first_token_at is not None:
-            # A non-streamed request's first chunk is its final output: the first token's time is
-            # the engine's, less however long ago that was.
+            # The first token's time is the engine's (a non-streamed request's first chunk is its
+            # final output, long after it): less however long ago the engine made it.
             ttft -= max(0.0, time.time() - first.first_token_at)
         self.metrics.ttft.labels(job.route).observe(max(0.0, ttft))
         if plan.mixed:
