@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks import wrk
-from benchmarks.processes import checkout, launch_gateway, machine, remove_checkout, stop
+from benchmarks.processes import log_progress, checkout, launch_gateway, machine, remove_checkout, stop
 
 KEY = "sk-bench"
 MODEL = "alignloop-policy"
@@ -154,13 +154,12 @@ def main() -> None:
                         help="the single-event load's client: wrk (default where installed; "
                         "deploy/install-bench-tools.sh) or httpx, which on 2 cores measures itself as much as the gateway")
     args = parser.parse_args()
-    import logging
 
     from core.config import TinyModelConfig
     from deploy.kafka.broker import KafkaBroker
     from synthetic.tiny_model import build_tiny_model
 
-    logging.basicConfig(level=logging.INFO)
+    log_progress()
     with tempfile.TemporaryDirectory(prefix="alignloop-fbench-model-") as tmp:
         model = args.model or build_tiny_model(Path(tmp) / "tiny", TinyModelConfig())
         broker = KafkaBroker(Path(tmp) / "kafka").start()

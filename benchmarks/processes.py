@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -29,6 +30,14 @@ def machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{cpu}, {os.cpu_count()} cores, {gpu}; Python {sys.version.split()[0]}, "
             f"torch {torch.__version__}, vllm {vllm.__version__}")
+
+
+def log_progress() -> None:
+    """INFO logging for the benchmark's own progress, without a line per HTTP request: httpx logs
+    each one at INFO, and writing those from the load generator takes CPU from the servers measured."""
+    logging.basicConfig(level=logging.INFO)
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def launch(cmd: list[str], log: Path, url: str, ready_path: str, key: str, cwd: Path | None = None) -> subprocess.Popen:

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks.feedback import KEY, _completions, _concurrently, _latency_summary
-from benchmarks.processes import launch_gateway, machine, stop
+from benchmarks.processes import log_progress, launch_gateway, machine, stop
 
 SETUPS = {"recording": True, "not recording": False}
 
@@ -111,7 +110,7 @@ def main() -> None:
     from deploy.kafka.broker import KafkaBroker
     from synthetic.tiny_model import build_tiny_model
 
-    logging.basicConfig(level=logging.INFO)
+    log_progress()
     with tempfile.TemporaryDirectory(prefix="alignloop-rbench-model-") as tmp:
         model = args.model or build_tiny_model(Path(tmp) / "tiny", TinyModelConfig())
         broker = KafkaBroker(Path(tmp) / "kafka").start()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.processes import checkout, free_port, launch, launch_gateway, machine, remove_checkout, stop
+from benchmarks.processes import log_progress, checkout, free_port, launch, launch_gateway, machine, remove_checkout, stop
 
 MODEL_NAME = "alignloop-policy"
 KEY = "sk-bench"
@@ -205,12 +205,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="alignloop-model-") as tmp:
         model = args.model
         if model is None:
-            import logging
-
             from core.config import TinyModelConfig
             from synthetic.tiny_model import build_tiny_model
 
-            logging.basicConfig(level=logging.INFO)
+            log_progress()
             model = build_tiny_model(Path(tmp) / "tiny", TinyModelConfig())
         before = checkout(args.before, Path(tmp) / "before") if args.before else None
         try:
