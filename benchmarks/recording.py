@@ -8,6 +8,10 @@ and warmed up, in alternating order (recording first in odd rounds, second in ev
 Kafka broker. Earlier runs that kept both gateways up at once, or started each once, reported
 recording as 1.17x, 1.88x and 1.65x *faster*.
 
+With --waker, a third setup: not recording, with a process beside the gateway that only wakes up
+every 0.5 ms. It tests one explanation of those runs: that recording's extra threads keep this
+virtual machine's vCPUs from idling between engine steps, and that an idle vCPU is slow to wake.
+
 Also timed in this process: what recording adds to a request on the event loop (building the event
 and handing it to the spool's writer; the fsync and the Kafka send happen on other threads), for
 the same shape of completion (n=2 x 16 tokens).
@@ -18,6 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,23 +32,33 @@ from benchmarks.feedback import KEY, _completions, _concurrently, _latency_summa
 from benchmarks.processes import log_progress, launch_gateway, machine, stop
 
 SETUPS = {"recording": True, "not recording": False}
+WAKER = "not recording, with a waker"  # --waker: records nothing; a process beside it wakes every 0.5 ms
+_WAKER_CODE = "import time\nwhile True: time.sleep(0.0005)"
 
 
-def run(model_dir: Path, kafka: str, completions: int, concurrency: int, rounds: int) -> dict[str, list[dict]]:
+def run(model_dir: Path, kafka: str, completions: int, concurrency: int, rounds: int,
+        waker: bool = False) -> dict[str, list[dict]]:
     """One measurement per setup per round; each from a freshly started gateway."""
-    results: dict[str, list[dict]] = {name: [] for name in SETUPS}
+    setups = SETUPS | ({WAKER: False} if waker else {})
+    names = list(setups)
+    results: dict[str, list[dict]] = {name: [] for name in setups}
     with tempfile.TemporaryDirectory(prefix="alignloop-rbench-") as tmp:
         for r in range(rounds):
-            order = list(SETUPS) if r % 2 == 0 else list(reversed(SETUPS))
+            # Two setups alternate; three rotate, so that each takes every place in the order.
+            order = (names if r % 2 == 0 else names[::-1]) if len(names) == 2 else names[r % 3:] + names[:r % 3]
             for name in order:
-                work = Path(tmp) / f"{r}-{name.replace(' ', '-')}"
+                work = Path(tmp) / f"{r}-{name.replace(' ', '-').replace(',', '')}"
                 work.mkdir()
-                extra = f'[feedback]\nkafka_bootstrap = "{kafka}"\nrecord_completions = {str(SETUPS[name]).lower()}\n'
+                extra = f'[feedback]\nkafka_bootstrap = "{kafka}"\nrecord_completions = {str(setups[name]).lower()}\n'
                 proc, url = launch_gateway(work, model_dir, KEY, extra)
+                neighbour = subprocess.Popen([sys.executable, "-c", _WAKER_CODE]) if name == WAKER else None
                 try:
                     asyncio.run(_concurrently(url, _completions(2 * concurrency), concurrency))  # warm-up
                     row = _latency_summary(*asyncio.run(_concurrently(url, _completions(completions), concurrency)))
                 finally:
+                    if neighbour is not None:
+                        neighbour.kill()
+                        neighbour.wait()
                     stop(proc)
                 results[name].append(row)
                 print(f"[bench] round {r + 1}/{rounds} {name}: {row['requests_per_s']:.2f} req/s, "
@@ -84,7 +100,7 @@ def table(results: dict[str, list[dict]], args) -> str:
            for name, rows in results.items()}
     lines = [f"Machine: {machine()}",
              f"{args.concurrency} clients, {args.completions} requests of n=2 x 16 tokens per measurement; "
-             f"{args.rounds} rounds, one gateway at a time, order alternating; medians over rounds.", "",
+             f"{args.rounds} rounds, one gateway at a time, order alternating (rotating, with --waker); medians over rounds.", "",
              "| completions | req/s | p50 ms | p99 ms | failed | per round (req/s) |", "|---|---|---|---|---|---|"]
     for name, rows in results.items():
         per = ", ".join(f"{row['requests_per_s']:.1f}" for row in rows)
@@ -105,6 +121,8 @@ def main() -> None:
     parser.add_argument("--completions", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--waker", action="store_true",
+                        help="add a third setup: not recording, beside a process that wakes every 0.5 ms")
     args = parser.parse_args()
     from core.config import TinyModelConfig
     from deploy.kafka.broker import KafkaBroker
@@ -115,7 +133,7 @@ def main() -> None:
         model = args.model or build_tiny_model(Path(tmp) / "tiny", TinyModelConfig())
         broker = KafkaBroker(Path(tmp) / "kafka").start()
         try:
-            results = run(model, broker.bootstrap, args.completions, args.concurrency, args.rounds)
+            results = run(model, broker.bootstrap, args.completions, args.concurrency, args.rounds, args.waker)
         finally:
             broker.stop()
     print("\n" + table(results, args))
