@@ -20,6 +20,7 @@ from feedback.recorder import FeedbackRecorder
 from gateway import protocol as p
 from gateway.auth import Caller, GenerationLease, KeyStore
 from gateway.errors import APIError, error_body
+from gateway.hang_up import HungUp, unless_hung_up
 from gateway.labelling import LabelQueue
 from gateway.metrics import GatewayMetrics
 from gateway.overhead import clock_of
@@ -236,34 +237,12 @@ class Serving:
     async def _unless_hung_up(self, job: Job, request: Request, chunks: AsyncIterator[Chunk], work):
         """Await the engine work, but if the client hangs up meanwhile, abort it and refuse (499):
         nobody should keep the engine busy for an answer no one will read."""
-        # The work runs in this task, and a watcher beside it interrupts it on a hang-up. Running the
-        # work in a task of its own would cost two trips through the event loop's queue (one to
-        # start it, one to hear it ended), and under load each trip waits for every other ready
-        # callback: that was most of the gateway's overhead p99.
-        handler = asyncio.current_task()
-        hung_up = False
-
-        async def watch() -> None:
-            nonlocal hung_up
-            while True:
-                await asyncio.sleep(0.5)
-                if await request.is_disconnected():
-                    hung_up = True
-                    handler.cancel()
-                    return
-
-        watcher = asyncio.ensure_future(watch())
         try:
-            return await work
-        except asyncio.CancelledError:
-            if not hung_up:
-                raise  # a cancellation from outside (shutdown): not ours to swallow
-            handler.uncancel()
-        finally:
-            watcher.cancel()
-        await chunks.aclose()
-        self.metrics.cancelled.labels(job.route).inc()
-        raise APIError(499, "Client closed the request.")
+            return await unless_hung_up(request, work)
+        except HungUp:
+            await chunks.aclose()
+            self.metrics.cancelled.labels(job.route).inc()
+            raise APIError(499, "Client closed the request.") from None
 
     def _ended(self, job: Job, lease: GenerationLease, generated: int, finished: bool) -> None:
         if not finished:  # the client hung up
