@@ -240,8 +240,8 @@ class Serving:
         try:
             return await unless_hung_up(request, work)
         except HungUp:
-            await chunks.aclose()
             self.metrics.cancelled.labels(job.route).inc()
+            await chunks.aclose()
             raise APIError(499, "Client closed the request.") from None
 
     def _ended(self, job: Job, lease: GenerationLease, generated: int, finished: bool) -> None:

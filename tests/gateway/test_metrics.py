@@ -93,12 +93,19 @@ def test_a_hang_up_during_a_non_streamed_request_aborts_its_generation(gateway):
             while engine_requests():
                 assert time.monotonic() < deadline, "the engine kept working on a request nobody waits for"
                 time.sleep(0.1)
-            after = scrape(gateway)
-            cancelled = value(after, "alignloop_requests_cancelled_total", route="completions") \
-                - value(before, "alignloop_requests_cancelled_total", route="completions")
-            answered = value(after, "alignloop_http_requests_total", route="/v1/completions", method="POST",
-                             status="200") \
-                - value(before, "alignloop_http_requests_total", route="/v1/completions", method="POST", status="200")
+            # The engine lets go of a request a moment before the gateway counts how it ended (its
+            # cancellation, or its 200): wait for the count, not just for the engine.
+            while True:
+                after = scrape(gateway)
+                cancelled = value(after, "alignloop_requests_cancelled_total", route="completions") \
+                    - value(before, "alignloop_requests_cancelled_total", route="completions")
+                answered = value(after, "alignloop_http_requests_total", route="/v1/completions", method="POST",
+                                 status="200") \
+                    - value(before, "alignloop_http_requests_total", route="/v1/completions", method="POST", status="200")
+                if cancelled or answered:
+                    break
+                assert time.monotonic() < deadline, "the request was neither answered nor counted as cancelled"
+                time.sleep(0.1)
             if not answered:
                 break
     assert cancelled == 1
