@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks import wrk
-from benchmarks.processes import log_progress, checkout, launch_gateway, machine, remove_checkout, stop
+from benchmarks.processes import checkout, launch_gateway, log_progress, machine, remove_checkout, stop
 
 KEY = "sk-bench"
 MODEL = "alignloop-policy"

@@ -40,6 +40,13 @@ def log_progress() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def rotated(names: list[str], round_: int) -> list[str]:
+    """The order to run the systems in a round: rotated by one each round, so that each takes every
+    place in turn (with two, they alternate) and no system always runs first or last."""
+    k = round_ % len(names)
+    return names[k:] + names[:k]
+
+
 def launch(cmd: list[str], log: Path, url: str, ready_path: str, key: str, cwd: Path | None = None) -> subprocess.Popen:
     """Start a server process (in `cwd`: another checkout's code) and wait until ready_path answers 200."""
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), PYTHONUNBUFFERED="1")

@@ -4,8 +4,8 @@ records every served completion for Kafka and on one that records nothing.
     .venv/bin/python -m benchmarks.recording [--rounds 4] [--completions 400]
 
 One gateway at a time (so the two never share the cores or vLLM's CPU binding), each started fresh
-and warmed up, in alternating order (recording first in odd rounds, second in even ones), with a real
-Kafka broker. Earlier runs that kept both gateways up at once, or started each once, reported
+and warmed up, in an order rotated each round (with two setups, recording first in odd rounds), with
+a real Kafka broker. Earlier runs that kept both gateways up at once, or started each once, reported
 recording as 1.17x, 1.88x and 1.65x *faster*.
 
 With --waker, a third setup: not recording, with a process beside the gateway that only wakes up
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from benchmarks.feedback import KEY, _completions, _concurrently, _latency_summary
-from benchmarks.processes import log_progress, launch_gateway, machine, stop
+from benchmarks.processes import launch_gateway, log_progress, machine, rotated, stop
 
 SETUPS = {"recording": True, "not recording": False}
 WAKER = "not recording, with a waker"  # --waker: records nothing; a process beside it wakes every 0.5 ms
@@ -41,13 +41,11 @@ def run(model_dir: Path, kafka: str, completions: int, concurrency: int, rounds:
     """One measurement per setup per round; each from a freshly started gateway."""
     setups = SETUPS | ({WAKER: False} if waker else {})
     names = list(setups)
-    results: dict[str, list[dict]] = {name: [] for name in setups}
+    results: dict[str, list[dict]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="alignloop-rbench-") as tmp:
         for r in range(rounds):
-            # Two setups alternate; three rotate, so that each takes every place in the order.
-            order = (names if r % 2 == 0 else names[::-1]) if len(names) == 2 else names[r % 3:] + names[:r % 3]
-            for name in order:
-                work = Path(tmp) / f"{r}-{name.replace(' ', '-').replace(',', '')}"
+            for name in rotated(names, r):
+                work = Path(tmp) / f"{r}-{names.index(name)}"
                 work.mkdir()
                 extra = f'[feedback]\nkafka_bootstrap = "{kafka}"\nrecord_completions = {str(setups[name]).lower()}\n'
                 proc, url = launch_gateway(work, model_dir, KEY, extra)
@@ -100,7 +98,7 @@ def table(results: dict[str, list[dict]], args) -> str:
            for name, rows in results.items()}
     lines = [f"Machine: {machine()}",
              f"{args.concurrency} clients, {args.completions} requests of n=2 x 16 tokens per measurement; "
-             f"{args.rounds} rounds, one gateway at a time, order alternating (rotating, with --waker); medians over rounds.", "",
+             f"{args.rounds} rounds, one gateway at a time, order rotating each round; medians over rounds.", "",
              "| completions | req/s | p50 ms | p99 ms | failed | per round (req/s) |", "|---|---|---|---|---|---|"]
     for name, rows in results.items():
         per = ", ".join(f"{row['requests_per_s']:.1f}" for row in rows)

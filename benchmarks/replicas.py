@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.processes import launch_gateway, machine, stop
+from benchmarks.processes import launch_gateway, machine, rotated, stop
 from benchmarks.serving import KEY, _requests
 
 
@@ -87,8 +87,7 @@ def main() -> None:
             bodies = _requests(args.requests, args.max_tokens)
             asyncio.run(_drive(urls, bodies[: 2 * args.concurrency], args.concurrency))  # warm-up, both
             for r in range(args.rounds):
-                order = ["one gateway", "two gateways"] if r % 2 == 0 else ["two gateways", "one gateway"]
-                for name in order:
+                for name in rotated(["one gateway", "two gateways"], r):
                     row = asyncio.run(_drive(urls[:1] if name == "one gateway" else urls, bodies, args.concurrency))
                     rows[name].append(row)
                     print(f"[bench] round {r + 1} {name}: {row}", flush=True)

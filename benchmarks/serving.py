@@ -28,7 +28,8 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.processes import log_progress, checkout, free_port, launch, launch_gateway, machine, remove_checkout, stop
+from benchmarks.processes import (checkout, free_port, launch, launch_gateway, log_progress, machine, remove_checkout,
+                                  rotated, stop)
 
 MODEL_NAME = "alignloop-policy"
 KEY = "sk-bench"
@@ -119,7 +120,7 @@ def run(model_dir: Path, concurrency: int, n_requests: int, max_tokens: int, max
     warm = _requests(2 * concurrency, max_tokens)
     with tempfile.TemporaryDirectory(prefix="alignloop-bench-") as tmp:
         for round_ in range(rounds):
-            order = names[round_ % len(names):] + names[:round_ % len(names)]
+            order = rotated(names, round_)
             for name in order:
                 work = Path(tmp) / f"{name}-{round_}"
                 work.mkdir()
@@ -193,7 +194,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-model-len", type=int, default=512)
     parser.add_argument("--max-num-seqs", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=2, help="rounds; the order of the systems alternates")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds; the order of the systems rotates each round")
     parser.add_argument("--alone", type=int, default=64,
                         help="requests from one client after the load, for the gateway's overhead alone (0: none)")
     parser.add_argument("--before", metavar="GIT_REF", help="also run this git ref's gateway (a worktree), "
