@@ -21,20 +21,22 @@ class HungUp(Exception):
     """The client closed its connection while its request's work ran; the work was cancelled."""
 
 
-async def unless_hung_up(request: Request, work: Awaitable[T], poll_s: float = 0.5) -> T:
-    """The work's result; HungUp, with the work cancelled, if the client hangs up first (checked
-    every poll_s seconds)."""
+async def unless_hung_up(request: Request, work: Awaitable[T], retry_s: float = 0.5) -> T:
+    """The work's result; HungUp, with the work cancelled, if the client hangs up first."""
     handler = asyncio.current_task()
     hung_up = False
 
     async def watch() -> None:
+        # Once the body has been read, the server's receive() returns only when the client hangs up
+        # (as Starlette's StreamingResponse listens for it): noticed at once, and no timer per request.
         nonlocal hung_up
         while True:
-            await asyncio.sleep(poll_s)
-            if await request.is_disconnected():
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
                 hung_up = True
                 handler.cancel()
                 return
+            await asyncio.sleep(retry_s)  # not expected past the body; never spin on it
 
     watcher = asyncio.ensure_future(watch())
     try:

@@ -40,13 +40,19 @@ class HTTPMetricsMiddleware:
                 return
             received = 0
             cut_off = False
+            body_read = False
 
             async def bounded_receive():
-                nonlocal received, cut_off
+                nonlocal received, cut_off, body_read
+                if body_read:
+                    # Past the body a receive only returns when the client hangs up
+                    # (gateway/hang_up.py waits so): waiting for that is nobody's cost.
+                    return await receive()
                 t0 = time.monotonic()
                 message = await receive()
                 clock.receiving_s += time.monotonic() - t0
                 if message["type"] == "http.request":
+                    body_read = not message.get("more_body", False)
                     received += len(message.get("body", b""))
                     if received > self.max_body:
                         cut_off = True
