@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.durable_files import fsync_dir
 from core.failpoints import failpoint
 from registry import checksums
 from registry.errors import UnknownVersion
@@ -70,14 +71,6 @@ class VersionInfo:
     checksums: dict[str, str] = field(default_factory=dict)  # file name -> sha256, taken at publishing
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
@@ -85,7 +78,7 @@ def _write_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 class PolicyRegistry:
@@ -191,7 +184,7 @@ class PolicyRegistry:
             if self.candidate() != expected:
                 return False
             (self.root / "CANDIDATE").unlink(missing_ok=True)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             return True
 
     def decision(self, name: str) -> dict | None:
@@ -254,7 +247,7 @@ class PolicyRegistry:
                     break
                 except OSError:
                     continue
-            _fsync_dir(self.versions_dir)
+            fsync_dir(self.versions_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

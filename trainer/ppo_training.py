@@ -23,7 +23,7 @@ from transformers import AutoTokenizer
 
 from core.config import EngineConfig, PPOConfig, TrainConfig
 from trainer import ppo
-from trainer.checkpoint import TrainState, has_training_state, load_training_state, save_checkpoint
+from trainer.checkpoint import TrainState, load_training_state, resumable, save_checkpoint
 from trainer.data import pad_batch, pretraining_batch, prompt_ids
 from trainer.lm import lm_loss, token_logprobs
 from trainer.models import save_policy
@@ -139,7 +139,7 @@ def train_ppo(sft_dir: Path, rm_dir: Path, prompts: list[str], pretrain_texts: l
     iteration; "transformers" samples from the live policy."""
     out_dir, runtime = Path(out_dir), runtime or Runtime.resolve(TrainConfig())
     world = runtime.world
-    resume = has_training_state(out_dir)
+    resume = resumable(out_dir, runtime)
     torch.manual_seed(cfg.seed)
     tok = AutoTokenizer.from_pretrained(sft_dir)
     base = init or sft_dir

@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from core.config import RMConfig, TrainConfig
 from trainer import supervised_loop as loop
-from trainer.checkpoint import has_training_state
+from trainer.checkpoint import resumable, save_checkpoint
 from trainer.data import Ranking, encode_responses, held_out
 from trainer.distributed import full_state_dict, unwrap, wrap
 from trainer.evaluate import score
@@ -42,7 +42,7 @@ def pairwise_accuracy(model: RewardModel, tok, rankings: list[Ranking], max_len:
 
 
 def _load(init: Path, out_dir: Path, runtime: Runtime) -> RewardModel:
-    resume = has_training_state(out_dir)
+    resume = resumable(out_dir, runtime)
     if resume and runtime.lora.enabled:  # the adapter trained so far on init's backbone, and its head
         model = RewardModel.from_pretrained(init, runtime)
         model.load_adapter(out_dir)
@@ -101,7 +101,7 @@ def train_rm(init: Path, rankings: list[Ranking], out_dir: Path, cfg: RMConfig, 
             offset = score(model, tok, [p for p, _ in reference], [y for _, y in reference], cfg.max_len,
                            runtime=runtime).mean()
         model.offset += offset
-        save(out_dir)
+        save_checkpoint(out_dir, optimizer, state, save, runtime)
     metrics = {"heldout_accuracy": pairwise_accuracy(model, tok, held, cfg.max_len, runtime) if held else float("nan"),
                "heldout_rankings": len(held), "train_rankings": len(train), "steps": state.step,
                "comparisons": sum(len(ranking_pairs(r.ranking)) for r in train), "train_seconds": train_seconds}

@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from core.config import SFTConfig, TrainConfig
 from trainer import supervised_loop as loop
-from trainer.checkpoint import has_training_state
+from trainer.checkpoint import resumable
 from trainer.data import encode_pairs
 from trainer.distributed import wrap
 from trainer.lm import lm_loss
@@ -28,7 +28,7 @@ def train_sft(base: Path, demos: list[tuple[str, str]], out_dir: Path, cfg: SFTC
     out_dir, runtime = Path(out_dir), runtime or Runtime.resolve(TrainConfig())
     torch.manual_seed(cfg.seed)
     tok = AutoTokenizer.from_pretrained(base)
-    resume = has_training_state(out_dir)
+    resume = resumable(out_dir, runtime)
     if resume and runtime.lora.enabled:  # the adapter trained so far, on the same base
         model = trainable_policy(base, runtime, adapter=out_dir / ADAPTER_DIR)
     else:

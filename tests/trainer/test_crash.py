@@ -114,22 +114,31 @@ def test_killed_mid_training_then_restarted(tiny_model_dir, tmp_path):
 
 def test_killed_at_every_dangerous_point_then_restarted(tiny_model_dir, tmp_path):
     """Crash exactly where two writes must look atomic: after storing events but before committing
-    their offsets, mid-copy into the registry, after the version appears but before CURRENT moves,
-    after CURRENT moves but before the round is recorded. Each restart must finish the job once."""
+    their offsets, with a checkpoint written but not yet in place and halfway through putting it in
+    place, mid-copy into the registry, after the version appears but before CURRENT moves, after
+    CURRENT moves but before the round is recorded. Each restart must finish the job once."""
     state, registry, events, config = prepare(
-        tmp_path, tiny_model_dir, 30, loop={"rm_max_steps": 2, "consume_batch": 7},
+        tmp_path, tiny_model_dir, 30, loop={"rm_max_steps": 2, "consume_batch": 7}, rm={"save_every": 1},
         ppo={"iterations": 1, "rollout_batch": 4, "max_new_tokens": 8})
     log = tmp_path / "trainer.log"
     store_path = state / "trainer" / "dataset.db"
+    round_dir = state / "trainer" / "rounds" / "r0001"
 
-    for point in ("trainer.consume.stored", "registry.publish.staged", "registry.publish.renamed",
-                  "trainer.round.promoted"):
+    for point in ("trainer.consume.stored", "trainer.checkpoint.staged", "trainer.checkpoint.swapping",
+                  "registry.publish.staged", "registry.publish.renamed", "trainer.round.promoted"):
         proc = start_trainer(config, log, failpoint=point)
         assert proc.wait(timeout=600) == -signal.SIGKILL, f"the trainer did not die at {point}:\n{log.read_text()[-3000:]}"
         assert f"failpoint {point}" in log.read_text(errors="replace")
         if point == "trainer.consume.stored":
             assert 0 < len(DatasetStore(store_path).comparison_ids()) < 30, "should die after the first batch"
+        if point == "trainer.checkpoint.staged":  # the RM's first checkpoint (step 1), written, not in place
+            assert (round_dir / ".rm.saving").is_dir() and not (round_dir / "rm").exists()
+        if point == "trainer.checkpoint.swapping":  # step 2's: step 1's moved aside, step 2's not in yet
+            assert (round_dir / ".rm.previous").is_dir() and not (round_dir / "rm").exists()
+            assert (round_dir / ".rm.saving").is_dir()
         if point == "registry.publish.staged":
+            # The swap was undone: step 1's checkpoint back in place, and training went on from it.
+            assert "rm: resuming at step 1" in log.read_text(errors="replace").split("failpoint trainer.checkpoint.swapping")[-1]
             assert registry.names() == ["v0001"], "a half-copied version must stay invisible"
             assert list((state / "registry" / "versions").glob(".staging-*")), "expected the abandoned staging dir"
         if point == "registry.publish.renamed":
@@ -148,6 +157,7 @@ def test_killed_at_every_dangerous_point_then_restarted(tiny_model_dir, tmp_path
     assert sorted(store.comparison_ids()) == sorted(expected)  # nothing lost, nothing doubled
     assert registry.names() == ["v0001", "v0002"], "the round was published twice"
     assert not list((state / "registry" / "versions").glob(".staging-*")), "abandoned staging dir left behind"
+    assert sorted(p.name for p in round_dir.iterdir()) == ["policy", "rm"], "a checkpoint's staging left behind"
     for name in registry.names():
         validate_checkpoint(registry.path(name))
     assert registry.current() == "v0002"

@@ -84,7 +84,7 @@ def test_consumer_lag_on_kafka(kafka_broker, tmp_path):
         assert service.refresh_lag() == {COMPLETIONS: 0, FEEDBACK: 0}
         exported = generate_latest(service.metrics_registry).decode()
         partitions = {line.split('partition="')[1].split('"')[0] for line in exported.splitlines()
-                      if line.startswith(f'alignloop_trainer_consumer_lag{{partition=') and COMPLETIONS in line}
+                      if line.startswith('alignloop_trainer_consumer_lag{partition=') and COMPLETIONS in line}
         assert partitions == {"0", "1", "2"}, exported  # per partition: the topics have 3
     finally:
         service.close()
