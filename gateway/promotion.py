@@ -25,7 +25,7 @@ from core.supervision import supervise
 from gateway.deployment import Deployment
 from gateway.evidence import EvidenceStore
 from gateway.sequential import SequentialTest, SequentialTestConfig
-from gateway.version_health import VersionHealth
+from gateway.version_health import VersionHealth, guardrail_breach
 from inference.engine import SwapBusy
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class CanaryController:
             self._seen = row_id
             self.test.add(candidate_won)
         self._show()
-        reason = self._guardrail()
+        reason = guardrail_breach(self.health.summary(self.candidate), self.health.summary(self.serving), self.config)
         if reason and self.test.decision is None:
             self.test.stop("roll_back", reason)
         elif self.test.decision is None and time.time() - self._started > self.config.max_canary_s:
@@ -136,17 +136,6 @@ class CanaryController:
         self._show()
         log.info("promotion: canary %s serves %.0f%% of users (sticky) against %s until people's comparisons decide",
                  candidate, 100 * c.canary_fraction, self.serving)
-
-    def _guardrail(self) -> str | None:
-        cand, serv = self.health.summary(self.candidate), self.health.summary(self.serving)
-        if cand.requests < self.config.guardrail_min_requests:
-            return None
-        if cand.error_rate > serv.error_rate + self.config.max_error_rate_increase:
-            return f"guardrail: the candidate failed {cand.error_rate:.1%} of its requests (serving {serv.error_rate:.1%})"
-        if cand.p99_s and serv.p99_s and cand.p99_s > self.config.max_latency_ratio * serv.p99_s:
-            return (f"guardrail: the candidate's p99 latency {cand.p99_s:.2f}s is over "
-                    f"{self.config.max_latency_ratio:g}x the serving version's ({serv.p99_s:.2f}s)")
-        return None
 
     def _show(self) -> None:
         t = self.test

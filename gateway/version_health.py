@@ -7,6 +7,8 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
+from core.config import PromotionConfig
+
 
 @dataclass
 class HealthSummary:
@@ -41,3 +43,16 @@ class VersionHealth:
         latencies = sorted(s for ok, s in seen if ok)
         p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else None
         return HealthSummary(len(seen), sum(not ok for ok, _ in seen), p99)
+
+
+def guardrail_breach(candidate: HealthSummary, serving: HealthSummary, config: PromotionConfig) -> str | None:
+    """Why the candidate must be rolled back at once (fails more requests, or is much slower, than
+    the serving version), or None: also None until it has served `guardrail_min_requests`."""
+    if candidate.requests < config.guardrail_min_requests:
+        return None
+    if candidate.error_rate > serving.error_rate + config.max_error_rate_increase:
+        return f"guardrail: the candidate failed {candidate.error_rate:.1%} of its requests (serving {serving.error_rate:.1%})"
+    if candidate.p99_s and serving.p99_s and candidate.p99_s > config.max_latency_ratio * serving.p99_s:
+        return (f"guardrail: the candidate's p99 latency {candidate.p99_s:.2f}s is over "
+                f"{config.max_latency_ratio:g}x the serving version's ({serving.p99_s:.2f}s)")
+    return None

@@ -13,7 +13,7 @@ import pytest
 from core.config import SFTConfig
 from synthetic.corpus import ANIMALS, PLACES
 from synthetic.users import Population
-from tests.conftest import ADMIN_KEY, USER_KEY, make_gateway
+from tests.conftest import ADMIN_KEY, MODEL, USER_KEY, make_gateway
 from trainer.sft import train_sft
 
 PROMPTS = [f"Describe a {a}." for a in ANIMALS]
@@ -96,3 +96,42 @@ def test_people_promote_a_better_candidate_and_roll_back_a_worse_one(canary_gate
     assert 'alignloop_canary_decisions_total{decision="rolled_back"} 1.0' in metrics
     assert "alignloop_feedback_to_deployment_seconds_count 1.0" in metrics
     assert listing["serving"] == better and {e["role"] for e in listing["engines"]} <= {"serving", "retiring"}
+
+
+def _canary_running(gw, version: str, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    with gw.client(ADMIN_KEY) as admin:
+        while (state := admin.get("/admin/promotion").json())["candidate"] != version:
+            assert time.monotonic() < deadline, state
+            time.sleep(0.5)
+
+
+def test_an_operator_can_stop_or_promote_a_canary_by_hand_and_that_is_recorded(canary_gateway, tiny_model_dir):
+    gw = canary_gateway
+    serving = gw.registry.current()
+    stopped = gw.registry.publish(tiny_model_dir, source="test:by-hand-stop", parent=serving)
+    gw.registry.propose(stopped)
+    _canary_running(gw, stopped)
+    with gw.client(ADMIN_KEY) as admin:
+        r = admin.delete("/admin/canary")
+        assert r.status_code == 200 and r.json()["stopped"] == stopped, r.text
+    decision = _decided(gw, stopped, timeout_s=60)
+    assert decision["decision"] == "rolled_back_by_operator" and decision["against"] == serving, decision
+    assert gw.registry.current() == serving and gw.registry.candidate() is None
+
+    promoted = gw.registry.publish(tiny_model_dir, source="test:by-hand-promote", parent=serving)
+    gw.registry.propose(promoted)
+    _canary_running(gw, promoted)
+    with gw.client(ADMIN_KEY) as admin:
+        r = admin.post("/admin/policy", json={"version": promoted})
+        assert r.status_code == 200 and r.json()["serving"] == promoted, r.text
+        decision = _decided(gw, promoted, timeout_s=60)
+        assert decision["decision"] == "promoted_by_operator" and decision["against"] == serving, decision
+        assert gw.registry.current() == promoted and gw.registry.candidate() is None
+        assert admin.get("/admin/promotion").json()["candidate"] is None
+    with gw.client() as c:
+        r = c.post("/v1/completions", json={"model": MODEL, "prompt": "The", "max_tokens": 4})
+    assert r.status_code == 200 and r.headers["x-policy-version"] == promoted
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert 'alignloop_canary_decisions_total{decision="rolled_back_by_operator"} 1.0' in metrics
+    assert 'alignloop_canary_decisions_total{decision="promoted_by_operator"} 1.0' in metrics
