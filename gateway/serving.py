@@ -23,7 +23,7 @@ from gateway.errors import APIError, error_body
 from gateway.hang_up import HungUp, unless_hung_up
 from gateway.labelling import LabelQueue
 from gateway.metrics import GatewayMetrics
-from gateway.overhead import clock_of
+from gateway.overhead import EngineClock, clock_of
 from gateway.ownership import Ownership
 from gateway.rendering import Accumulator, ChatRenderer, CompletionRenderer, Renderer
 from gateway.job import MIXED, Job
@@ -182,7 +182,8 @@ class Serving:
         # Routed here, with no await before the engines count the request (see PolicyEngine.generate).
         plan = self.engine.plan(job.sampling.n, job.sticky_key, job.compare)
         job.version = MIXED if plan.mixed else plan.versions[0]
-        chunks = clock_of(request.scope).timed(self.engine.run(plan, job.prompt_ids, job.sampling, job.response_id))
+        clock = clock_of(request.scope)
+        chunks = clock.timed(self.engine.run(plan, job.prompt_ids, job.sampling, job.response_id))
         try:
             if job.stream:
                 first = await self._unless_hung_up(job, request, chunks, anext(chunks, None))
@@ -214,7 +215,7 @@ class Serving:
         if job.stream:
             end = StreamEnd(chunks, Accumulator(job.sampling.n),
                             lambda generated, finished: self._ended(job, lease, generated, finished))
-            events = self._stream(job, chunks, first, head, renderer, end)
+            events = self._stream(job, chunks, first, head, renderer, end, clock)
             return ClosingStreamingResponse(events, end, media_type="text/event-stream", headers=headers)
         self._observe(job, True)
         lease.release(result.generated)
@@ -251,7 +252,7 @@ class Serving:
         self._count(job, generated)
 
     async def _stream(self, job: Job, chunks: AsyncIterator[Chunk], first: Chunk | None, head: dict,
-                      renderer: Renderer, end: StreamEnd) -> AsyncIterator[str]:
+                      renderer: Renderer, end: StreamEnd, clock: EngineClock) -> AsyncIterator[str]:
         chunk_head = {**head, "object": renderer.chunk_object}
         result = end.result
         opened: set[int] = set()  # candidates that have sent their first piece (it carries the role)
@@ -266,7 +267,7 @@ class Serving:
                     # taking one nor sending it suspends: without this yield one stream could hold
                     # the event loop until it ends, so other requests would stall and a client's
                     # hang-up would go unnoticed until the whole answer had been generated.
-                    await asyncio.sleep(0)
+                    await clock.let_others_run()
                     try:
                         c = await anext(chunks)
                     except StopAsyncIteration:
