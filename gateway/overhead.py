@@ -5,10 +5,10 @@ so every wait for the engine's next piece is counted. The gateway's own cost (pa
 tokenising, validation, recording, rendering) is then the request's time less the engine waits,
 less the waits for the request's body to arrive (a client may send its head and its body apart,
 and a busy client's body can come much later), less the time spent handing body bytes to a slow
-client, and less the turns a stream gives other tasks between its pieces (their work, not its). It is exported as the histogram
-alignloop_gateway_overhead_seconds{route} and, for each response, as the header
-X-Alignloop-Overhead-Ms (measured when the response head is sent: for a stream, up to its first
-byte), as LiteLLM's x-litellm-overhead-duration-ms does.
+client, and less the turns a stream gives other tasks between its pieces (their work, not its).
+It is exported as the histogram alignloop_gateway_overhead_seconds{route} and, for each response,
+as the header X-Alignloop-Overhead-Ms (measured when the response head is sent: for a stream, up to
+its first byte), as LiteLLM's x-litellm-overhead-duration-ms does.
 """
 
 from __future__ import annotations

@@ -51,7 +51,8 @@ def guardrail_breach(candidate: HealthSummary, serving: HealthSummary, config: P
     if candidate.requests < config.guardrail_min_requests:
         return None
     if candidate.error_rate > serving.error_rate + config.max_error_rate_increase:
-        return f"guardrail: the candidate failed {candidate.error_rate:.1%} of its requests (serving {serving.error_rate:.1%})"
+        return (f"guardrail: the candidate failed {candidate.error_rate:.1%} of its requests "
+                f"(serving {serving.error_rate:.1%})")
     if candidate.p99_s and serving.p99_s and candidate.p99_s > config.max_latency_ratio * serving.p99_s:
         return (f"guardrail: the candidate's p99 latency {candidate.p99_s:.2f}s is over "
                 f"{config.max_latency_ratio:g}x the serving version's ({serving.p99_s:.2f}s)")

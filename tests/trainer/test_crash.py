@@ -138,7 +138,8 @@ def test_killed_at_every_dangerous_point_then_restarted(tiny_model_dir, tmp_path
             assert (round_dir / ".rm.saving").is_dir()
         if point == "registry.publish.staged":
             # The swap was undone: step 1's checkpoint back in place, and training went on from it.
-            assert "rm: resuming at step 1" in log.read_text(errors="replace").split("failpoint trainer.checkpoint.swapping")[-1]
+            since_swap_kill = log.read_text(errors="replace").split("failpoint trainer.checkpoint.swapping")[-1]
+            assert "rm: resuming at step 1" in since_swap_kill
             assert registry.names() == ["v0001"], "a half-copied version must stay invisible"
             assert list((state / "registry" / "versions").glob(".staging-*")), "expected the abandoned staging dir"
         if point == "registry.publish.renamed":
