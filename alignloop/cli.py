@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the whole loop on embedded defaults: gateway, trainer, simulated users")
     p.add_argument("--rounds", type=int, default=2, help="stop after this many promoted versions")
     p.add_argument("--minutes", type=float, default=30.0, help="... or after this long")
-    p.add_argument("--users", type=int, default=3)
+    p.add_argument("--users", type=int, default=4)
     p.add_argument("--port", type=int)
     p.set_defaults(run=_cmd_demo)
 

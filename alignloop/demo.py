@@ -30,7 +30,7 @@ from alignloop.bootstrap import ensure_base_policy
 from core.config import Settings
 from core.processes import free_port, stop_group
 from gateway.auth import load_or_create_keys
-from gateway.sequential import wilson
+from promotion.sequential import wilson
 from registry.store import PolicyRegistry
 from synthetic.corpus import ANIMALS
 from synthetic.users import Population, win_rate
@@ -202,7 +202,8 @@ def run(settings: Settings, common: list[str], rounds: int, users: int, minutes:
     say(f"preparing {settings.state_dir} (the first run builds the tiny base model: about a minute)")
     base = ensure_base_policy(settings)
     registry = PolicyRegistry(settings.paths.registry)
-    key = next(k.key for k in load_or_create_keys(settings.gateway.api_keys, settings.state_dir) if k.role == "user")
+    # One key per simulated person: a canary counts at most a share of its verdicts from any one key.
+    keys = [k.key for k in load_or_create_keys(settings.gateway.api_keys, settings.state_dir, users) if k.role == "user"]
     url = f"http://{settings.gateway.host}:{settings.gateway.port}"
     loop_args = [*common, *[a for s in DEMO_SETTINGS for a in ("--set", s)]]
     say(f"serving {base} at start; starting the gateway on {url} (log: {logs / 'gateway.log'})")
@@ -219,7 +220,7 @@ def run(settings: Settings, common: list[str], rounds: int, users: int, minutes:
                          logs / "trainer.log")
         # Every other request opts into blinded comparisons: while a candidate is on canary, those
         # rankings are the evidence that promotes or rolls it back.
-        population = Population(url, key, TRAIN_PROMPTS, users=users, k=4, pause_s=1.0, compare_every=2).start()
+        population = Population(url, keys, TRAIN_PROMPTS, users=users, k=4, pause_s=1.0, compare_every=2).start()
         say(f"trainer metrics on http://127.0.0.1:{metrics_port}/metrics; gateway metrics on {url}/metrics")
         say(f"rank answers yourself beside the simulated users: open {url}/ui/ and sign in with a key from "
             f"{settings.paths.api_keys} (the rater key also opens the labelling queue)")

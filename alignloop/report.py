@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import Settings
-from gateway.evidence import EvidenceStore
+from promotion.evidence import EvidenceStore
 from registry.store import PolicyRegistry
 
 # (version) -> {"rate", "interval_95": (low, high), "pairs"}: a win rate against SFT from elsewhere.
@@ -155,7 +155,7 @@ def write(rows: list[VersionRow], out: Path, serving: str | None, judge_name: st
     plots = _plots(rows, out, judge_name)
     lines = ["# alignloop report", "",
              f"Serving: {serving or 'nothing'}. Win rates are against the SFT version ({rows[0].version if rows else '-'}), "
-             "ties count half; intervals are 95% (Wilson).", "",
+             "ties count half; intervals are 95% (people's: bootstrap over rankings; the others: Wilson).", "",
              f"| version | source | round | gate | canary: people's verdicts | RM held-out accuracy | KL from SFT | "
              f"alignment tax | vs SFT, people | vs SFT, {judge_name} |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -164,7 +164,7 @@ def write(rows: list[VersionRow], out: Path, serving: str | None, judge_name: st
                      f"{_num(r.alignment_tax, '.3f')} | {_rate(r.people)} | {_rate(r.judged)} |")
     if board and board.get("versions"):
         lines += ["", f"People's leaderboard ({board['outcomes']} pairwise outcomes across versions; "
-                  "Bradley-Terry scores, bootstrap 95% intervals):", "", "| version | score | interval |", "|---|---|---|"]
+                  "Bradley-Terry scores, 95% intervals by bootstrap over rankings):", "", "| version | score | interval |", "|---|---|---|"]
         for v in board["versions"]:
             interval = v["interval_95"]
             lines.append(f"| {v['version']} | {v['score']:.2f} | "

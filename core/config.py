@@ -73,6 +73,20 @@ class EngineConfig(_Section):
         return 0.42 if self.swap_mode == "blue_green" else 0.85
 
 
+# Marks of the placeholders shipped in deploy/ (k8s/secret.yaml, compose/alignloop.env.example) and
+# of example values: a deployment that kept one would be open to anyone who read this repository.
+_PLACEHOLDER_MARKS = ("change-me", "changeme", "replace-me", "placeholder", "your-key", "your-secret", "example")
+
+
+def refuse_placeholder(value: str, what: str) -> str:
+    """`value`, unless it is a shipped placeholder or an example value (ValueError naming `what`)."""
+    lowered = value.lower()
+    if any(mark in lowered for mark in _PLACEHOLDER_MARKS):
+        raise ValueError(f"{what} is a placeholder or example value; put a real secret there (e.g. `openssl rand "
+                         f"-hex 32`) before starting")
+    return value
+
+
 class ApiKeyConfig(_Section):
     """One client credential and its limits."""
 
@@ -91,6 +105,11 @@ class ApiKeyConfig(_Section):
     # False: this key's prompts are never sampled into the labelling queue (raters never see them).
     label_sampling: bool = True
 
+    @field_validator("key")
+    @classmethod
+    def _not_a_placeholder(cls, key: str) -> str:
+        return refuse_placeholder(key, "an API key")
+
 
 class LabellingConfig(_Section):
     """The raters' queue: prompts sampled from production chat traffic, K fresh answers each."""
@@ -102,6 +121,10 @@ class LabellingConfig(_Section):
     max_tokens: int = Field(default=64, ge=1)         # per candidate
     temperature: float = Field(default=1.0, ge=0.0)
     max_waiting: int = Field(default=500, ge=1)       # items waiting for candidates; past it, none taken
+    # Tokens the queue may generate per hour (all items' candidates together): nobody's request pays
+    # for them, so they come from a budget of their own; past it, items wait for the next hour.
+    tokens_per_hour: int = Field(default=100_000, ge=1)
+    retention_days: float = Field(default=30.0, gt=0)  # items (and their rankings) older than this are dropped
 
 
 class GatewayConfig(_Section):
@@ -137,6 +160,8 @@ class GatewayConfig(_Section):
     def _long_enough(cls, secrets: list[SecretStr]) -> list[SecretStr]:
         if any(len(s.get_secret_value()) < 16 for s in secrets):
             raise ValueError("each ownership secret needs at least 16 characters (e.g. `openssl rand -hex 32`)")
+        for s in secrets:
+            refuse_placeholder(s.get_secret_value(), "gateway.ownership_secrets")
         return secrets
 
     @field_validator("api_keys")
@@ -170,6 +195,10 @@ class FeedbackConfig(_Section):
     # How long the served-choice and idempotency index remembers a completion (ownership checks
     # and idempotent resubmission work within this window); its size counts against max_spool_bytes.
     index_retention_days: float = Field(default=30.0, gt=0)
+    # Idempotency keys one caller may hold in the index; past it their oldest are forgotten (a retry
+    # of one is still the same event to every reader, its id being derived from the key), so one
+    # key cannot fill the spool that everyone's feedback shares (~0.4 KB a key: 4 MB per caller).
+    max_idempotency_keys_per_caller: int = Field(default=10_000, ge=1)
     # The longest a feedback request waits for the disk before it is answered 503 + Retry-After.
     write_timeout_s: float = Field(default=10.0, gt=0)
     # Kafka connection security, passed to producer, admin client and consumer alike.
@@ -177,6 +206,13 @@ class FeedbackConfig(_Section):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+
+    @field_validator("sasl_password")
+    @classmethod
+    def _real_password(cls, password: SecretStr | None) -> SecretStr | None:
+        if password is not None:
+            refuse_placeholder(password.get_secret_value(), "feedback.sasl_password")
+        return password
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
@@ -309,7 +345,7 @@ class PromotionConfig(_Section):
     """How a candidate that passed the trainer's offline gate comes to serve everyone.
 
     canary: the gateway serves it to `canary_fraction` of users (sticky per user) and lets people's
-    blinded comparisons against the serving version decide, by a sequential test (gateway/sequential.py)
+    blinded comparisons against the serving version decide, by a sequential test (promotion/sequential.py)
     that may be looked at after every comparison: promote when it is preferred, roll back when it is
     not, or when it fails guardrails, or when `max_samples` or `max_canary_s` pass undecided.
     direct: the trainer moves CURRENT itself once the offline gate passes (no people in the decision).
@@ -322,11 +358,15 @@ class PromotionConfig(_Section):
     delta: float = Field(default=0.2, gt=0.0, lt=0.5)    # the preference worth detecting: 0.5 + delta
     min_samples: int = Field(default=20, ge=1)           # no decision on fewer comparisons (ties excluded)
     max_samples: int = Field(default=400, ge=1)          # undecided after this many: roll back
-    max_canary_s: float = Field(default=3600.0, gt=0)    # undecided after this long: roll back
-    # Guardrails, checked once the candidate served `guardrail_min_requests`: roll back at once if it
-    # fails a larger share of requests than the serving version by this much, or its p99 latency is
-    # over this multiple of the serving version's.
-    guardrail_min_requests: int = Field(default=20, ge=1)
+    max_canary_s: float = Field(default=3600.0, gt=0)    # undecided after this long (from the proposal): roll back
+    # No rater (API key) may supply more than this share of a test's counted verdicts (of min_samples
+    # while fewer are counted): a decision needs at least 1 / max_rater_share people.
+    max_rater_share: float = Field(default=0.25, gt=0.0, le=1.0)
+    # Guardrails, checked once both versions served `guardrail_min_requests` (in each gateway's
+    # window of 500): roll back at once if the candidate's engine fails a larger share of requests
+    # than the serving version's by this much, or its median prefill time or time per token is over
+    # this multiple of the serving version's (promotion/version_health.py).
+    guardrail_min_requests: int = Field(default=50, ge=1)
     max_error_rate_increase: float = Field(default=0.05, ge=0.0)
     max_latency_ratio: float = Field(default=3.0, gt=1.0)
     poll_s: float = Field(default=1.0, gt=0)             # how often the gateway's controller looks

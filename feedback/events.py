@@ -109,6 +109,10 @@ class Comparison(_Event):
     ranking: list[list[str]]
     rater: str
     policy_version: str | None = None  # the version that served the ranked choices (one request, one version)
+    # Choice id -> the version that wrote it, when the ranked choices came from several versions (a
+    # blinded mixed request, a labelling item during a canary): people's verdict between versions,
+    # read back from the log by every gateway (promotion/evidence_feed.py). Clients never see it.
+    choice_versions: dict[str, str] | None = None
 
     @field_validator("ranking")
     @classmethod

@@ -50,6 +50,22 @@ class IdempotencyIndex:
         return rows, size
 
     @staticmethod
+    def evict_over(cur: sqlite3.Cursor, scoped_key: str, limit: int) -> int:
+        """Forget the oldest keys of `scoped_key`'s caller beyond `limit`, so one caller cannot fill
+        everyone's spool with keys; returns the bytes freed. Safe: a keyed event's id is derived from
+        its key, so a retry of a forgotten key is still the same event to every reader."""
+        caller = scoped_key.split(":", 1)[0] + ":"
+        bounds = (caller, caller[:-1] + ";")  # every "caller:..." key, by the primary key's order
+        over = cur.execute("SELECT COUNT(*) FROM idempotency WHERE scoped_key >= ? AND scoped_key < ?",
+                           bounds).fetchone()[0] - limit
+        if over <= 0:
+            return 0
+        oldest = "SELECT scoped_key FROM idempotency WHERE scoped_key >= ? AND scoped_key < ? ORDER BY at LIMIT ?"
+        size = cur.execute(_KEY_BYTES + f" WHERE scoped_key IN ({oldest})", (*bounds, over)).fetchone()[0]
+        cur.execute(f"DELETE FROM idempotency WHERE scoped_key IN ({oldest})", (*bounds, over))
+        return size
+
+    @staticmethod
     def claim(cur: sqlite3.Cursor, item: Submission) -> Accepted | None:
         """Take an idempotency key for this submission; the earlier outcome if it repeats one, None if
         the key is new (or absent). IdempotencyConflict if the key was used for other content."""

@@ -59,7 +59,7 @@ class FeedbackRecorder:
         self._retention = (EmbeddedRetention(self.log, consumer_groups, self.usage, failed)
                            if self.embedded and consumer_groups else None)
         self._index_retention = IndexRetention(self.log, config.index_retention_days * 86400, self.usage, failed)
-        self._writer = SpoolWriter(self.log, self.usage, self.metrics,
+        self._writer = SpoolWriter(self.log, self.usage, self.metrics, config.max_idempotency_keys_per_caller,
                                    on_commit=self._shipper.wake if self._shipper else lambda: None, on_failure=failed)
         if events and self._shipper:
             log.info("feedback: %d events (%d bytes) from before the restart wait for Kafka", events, size)

@@ -59,14 +59,31 @@ def _delivered(topic: str, partition: int, offset: int, key: bytes | None, raw: 
         return Delivered(topic, partition, offset, key, None, f"{type(exc).__name__}: {exc}"[:500], raw)
 
 
+class TopicMissing(RuntimeError):
+    """A topic to read from all of does not exist yet (nothing was ever written to it)."""
+
+
 class KafkaSource:
-    """A Kafka consumer group on the alignloop topics."""
+    """A Kafka consumer group on the alignloop topics. `whole`: this reader is its group's only
+    member and takes every partition itself (no group rebalancing: a group that joins while the
+    topics are being created can wait for ever for its assignment), committing to the group as usual."""
 
-    def __init__(self, config: FeedbackConfig, group: str, topics: tuple[str, ...] = ALL_TOPICS):
-        from kafka import KafkaConsumer
+    def __init__(self, config: FeedbackConfig, group: str, topics: tuple[str, ...] = ALL_TOPICS, whole: bool = False):
+        from kafka import KafkaConsumer, TopicPartition
 
-        self._consumer = KafkaConsumer(*topics, group_id=group, enable_auto_commit=False,
-                                       auto_offset_reset="earliest", **connection_kwargs(config))
+        kwargs = dict(group_id=group, enable_auto_commit=False, auto_offset_reset="earliest", **connection_kwargs(config))
+        if not whole:
+            self._consumer = KafkaConsumer(*topics, **kwargs)
+            return
+        self._consumer = KafkaConsumer(**kwargs)
+        parts = []
+        for topic in topics:
+            found = self._consumer.partitions_for_topic(topic)
+            if not found:
+                self._consumer.close()
+                raise TopicMissing(f"topic {topic} does not exist yet")
+            parts += [TopicPartition(topic, p) for p in sorted(found)]
+        self._consumer.assign(parts)
 
     def poll(self, timeout_s: float = 1.0, max_records: int = 500) -> list[Delivered]:
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
@@ -120,8 +137,10 @@ class LocalLogSource:
         self._log.close()
 
 
-def open_source(config: FeedbackConfig, state_dir: Path, group: str) -> EventSource:
-    """Kafka when a broker is configured, else the gateway's embedded log under state_dir."""
+def open_source(config: FeedbackConfig, state_dir: Path, group: str,
+                topics: tuple[str, ...] = ALL_TOPICS, whole: bool = False) -> EventSource:
+    """Kafka when a broker is configured, else the gateway's embedded log under state_dir (`whole`:
+    see KafkaSource)."""
     if config.kafka_bootstrap:
-        return KafkaSource(config, group)
-    return LocalLogSource(StatePaths(Path(state_dir)).feedback_log, group)
+        return KafkaSource(config, group, topics, whole)
+    return LocalLogSource(StatePaths(Path(state_dir)).feedback_log, group, topics)

@@ -62,9 +62,10 @@ class FeedbackWrite:
 class SpoolWriter:
     """A thread that group-commits what the API hands it."""
 
-    def __init__(self, spool: LocalLog, usage: SpoolUsage, metrics: FeedbackMetrics,
+    def __init__(self, spool: LocalLog, usage: SpoolUsage, metrics: FeedbackMetrics, max_keys_per_caller: int,
                  on_commit: Callable[[], None] = lambda: None, on_failure: OnFailure = lambda _: None):
         self._log, self._usage, self._metrics = spool, usage, metrics
+        self._max_keys = max_keys_per_caller
         self._on_commit = on_commit
         self._queue: queue.Queue[CompletionWrite | FeedbackWrite] = queue.Queue()
         self._thread = SupervisedThread("feedback-writer", self._loop, on_failure)
@@ -117,7 +118,7 @@ class SpoolWriter:
                 written.events += len(rows)
                 written.bytes += sum(len(value) for _, _, value in rows)
                 for f in keyed:
-                    outcomes.append((f, self._append_feedback(tx, f.items, written)))
+                    outcomes.append((f, self._append_feedback(tx, f.items, written, self._max_keys)))
         except Exception as exc:  # the disk failed us: nothing in this batch is accepted
             log.exception("feedback: could not write %d items to the local log", len(batch))
             self._metrics.completions.labels("failed").inc(len(completions))
@@ -135,7 +136,8 @@ class SpoolWriter:
         self._on_commit()
 
     @staticmethod
-    def _append_feedback(tx: Transaction, items: list[Submission], written: "Tally") -> list[Accepted] | Exception:
+    def _append_feedback(tx: Transaction, items: list[Submission], written: "Tally",
+                         max_keys: int) -> list[Accepted] | Exception:
         """One submission under a savepoint: all of its items, or none (and then none is counted)."""
         # A single item needs no savepoint: its only refusal (a conflicting key) comes before it
         # writes anything. Most submissions are single, and each statement saved is a GIL hand-off.
@@ -155,6 +157,8 @@ class SpoolWriter:
                 mine.events += 1
                 mine.bytes += len(value)
                 mine.index_bytes += IdempotencyIndex.key_bytes(item)
+                if item.idempotency_key:
+                    mine.index_bytes -= IdempotencyIndex.evict_over(tx.cursor, item.idempotency_key, max_keys)
                 out.append(Accepted(item.event.event_id, duplicate=False))
         except IdempotencyConflict as exc:
             if guarded:

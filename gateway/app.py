@@ -18,16 +18,17 @@ from gateway.auth import KeyStore, load_or_create_keys
 from gateway.dependencies import Services
 from gateway.deployment import Deployment
 from gateway.errors import SafeJSONResponse, install_error_handlers
-from gateway.evidence import EvidenceStore
+from promotion.evidence import EvidenceStore
+from promotion.evidence_feed import EvidenceFeed
 from gateway.heap import PauseClock
 from gateway.metrics import GatewayMetrics
 from gateway.ownership import Ownership, load_or_create_secrets
 from gateway.feedback_fast_path import FeedbackFastPath, single_event_routes
 from gateway.middleware import HTTPMetricsMiddleware
 from gateway.label_filler import fill_forever
-from gateway.labelling import LabelQueue
-from gateway.promotion import CanaryController
-from gateway.version_health import VersionHealth
+from promotion.labelling import LabelQueue
+from gateway.canary import CanaryController
+from promotion.version_health import VersionHealth
 from gateway.loop_watch import watch_loop
 from gateway.routers import admin, feedback, health, labelling, openai
 from gateway.serving import Serving
@@ -45,8 +46,10 @@ def build_services(settings: Settings) -> Services:
                            "run `alignloop init-model` (or `alignloop serve`, which does it) first")
     metrics = GatewayMetrics()
     deployment = Deployment(registry, settings.engine, metrics, settings.paths.last_served)
+    evidence = EvidenceStore(settings.paths.evidence)
+    # Embedded, the log keeps events until both the trainer and this gateway's evidence feed read them.
     recorder = FeedbackRecorder(settings.feedback, settings.paths.feedback_log, metrics.registry,
-                                consumer_groups=(settings.train.loop.group,),
+                                consumer_groups=(settings.train.loop.group, evidence.consumer_group()),
                                 on_failure=lambda task: metrics.background_failures.labels(task).inc())
     keys = KeyStore(load_or_create_keys(settings.gateway.api_keys, settings.state_dir),
                     settings.gateway.failed_auth_per_minute)
@@ -57,7 +60,6 @@ def build_services(settings: Settings) -> Services:
     health = VersionHealth()
     serving = Serving(deployment.engine, settings.gateway, metrics, keys, ownership,
                       recorder if settings.feedback.record_completions else None, labels, health)
-    evidence = EvidenceStore(settings.paths.evidence)
     promotion = CanaryController(deployment, evidence, health, settings.promotion)
     return Services(settings, deployment, serving, recorder, keys, metrics, labels, ownership, evidence, promotion,
                     started_at=time.time())
@@ -77,6 +79,9 @@ def create_app(settings: Settings) -> FastAPI:
             services.labels, deployment.engine, services.recorder, services.ownership, settings.gateway.labelling,
             services.metrics, services.evidence),
             on_failure=lambda task: services.metrics.background_failures.labels(task).inc()))
+        evidence_feed = EvidenceFeed(services.evidence, settings.feedback, settings.state_dir,
+                                     on_kept=services.metrics.evidence_kept.inc,
+                                     on_failure=services.metrics.background_failures.labels("evidence-feed").inc).start()
         lag = asyncio.create_task(watch_loop(services.metrics.loop_lag))
         gc_pauses = asyncio.create_task(PauseClock().report(services.metrics.gc_pauses))
         # direct: the trainer moves CURRENT itself and nothing here decides.
@@ -84,6 +89,8 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         if deciding is not None:
             deciding.cancel()
+            services.promotion.lease.release()
+        evidence_feed.stop()
         starting.cancel()
         filling.cancel()
         lag.cancel()

@@ -83,10 +83,27 @@ def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def load_or_create_keys(configured: list[ApiKeyConfig], state_dir: Path) -> list[ApiKeyConfig]:
-    """The configured keys, or keys generated once into the state directory (refused if others can read it)."""
+def load_or_create_keys(configured: list[ApiKeyConfig], state_dir: Path, users: int = 1) -> list[ApiKeyConfig]:
+    """The configured keys, or keys generated once into the state directory (refused if others can
+    read it), with at least `users` user keys (one per person: a canary needs verdicts from several)."""
     if configured:
         return configured
+    keys = _load_or_create_generated(state_dir)
+    have = [k for k in keys if k.role == "user"]
+    if len(have) < users:
+        keys += [ApiKeyConfig(key="sk-user-" + secrets.token_urlsafe(24), name=f"local-user-{i + 1}", role="user")
+                 for i in range(len(have), users)]
+        path = StatePaths(state_dir).api_keys
+        tmp = path.with_name(path.name + ".new")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump([k.model_dump() for k in keys], f, indent=2)
+        os.replace(tmp, path)
+        log.warning("added %d user keys to %s", users - len(have), path)
+    return keys
+
+
+def _load_or_create_generated(state_dir: Path) -> list[ApiKeyConfig]:
     path = StatePaths(state_dir).api_keys
     if path.exists():
         if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):

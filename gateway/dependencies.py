@@ -20,11 +20,11 @@ from feedback.recorder import FeedbackRecorder
 from gateway.auth import Caller, KeyStore
 from gateway.errors import APIError
 from gateway.deployment import Deployment
-from gateway.evidence import EvidenceStore
-from gateway.labelling import LabelQueue
+from promotion.evidence import EvidenceStore
+from promotion.labelling import LabelQueue
 from gateway.metrics import GatewayMetrics
 from gateway.ownership import Ownership
-from gateway.promotion import CanaryController
+from gateway.canary import CanaryController
 from gateway.serving import Serving
 
 

@@ -29,6 +29,14 @@ class Job:
     choice_ids: list[str] = field(default_factory=list)  # signed, once the serving version is known
     versions: list[str] = field(default_factory=list)  # the version of each candidate
     version: str = ""  # the response's policy_version: the one version, or "mixed"
+    # The engine's timings of this request (inference Chunk.prefill_s / step_s), for the version's health.
+    prefill_s: float | None = None
+    step_s: float | None = None
+
+    def saw(self, chunk) -> None:
+        """Note the engine's timings a chunk carries (the last output's chunks do)."""
+        if chunk.prefill_s is not None or chunk.step_s is not None:
+            self.prefill_s, self.step_s = chunk.prefill_s, chunk.step_s
 
     def usage(self, generated: int) -> dict:
         """The usage block for `generated` completion tokens."""

@@ -16,8 +16,8 @@ import time
 from core.config import LabellingConfig
 from feedback.events import CompletionServed, ServedChoice
 from feedback.recorder import FeedbackRecorder
-from gateway.labelling import LabelQueue
-from gateway.evidence import EvidenceStore
+from promotion.labelling import LabelQueue
+from promotion.evidence import EvidenceStore
 from gateway.metrics import GatewayMetrics
 from gateway.ownership import Ownership
 from gateway.rendering import Accumulator, Candidate
@@ -46,12 +46,27 @@ async def _candidates(engine: PolicyEngine, prompt_ids: list[int], config: Label
     return [(c.version or plan.versions[i], c) for i, c in enumerate(result.candidates)]
 
 
+class TokenBudget:
+    """Tokens per hour for the queue's generations, spent as they are generated."""
+
+    def __init__(self, per_hour: int):
+        self.per_hour, self._hour, self.spent = per_hour, -1, 0
+
+    def left(self) -> int:
+        """Tokens left this hour."""
+        hour = int(time.time() // 3600)
+        if hour != self._hour:
+            self._hour, self.spent = hour, 0
+        return self.per_hour - self.spent
+
+
 async def fill_once(queue: LabelQueue, engine: PolicyEngine, recorder: FeedbackRecorder, ownership: Ownership,
-                    config: LabellingConfig) -> int:
-    """Generate candidates for the items waiting for them; returns how many were filled."""
+                    config: LabellingConfig, budget: TokenBudget, metrics: GatewayMetrics | None = None) -> int:
+    """Generate candidates for the items waiting for them, within the hour's token budget; returns
+    how many were filled."""
     filled = 0
     for item_id, prompt in await asyncio.to_thread(queue.unfilled):
-        if not engine.ready:
+        if not engine.ready or budget.left() < config.k * config.max_tokens:
             break
         messages = [{"role": "user", "content": prompt}]
         try:
@@ -67,6 +82,10 @@ async def fill_once(queue: LabelQueue, engine: PolicyEngine, recorder: FeedbackR
         max_tokens = min(config.max_tokens, room)
         request_id = ownership.request_id("chatcmpl", CALLER)
         written = await _candidates(engine, prompt_ids, config, max_tokens, request_id)
+        generated = sum(len(c.token_ids) for _, c in written)
+        budget.spent += generated
+        if metrics is not None:
+            metrics.labelling_tokens.inc(generated)
         mixed = len({v for v, _ in written}) > 1
         choices = [ServedChoice(choice_id=ownership.choice_id(request_id, i, v), text=c.text, completion_tokens=len(c.token_ids),
                                 finish_reason=c.finish_reason, policy_version=v if mixed else None)
@@ -93,8 +112,9 @@ async def fill_forever(queue: LabelQueue, engine: PolicyEngine, recorder: Feedba
                        config: LabellingConfig, metrics: GatewayMetrics, evidence: EvidenceStore) -> None:
     """fill_once in a loop, idling when nothing waits; keeps the queue's gauges current."""
     measured = counted = 0.0
+    budget = TokenBudget(config.tokens_per_hour)
     while True:
-        filled = await fill_once(queue, engine, recorder, ownership, config)
+        filled = await fill_once(queue, engine, recorder, ownership, config, budget, metrics)
         if filled or time.monotonic() - counted > _COUNT_EVERY_S:  # a count over all items: not every idle tick
             counted = time.monotonic()
             metrics.labelling_waiting.set(await asyncio.to_thread(queue.waiting))
@@ -104,5 +124,6 @@ async def fill_forever(queue: LabelQueue, engine: PolicyEngine, recorder: Feedba
             if agreement is not None:
                 metrics.rater_agreement.set(agreement)
             metrics.set_leaderboard(await asyncio.to_thread(versions_board, evidence, engine))
+            await asyncio.to_thread(queue.prune)
         if not filled:
             await asyncio.sleep(_IDLE_S)

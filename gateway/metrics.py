@@ -57,10 +57,15 @@ class GatewayMetrics:
                                    "blinded cross-version rankings (0 = average)", ["version"], registry=r)
         self.version_win_rate = Gauge("alignloop_version_win_rate", "How often raters preferred a version's answer "
                                       "to the reference's (against: sft or serving)", ["version", "against"], registry=r)
+        self.labelling_tokens = Counter("alignloop_labelling_generated_tokens", "Tokens generated for labelling-queue "
+                                        "items (from labelling.tokens_per_hour, charged to no key)", registry=r)
         self.labelling_waiting = Gauge("alignloop_labelling_items_waiting", "Labelling-queue items that still need "
                                        "a rater (or their candidates)", registry=r)
-        self.labelled = Counter("alignloop_labelling_rankings", "Rankings of labelling-queue items, by rater",
-                                ["rater"], registry=r)
+        # Not by rater: /metrics is unauthenticated, and who rates is not everyone's business (GET
+        # /admin/raters has it per rater, for the admin key).
+        self.labelled = Counter("alignloop_labelling_rankings", "Rankings of labelling-queue items", registry=r)
+        self.evidence_kept = Counter("alignloop_evidence_rankings", "Cross-version rankings this gateway read back "
+                                     "from the feedback log into its evidence (all replicas')", registry=r)
         self.rater_agreement = Gauge("alignloop_rater_agreement", "Share of candidate pairs that two raters of the "
                                      "same item ordered the same way (InstructGPT: ~0.73)", registry=r)
         self.canary_decisions = Counter("alignloop_canary_decisions", "Canary decisions by outcome (the lineage "
@@ -87,7 +92,7 @@ class GatewayMetrics:
         self.set_canary(None)
 
     def set_leaderboard(self, board: dict) -> None:
-        """Show a leaderboard (gateway/leaderboard.py) as gauges."""
+        """Show a leaderboard (promotion/leaderboard.py) as gauges."""
         self.version_score.clear()
         self.version_win_rate.clear()
         for row in board["versions"]:

@@ -21,14 +21,14 @@ from gateway import protocol as p
 from gateway.auth import Caller, GenerationLease, KeyStore
 from gateway.errors import APIError, error_body
 from gateway.hang_up import HungUp, unless_hung_up
-from gateway.labelling import LabelQueue
+from promotion.labelling import LabelQueue
 from gateway.metrics import GatewayMetrics
 from gateway.overhead import EngineClock, clock_of
 from gateway.ownership import Ownership
 from gateway.rendering import Accumulator, ChatRenderer, CompletionRenderer, Renderer
 from gateway.job import MIXED, Job
 from gateway.streaming import ClosingStreamingResponse, StreamEnd, sse
-from gateway.version_health import VersionHealth
+from promotion.version_health import VersionHealth
 from inference.engine import PolicyEngine
 from inference.prompts import ChatTemplateError, chat_ids
 from inference.sampling import Chunk
@@ -168,7 +168,7 @@ class Serving:
         """Count a finished request in its version's health (the canary's guardrails); a mixed one
         belongs to neither version alone."""
         if self.health is not None and job.version and job.version != MIXED:
-            self.health.observe(job.version, ok, time.monotonic() - job.started)
+            self.health.observe(job.version, ok, job.prefill_s, job.step_s)
 
     async def _run(self, job: Job, request: Request, model: str, renderer: Renderer, caller: Caller):
         lease = self.keys.admit(caller, job.sampling.n * job.sampling.max_tokens)
@@ -232,6 +232,7 @@ class Serving:
         first = None
         async for c in chunks:
             first = first or c
+            job.saw(c)
             result.add(c)
         return first, result
 
@@ -272,6 +273,7 @@ class Serving:
                         c = await anext(chunks)
                     except StopAsyncIteration:
                         break
+                job.saw(c)
                 offset = len(result.candidates[c.index].text)
                 result.add(c)
                 yield sse({**chunk_head, "choices": [renderer.delta(job.choice_ids[c.index], c, offset, c.index not in opened)]})

@@ -41,3 +41,7 @@ class Chunk:
     finish_reason: str | None
     version: str
     first_token_at: float | None = None  # wall-clock time the engine made the request's first token, if known
+    # The engine's own timings, on the chunks of a request's last output (None elsewhere or unknown):
+    # scheduled to first token, and the time per decoding step after it.
+    prefill_s: float | None = None
+    step_s: float | None = None

@@ -84,6 +84,16 @@ def _first_token_at(out) -> float | None:
     return stats.arrival_time + stats.first_token_latency
 
 
+def _engine_timings(out, steps: int) -> tuple[float | None, float | None]:
+    """(prefill, time per decoding step) of a finished request from vLLM's request stats (engine-core
+    clock): what the version's engine took, not how long the request queued or its client read."""
+    stats = getattr(out, "metrics", None)
+    scheduled, first, last = (getattr(stats, k, 0.0) for k in ("scheduled_ts", "first_token_ts", "last_token_ts"))
+    prefill = first - scheduled if scheduled and first >= scheduled else None
+    step = (last - first) / (steps - 1) if first and last > first and steps > 1 else None
+    return prefill, step
+
+
 class VLLMEngine:
     """One started vLLM engine (AsyncLLM) and the version it serves; counts the requests it is working on."""
 
@@ -157,9 +167,13 @@ class VLLMEngine:
         self._running.add(request_id)
 
         async def pump() -> None:
+            steps: dict[int, int] = {}  # tokens per candidate so far: the longest is the decoding steps
             try:
                 async for out in self.llm.generate({"prompt_token_ids": prompt_token_ids}, params, request_id):
                     first_token_at = _first_token_at(out)
+                    for c in out.outputs:
+                        steps[c.index] = len(c.token_ids) + (0 if sampling.final_only else steps.get(c.index, 0))
+                    prefill, step = _engine_timings(out, max(steps.values(), default=0)) if out.finished else (None, None)
                     for c in out.outputs:
                         logprobs = None
                         if c.logprobs is not None:
@@ -168,7 +182,7 @@ class VLLMEngine:
                                 for step in c.logprobs
                             ]
                         queue.put_nowait(Chunk(c.index, c.text, list(c.token_ids), logprobs, c.finish_reason, version,
-                                              first_token_at))
+                                              first_token_at, prefill, step))
                 queue.put_nowait(done)
             except BaseException as exc:  # handed to the caller, who re-raises it
                 queue.put_nowait(exc)

@@ -172,6 +172,13 @@ class PolicyRegistry:
         except FileNotFoundError:
             return None
 
+    def candidate_since(self) -> float:
+        """When the current proposal was made (0: none): the start of its canary on every gateway."""
+        try:
+            return (self.root / "CANDIDATE").stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
     def propose(self, name: str) -> None:
         """Offer a version to the gateway's canary (replacing an undecided earlier proposal)."""
         validate_checkpoint(self.path(name))

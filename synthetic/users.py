@@ -44,13 +44,17 @@ class Tally:
 
 
 class Population:
-    """`users` client threads ranking `k` candidates per request until stopped. Each names itself in
-    the request's `user` (canary routing is sticky per user); every `compare_every`-th request of a
-    user (0: none) opts into blinded comparisons across versions (`compare_versions`)."""
+    """`users` client threads ranking `k` candidates per request until stopped. User n calls with
+    key `keys[n % len(keys)]` (a person: the canary counts a bounded share of verdicts per key) and
+    names itself in the request's `user` (canary routing is sticky per user); every
+    `compare_every`-th request of a user (0: none) opts into blinded comparisons across versions
+    (`compare_versions`)."""
 
-    def __init__(self, url: str, key: str, prompts: list[str], users: int = 4, k: int = 4, max_tokens: int = 24,
-                 model: str = "alignloop-policy", pause_s: float = 0.0, seed: int = 0, compare_every: int = 0):
-        self.url, self.key, self.prompts, self.users, self.k = url, key, prompts, users, k
+    def __init__(self, url: str, keys: str | list[str], prompts: list[str], users: int = 4, k: int = 4,
+                 max_tokens: int = 24, model: str = "alignloop-policy", pause_s: float = 0.0, seed: int = 0,
+                 compare_every: int = 0):
+        self.keys = [keys] if isinstance(keys, str) else list(keys)
+        self.url, self.prompts, self.users, self.k = url, prompts, users, k
         self.max_tokens, self.model, self.pause_s, self.seed = max_tokens, model, pause_s, seed
         self.compare_every = compare_every
         self.tally = Tally()
@@ -60,7 +64,8 @@ class Population:
 
     def _user(self, n: int) -> None:
         rng = random.Random(self.seed * 100 + n)
-        with httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=120) as http:
+        key = self.keys[n % len(self.keys)]
+        with httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as http:
             sent = 0
             while not self._stop.wait(self.pause_s):
                 prompt = rng.choice(self.prompts)

@@ -29,6 +29,8 @@ RATER_KEY = "sk-test-rater"
 PRIVATE_KEY = "sk-test-private"  # opted out of labelling sampling
 # Keys with tight fairness limits, for the tests of those limits (tests/gateway/test_hostile_input.py).
 ONE_AT_A_TIME_KEY, SMALL_BUDGET_KEY, FEW_REQUESTS_KEY = "sk-test-one-at-a-time", "sk-test-small-budget", "sk-test-few"
+# Several people, one key each: a canary's test counts at most a share of its verdicts per key.
+PEOPLE_KEYS = [f"sk-test-person-{i}" for i in range(4)]
 FUZZ_KEY = "sk-test-fuzz"  # tests/gateway/test_fuzz.py: generous limits, so fuzzing spends no other key's budget
 MODEL = "alignloop-policy"
 # Small enough to build in seconds, trained enough to answer the corpus' questions.
@@ -119,10 +121,14 @@ class Gateway:
 
 
 def _write_config(path: Path, state_dir: Path, port: int, kafka: str | None, swap_mode: str, labelling: str,
-                  registry_dir: Path | None = None, secret: str | None = None, extra: str = "") -> None:
-    feedback = f'[feedback]\nkafka_bootstrap = "{kafka}"\nkafka_timeout_s = 3\n' if kafka else ""
+                  registry_dir: Path | None = None, secret: str | None = None, extra: str = "",
+                  feedback_lines: str = "") -> None:
+    feedback = f'[feedback]\nkafka_bootstrap = "{kafka}"\nkafka_timeout_s = 3\n' if kafka else "[feedback]\n"
+    feedback += feedback_lines
     shared = f'registry_dir = "{registry_dir}"' if registry_dir else ""
     secrets = f'ownership_secrets = ["{secret}"]' if secret else ""
+    people = "\n".join(f'  {{ key = "{k}", name = "person-{i}", role = "user", requests_per_minute = 100000 }},'
+                       for i, k in enumerate(PEOPLE_KEYS))
     path.write_text(f"""
 state_dir = "{state_dir}"
 {shared}
@@ -141,6 +147,7 @@ api_keys = [
   {{ key = "{SMALL_BUDGET_KEY}", name = "frugal", role = "user", generated_tokens_per_minute = 500 }},
   {{ key = "{FEW_REQUESTS_KEY}", name = "few", role = "user", requests_per_minute = 10 }},
   {{ key = "{FUZZ_KEY}", name = "fuzz", role = "user", max_tokens = 64, max_concurrent_requests = 64, generated_tokens_per_minute = 100000000, requests_per_minute = 1000000 }},
+{people}
   {{ key = "{ADMIN_KEY}", name = "ops", role = "admin" }},
 ]
 failed_auth_per_minute = 30
@@ -161,12 +168,13 @@ def write_pretraining_data(state_dir: Path) -> None:
 
 def make_gateway(root: Path, model_dir: Path, kafka: str | None, swap_mode: str = "in_place",
                  labelling: str = "sample_rate = 0.0", replica_of: Gateway | None = None,
-                 secret: str | None = None, extra: str = "") -> Gateway:
+                 secret: str | None = None, extra: str = "", feedback: str = "") -> Gateway:
     """A configured, not yet started gateway whose registry holds v0001 (current) and v0002
     (same shapes, other weights). Labelling sampling is off unless asked for (TOML lines of the
     [gateway.labelling] table): the queue's extra generations would otherwise share the engine
     with tests that count its requests. A `replica_of` another gateway shares that one's registry
-    (give both the same ownership `secret`). `extra`: more TOML tables (e.g. "[promotion]...")."""
+    (give both the same ownership `secret`). `extra`: more TOML tables (e.g. "[promotion]...");
+    `feedback`: more lines of the [feedback] table."""
     state_dir = root / "state"
     write_pretraining_data(state_dir)
     if replica_of is not None:
@@ -177,7 +185,7 @@ def make_gateway(root: Path, model_dir: Path, kafka: str | None, swap_mode: str 
         registry.publish(perturbed_copy(model_dir, root / "v2", seed=2), source="test:perturbed", parent="v0001")
     config = root / "alignloop.toml"
     _write_config(config, state_dir, free_port(), kafka, swap_mode, labelling,
-                  registry.root if replica_of is not None else None, secret, extra)
+                  registry.root if replica_of is not None else None, secret, extra, feedback)
     port = int(next(line for line in config.read_text().splitlines() if line.startswith("port")).split("=")[1])
     return Gateway(f"http://127.0.0.1:{port}", state_dir, registry, config, root / "gateway.log")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 # Lowest first: each package may import only packages before it in this list (and itself).
-LAYERS = ["core", "registry", "inference", "feedback", "trainer", "synthetic", "gateway", "alignloop"]
+LAYERS = ["core", "registry", "inference", "feedback", "promotion", "trainer", "synthetic", "gateway", "alignloop"]
 EXTRA_ROOTS = ["benchmarks", "deploy"]
 MAX_MODULE_LINES = 300
 MAX_FUNCTION_LINES = 80

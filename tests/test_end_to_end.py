@@ -16,7 +16,7 @@ import pytest
 from deploy.prometheus.server import PrometheusServer
 from synthetic.users import Population, win_rate
 from synthetic.corpus import ANIMALS
-from tests.conftest import ADMIN_KEY, REPO, USER_KEY, free_port, make_gateway
+from tests.conftest import ADMIN_KEY, PEOPLE_KEYS, REPO, free_port, make_gateway
 from trainer.evaluate import sampled_responses
 
 TRAIN_PROMPTS = [f"Describe a {a}." for a in ANIMALS[:7]]
@@ -100,7 +100,7 @@ def test_the_loop_improves_the_served_policy(loop_gateway, gateway, tmp_path):
     log = open(tmp_path / "trainer.log", "wb")
     trainer = subprocess.Popen([sys.executable, "-m", "alignloop", "trainer", "--config", str(gw.config), *args],
                                cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    users = Population(gw.url, USER_KEY, TRAIN_PROMPTS, users=3, k=4, pause_s=1.0, compare_every=2).start()
+    users = Population(gw.url, PEOPLE_KEYS, TRAIN_PROMPTS, users=4, k=4, pause_s=1.3, compare_every=2).start()
     try:
         # Until people promoted a version of round 2 or later (trained on hundreds of rankings: round
         # 1 has only the first 40) and it served users. The gate or the canary may turn a round down
@@ -145,7 +145,7 @@ def test_the_loop_improves_the_served_policy(loop_gateway, gateway, tmp_path):
     assert rolled_back["decision"] == "rolled_back" and rolled_back["against"] == final, rolled_back
     assert rolled_back["evidence"]["rate"] < 0.5 and gw.registry.candidate() is None
     for decision in (decided, rolled_back):  # sticky: one version per user during each canary
-        seen = tally.versions_seen(decision["started_at"] + 1, decision["at"] - 1)
+        seen = tally.versions_seen(decision["canary_started_at"] + 1, decision["at"] - 1)
         assert seen and all(len(v) == 1 for v in seen.values()), (decision["decision"], seen)
 
     # 3 held-out prompts x 64 sampled answers per policy: 192 pairs (standard error under 0.04).

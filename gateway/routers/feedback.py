@@ -1,9 +1,11 @@
 """The feedback API: pairwise choices, K-wise rankings, ratings and demonstrations.
 
-Only what was served can be rated, and only by the caller it was served to (or by a key with the
-rater role): the ids carry a signature (gateway/ownership.py), so any replica checks them with no
-lookup. All candidates of one ranking must come from the same request. Feedback is
-answered 202 once it is durable on local disk, never before.
+Only what was served can be rated, and only by the caller it was served to, or by a key with the
+rater role on a labelling item leased to it: the ids carry a signature (gateway/ownership.py), so
+any replica checks them with no lookup. All candidates of one ranking must come from the same
+request. Feedback is answered 202 once it is durable on local disk, never before. A ranking of
+answers from several versions carries their versions into the log, where every gateway reads it
+back as a verdict (promotion/evidence_feed.py); nothing here counts it.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from gateway import protocol as p
 from gateway.auth import Caller
 from gateway.dependencies import ClientDep, Services, ServicesDep
 from gateway.errors import APIError
-from gateway.labelling import LabelQueue
+from promotion.labelling import LabelQueue
 from gateway.ownership import NeverServed, NotServedToCaller, Owned, Ownership
 
 router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
+_PARAM = {"pairwise": "chosen", "ranking": "ranking", "rating": "choice_id", "demonstration": "request_id"}
 
 
 def _owned_choice(ownership: Ownership, choice_id: str, caller: Caller, param: str) -> Owned:
@@ -52,11 +55,14 @@ def _comparison(ownership: Ownership, ranking: list[list[str]], caller: Caller, 
         check_ranking(ranking)  # before any check of the ids: a malformed ranking is a 400 whatever its ids
     except RankingError as exc:
         raise APIError(400, f"{str(exc).capitalize()}.", param=param, code=exc.code) from None
-    owned = [_owned_choice(ownership, c, caller, param) for group in ranking for c in group]
+    ids = [c for group in ranking for c in group]
+    owned = [_owned_choice(ownership, c, caller, param) for c in ids]
     if len({o.request_id for o in owned}) != 1:
         raise APIError(400, "All ranked choices must come from the same request.", param=param, code="mixed_requests")
+    versions = {c: o.policy_version for c, o in zip(ids, owned)}
     return Comparison(request_id=owned[0].request_id, ranking=ranking, rater=caller.name,
-                      policy_version=owned[0].policy_version)
+                      policy_version=owned[0].policy_version,
+                      choice_versions=versions if len(set(versions.values())) > 1 else None)
 
 
 def _submission(item, caller: Caller, ownership: Ownership, at: str) -> Submission:
@@ -80,6 +86,18 @@ def _submission(item, caller: Caller, ownership: Ownership, at: str) -> Submissi
     return Submission(event, scoped)
 
 
+async def _check_leases(services: Services, submissions: list[Submission], caller: Caller, at: list[str]) -> None:
+    """A rater's feedback on a request not served to it must be on a labelling item leased to it."""
+    if caller.role != "rater":
+        return
+    for s, param in zip(submissions, at):
+        rid = s.event.request_id
+        if not services.ownership.served_to(rid, caller.name) and \
+                not await asyncio.to_thread(services.labels.leased_to, rid, caller.name):
+            raise APIError(403, "That request is not a labelling item leased to you: take items from "
+                           "GET /v1/labelling/next.", param=param, code="not_leased")
+
+
 async def _count_labelling(labels: LabelQueue, submissions: list[Submission], caller: Caller, metrics) -> None:
     """A rater's accepted ranking of a labelling-queue item completes their assignment."""
     if caller.role != "rater":
@@ -87,29 +105,16 @@ async def _count_labelling(labels: LabelQueue, submissions: list[Submission], ca
     for s in submissions:
         if isinstance(s.event, Comparison) and await asyncio.to_thread(labels.done, s.event.request_id, caller.name,
                                                                        s.event.ranking):
-            metrics.labelled.labels(caller.name).inc()
-
-
-async def _keep_evidence(services: Services, submissions: list[Submission]) -> None:
-    """Rankings whose answers came from different versions (blinded mixed requests, labelling items
-    during a canary) are people's verdicts between versions: the leaderboard's and the canary's."""
-    for s in submissions:
-        e = s.event
-        if not isinstance(e, Comparison):
-            continue
-        # Each id's signature checked once here (the ownership check before did it too, keeping only
-        # the first version on the event); the store reads the same mapping.
-        versions = {c: services.ownership.version_of(c) for group in e.ranking for c in group}
-        if len(set(versions.values())) > 1:
-            await asyncio.to_thread(services.evidence.record, e.event_id, e.rater, e.ranking, versions.get)
+            metrics.labelled.inc()
 
 
 async def _accept(services: Services, items: list, caller: Caller, batch: bool) -> tuple[int, list[p.FeedbackAccepted]]:
     recorder, labels, metrics = services.recorder, services.labels, services.metrics
     kinds = [i.kind for i in items]
     try:
-        submissions = [_submission(item, caller, services.ownership, f"items.{i}." if batch else "")
-                       for i, item in enumerate(items)]
+        at = [f"items.{i}." if batch else "" for i in range(len(items))]
+        submissions = [_submission(item, caller, services.ownership, prefix) for item, prefix in zip(items, at)]
+        await _check_leases(services, submissions, caller, [f"{prefix}{_PARAM[i.kind]}" for i, prefix in zip(items, at)])
         accepted = await recorder.submit(submissions)
     except APIError:
         for kind in kinds:
@@ -130,7 +135,6 @@ async def _accept(services: Services, items: list, caller: Caller, batch: bool) 
     for kind, a in zip(kinds, accepted):
         recorder.metrics.events.labels(kind, "duplicate" if a.duplicate else "accepted").inc()
     fresh = [s for s, a in zip(submissions, accepted) if not a.duplicate]
-    await _keep_evidence(services, fresh)
     await _count_labelling(labels, fresh, caller, metrics)
     status = 200 if all(a.duplicate for a in accepted) else 202
     return status, [p.FeedbackAccepted(event_id=a.event_id, duplicate=a.duplicate) for a in accepted]

@@ -27,9 +27,10 @@ async def next_item(caller: ClientDep, labels: LabelsDep) -> dict:
     many they ranked today and how many items wait."""
     if caller.role != "rater":
         raise APIError(403, "The labelling queue is for keys with the rater role.", code="rater_required")
-    item = labels.lease(caller.name)
-    return {"item": asdict(item) if item else None, "done_today": labels.done_today(caller.name),
-            "waiting": labels.waiting()}
+    # A lease is a durable SQLite write (an fsync), and the counts read every item: off the event loop.
+    item = await asyncio.to_thread(labels.lease, caller.name)
+    done_today, waiting = await asyncio.to_thread(lambda: (labels.done_today(caller.name), labels.waiting()))
+    return {"item": asdict(item) if item else None, "done_today": done_today, "waiting": waiting}
 
 
 @router.get("/admin/raters", dependencies=[Depends(admin)])

@@ -6,7 +6,8 @@ from PIL import Image
 
 from alignloop import report
 from core.config import load_settings
-from gateway.evidence import EvidenceStore
+from feedback.events import Comparison
+from promotion.evidence import EvidenceStore
 from gateway.ownership import Ownership, load_or_create_secrets
 from registry.store import PolicyRegistry
 
@@ -32,8 +33,11 @@ def test_the_report_shows_people_judge_tax_and_rm_accuracy(tmp_path, tiny_model_
     for i in range(10):
         request_id = ownership.request_id("chatcmpl", "labelling")
         new, old = ownership.choice_id(request_id, 0, "v0003"), ownership.choice_id(request_id, 1, "v0001")
-        assert evidence.record(f"event-{i}", "rita", [[new], [old]] if i < 8 else [[old], [new]], ownership.version_of) == 1
-    assert evidence.record("event-0", "rita", [[new], [old]], ownership.version_of) == 0, "an event counts once"
+        ranking = [[new], [old]] if i < 8 else [[old], [new]]
+        assert evidence.record(Comparison(request_id=request_id, rater="rita", ranking=ranking,
+                                          choice_versions={c: ownership.version_of(c) for c in (new, old)}))
+    again = Comparison(request_id=request_id, rater="rita", ranking=[[old], [new]], choice_versions={new: "v0003", old: "v0001"})
+    assert evidence.record(again) and len(evidence.verdicts("v0003", "v0001")) == 10, "one verdict per rater and request"
 
     judged = {"rate": 0.9, "interval_95": (0.8, 0.95), "pairs": 192}
     page = report.build(settings, tmp_path / "report", judge=lambda v: judged, judge_name="hidden rule",

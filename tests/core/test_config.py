@@ -1,5 +1,8 @@
 """Configuration precedence: defaults < TOML file < environment < CLI overrides."""
 
+import secrets
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -48,3 +51,24 @@ def test_limits_that_would_break_the_gateway_are_refused():
         load_settings(None, ['gateway.api_keys=[{"key": "k1", "name": "a"}, {"key": "k2", "name": "a"}]'], environ={})
     settings = load_settings(None, ['gateway.api_keys=[{"key": "sk-very-secret", "name": "a"}]'], environ={})
     assert "sk-very-secret" not in repr(settings)
+
+
+
+def test_the_shipped_placeholder_secrets_are_refused_at_start():
+    """deploy/k8s/secret.yaml and deploy/compose/alignloop.env.example ship placeholders: a
+    deployment that kept them would let anyone who read this repository in."""
+    import yaml
+
+    deploy = Path(__file__).resolve().parents[2] / "deploy"
+    shipped = [yaml.safe_load((deploy / "k8s" / "secret.yaml").read_text())["stringData"]]
+    lines = (deploy / "compose" / "alignloop.env.example").read_text().splitlines()
+    shipped.append(dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#")))
+    for env in shipped:
+        for name, value in env.items():
+            if "KEYS" in name or "SECRETS" in name:
+                with pytest.raises(ValidationError, match="placeholder"):
+                    load_settings(None, [], environ={name: value})
+        real = {k: v.replace("CHANGE-ME", secrets.token_hex(16)) for k, v in env.items()}
+        assert load_settings(None, [], environ=real).gateway.api_keys
+    with pytest.raises(ValidationError, match="placeholder"):
+        load_settings(None, ['feedback.sasl_password="changeme"'], environ={})

@@ -3,11 +3,13 @@ the compose file by compose-go (the loader `docker compose` uses), the Kubernete
 kustomize and the Kubernetes API's own schemas, every alignloop setting they set by our own
 config loader, every command they run by our CLI's parser, the Prometheus config by promtool."""
 
+import secrets
 import shutil
 import subprocess
 
 import pytest
 import yaml
+from pydantic import ValidationError
 from kubernetes_validate import utils as k8s
 
 from alignloop.cli import build_parser
@@ -53,7 +55,9 @@ def test_compose_runs_two_gateways_behind_a_balancer_with_the_trainer_and_monito
     # Every alignloop setting the stack sets is a real one, with a valid value.
     env = {**_env_file(COMPOSE / "alignloop.env.example"), **services["gateway-a"]["environment"],
            **services["trainer"]["environment"]}
-    settings = load_settings(environ=env)
+    with pytest.raises(ValidationError, match="placeholder"):
+        load_settings(environ=env)  # the example's secrets are refused until replaced
+    settings = load_settings(environ={k: v.replace("CHANGE-ME", secrets.token_hex(16)) for k, v in env.items()})
     assert str(settings.registry_dir) == "/registry" and settings.feedback.kafka_bootstrap == "kafka:9092"
     assert len(settings.gateway.api_keys) == 3 and len(settings.gateway.ownership_secrets) == 1
     assert settings.train.loop.metrics_host == "0.0.0.0"
@@ -109,5 +113,7 @@ def test_kubernetes_manifests_are_valid_and_say_what_a_gpu_cluster_needs():
     _alignloop_command(trainer["template"]["spec"]["containers"][0]["args"])
     assert by_kind[("PersistentVolumeClaim", "alignloop-registry")]["spec"]["accessModes"] == ["ReadWriteMany"]
     env = {**by_kind[("ConfigMap", "alignloop")]["data"], **by_kind[("Secret", "alignloop")]["stringData"]}
-    settings = load_settings(environ=env)
+    with pytest.raises(ValidationError, match="placeholder"):
+        load_settings(environ=env)  # the example's secrets are refused until replaced
+    settings = load_settings(environ={k: v.replace("CHANGE-ME", secrets.token_hex(16)) for k, v in env.items()})
     assert str(settings.registry_dir) == "/registry" and settings.engine.gpu_memory_utilization < 0.5

@@ -8,10 +8,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from core.config import FeedbackConfig
-from feedback.events import CompletionServed, Rating, ServedChoice
+from feedback.events import CompletionServed, Rating, ServedChoice, keyed_event_id
 from core.paths import StatePaths
 from feedback.recorder import FeedbackRecorder
-from feedback.submission import SpoolFull, Submission
+from feedback.submission import Accepted, SpoolFull, Submission
 from tests.conftest import free_port
 from tests.feedback.helpers import read_all_kafka
 
@@ -104,5 +104,34 @@ def test_embedded_log_deletes_what_the_trainer_committed_and_accepts_again(tmp_p
         assert registry.get_sample_value("alignloop_spool_bytes") == 0
         asyncio.run(rec.submit([rating("kept")]))  # room again
         assert rec.undelivered() == 1
+    finally:
+        rec.close(drain_timeout=0)
+
+
+def test_one_callers_idempotency_keys_cannot_fill_the_shared_spool(tmp_path):
+    """A flood of distinct idempotency keys from one caller keeps at most its own bound of index rows
+    (the oldest are forgotten); another caller's keys are untouched, and a retry of a forgotten key
+    is still the same event (its id comes from the key)."""
+    registry = CollectorRegistry()
+    rec = FeedbackRecorder(FeedbackConfig(max_idempotency_keys_per_caller=50), StatePaths(tmp_path).feedback_log,
+                           registry)
+
+    def keyed(caller: str, key: str, rid: str) -> Submission:
+        event = Rating(request_id=rid, choice_id=f"{rid}-0", rating=1, rater=caller,
+                       event_id=keyed_event_id(f"{caller}:{key}"))
+        return Submission(event, f"{caller}:{key}")
+
+    try:
+        honest = asyncio.run(rec.submit([keyed("bob", "b-1", "rb")]))[0]
+        for i in range(0, 400, 20):  # batches, as a flood would send them
+            asyncio.run(rec.submit([keyed("mallory", f"k-{i + j}", f"r{i + j}") for j in range(20)]))
+        rows = dict(rec.log.query("SELECT substr(scoped_key, 1, instr(scoped_key, ':') - 1), COUNT(*) "
+                                  "FROM idempotency GROUP BY 1"))
+        assert rows == {"mallory": 50, "bob": 1}, rows
+        index = registry.get_sample_value("alignloop_spool_index_bytes")
+        assert 0 < index < 51 * 200, index
+        assert asyncio.run(rec.submit([keyed("bob", "b-1", "rb")]))[0] == Accepted(honest.event_id, duplicate=True)
+        again = asyncio.run(rec.submit([keyed("mallory", "k-0", "r0")]))[0]  # forgotten: stored again ...
+        assert again.event_id == keyed_event_id("mallory:k-0"), "... as the same event"
     finally:
         rec.close(drain_timeout=0)

@@ -2,6 +2,11 @@
 
 import json
 import socket
+import time
+
+import httpx
+
+from tests.conftest import ADMIN_KEY
 
 # 9 x 240 tokens with their top-5 log-probabilities: ~1.3 MB of events, ~4 s of the tiny engine's work.
 BIG_STREAM = {"max_tokens": 240, "n": 9, "logprobs": 5, "ignore_eos": True, "stream": True}
@@ -24,3 +29,22 @@ def unread_stream(url: str, key: str, body: dict) -> socket.socket:
         head += sock.recv(1)
     assert head.startswith(b"HTTP/1.1 200"), head
     return sock
+
+
+def decided(gw, version: str, timeout_s: float = 900) -> dict:
+    """Wait for the registry's decision on a proposed version."""
+    deadline = time.monotonic() + timeout_s
+    while (decision := gw.registry.decision(version)) is None:
+        assert time.monotonic() < deadline, httpx.get(f"{gw.url}/admin/promotion",
+                                                      headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
+        time.sleep(1)
+    return decision
+
+
+def canary_running(gw, version: str, timeout_s: float = 300) -> None:
+    """Wait until a gateway runs a canary of `version`."""
+    deadline = time.monotonic() + timeout_s
+    with gw.client(ADMIN_KEY) as admin:
+        while (state := admin.get("/admin/promotion").json())["candidate"] != version:
+            assert time.monotonic() < deadline, state
+            time.sleep(0.5)

@@ -88,14 +88,21 @@ def test_hostile_feedback_is_refused_and_leaves_nothing(gateway, kafka_broker, s
     assert feedback_on_kafka(gateway, kafka_broker) == before_kafka
 
 
-def test_rater_may_rate_anyones_and_batches_are_all_or_nothing(gateway, served):
+def test_a_rater_may_rate_only_items_leased_to_it_and_batches_are_all_or_nothing(gateway, served):
+    """The rater role does not make anyone's completions ratable: a rater's feedback on a request not
+    served to it must be on a labelling item it holds (tests/ui/test_labelling_queue.py ranks one)."""
     with gateway.client(RATER_KEY) as c:
         r = c.post("/v1/feedback/rankings", json={"ranking": [served["b"][1], served["b"][0]]})
-        assert r.status_code == 202, r.text
+        assert r.status_code == 403 and r.json()["error"]["code"] == "not_leased", r.text
+        refused = c.post("/v1/feedback/batch", json={"items": [
+            {"kind": "rating", "choice_id": served["a1"][0], "rating": 1},
+            {"kind": "demonstration", "request_id": served["b_request"], "response": "Better."}]})
+        assert refused.status_code == 403 and refused.json()["error"]["param"] == "items.0.choice_id", refused.text
+    with gateway.client(USER_KEY) as c:
         ok = c.post("/v1/feedback/batch", json={"items": [
             {"kind": "rating", "choice_id": served["a1"][0], "rating": 1},
             {"kind": "pairwise", "chosen": served["a2"][0], "rejected": served["a2"][1], "tie": True},
-            {"kind": "demonstration", "request_id": served["b_request"], "response": "Better."}]})
+            {"kind": "demonstration", "request_id": served["a1_request"], "response": "Better."}]})
     assert ok.status_code == 202, ok.text
     assert len({a["event_id"] for a in ok.json()["accepted"]}) == 3
 
@@ -111,7 +118,7 @@ def test_the_short_way_in_answers_as_the_routes_do(gateway, served):
         ("rankings", {"ranking": [a[2], [a[0], a[1]]]}, USER_KEY),
         ("demonstrations", {"request_id": served["a1_request"], "response": "better"}, USER_KEY),
         ("ratings", {"choice_id": b[0], "rating": 1}, USER_KEY),          # 403: another caller's
-        ("ratings", {"choice_id": b[0], "rating": 1}, RATER_KEY),         # a rater may
+        ("ratings", {"choice_id": b[0], "rating": 1}, RATER_KEY),         # 403: not leased to the rater
         ("ratings", {"choice_id": "nope", "rating": 1}, USER_KEY),        # 404
         ("rankings", {"ranking": [a[0], a[0]]}, USER_KEY),                # 400 from the handler
         ("ratings", {"choice_id": a[0], "rating": 5}, USER_KEY),          # 400 from validation
@@ -130,7 +137,7 @@ def test_the_short_way_in_answers_as_the_routes_do(gateway, served):
             answers.append((r.status_code, {k: v for k, v in answer.items() if k != "event_id"}))
             assert r.status_code in (202, 400, 401, 403, 404), (route, body, r.status_code, answer)
         assert answers[0] == answers[1], (route, body, answers)
-    assert accepted_count(gateway) - before == 2 * 5  # both ways stored every acceptance
+    assert accepted_count(gateway) - before == 2 * 4  # both ways stored every acceptance
 
     # Not JSON at all, and JSON that is not UTF-8 text: the route's own refusal, either way.
     for content in (b"{not json", b'{"choice_id": "\xff", "rating": 1}'):

@@ -39,8 +39,8 @@ def test_made_up_or_altered_ids_are_never_served():
     forged = [
         "chatcmpl-never-served-0", "", "x" * 500, cid + "0", cid[:-1],
         _flip(cid, len(cid) - 1),                          # the signature
-        cid.replace("-0.v0001.", "-1.v0001."),             # another index
-        cid.replace(".v0001.", ".v0002."),                 # another version
+        cid.replace(f"{rid}-0.", f"{rid}-1."),             # another index
+        _flip(cid, len(rid) + 3),                          # another (sealed) version
         _flip(cid, len("chatcmpl-") + 3),                  # another request
         Ownership([B], 30 * DAY).choice_id(rid, 0, "v0001"),  # signed with another secret
     ]
@@ -51,6 +51,22 @@ def test_made_up_or_altered_ids_are_never_served():
     tag_swapped = _flip(rid, rid.rindex(".") - 1)
     with pytest.raises(NeverServed):
         own.check_request(tag_swapped, "alice", may_rate_others=True)
+
+
+def test_a_choice_id_does_not_tell_its_version_to_a_client():
+    own = Ownership([A], 30 * DAY)
+    rid = own.request_id("chatcmpl", "alice")
+    ids = {v: [own.choice_id(rid, i, v) for i in range(9)] for v in ("v0001", "v0002")}
+    for v, cids in ids.items():
+        assert all(v not in c and v[1:] not in c.removeprefix(rid) for c in cids)
+        assert [own.version_of(c) for c in cids] == [v] * 9, "the secret unseals it"
+        assert len({len(c) for c in cids}) == 1
+    # The same index of two versions differs only in the sealed part, and the sealed parts of one
+    # version share no fixed bytes an observer could learn (a keystream per choice).
+    sealed = [c.rsplit(".", 2)[1] for c in ids["v0001"]]
+    assert len(set(sealed)) == 9 and not any(all(s[k] == sealed[0][k] for s in sealed) for k in range(len(sealed[0])))
+    with pytest.raises(ValueError):
+        own.choice_id(rid, 0, "not.a.version")
 
 
 def test_secrets_rotate_and_ids_expire_with_the_feedback_window():

@@ -1,7 +1,8 @@
 """Two gateway replicas with no shared database: one registry (a shared folder), one Kafka, one
 ownership secret, and a trainer process consuming. Feedback on what one served is accepted by the
 other; what belongs to somebody else, or was made up, is refused by both; a retry sent to the other
-replica is one event, stored once by the trainer; a promotion reaches both."""
+replica is one event, stored once by the trainer; a promotion reaches both; a canary is decided
+once, on both replicas' verdicts, through a kill of its decider."""
 
 import os
 import secrets
@@ -9,16 +10,23 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 import uuid
 
 import httpx
 import pytest
 
 from core.config import FeedbackConfig
+from core.processes import stop_group
 from feedback.events import Comparison
 from feedback.source import open_source
-from core.processes import stop_group
-from tests.conftest import MODEL, RATER_KEY, REPO, USER2_KEY, USER_KEY, make_gateway, write_pretraining_data
+from feedback.topics import FEEDBACK
+from gateway.ownership import Ownership
+from promotion.evidence import EvidenceStore
+from promotion.sequential import SequentialTestConfig, run_test
+from tests.conftest import (ADMIN_KEY, MODEL, PEOPLE_KEYS, RATER_KEY, REPO, USER2_KEY, USER_KEY, make_gateway,
+                            perturbed_copy, write_pretraining_data)
+from tests.gateway.helpers import canary_running, decided
 from trainer.dataset_store import DatasetStore
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Describe a cat."}], "max_tokens": 8,
@@ -99,17 +107,17 @@ def test_feedback_crosses_replicas_and_ownership_holds_on_both(replicas, kafka_b
         assert r.status_code == 202, r.text
         accepted.append(r.json()["event_id"])
 
-    # Another caller's ids: 403 on either replica; a rater may rank them.
+    # Another caller's ids: 403 on either replica; for a rater too, unless leased to it.
     for gw in (a, b):
         r = _rank(gw, from_a, key=USER2_KEY)
         assert r.status_code == 403 and r.json()["error"]["code"] == "not_your_completion", r.text
     r = _rank(b, from_a, key=RATER_KEY)
-    assert r.status_code == 202, r.text
-    accepted.append(r.json()["event_id"])
+    assert r.status_code == 403 and r.json()["error"]["code"] == "not_leased", r.text
 
     # Made-up or altered ids: 404 on either replica, whoever asks.
     altered = from_a[0][:-1] + ("0" if from_a[0][-1] != "0" else "1")
-    other_version = from_a[0].replace(".v0001.", ".v0002.")
+    sealed_at = from_a[0].rindex(".") - 1  # the last digit of the sealed version
+    other_version = from_a[0][:sealed_at] + ("0" if from_a[0][sealed_at] != "0" else "1") + from_a[0][sealed_at + 1:]
     for gw in (a, b):
         for bad in (altered, other_version, "chatcmpl-made-up-0"):
             r = _rank(gw, [bad, from_a[1]], key=RATER_KEY)
@@ -163,3 +171,79 @@ def test_a_promotion_reaches_every_replica(replicas):
                 break
             assert time.monotonic() < deadline, f"{gw.url} still serves {r.headers['x-policy-version']}"
             time.sleep(0.5)
+
+
+def test_one_decision_from_both_replicas_verdicts_and_a_killed_decider_resumes_with_all(replicas, tiny_model_dir,
+                                                                                        kafka_broker, tmp_path):
+    """A candidate on canary on both replicas; people's verdicts land on either. Each replica reads
+    all of them back from Kafka, one (the lease holder) decides; killed mid-canary, the other takes
+    over with every verdict, and the killed one, restarted, catches up. The decision is the one a
+    single store given every verdict computes."""
+    a, b = replicas
+    registry = a.registry
+    serving = registry.current()
+    candidate = registry.publish(perturbed_copy(tiny_model_dir, tmp_path / "candidate", seed=11),
+                                 source="test:pooled", parent=serving)
+    registry.propose(candidate)
+    for gw in (a, b):
+        canary_running(gw, candidate)
+    secret = tomllib.loads(a.config.read_text())["gateway"]["ownership_secrets"][0]
+    unseal = Ownership([secret.encode()], 86400).version_of
+
+    def verdict(gw, key: str) -> None:
+        """One person's blinded mixed request, ranked candidate first."""
+        with gw.client(key) as c:
+            r = c.post("/v1/chat/completions", json={**CHAT, "compare_versions": True})
+            assert r.status_code == 200 and r.json()["policy_version"] == "mixed", r.text
+            ids = sorted((ch["id"] for ch in r.json()["choices"]), key=lambda i: unseal(i) != candidate)
+            assert c.post("/v1/feedback/rankings", json={"ranking": ids}).status_code == 202
+
+    def state(gw, counted: int | None = None, decider: bool | None = None, timeout_s: float = 120) -> dict:
+        deadline = time.monotonic() + timeout_s
+        with gw.client(ADMIN_KEY) as admin:
+            while True:
+                s = admin.get("/admin/promotion").json()
+                if s.get("candidate") == candidate and (counted is None or s["n"] + s["ties"] == counted) \
+                        and (decider is None or s["decider"] == decider):
+                    return s
+                assert time.monotonic() < deadline, s
+                time.sleep(0.5)
+
+    for i in range(8):  # two per person, spread over both replicas
+        verdict((a, b)[i % 2], PEOPLE_KEYS[i % 4])
+    pooled = [state(gw, counted=8) for gw in (a, b)]  # each received 4 and counts all 8
+    assert pooled[0]["llr"] == pooled[1]["llr"] and pooled[0]["decider"] != pooled[1]["decider"], pooled
+    decider, other = (a, b) if pooled[0]["decider"] else (b, a)
+
+    decider.stop(kill=True)
+    assert state(other, counted=8, decider=True, timeout_s=60)["decision"] is None  # took over, every verdict
+    decider.start()
+    canary_running(decider, candidate)
+    assert state(decider, counted=8)["n"] == 8  # restarted: rebuilt from its store and the log
+
+    for i in range(12):
+        verdict((a, b)[i % 2], PEOPLE_KEYS[i % 4])
+    decision = decided(a, candidate, timeout_s=300)
+    evidence = decision["evidence"]
+    assert decision["decision"] == "promoted" and evidence["n"] == 20 and evidence["raters"] == 4, decision
+
+    # The same verdicts, read from Kafka into a fresh store, give the same test.
+    store = EvidenceStore(tmp_path / "all.db")
+    source = open_source(FeedbackConfig(kafka_bootstrap=kafka_broker.bootstrap), tmp_path,
+                         f"test-{uuid.uuid4().hex}", (FEEDBACK,))
+    deadline = time.monotonic() + 60
+    try:
+        while len(store.verdicts(candidate, serving, decision["started_at"])) < 20:
+            assert time.monotonic() < deadline
+            for d in source.poll(timeout_s=0.5):
+                if isinstance(d.event, Comparison) and d.event.choice_versions:
+                    store.record(d.event)
+    finally:
+        source.close()
+    config = SequentialTestConfig(**evidence["config"])
+    alone = run_test(store.verdicts(candidate, serving, decision["started_at"]), config).evidence()
+    assert {k: alone[k] for k in ("wins", "losses", "ties", "llr", "decision")} == \
+        {k: evidence[k] for k in ("wins", "losses", "ties", "llr", "decision")}
+    for gw in (a, b):
+        with gw.client() as c:
+            assert c.post("/v1/chat/completions", json={**CHAT, "n": 1}).headers["x-policy-version"] == candidate

@@ -108,6 +108,14 @@ class LabelQueue:
             cur.execute("UPDATE items SET request_id = ?, candidates = ? WHERE item_id = ?",
                         (request_id, json.dumps(shown), item_id))
 
+    def prune(self) -> int:
+        """Drop items (and their rankings) older than labelling.retention_days; returns how many."""
+        before = time.time() - self.config.retention_days * _DAY
+        with durable_sqlite.transaction(self._db, self._lock) as cur:
+            cur.execute("DELETE FROM assignments WHERE item_id IN (SELECT item_id FROM items WHERE created < ?)",
+                        (before,))
+            return cur.execute("DELETE FROM items WHERE created < ?", (before,)).rowcount
+
     def drop(self, item_id: str) -> None:
         """Forget an item whose prompt cannot be answered (it no longer fits the serving model)."""
         with durable_sqlite.transaction(self._db, self._lock) as cur:
@@ -142,15 +150,24 @@ class LabelQueue:
                               (held[0],)).fetchone()
         return Item(row[0], row[1], row[2], json.loads(row[3]))
 
+    def leased_to(self, request_id: str, rater: str) -> bool:
+        """Whether the item of this request is the rater's: leased to them and not expired, or ranked
+        by them already (they may change their ranking)."""
+        return bool(self._rows("SELECT 1 FROM items i JOIN assignments a ON a.item_id = i.item_id WHERE "
+                               "i.request_id = ? AND a.rater = ? AND (a.done_at IS NOT NULL OR a.leased_until > ?)",
+                               (request_id, rater, time.time())))
+
     def done(self, request_id: str, rater: str, ranking: list[list[str]]) -> bool:
-        """Record an accepted ranking of an item's candidates; False if the request is no item."""
+        """Record an accepted ranking of an item leased to the rater; False if the request is no
+        item of theirs."""
         with durable_sqlite.transaction(self._db, self._lock) as cur:
-            row = cur.execute("SELECT item_id FROM items WHERE request_id = ?", (request_id,)).fetchone()
+            row = cur.execute("SELECT a.item_id FROM items i JOIN assignments a ON a.item_id = i.item_id WHERE "
+                              "i.request_id = ? AND a.rater = ? AND (a.done_at IS NOT NULL OR a.leased_until > ?)",
+                              (request_id, rater, time.time())).fetchone()
             if row is None:
                 return False
-            cur.execute("INSERT INTO assignments (item_id, rater, leased_until, done_at, ranking) VALUES (?, ?, 0, ?, ?) "
-                        "ON CONFLICT (item_id, rater) DO UPDATE SET done_at = excluded.done_at, "
-                        "ranking = excluded.ranking", (row[0], rater, time.time(), json.dumps(ranking)))
+            cur.execute("UPDATE assignments SET done_at = ?, ranking = ? WHERE item_id = ? AND rater = ?",
+                        (time.time(), json.dumps(ranking), row[0], rater))
         return True
 
     def rankings(self) -> list[list[list[str]]]:

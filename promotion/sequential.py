@@ -34,6 +34,12 @@ class SequentialTestConfig:
     delta: float = 0.2    # the preference worth detecting: p1 = 0.5 + delta
     min_samples: int = 20
     max_samples: int = 400
+    max_rater_share: float = 0.25  # of the verdicts counted (of min_samples while fewer are counted)
+
+    def rater_limit(self, counted: int) -> int:
+        """How many verdicts one rater may have among the first `counted` + 1 counted."""
+        # Rounded up: with exactly 1 / max_rater_share raters, each must be able to go on.
+        return max(1, math.ceil(self.max_rater_share * max(self.min_samples, counted + 1)))
 
     @property
     def p0(self) -> float:
@@ -55,6 +61,8 @@ class SequentialTest:
     llr: float = 0.0
     decision: str | None = None  # "promote", "roll_back", or None while undecided
     reason: str = ""
+    per_rater: dict[str, int] = field(default_factory=dict)  # verdicts counted per rater (ties too)
+    over_share: int = 0  # verdicts not counted: their rater had supplied max_rater_share already
 
     @property
     def n(self) -> int:
@@ -100,14 +108,38 @@ class SequentialTest:
     def _decide(self, decision: str, reason: str) -> None:
         self.decision, self.reason = decision, reason
 
+    def add_from(self, rater: str, candidate_won: bool | None) -> str | None:
+        """Count one rater's verdict unless that rater has their share already."""
+        if self.decision is not None:
+            return self.decision
+        counted = sum(self.per_rater.values())
+        if self.per_rater.get(rater, 0) >= self.config.rater_limit(counted):
+            self.over_share += 1
+            return None
+        self.per_rater[rater] = self.per_rater.get(rater, 0) + 1
+        return self.add(candidate_won)
+
     def evidence(self) -> dict:
         """What the decision rests on, for the lineage."""
         c = self.config
-        return {"wins": self.wins, "losses": self.losses, "ties": self.ties, "n": self.n,
+        counted = sum(self.per_rater.values())
+        return {"raters": len(self.per_rater), "largest_rater_share": max(self.per_rater.values()) / counted
+                if counted else None, "not_counted_over_share": self.over_share,
+                "wins": self.wins, "losses": self.losses, "ties": self.ties, "n": self.n,
                 "rate": self.wins / self.n if self.n else None, "interval_95": wilson(self.wins, self.n),
                 "llr": self.llr, "promote_bound": math.log((1 - c.beta) / c.alpha),
                 "roll_back_bound": math.log(c.beta / (1 - c.alpha)), "decision": self.decision,
                 "reason": self.reason, "config": asdict(c)}
+
+
+def run_test(verdicts, config: SequentialTestConfig) -> SequentialTest:
+    """The test over (rater, candidate won / lost / None for a tie) verdicts in their order,
+    stopped at the first decision."""
+    test = SequentialTest(config)
+    for rater, candidate_won in verdicts:
+        if test.add_from(rater, candidate_won) is not None:
+            break
+    return test
 
 
 def wilson(successes: float, n: float, z: float = 1.96) -> tuple[float, float] | None:

@@ -1,17 +1,19 @@
 """Promotion by people's evidence: the canary controller.
 
 A version the trainer proposes (the registry's CANDIDATE pointer: it passed the offline gate) is
-served as a sticky canary to `promotion.canary_fraction` of users. Blinded comparisons between its
-answers and the serving version's (mixed requests that opt in, labelling items: gateway/evidence.py)
-feed a sequential test (gateway/sequential.py) after every verdict; its decision promotes the
-candidate (its warm engine takes all traffic, CURRENT moves) or rolls it back, on its own.
-Guardrails roll back at once a candidate that fails more requests, or is much slower, than the
-serving version. Every decision goes into the registry (decisions/<version>.json) with its
-evidence. An operator can still decide by hand (POST /admin/policy with the candidate promotes it,
-DELETE /admin/canary rolls it back); that is recorded too.
-
-With several gateways each runs a controller on its own evidence; the first decision written to
-the registry is the one kept, and the others follow it (CURRENT is followed anyway).
+served as a sticky canary to `promotion.canary_fraction` of users by every gateway. People's
+blinded comparisons between its answers and the serving version's (mixed requests that opt in,
+labelling items), given on any gateway, reach every gateway's evidence store through the feedback
+log (promotion/evidence_feed.py), one verdict per rater and request. One gateway, the holder of the
+decider's lease (promotion/leader.py), runs the sequential test on them (promotion/sequential.py):
+its decision promotes the candidate (its warm engine takes all traffic, CURRENT moves) or rolls it
+back, and every other gateway follows the decision it writes to the registry. The test is a pure
+function of the verdicts since the proposal, so a restarted gateway or a new leader resumes it
+with every verdict. Guardrails (promotion/version_health.py) roll back a candidate whose engine
+fails more requests or is much slower than the serving version's; any gateway may do that, since a
+roll back can only lower the chance of a false promotion. Every decision goes into the registry
+(decisions/<version>.json) with its evidence. An operator can still decide by hand (POST
+/admin/policy with the candidate promotes it, DELETE /admin/canary rolls it back); that is recorded too.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import time
 from core.config import PromotionConfig
 from core.supervision import supervise
 from gateway.deployment import Deployment
-from gateway.evidence import EvidenceStore
-from gateway.sequential import SequentialTest, SequentialTestConfig
-from gateway.version_health import VersionHealth, guardrail_breach
+from promotion.evidence import EvidenceStore
+from promotion.leader import LeaderLease
+from promotion.sequential import SequentialTest, SequentialTestConfig, run_test
+from promotion.version_health import VersionHealth, guardrail_breach
 from inference.engine import SwapBusy
 
 log = logging.getLogger(__name__)
@@ -38,18 +41,20 @@ class CanaryController:
         self.deployment, self.evidence, self.health, self.config = deployment, evidence, health, config
         self.registry = deployment.registry
         self.metrics = deployment.metrics
+        self.lease = LeaderLease(self.registry.root)
+        self.leader = False
         self.test: SequentialTest | None = None
         self.candidate: str | None = None
         self.serving: str | None = None
-        self._started = 0.0
-        self._seen = 0  # the last verdict row counted
+        self._started = 0.0  # when the candidate was proposed: the same on every gateway
+        self._serving_since = 0.0
         self._refused: set[str] = set()
 
     def state(self) -> dict:
         """What the controller is doing (GET /admin/promotion)."""
         if self.test is None:
-            return {"mode": self.config.mode, "candidate": None}
-        return {"mode": self.config.mode, "candidate": self.candidate, "against": self.serving,
+            return {"mode": self.config.mode, "candidate": None, "decider": self.leader}
+        return {"mode": self.config.mode, "candidate": self.candidate, "against": self.serving, "decider": self.leader,
                 "fraction": self.config.canary_fraction, "running_s": time.time() - self._started,
                 "max_canary_s": self.config.max_canary_s, **self.test.evidence()}
 
@@ -86,13 +91,15 @@ class CanaryController:
             await self.deployment.stop_canary()
             self._finish("superseded", f"the trainer proposed {self.registry.candidate()} instead")
             return
-        for row_id, candidate_won in self.evidence.verdicts(self.candidate, self.serving, self._seen):
-            self._seen = row_id
-            self.test.add(candidate_won)
+        verdicts = await asyncio.to_thread(self.evidence.verdicts, self.candidate, self.serving, self._started)
+        self.test = run_test(verdicts, self.test.config)
+        self.leader = await asyncio.to_thread(self.lease.hold)
         self._show()
         reason = guardrail_breach(self.health.summary(self.candidate), self.health.summary(self.serving), self.config)
         if reason and self.test.decision is None:
             self.test.stop("roll_back", reason)
+        elif not self.leader:
+            return  # the decider's test; this gateway follows what it writes
         elif self.test.decision is None and time.time() - self._started > self.config.max_canary_s:
             self.test.time_out(self.config.max_canary_s)
         # The decision's time is taken before the engines change: until then every user was still on
@@ -130,9 +137,12 @@ class CanaryController:
             log.error("promotion: could not start a canary on %s (%s)", candidate, exc)
             return
         c = self.config
-        self.test = SequentialTest(SequentialTestConfig(c.alpha, c.beta, c.delta, c.min_samples, c.max_samples))
-        self.candidate, self.serving, self._started = candidate, self.deployment.version, time.time()
-        self._seen = self.evidence.last_id()  # only verdicts given while this canary runs count
+        self.test = SequentialTest(SequentialTestConfig(c.alpha, c.beta, c.delta, c.min_samples, c.max_samples,
+                                                        c.max_rater_share))
+        # Only verdicts given since the proposal count (the candidate served nobody before it).
+        self.candidate, self.serving = candidate, self.deployment.version
+        self._started = self.registry.candidate_since() or time.time()
+        self._serving_since = time.time()  # when this gateway's canary engine took its users
         self._show()
         log.info("promotion: canary %s serves %.0f%% of users (sticky) against %s until people's comparisons decide",
                  candidate, 100 * c.canary_fraction, self.serving)
@@ -150,7 +160,7 @@ class CanaryController:
         now = time.time()
         at = decided_at or now
         record = {"decision": decision, "reason": reason, "against": self.serving, "at": at, "applied_at": now,
-                  "started_at": self._started, "canary_s": at - self._started,
+                  "started_at": self._started, "canary_started_at": self._serving_since, "canary_s": at - self._started,
                   "fraction": self.config.canary_fraction, "evidence": evidence, "health": health}
         if self.registry.record_decision(self.candidate, record):
             self.metrics.canary_decisions.labels(decision).inc()
