@@ -20,6 +20,7 @@ import argparse
 import random
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -67,6 +68,7 @@ def fit_alone(store: EvidenceStore, before: str | None, comparisons: list[Compar
         source = subprocess.run(["git", "show", f"{before}:gateway/leaderboard.py"], capture_output=True, text=True,
                                 check=True).stdout
         old = types.ModuleType("old_leaderboard")
+        sys.modules[old.__name__] = old  # its dataclasses look their module up there
         # Its one project import moved with this change; the functions are the old ones.
         exec(source.replace("from gateway.sequential import wilson", "from promotion.sequential import wilson"),
              old.__dict__)

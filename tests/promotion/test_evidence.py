@@ -1,9 +1,14 @@
-"""People's verdicts between versions as the canary reads them (one per ranking, its share of the
-cross-version pairs), kept once per event, and the per-version health behind the guardrails."""
+"""People's verdicts between versions as the canary reads them: one per rater and request (its share
+of the cross-version pairs), the latest ranking winning; the leaderboard's bounded fitting; and the
+per-version engine health behind the guardrails."""
+
+import threading
+import time
 
 from core.config import PromotionConfig
 from feedback.events import Comparison
 from promotion.evidence import EvidenceStore
+from promotion.leaderboard import Board
 from promotion.version_health import VersionHealth, guardrail_breach
 
 VERSION = {"a1": "v0001", "a2": "v0001", "b1": "v0002", "b2": "v0002"}
@@ -90,3 +95,27 @@ def test_the_guardrails_roll_back_a_candidate_whose_engine_fails_more_or_is_much
         fresh.observe("candidate", ok=False)
     fresh.observe("serving", ok=True, step_s=0.005)
     assert guardrail_breach(fresh.summary("candidate"), fresh.summary("serving"), config) is None
+
+
+def test_the_leaderboard_is_fitted_once_at_a_time_and_at_most_every_interval():
+    """Many callers during a flood cost one fit: callers that arrive while one runs wait for it (the
+    first) or get the last board; new rankings are fitted again only after the interval."""
+    fitted = []
+
+    def patterns():
+        fitted.append(1)
+        time.sleep(0.3)
+        return [([["v0001", "v0002", 3, 1, 0]], 10)]
+
+    board = Board(patterns, min_interval_s=60)
+    got = []
+    callers = [threading.Thread(target=lambda: got.append(board.get("v0001", None, 10))) for _ in range(8)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert len(fitted) == 1 and len(got) == 8 and all(g is got[0] for g in got)
+    board.changed()
+    assert board.get("v0001", None, 10) is got[0] and len(fitted) == 1, "within the interval: the last board"
+    board.min_interval_s = 0
+    assert board.get("v0001", None, 10) is not got[0] and len(fitted) == 2

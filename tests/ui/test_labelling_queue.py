@@ -72,8 +72,12 @@ def test_an_item_mixes_serving_and_canary_answers_blind_while_a_canary_runs(gate
     with gateway.client(RATER_KEY) as rater:
         r = rater.post("/v1/feedback/rankings", json={"ranking": canary_ids + others})
         assert r.status_code == 202, r.text
+    # The verdict reaches the board through the feedback log, and the board is refitted at most every 5 s.
+    deadline = time.monotonic() + 60
     with gateway.client(ADMIN_KEY) as admin:
-        board = admin.get("/admin/leaderboard").json()
+        while candidate not in {row["version"] for row in (board := admin.get("/admin/leaderboard").json())["versions"]}:
+            assert time.monotonic() < deadline, board
+            time.sleep(1)
         metrics = admin.get("/metrics").text
     rows = {row["version"]: row for row in board["versions"]}
     assert {serving, candidate} <= rows.keys() and board["outcomes"] >= 2

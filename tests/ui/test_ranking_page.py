@@ -218,6 +218,12 @@ def test_the_versions_tab_charts_peoples_blinded_cross_version_rankings(browser,
     finally:
         with gateway.client(ADMIN_KEY) as admin:
             assert admin.delete("/admin/canary").status_code == 200
+    # The verdict reaches the board through the feedback log; the page reads the board once.
+    deadline = time.monotonic() + 60
+    with gateway.client(USER_KEY) as user:
+        while not any(row["version"] == "v0002" and row["vs_sft"] for row in user.get("/v1/leaderboard").json()["versions"]):
+            assert time.monotonic() < deadline, "the ranking never reached the leaderboard"
+            time.sleep(1)
     page = open_page(browser, gateway, USER_KEY)
     page.click("#tab-versions")
     page.wait_for_selector('#chart g.bar[data-version="v0002"]')  # v0001 is SFT, the reference
