@@ -10,6 +10,7 @@ reads the log from its start) holds the same verdicts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ from promotion.evidence import EvidenceStore
 
 log = logging.getLogger(__name__)
 _PRUNE_EVERY_S = 3600.0
+_RETRY_S, _MAX_RETRY_S = 2.0, 30.0
 
 
 class EvidenceFeed:
@@ -49,30 +51,35 @@ class EvidenceFeed:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        backoff = _RETRY_S
         while not self._stop.is_set():
             source = None
             try:
                 source = open_source(self.config, self.state_dir, self.group, (FEEDBACK,), whole=True)
-                pruned_at = 0.0
-                while not self._stop.is_set():
-                    if time.monotonic() - pruned_at > _PRUNE_EVERY_S:
-                        pruned_at = time.monotonic()
-                        self.store.prune(self.retention_s)
-                    delivered = source.poll(timeout_s=0.5)
-                    verdicts = [d.event for d in delivered if isinstance(d.event, Comparison) and d.event.choice_versions]
-                    if verdicts and (kept := self.store.record_many(verdicts)):
-                        self.on_kept(kept)
-                    if delivered:
-                        source.commit()
+                backoff = _RETRY_S
+                self._read(source)
             except TopicMissing:  # no feedback was ever shipped: nothing to read yet
-                self._stop.wait(2.0)
+                self._stop.wait(_RETRY_S)
             except Exception:  # a broker away, a disk error: say so, count it, and try again
-                log.exception("evidence feed: reading the feedback log failed; retrying in 2 s")
+                log.exception("evidence feed: reading the feedback log failed; retrying in %.0f s (verdicts wait "
+                              "in the log meanwhile: the canary's test waits, it loses nothing)", backoff)
                 self.on_failure()
-                self._stop.wait(2.0)
+                self._stop.wait(backoff)
+                backoff = min(_MAX_RETRY_S, 2 * backoff)
             finally:
                 if source is not None:
-                    try:
+                    with contextlib.suppress(Exception):
                         source.close()
-                    except Exception:
-                        pass
+
+    def _read(self, source) -> None:
+        pruned_at = 0.0
+        while not self._stop.is_set():
+            if time.monotonic() - pruned_at > _PRUNE_EVERY_S:
+                pruned_at = time.monotonic()
+                self.store.prune(self.retention_s)
+            delivered = source.poll(timeout_s=0.5)
+            verdicts = [d.event for d in delivered if isinstance(d.event, Comparison) and d.event.choice_versions]
+            if verdicts and (kept := self.store.record_many(verdicts)):
+                self.on_kept(kept)
+            if delivered:
+                source.commit()  # after the store has them: a crash re-delivers, and re-recording is a no-op

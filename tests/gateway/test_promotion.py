@@ -75,6 +75,10 @@ def test_people_promote_a_better_candidate_and_roll_back_a_worse_one(canary_gate
     assert evidence["n"] >= 20 and evidence["rate"] > 0.5 and evidence["llr"] >= evidence["promote_bound"]
     assert evidence["interval_95"][0] > 0.5, "promoted on a preference distinguishable from no change"
     assert promoted["against"] == serving and gw.registry.current() == better
+    # The guardrails' figures come from the engines: both versions' health has them.
+    for version in (better, serving):
+        health = promoted["health"][version]
+        assert health["requests"] > 0 and health["prefill_s"] > 0 and health["step_s"] > 0, promoted["health"]
     assert rolled_back["decision"] == "rolled_back", rolled_back
     assert rolled_back["evidence"]["rate"] < 0.5 and rolled_back["against"] == better
     assert gw.registry.candidate() is None

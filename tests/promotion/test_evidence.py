@@ -8,6 +8,7 @@ import time
 from core.config import PromotionConfig
 from feedback.events import Comparison
 from promotion.evidence import EvidenceStore
+from promotion.leader import LeaderLease
 from promotion.leaderboard import Board
 from promotion.version_health import VersionHealth, guardrail_breach
 
@@ -119,3 +120,12 @@ def test_the_leaderboard_is_fitted_once_at_a_time_and_at_most_every_interval():
     assert board.get("v0001", None, 10) is got[0] and len(fitted) == 1, "within the interval: the last board"
     board.min_interval_s = 0
     assert board.get("v0001", None, 10) is not got[0] and len(fitted) == 2
+
+
+def test_one_decider_holds_the_lease_until_it_stops_renewing_or_lets_go(tmp_path):
+    a, b = LeaderLease(tmp_path, ttl_s=0.5), LeaderLease(tmp_path, ttl_s=0.5)
+    assert a.hold() and not b.hold() and a.hold(), "renewed by its holder, refused to another"
+    time.sleep(0.6)  # a stops renewing (killed, hung)
+    assert b.hold() and not a.hold()
+    b.release()
+    assert a.hold() and a.holder()["holder"] == a.me

@@ -75,7 +75,10 @@ def test_an_item_mixes_serving_and_canary_answers_blind_while_a_canary_runs(gate
     # The verdict reaches the board through the feedback log, and the board is refitted at most every 5 s.
     deadline = time.monotonic() + 60
     with gateway.client(ADMIN_KEY) as admin:
-        while candidate not in {row["version"] for row in (board := admin.get("/admin/leaderboard").json())["versions"]}:
+        while True:
+            board = admin.get("/admin/leaderboard").json()
+            if candidate in {row["version"] for row in board["versions"]}:
+                break
             assert time.monotonic() < deadline, board
             time.sleep(1)
         metrics = admin.get("/metrics").text
