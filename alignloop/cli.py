@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from alignloop.bootstrap import ensure_base_policy
 from core.config import Settings, load_settings
-from gateway.auth import KeysFileUnsafe
+from core.paths import UnsafeStateFile
 
 log = logging.getLogger("alignloop")
 
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         args.run(settings, args)
-    except KeysFileUnsafe as exc:
+    except UnsafeStateFile as exc:
         print(f"alignloop: {exc}", file=sys.stderr)
         return 2
     return 0

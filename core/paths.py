@@ -7,6 +7,7 @@
         feedback/events.db        the gateway's durable spool / embedded event log
         gateway/last_served       the version the gateway last served (its fallback at start)
         gateway/labels.db         the raters' labelling queue
+        gateway/evidence.db       people's verdicts between versions (the canary's, the leaderboard's)
         gateway/ownership_secret  the generated key that signs served ids when none is configured
         trainer/dataset.db        the trainer's de-duplicated dataset
         trainer/rounds/rNNNN/     one training round's reward model and policy
@@ -21,6 +22,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+
+class UnsafeStateFile(PermissionError):
+    """A secret under the state directory (generated keys, the ownership secret) that other users
+    can read: refused, with what to do about it."""
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,13 @@ from pathlib import Path
 from fastapi import Request
 
 from core.config import ApiKeyConfig
-from core.paths import StatePaths
+from core.paths import StatePaths, UnsafeStateFile
 from gateway.errors import APIError
 
 log = logging.getLogger(__name__)
 
 
-class KeysFileUnsafe(RuntimeError):
+class KeysFileUnsafe(UnsafeStateFile):
     """The generated keys file is readable by others."""
 
 

@@ -31,6 +31,8 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from core.paths import UnsafeStateFile
+
 log = logging.getLogger(__name__)
 
 _SIG_HEX = 24   # 96 bits: an online guesser gets nowhere
@@ -160,7 +162,7 @@ def load_or_create_secrets(configured: list[SecretStr], path: Path) -> list[byte
         return [s.get_secret_value().encode() for s in configured]
     if path.exists():
         if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise PermissionError(f"{path} is readable by other users; run `chmod 600 {path}`, or delete it "
+            raise UnsafeStateFile(f"{path} is readable by other users; run `chmod 600 {path}`, or delete it "
                                   "(ids already handed out then stop being accepted for feedback)")
         return [path.read_text().strip().encode()]
     path.parent.mkdir(parents=True, exist_ok=True)

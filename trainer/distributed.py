@@ -18,6 +18,8 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    # Where this rank's collectives run: NCCL reduces only CUDA tensors (Runtime.resolve sets it).
+    device: torch.device = torch.device("cpu")
 
     @property
     def main(self) -> bool:
@@ -32,9 +34,13 @@ class World:
         """The mean of a number over all ranks."""
         if self.size == 1:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        t = self.collective_tensor([value])
         dist.all_reduce(t)
         return t.item() / self.size
+
+    def collective_tensor(self, values: list[float]) -> torch.Tensor:
+        """Numbers as a tensor a collective of this world accepts (float64, on its device)."""
+        return torch.tensor(values, dtype=torch.float64, device=self.device)
 
 
 def init() -> World:

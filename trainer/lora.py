@@ -40,25 +40,45 @@ def base_model(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
-def merged_state_dict(state: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
-    """A plain model's state dict from an adapted one's: each adapted weight becomes
-    W + (B·A)·scaling, and the adapter's own tensors go. Works on a gathered (FSDP) state dict too."""
-    state = {k.removeprefix(_PEFT_PREFIX): v for k, v in state.items()}
-    out = {}
+def _adapted(state: dict[str, torch.Tensor]):
+    """(plain key, base tensor, A, B or None) for every base-layer tensor of an adapted state dict."""
     for key, value in state.items():
-        if ".lora_" in key:
-            continue
         if ".base_layer." not in key:
-            out[key] = value
             continue
         stem, leaf = key.split(".base_layer.")
-        plain = f"{stem}.{leaf}"
         a = next((v for k, v in state.items() if k.startswith(f"{stem}.lora_A.") and k.endswith(leaf)), None)
         b = next((v for k, v in state.items() if k.startswith(f"{stem}.lora_B.") and k.endswith(leaf)), None)
-        if leaf == "weight" and a is not None and b is not None:
-            value = (value.float() + (b.float() @ a.float()) * scaling).to(value.dtype)
+        yield f"{stem}.{leaf}", value, (a, b) if leaf == "weight" and a is not None and b is not None else None
+
+
+def merged_state_dict(state: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
+    """A plain model's state dict from an adapted one's: each adapted weight becomes
+    W + (B·A)·scaling in float32 (the caller casts to the save dtype: a base held in bf16 and cast
+    back before that would round the update away), and the adapter's own tensors go. Works on a
+    gathered (FSDP) state dict too."""
+    state = {k.removeprefix(_PEFT_PREFIX): v for k, v in state.items()}
+    out = {k: v for k, v in state.items() if ".lora_" not in k and ".base_layer." not in k}
+    for plain, value, adapter in _adapted(state):
+        if adapter is not None:
+            a, b = adapter
+            value = value.float() + (b.float() @ a.float()) * scaling
         out[plain] = value
     return out
+
+
+def update_lost(state: dict[str, torch.Tensor], scaling: float, dtype: torch.dtype) -> float:
+    """How much of the adapter's update a merge published in `dtype` loses: |published − (W + ΔW)|
+    over |ΔW|, summed over the adapted weights (0 in float32)."""
+    state = {k.removeprefix(_PEFT_PREFIX): v for k, v in state.items()}
+    lost = total = 0.0
+    for _, value, adapter in _adapted(state):
+        if adapter is None:
+            continue
+        delta = (adapter[1].float() @ adapter[0].float()) * scaling
+        exact = value.float() + delta
+        lost += float((exact.to(dtype).float() - exact).norm())
+        total += float(delta.norm())
+    return lost / total if total else 0.0
 
 
 def scaling(cfg: LoRAConfig) -> float:

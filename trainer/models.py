@@ -62,6 +62,10 @@ def save_policy(model: torch.nn.Module, tok: PreTrainedTokenizerBase, out_dir: P
     dtype = save_dtype(runtime, base)
     if lora.is_lora(model):
         model.save_pretrained(Path(out_dir) / lora.ADAPTER_DIR, state_dict=state)
+        if dtype != torch.float32:
+            log.info("lora: the merged policy is published in %s, which keeps the adapter's update to within "
+                     "%.1f%% (train.save_dtype=fp32 keeps all of it)", str(dtype).removeprefix("torch."),
+                     100 * lora.update_lost(state, lora.scaling(runtime.lora), dtype))
         state = lora.merged_state_dict(state, lora.scaling(runtime.lora))
     plain = lora.base_model(model)
     plain.save_pretrained(out_dir, state_dict={k: v.to(dtype) for k, v in state.items()}, safe_serialization=True)

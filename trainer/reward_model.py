@@ -133,10 +133,11 @@ class RewardModel(nn.Module):
         path = Path(path)
         state = state if state is not None else {k: v.detach().cpu() for k, v in self.state_dict().items()}
         backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+        dtype = dtype or next(v.dtype for k, v in backbone.items() if ".lora_" not in k)  # the base's own
         if lora.is_lora(self.backbone):
             self.backbone.save_pretrained(path / lora.ADAPTER_DIR, state_dict=backbone)
             backbone = lora.merged_state_dict(backbone, lora_scaling)
         lora.base_model(self.backbone).save_pretrained(
-            path, state_dict={k: v.to(dtype or v.dtype) for k, v in backbone.items()}, safe_serialization=True)
+            path, state_dict={k: v.to(dtype) for k, v in backbone.items()}, safe_serialization=True)
         save_file({k: state[f"head.{k}"].float().contiguous() for k in ("weight", "bias")}, path / HEAD_FILE)
         (path / META_FILE).write_text(json.dumps({"offset": float(state["offset"])}))

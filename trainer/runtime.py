@@ -8,6 +8,7 @@ it picked.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import resource
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class Runtime:
     def resolve(cls, cfg: TrainConfig, world: World = World()) -> "Runtime":
         """The runtime for these settings on this machine (and this rank)."""
         device = _device(cfg.device, world)
+        world = dataclasses.replace(world, device=device)  # collectives on the device the stage computes on
         precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
         return cls(device, precision, cfg.save_dtype, world, cfg.lora, cfg.gradient_checkpointing,
                    cfg.length_bucketing, cfg.sharding)

@@ -1,21 +1,24 @@
 """Training on real hardware options, checked on CPU: LoRA for the reward model and PPO (sharing
-one base between policy and reference), merged LoRA and bf16 checkpoints that vLLM serves, and
-evaluation whose memory does not grow with the number of prompts."""
+one base between policy and reference), merged LoRA and bf16 checkpoints that vLLM serves, a LoRA
+policy published as trained from a bf16 base, collectives on the runtime's device, and evaluation
+whose memory does not grow with the number of prompts."""
 
 import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from core.config import LoRAConfig, PPOConfig, RMConfig, SFTConfig
+from core.config import LoRAConfig, PPOConfig, RMConfig, SFTConfig, TrainConfig
 from synthetic import task
 from synthetic.corpus import ANIMALS, pretraining_texts
 from trainer.data import pad_batch, prompt_ids, response_ids
 from trainer.evaluate import greedy_responses, mean_reward, pretraining_loss, score, sequence_logprobs
 from trainer.lm import token_logprobs
-from trainer.lora import ADAPTER_DIR
-from trainer.models import load_causal_lm
+from trainer.distributed import World
+from trainer.lora import ADAPTER_DIR, merged_state_dict, scaling, update_lost
+from trainer.models import load_causal_lm, save_policy, trainable_policy
 from trainer.ppo_models import load_ppo_models
 from trainer.ppo_training import train_ppo
 from trainer.reward_model import RewardModel
@@ -146,3 +149,35 @@ def test_evaluation_memory_does_not_grow_with_the_number_of_prompts(sft_model, l
     assert seen and max(seen) <= 8, max(seen)
     # Batching changes nothing but memory: the same numbers as one big batch.
     assert torch.allclose(scores, score(rm, tok, prompts, answers, batch=70), atol=1e-4)
+
+
+def test_a_lora_policy_is_published_as_trained_even_from_a_bf16_base(tiny_model_dir, tmp_path):
+    """On a GPU the LoRA base is held in bf16. Merging and casting back to it before the save dtype
+    applied rounded a small update away; with save_dtype fp32 the published weights are W + ΔW
+    computed in float32, and a bf16 publication says how much of ΔW it loses."""
+    runtime = Runtime(precision="bf16", save_dtype="fp32", lora=LoRAConfig(enabled=True, r=8, alpha=16))
+    model = trainable_policy(tiny_model_dir, runtime)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(2e-4 * torch.randn(p.shape, generator=gen))  # a small update, as early PPO makes
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    save_policy(model, AutoTokenizer.from_pretrained(tiny_model_dir), tmp_path / "fp32", runtime, tiny_model_dir)
+    published = load_file(tmp_path / "fp32" / "model.safetensors")
+    expected = merged_state_dict(state, scaling(runtime.lora))
+    adapted = [k for k in published if k.endswith("q_proj.weight")]
+    assert adapted and all(published[k].dtype == torch.float32 for k in published)
+    for key in adapted:
+        base = state[f"base_model.model.{key.removesuffix('.weight')}.base_layer.weight"]
+        assert base.dtype == torch.bfloat16
+        assert torch.equal(published[key], expected[key]) and not torch.equal(published[key], base.float())
+    assert update_lost(state, scaling(runtime.lora), torch.float32) == 0.0
+    assert update_lost(state, scaling(runtime.lora), torch.bfloat16) > 0.1, "bf16 rounds much of a small update away"
+
+
+def test_a_worlds_collectives_run_on_its_runtimes_device():
+    """NCCL reduces only CUDA tensors; gloo (the suite's) takes any, so the device is checked here."""
+    runtime = Runtime.resolve(TrainConfig(device="cpu"), World(rank=0, size=2))
+    assert runtime.world.device == runtime.device
+    assert World(size=2, device=torch.device("meta")).collective_tensor([1.0]).device.type == "meta"
