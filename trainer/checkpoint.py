@@ -52,6 +52,8 @@ def save_training_state(path: Path, optimizer: torch.optim.Optimizer, state: Tra
     tensors = {f"opt.{pid}.{name}": value.detach().clone().contiguous()
                for pid, slots in opt["state"].items() for name, value in slots.items() if torch.is_tensor(value)}
     tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():  # dropout and sampling on the GPU draw from its own generator
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
     save_file(tensors, path / STATE_TENSORS)
     py_state = random.getstate()
     (path / STATE_JSON).write_text(json.dumps({
@@ -73,6 +75,8 @@ def load_training_state(path: Path, optimizer: torch.optim.Optimizer) -> TrainSt
             slots.setdefault(int(pid), {})[name] = value
     optimizer.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
     torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
     version, internal, gauss = meta["python_random"]
     random.setstate((version, tuple(internal), gauss))
     return TrainState(**meta["train_state"])

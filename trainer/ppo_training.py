@@ -85,9 +85,16 @@ def rollout(models: PPOModels, sampler: Sampler, tok, prompts: list[str], cfg: P
     return Experience(ids, attn, mask, old_logp, old_values, scores, kl, ppo.whiten(advantages, mask), returns)
 
 
+def ptx_rng(seed: int, iteration: int, rank: int) -> random.Random:
+    """The pretraining batches' randomness of one rank in one iteration: each rank draws its own
+    batches (the same ones on every resume), so N ranks see N times the pretraining text."""
+    return random.Random((seed * 7919 + iteration) * 65_537 + rank)
+
+
 def update(models: PPOModels, exp: Experience, optimizer: torch.optim.Optimizer, tok, pretrain_texts: list[str],
-           cfg: PPOConfig, rng: random.Random, runtime: Runtime) -> dict[str, float]:
-    """PPO epochs over minibatches of exp; returns the last minibatch's losses."""
+           cfg: PPOConfig, rng: random.Random, runtime: Runtime, ptx: random.Random) -> dict[str, float]:
+    """PPO epochs over minibatches of exp (in rng's order), with pretraining batches drawn by `ptx`;
+    returns the last minibatch's losses."""
     pad = tok.pad_token_id
     for _ in range(cfg.epochs):
         order = torch.randperm(len(exp), generator=torch.Generator().manual_seed(rng.randrange(2**31)))
@@ -96,7 +103,7 @@ def update(models: PPOModels, exp: Experience, optimizer: torch.optim.Optimizer,
             n_mb = len(mb)
             # One forward of the policy over the rollout minibatch and the pretraining batch
             # together (DDP allows one forward per backward).
-            pt_ids, pt_attn, pt_mask = (runtime.to(*pretraining_batch(tok, pretrain_texts, cfg.ptx_batch, rng))
+            pt_ids, pt_attn, pt_mask = (runtime.to(*pretraining_batch(tok, pretrain_texts, cfg.ptx_batch, ptx))
                                         if cfg.ptx_coef else (None, None, None))
             width = max(exp.ids.shape[1], pt_ids.shape[1] if pt_ids is not None else 0)
             all_ids, all_attn = _pad_to(exp.ids[mb], width, pad), _pad_to(exp.attn[mb], width, 0)
@@ -166,7 +173,8 @@ def train_ppo(sft_dir: Path, rm_dir: Path, prompts: list[str], pretrain_texts: l
             exp = rollout(models, sampler, tok, batch_prompts, cfg, cfg.seed * 1_000_003 + iteration * 1009 + world.rank,
                           beta, runtime)
             t1 = time.monotonic()
-            losses = update(models, exp, optimizer, tok, pretrain_texts, cfg, rng, runtime)
+            losses = update(models, exp, optimizer, tok, pretrain_texts, cfg, rng, runtime,
+                            ptx_rng(cfg.seed, iteration, world.rank))
             samples += len(exp) * world.size
             tokens += int(exp.mask.sum()) * world.size
             elapsed = time.monotonic() - started

@@ -115,6 +115,15 @@ def test_a_rollout_batch_larger_than_the_prompt_set_uses_every_prompt_about_equa
     assert len(picked) == len(set(picked)) == 16  # enough prompts: no repeats
 
 
+def test_each_rank_draws_its_own_pretraining_text_and_the_same_again_on_a_resume():
+    from trainer.ppo_training import ptx_rng
+
+    texts = [f"text {i}" for i in range(1000)]
+    draw = lambda rank: ptx_rng(seed=0, iteration=3, rank=rank).sample(texts, 16)  # noqa: E731
+    assert draw(0) != draw(1), "two ranks on the same batch would waste one of them"
+    assert draw(1) == draw(1) and ptx_rng(0, 4, 1).sample(texts, 16) != draw(1)
+
+
 def test_the_gates_prompt_subset_is_bounded_and_stable():
     from trainer.data import stable_subset
 
