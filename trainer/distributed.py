@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -37,6 +38,20 @@ class World:
         t = self.collective_tensor([value])
         dist.all_reduce(t)
         return t.item() / self.size
+
+    def barrier(self) -> None:
+        """Wait for every rank (nothing to wait for alone)."""
+        if self.size > 1:
+            dist.barrier()
+
+    def agreed_path(self, make) -> Path:
+        """A path rank 0 makes (`make()`) and every rank is told: where rank 0 writes what all ranks
+        read (a shared filesystem, as on one node). Every rank making its own would leave the
+        others' empty."""
+        made = [make() if self.main else None]
+        if self.size > 1:
+            dist.broadcast_object_list(made, src=0)
+        return Path(made[0])
 
     def collective_tensor(self, values: list[float]) -> torch.Tensor:
         """Numbers as a tensor a collective of this world accepts (float64, on its device)."""

@@ -128,6 +128,7 @@ def _open_sampler(models: PPOModels, tok, cfg: PPOConfig, engine: EngineConfig, 
     if cfg.rollout_engine != "vllm":
         return TransformersSampler(models.policy, tok.pad_token_id, tok.eos_token_id, runtime.autocast)
     save_policy(models.policy_train, tok, weights_dir, runtime, base)
+    runtime.world.barrier()  # rank 0 wrote the weights every rank's engine starts on
     if sampler is None:
         return VLLMSampler(weights_dir, engine, cfg.rollout_gpu_memory)
     sampler.update(weights_dir)
@@ -158,7 +159,7 @@ def train_ppo(sft_dir: Path, rm_dir: Path, prompts: list[str], pretrain_texts: l
     if world.main:
         log.info("ppo: %d iterations of %d prompts on %s", cfg.iterations, cfg.rollout_batch, runtime.describe())
 
-    weights_dir = Path(tempfile.mkdtemp(prefix="alignloop-ppo-weights-"))
+    weights_dir = world.agreed_path(lambda: tempfile.mkdtemp(prefix="alignloop-ppo-weights-"))
     owns_sampler = sampler is None
     sampler = _open_sampler(models, tok, cfg, engine, sampler, weights_dir, runtime, base)
     metrics: dict[str, float] = {}
@@ -193,8 +194,7 @@ def train_ppo(sft_dir: Path, rm_dir: Path, prompts: list[str], pretrain_texts: l
                 state.extra["beta"] = kl_control.update(metrics["kl"], len(exp) * world.size)
             if cfg.rollout_engine == "vllm":
                 save_policy(models.policy_train, tok, weights_dir, runtime, base)
-                if world.size > 1:
-                    torch.distributed.barrier()
+                world.barrier()
                 sampler.update(weights_dir)
             state.step = iteration + 1
             if cfg.save_every and state.step % cfg.save_every == 0 or state.step == cfg.iterations:
@@ -202,5 +202,7 @@ def train_ppo(sft_dir: Path, rm_dir: Path, prompts: list[str], pretrain_texts: l
     finally:
         if owns_sampler:
             sampler.close()
-        shutil.rmtree(weights_dir, ignore_errors=True)
+        world.barrier()  # every rank's engine is done with the folder
+        if world.main:
+            shutil.rmtree(weights_dir, ignore_errors=True)
     return metrics

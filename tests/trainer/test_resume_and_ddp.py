@@ -104,3 +104,28 @@ def test_fsdp2_matches_one_process_and_trains_lora_ppo_under_torchrun(tiny_model
     validate_checkpoint(tmp_path / "ppo")
     merged = load_file(tmp_path / "ppo" / "model.safetensors")
     assert not any("lora" in k for k in merged) and merged.keys() == load_file(tiny_model_dir / "model.safetensors").keys()
+
+
+def _agree(rank: int, init_file: str, out: str) -> None:
+    import tempfile
+
+    import torch.distributed as dist
+
+    from trainer.distributed import World
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        path = World(rank=rank, size=2).agreed_path(lambda: tempfile.mkdtemp(prefix="agreed-"))
+        with open(f"{out}.{rank}", "w") as f:
+            f.write(str(path))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_reads_the_rollout_weights_rank_0_writes(tmp_path):
+    """PPO's vLLM rollouts: rank 0 saves the policy and every rank's engine loads it, so the ranks
+    must agree on the folder (each making its own left every other rank's empty)."""
+    torch.multiprocessing.spawn(_agree, args=(str(tmp_path / "init"), str(tmp_path / "path")), nprocs=2)
+    paths = [(tmp_path / f"path.{r}").read_text() for r in (0, 1)]
+    assert paths[0] == paths[1] and os.path.isdir(paths[0])
+    os.rmdir(paths[0])
