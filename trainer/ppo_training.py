@@ -92,9 +92,9 @@ def ptx_rng(seed: int, iteration: int, rank: int) -> random.Random:
 
 
 def update(models: PPOModels, exp: Experience, optimizer: torch.optim.Optimizer, tok, pretrain_texts: list[str],
-           cfg: PPOConfig, rng: random.Random, runtime: Runtime, ptx: random.Random) -> dict[str, float]:
-    """PPO epochs over minibatches of exp (in rng's order), with pretraining batches drawn by `ptx`;
-    returns the last minibatch's losses."""
+           cfg: PPOConfig, rng: random.Random, runtime: Runtime, ptx_draws: random.Random) -> dict[str, float]:
+    """PPO epochs over minibatches of exp (in rng's order), with pretraining batches drawn by
+    `ptx_draws`; returns the last minibatch's losses."""
     pad = tok.pad_token_id
     for _ in range(cfg.epochs):
         order = torch.randperm(len(exp), generator=torch.Generator().manual_seed(rng.randrange(2**31)))
@@ -103,7 +103,7 @@ def update(models: PPOModels, exp: Experience, optimizer: torch.optim.Optimizer,
             n_mb = len(mb)
             # One forward of the policy over the rollout minibatch and the pretraining batch
             # together (DDP allows one forward per backward).
-            pt_ids, pt_attn, pt_mask = (runtime.to(*pretraining_batch(tok, pretrain_texts, cfg.ptx_batch, ptx))
+            pt_ids, pt_attn, pt_mask = (runtime.to(*pretraining_batch(tok, pretrain_texts, cfg.ptx_batch, ptx_draws))
                                         if cfg.ptx_coef else (None, None, None))
             width = max(exp.ids.shape[1], pt_ids.shape[1] if pt_ids is not None else 0)
             all_ids, all_attn = _pad_to(exp.ids[mb], width, pad), _pad_to(exp.attn[mb], width, 0)
