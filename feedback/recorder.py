@@ -41,10 +41,12 @@ class FeedbackRecorder:
     """Accepts events durably and delivers them to Kafka (or keeps them, embedded)."""
 
     def __init__(self, config: FeedbackConfig, spool_path: Path, registry: CollectorRegistry,
-                 consumer_groups: tuple[str, ...] = (), on_failure: OnFailure = lambda task: None):
-        """Embedded, `consumer_groups` are the readers (the trainer's group) whose commits let
-        events be deleted from the log; with none, the log keeps everything. `on_failure(task)` is
-        told each time a background thread fails (and restarts)."""
+                 consumer_groups: dict[str, tuple[str, ...]] | None = None,
+                 on_failure: OnFailure = lambda task: None):
+        """Embedded, `consumer_groups` are the readers (group -> the topics it reads: the trainer's
+        group, the gateway's evidence feed) whose commits let events be deleted from the log; with
+        none, the log keeps everything. `on_failure(task)` is told each time a background thread
+        fails (and restarts)."""
         self.config = config
         self.embedded = not config.kafka_bootstrap
         self.log = LocalLog(spool_path, INDEX_SCHEMA + DEAD_LETTER_SCHEMA)

@@ -1,7 +1,8 @@
 """What the spool lets go of, each in a supervised thread.
 
-EmbeddedRetention: with no broker, the local log is the topic the trainer reads. Once every named
-consumer group has committed a record, the trainer has it in its own dataset store, so it can go:
+EmbeddedRetention: with no broker, the local log is the topic the trainer (and the gateway's evidence
+feed, on the feedback topic) reads. Once every named consumer group that reads a topic has committed
+a record, the trainer has it in its own dataset store, so it can go:
 the spool then measures what the trainer has yet to take (as it measures what Kafka has yet to take
 otherwise), and a long-running single-machine setup neither fills the disk nor hits the size cap.
 A group that never committed keeps everything (nothing is lost).
@@ -30,7 +31,8 @@ _INDEX_EVERY_S = 600.0
 class EmbeddedRetention:
     """Deletes what every consumer group has committed."""
 
-    def __init__(self, spool: LocalLog, groups: tuple[str, ...], usage: SpoolUsage, on_failure: OnFailure):
+    def __init__(self, spool: LocalLog, groups: dict[str, tuple[str, ...]], usage: SpoolUsage,
+                 on_failure: OnFailure):
         self._log, self._groups, self._usage = spool, groups, usage
         self._retained: dict[str, int] = {}
         self._thread = SupervisedThread("feedback-retention", self._loop, on_failure)
@@ -40,9 +42,12 @@ class EmbeddedRetention:
             self.sweep()
 
     def sweep(self) -> None:
-        """Delete, per topic, what every group has committed; recount what is left."""
+        """Delete, per topic, what every group that reads it has committed; recount what is left."""
         for topic in ALL_TOPICS:
-            floor = min(self._log.committed(g, topic) for g in self._groups)
+            readers = [g for g, topics in self._groups.items() if topic in topics]
+            if not readers:
+                continue  # nobody reads it here: keep it
+            floor = min(self._log.committed(g, topic) for g in readers)
             if floor <= self._retained.get(topic, 0):
                 continue
             self._log.delete_topic_before(topic, floor)

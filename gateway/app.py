@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from core.config import Settings
 from core.supervision import supervise
+from feedback import topics
 from feedback.recorder import FeedbackRecorder
 from gateway.auth import KeyStore, load_or_create_keys
 from gateway.dependencies import Services
@@ -49,7 +50,8 @@ def build_services(settings: Settings) -> Services:
     evidence = EvidenceStore(settings.paths.evidence)
     # Embedded, the log keeps events until both the trainer and this gateway's evidence feed read them.
     recorder = FeedbackRecorder(settings.feedback, settings.paths.feedback_log, metrics.registry,
-                                consumer_groups=(settings.train.loop.group, evidence.consumer_group()),
+                                consumer_groups={settings.train.loop.group: topics.ALL,
+                                                 evidence.consumer_group(): (topics.FEEDBACK,)},
                                 on_failure=lambda task: metrics.background_failures.labels(task).inc())
     keys = KeyStore(load_or_create_keys(settings.gateway.api_keys, settings.state_dir),
                     settings.gateway.failed_auth_per_minute)

@@ -1,5 +1,5 @@
 """The recorder on its own: a full spool refuses, a restarted recorder replays its spool, and the
-embedded log lets go of what the trainer has consumed."""
+embedded log lets go of what its readers (the trainer, the evidence feed) have consumed."""
 
 import asyncio
 import time
@@ -11,6 +11,7 @@ from core.config import FeedbackConfig
 from feedback.events import CompletionServed, Rating, ServedChoice, keyed_event_id
 from core.paths import StatePaths
 from feedback.recorder import FeedbackRecorder
+from feedback.topics import ALL as ALL_TOPICS, FEEDBACK
 from feedback.submission import Accepted, SpoolFull, Submission
 from tests.conftest import free_port
 from tests.feedback.helpers import read_all_kafka
@@ -77,12 +78,12 @@ def test_spool_is_replayed_after_a_restart(tmp_path, kafka_broker):
     assert {e.event_id for e in mine if e.type == "rating"} == set(ids)
 
 
-def test_embedded_log_deletes_what_the_trainer_committed_and_accepts_again(tmp_path):
+def test_embedded_log_deletes_what_its_readers_committed_and_accepts_again(tmp_path):
     from feedback.source import LocalLogSource
 
     registry = CollectorRegistry()
     rec = FeedbackRecorder(FeedbackConfig(max_spool_bytes=3000), StatePaths(tmp_path).feedback_log, registry,
-                           consumer_groups=("trainer",))
+                           consumer_groups={"trainer": ALL_TOPICS, "evidence": (FEEDBACK,)})
     try:
         rec.record_completion(completion("kept"))
         accepted = 0
@@ -99,6 +100,13 @@ def test_embedded_log_deletes_what_the_trainer_committed_and_accepts_again(tmp_p
         trainer.commit()
         trainer.close()
         assert len(consumed) == accepted + 1
+        # The completion goes (only the trainer reads its topic); the feedback waits for the
+        # gateway's evidence feed too, which reads the feedback topic alone.
+        wait_for(lambda: rec.undelivered() == accepted)
+        evidence = LocalLogSource(tmp_path / "feedback" / "events.db", "evidence", (FEEDBACK,))
+        assert len(evidence.poll(max_records=1000)) == accepted
+        evidence.commit()
+        evidence.close()
         wait_for(lambda: rec.undelivered() == 0)
         assert rec.log.stats() == (0, 0)
         assert registry.get_sample_value("alignloop_spool_bytes") == 0
