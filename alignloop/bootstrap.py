@@ -26,8 +26,10 @@ def ensure_base_policy(settings: Settings) -> str:
 
         log.info("registry is empty: building the tiny base model (one-time, about a minute on 2 cores)")
         build_tiny_model(out, settings.tiny_model)
-        write_jsonl(paths.pretraining_data, ({"text": t} for t in pretraining_texts(2048, seed=settings.tiny_model.seed)))
+        write_jsonl(
+            paths.pretraining_data,
+            ({"text": t} for t in pretraining_texts(2048, seed=settings.tiny_model.seed)),
+        )
         return {"source": "tiny-model", "tiny_model": settings.tiny_model.model_dump()}
 
     return ensure_in_registry(PolicyRegistry(paths.registry), settings.base_model, build_tiny)
-

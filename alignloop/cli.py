@@ -33,11 +33,21 @@ def _cmd_serve(settings: Settings, args) -> None:
     from gateway.app import create_app
 
     version = ensure_base_policy(settings)
-    log.info("serving %s on http://%s:%d (keys: %s)", version, settings.gateway.host, settings.gateway.port,
-             "configured" if settings.gateway.api_keys else settings.paths.api_keys)
-    uvicorn.run(create_app(settings), host=settings.gateway.host, port=settings.gateway.port,
-                log_level=settings.gateway.log_level, timeout_graceful_shutdown=10,
-                timeout_keep_alive=settings.gateway.keep_alive_s)
+    log.info(
+        "serving %s on http://%s:%d (keys: %s)",
+        version,
+        settings.gateway.host,
+        settings.gateway.port,
+        "configured" if settings.gateway.api_keys else settings.paths.api_keys,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.gateway.host,
+        port=settings.gateway.port,
+        log_level=settings.gateway.log_level,
+        timeout_graceful_shutdown=10,
+        timeout_keep_alive=settings.gateway.keep_alive_s,
+    )
 
 
 def _cmd_registry(settings: Settings, args) -> None:
@@ -50,8 +60,14 @@ def _cmd_registry(settings: Settings, args) -> None:
             mark = "*" if name == current else " "
             print(mark, json.dumps(asdict(registry.info(name))))
     elif args.action == "publish":
-        print(registry.publish(Path(args.path), source=args.source or f"import:{args.path}",
-                               parent=registry.current(), make_current=args.make_current))
+        print(
+            registry.publish(
+                Path(args.path),
+                source=args.source or f"import:{args.path}",
+                parent=registry.current(),
+                make_current=args.make_current,
+            )
+        )
     elif args.action == "set-current":
         registry.set_current(args.version)
         print(args.version)
@@ -69,8 +85,14 @@ def _cmd_demo(settings: Settings, args) -> None:
     common = [a for item in args.overrides for a in ("--set", item)]
     if args.config:
         common = ["--config", str(args.config), *common]
-    common += ["--set", f"state_dir={settings.state_dir}", "--set", f"gateway.port={settings.gateway.port}",
-               "--set", f"gateway.host={settings.gateway.host}"]
+    common += [
+        "--set",
+        f"state_dir={settings.state_dir}",
+        "--set",
+        f"gateway.port={settings.gateway.port}",
+        "--set",
+        f"gateway.host={settings.gateway.host}",
+    ]
     sys.exit(demo.run(settings, common, args.rounds, args.users, args.minutes))
 
 
@@ -105,14 +127,22 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, help="TOML file with settings (see alignloop/config.py)")
-    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a setting, e.g. --set gateway.port=9000 (repeatable)")
+    common.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set gateway.port=9000 (repeatable)",
+    )
     common.add_argument("--state-dir", type=Path, help="where the registry, keys and data live")
 
     parser = argparse.ArgumentParser(prog="alignloop", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("init-model", parents=[common], help="build the tiny base model into the registry (or --out)")
+    p = sub.add_parser(
+        "init-model", parents=[common], help="build the tiny base model into the registry (or --out)"
+    )
     p.add_argument("--out", help="write the model to this directory instead of the registry")
     p.set_defaults(run=_cmd_init_model)
 
@@ -128,20 +158,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.set_defaults(run=_cmd_train)
 
-    p = sub.add_parser("demo", parents=[common],
-                       help="the whole loop on embedded defaults: gateway, trainer, simulated users")
+    p = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="the whole loop on embedded defaults: gateway, trainer, simulated users",
+    )
     p.add_argument("--rounds", type=int, default=2, help="stop after this many promoted versions")
     p.add_argument("--minutes", type=float, default=30.0, help="... or after this long")
     p.add_argument("--users", type=int, default=4)
     p.add_argument("--port", type=int)
     p.set_defaults(run=_cmd_demo)
 
-    p = sub.add_parser("trainer", parents=[common],
-                       help="the online trainer: consume feedback, retrain RM + PPO-ptx, gate, promote")
+    p = sub.add_parser(
+        "trainer",
+        parents=[common],
+        help="the online trainer: consume feedback, retrain RM + PPO-ptx, gate, promote",
+    )
     p.set_defaults(run=_cmd_trainer)
 
-    p = sub.add_parser("report", parents=[common],
-                       help="the paper's figures in miniature: win rates vs SFT, alignment tax, RM accuracy")
+    p = sub.add_parser(
+        "report",
+        parents=[common],
+        help="the paper's figures in miniature: win rates vs SFT, alignment tax, RM accuracy",
+    )
     p.add_argument("--out", type=Path, help="where report.md and its plots go (default: <state_dir>/report)")
     p.set_defaults(run=_cmd_report)
 
@@ -162,8 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `alignloop` console script."""
     args = build_parser().parse_args(argv)
     overrides = list(args.overrides)
-    for flag, key in (("state_dir", "state_dir"), ("host", "gateway.host"), ("port", "gateway.port"),
-                      ("base_model", "base_model")):
+    for flag, key in (
+        ("state_dir", "state_dir"),
+        ("host", "gateway.host"),
+        ("port", "gateway.port"),
+        ("base_model", "base_model"),
+    ):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -172,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.config, overrides)
     except ValidationError as exc:
         # Name each bad setting and why, never its value: values include API keys and passwords.
-        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_input=False)]
+        lines = [
+            f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_input=False)
+        ]
         print("alignloop: bad configuration:\n" + "\n".join(lines), file=sys.stderr)
         return 2
     except (ValueError, OSError) as exc:

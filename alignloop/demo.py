@@ -40,11 +40,17 @@ from synthetic.users import Population, win_rate
 # PPO's iterations are the cheap part of a round here (~15 s each, the RM's 60 steps ~160 s), and
 # the policy's reward was still climbing after 6 of them: 12.
 DEMO_SETTINGS = [
-    "train.loop.min_new_comparisons=40", "train.loop.max_interval_s=3600", "train.loop.rm_max_steps=60",
+    "train.loop.min_new_comparisons=40",
+    "train.loop.max_interval_s=3600",
+    "train.loop.rm_max_steps=60",
     "train.loop.kl_budget=25",
     "train.rm.learning_rate=0.001",
-    "train.ppo.iterations=12", "train.ppo.rollout_batch=12", "train.ppo.minibatch=6",
-    "train.ppo.max_new_tokens=24", "train.ppo.learning_rate=0.0002", "train.ppo.save_every=0",
+    "train.ppo.iterations=12",
+    "train.ppo.rollout_batch=12",
+    "train.ppo.minibatch=6",
+    "train.ppo.max_new_tokens=24",
+    "train.ppo.learning_rate=0.0002",
+    "train.ppo.save_every=0",
     "train.ppo.rollout_engine=transformers",
 ]
 TRAIN_PROMPTS = [f"Describe a {a}." for a in ANIMALS[:7]]
@@ -75,8 +81,13 @@ def _log_to_file(path: Path) -> None:
 
 def _spawn(args: list[str], log_path: Path) -> subprocess.Popen:
     out = open(log_path, "ab")
-    return subprocess.Popen([sys.executable, "-m", "alignloop", *args], stdout=out, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "alignloop", *args],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        start_new_session=True,
+    )
 
 
 @dataclass
@@ -103,10 +114,12 @@ class _Story:
             decision = gate.get("decision", "?")
             why = "" if decision != "rejected" else f": {'; '.join(gate.get('reasons', []))}"
             then = " -> on canary: the users' blinded comparisons decide" if decision == "proposed" else ""
-            say(f"round {info.extra.get('round')}: candidate {name} {decision.upper()} by the offline gate "
+            say(
+                f"round {info.extra.get('round')}: candidate {name} {decision.upper()} by the offline gate "
                 f"(reward {gate.get('candidate_reward', float('nan')):.2f} vs serving "
                 f"{gate.get('serving_reward', float('nan')):.2f}, KL {gate.get('kl_from_sft', float('nan')):.2f}, "
-                f"from {info.extra.get('data', {}).get('comparisons', 0)} comparisons){why}{then}")
+                f"from {info.extra.get('data', {}).get('comparisons', 0)} comparisons){why}{then}"
+            )
             if decision == "promoted":
                 self.promoted.append(name)
             elif decision == "proposed":
@@ -118,9 +131,11 @@ class _Story:
             self.on_canary.discard(name)
             e = decided.get("evidence", {})
             low, high = e.get("interval_95") or (float("nan"), float("nan"))
-            say(f"canary {name}: {decided['decision'].replace('_', ' ').upper()} ({decided['reason']}; users "
+            say(
+                f"canary {name}: {decided['decision'].replace('_', ' ').upper()} ({decided['reason']}; users "
                 f"preferred it in {e.get('wins', 0)} of {e.get('n', 0)} blinded comparisons against "
-                f"{decided.get('against')}, 95% interval {low:.0%}-{high:.0%}, after {decided.get('canary_s', 0):.0f}s)")
+                f"{decided.get('against')}, 95% interval {low:.0%}-{high:.0%}, after {decided.get('canary_s', 0):.0f}s)"
+            )
             if decided["decision"] in ("promoted", "promoted_by_operator"):
                 self.promoted.append(name)
 
@@ -130,16 +145,20 @@ class _Story:
         for name in sorted(self.on_canary - self.canary_seen):
             if tally.versions.get(name):
                 self.canary_seen.add(name)
-                say(f"canary: some users (sticky) are now served {name}, the others {self.serving}; "
-                    "their blinded comparisons of the two decide")
+                say(
+                    f"canary: some users (sticky) are now served {name}, the others {self.serving}; "
+                    "their blinded comparisons of the two decide"
+                )
         current = registry.current()
         if current and current != self.serving and tally.versions.get(current):
             say(f"users are now served {current} (was {self.serving})")
             self.serving = current
         if time.monotonic() - self.last_print >= 15:
             rate = (tally.requests - self.last_requests) / (time.monotonic() - self.last_print)
-            say(f"{time.monotonic() - self.started:.0f}s: {tally.requests} requests ({rate:.1f}/s), "
-                f"{tally.failed} failed, {tally.rankings} rankings given, serving {self.serving}")
+            say(
+                f"{time.monotonic() - self.started:.0f}s: {tally.requests} requests ({rate:.1f}/s), "
+                f"{tally.failed} failed, {tally.rankings} rankings given, serving {self.serving}"
+            )
             self.last_print, self.last_requests = time.monotonic(), tally.requests
 
 
@@ -165,29 +184,50 @@ def _hidden_rule_judge(registry: PolicyRegistry, base: str):
 
     @functools.cache
     def judge(version: str) -> dict:
-        rate = win_rate(sampled_responses(registry.path(version), HELDOUT_PROMPTS, per_prompt=_REPORT_SAMPLES),
-                        base_answers)
+        rate = win_rate(
+            sampled_responses(registry.path(version), HELDOUT_PROMPTS, per_prompt=_REPORT_SAMPLES),
+            base_answers,
+        )
         return {"rate": rate, "interval_95": wilson(rate * pairs, pairs), "pairs": pairs}
 
     return judge
 
 
-def _report(settings: Settings, registry: PolicyRegistry, base: str, promoted: list[str], population_tally) -> int:
+def _report(
+    settings: Settings, registry: PolicyRegistry, base: str, promoted: list[str], population_tally
+) -> int:
     from alignloop import report
 
     judge = _hidden_rule_judge(registry, base)
     final = promoted[-1]
     result = judge(final)
     low, high = result["interval_95"]
-    page = report.build(settings, settings.state_dir / "report", judge=judge, judge_name="hidden rule",
-                        judged_versions=promoted)
+    page = report.build(
+        settings,
+        settings.state_dir / "report",
+        judge=judge,
+        judge_name="hidden rule",
+        judged_versions=promoted,
+    )
     print(page.read_text(), flush=True)
     say(f"report with plots: {page}")
-    say(f"the users' hidden rule prefers {final}'s answers over those of {base} (served when the demo started) "
+    say(
+        f"the users' hidden rule prefers {final}'s answers over those of {base} (served when the demo started) "
         f"{result['rate']:.0%} of the time (95% interval {low:.0%}-{high:.0%}, {result['pairs']} pairs), on prompts "
-        f"no user asked (50% = no change)")
-    print(json.dumps({"final": final, "win_rate_vs_base": result["rate"], "interval_95": [low, high],
-                      "pairs": result["pairs"], "failed_requests": population_tally.failed}), flush=True)
+        f"no user asked (50% = no change)"
+    )
+    print(
+        json.dumps(
+            {
+                "final": final,
+                "win_rate_vs_base": result["rate"],
+                "interval_95": [low, high],
+                "pairs": result["pairs"],
+                "failed_requests": population_tally.failed,
+            }
+        ),
+        flush=True,
+    )
     return 0 if population_tally.failed == 0 else 1
 
 
@@ -203,7 +243,11 @@ def run(settings: Settings, common: list[str], rounds: int, users: int, minutes:
     base = ensure_base_policy(settings)
     registry = PolicyRegistry(settings.paths.registry)
     # One key per simulated person: a canary counts at most a share of its verdicts from any one key.
-    keys = [k.key for k in load_or_create_keys(settings.gateway.api_keys, settings.state_dir, users) if k.role == "user"]
+    keys = [
+        k.key
+        for k in load_or_create_keys(settings.gateway.api_keys, settings.state_dir, users)
+        if k.role == "user"
+    ]
     url = f"http://{settings.gateway.host}:{settings.gateway.port}"
     loop_args = [*common, *[a for s in DEMO_SETTINGS for a in ("--set", s)]]
     say(f"serving {base} at start; starting the gateway on {url} (log: {logs / 'gateway.log'})")
@@ -213,22 +257,30 @@ def run(settings: Settings, common: list[str], rounds: int, users: int, minutes:
         started = time.monotonic()
         if not _wait_ready(gateway, url, logs / "gateway.log"):
             return 1
-        say(f"gateway ready in {time.monotonic() - started:.0f}s; starting the trainer "
-            f"(log: {logs / 'trainer.log'}) and {users} simulated users")
+        say(
+            f"gateway ready in {time.monotonic() - started:.0f}s; starting the trainer "
+            f"(log: {logs / 'trainer.log'}) and {users} simulated users"
+        )
         metrics_port = free_port()
-        trainer = _spawn(["trainer", *loop_args, "--set", f"train.loop.metrics_port={metrics_port}"],
-                         logs / "trainer.log")
+        trainer = _spawn(
+            ["trainer", *loop_args, "--set", f"train.loop.metrics_port={metrics_port}"], logs / "trainer.log"
+        )
         # Every other request opts into blinded comparisons: while a candidate is on canary, those
         # rankings are the evidence that promotes or rolls it back.
-        population = Population(url, keys, TRAIN_PROMPTS, users=users, k=4, pause_s=1.0, compare_every=2).start()
+        population = Population(
+            url, keys, TRAIN_PROMPTS, users=users, k=4, pause_s=1.0, compare_every=2
+        ).start()
         say(f"trainer metrics on http://127.0.0.1:{metrics_port}/metrics; gateway metrics on {url}/metrics")
-        say(f"rank answers yourself beside the simulated users: open {url}/ui/ and sign in with a key from "
-            f"{settings.paths.api_keys} (the rater key also opens the labelling queue)")
+        say(
+            f"rank answers yourself beside the simulated users: open {url}/ui/ and sign in with a key from "
+            f"{settings.paths.api_keys} (the rater key also opens the labelling queue)"
+        )
         story = _Story(serving=base, reported=set(registry.names()))
         deadline = time.monotonic() + 60 * minutes
         # ... and until the last promoted version has served users (the report judges what they got).
-        while (len(story.promoted) < rounds or population.tally.versions.get(story.promoted[-1], 0) < 5) \
-                and time.monotonic() < deadline:
+        while (
+            len(story.promoted) < rounds or population.tally.versions.get(story.promoted[-1], 0) < 5
+        ) and time.monotonic() < deadline:
             time.sleep(1)
             if trainer.poll() is not None:
                 print(f"[demo] the trainer exited; see {logs / 'trainer.log'}", file=sys.stderr)
@@ -240,8 +292,10 @@ def run(settings: Settings, common: list[str], rounds: int, users: int, minutes:
         if not story.promoted:
             say(f"no candidate was promoted within {minutes:g} minutes; see {logs / 'trainer.log'}")
             return 1
-        say(f"done: {len(story.promoted)} promotions, {tally.requests} requests, {tally.failed} failed, "
-            f"versions served {dict(tally.versions)}")
+        say(
+            f"done: {len(story.promoted)} promotions, {tally.requests} requests, {tally.failed} failed, "
+            f"versions served {dict(tally.versions)}"
+        )
         return _report(settings, registry, base, story.promoted, tally)
     except KeyboardInterrupt:
         say("interrupted")

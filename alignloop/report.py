@@ -64,9 +64,19 @@ def versions(registry: PolicyRegistry) -> list[VersionRow]:
         # The gate's judge set (held-out prompts and raters) first; the RM's own split where there is none.
         accuracy = _finite(gate.get("judge_accuracy"))
         accuracy = accuracy if accuracy is not None else _finite(info.metrics.get("rm_heldout_accuracy"))
-        rows.append(VersionRow(name, info.source, info.extra.get("round"), gate.get("decision"),
-                               registry.decision(name), accuracy, _finite(gate.get("candidate_ptx_loss")),
-                               _finite(gate.get("sft_ptx_loss")), _finite(gate.get("kl_from_sft"))))
+        rows.append(
+            VersionRow(
+                name,
+                info.source,
+                info.extra.get("round"),
+                gate.get("decision"),
+                registry.decision(name),
+                accuracy,
+                _finite(gate.get("candidate_ptx_loss")),
+                _finite(gate.get("sft_ptx_loss")),
+                _finite(gate.get("kl_from_sft")),
+            )
+        )
     return rows
 
 
@@ -86,8 +96,10 @@ def _canary(decision: dict | None) -> str:
     if not e.get("n"):
         return decision["decision"].replace("_", " ")
     low, high = e["interval_95"]
-    return (f"{decision['decision'].replace('_', ' ')}: {e['wins']}/{e['n']} vs {decision.get('against')} "
-            f"({low:.0%}-{high:.0%})")
+    return (
+        f"{decision['decision'].replace('_', ' ')}: {e['wins']}/{e['n']} vs {decision.get('against')} "
+        f"({low:.0%}-{high:.0%})"
+    )
 
 
 def _plots(rows: list[VersionRow], out: Path, judge_name: str) -> list[str]:
@@ -97,7 +109,12 @@ def _plots(rows: list[VersionRow], out: Path, judge_name: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     written = []
-    rated = [(r, src) for r in rows for src in ("people", "judged") if getattr(r, src) and getattr(r, src).get("rate") is not None]
+    rated = [
+        (r, src)
+        for r in rows
+        for src in ("people", "judged")
+        if getattr(r, src) and getattr(r, src).get("rate") is not None
+    ]
     if rated:
         fig, ax = plt.subplots(figsize=(7, 3.5))
         for src, marker in (("people", "o"), ("judged", "s")):
@@ -106,8 +123,13 @@ def _plots(rows: list[VersionRow], out: Path, judge_name: str) -> list[str]:
                 continue
             x = [v for v, _ in pts]
             y = [w["rate"] for _, w in pts]
-            err = [[w["rate"] - w["interval_95"][0] for _, w in pts], [w["interval_95"][1] - w["rate"] for _, w in pts]]
-            ax.errorbar(x, y, yerr=err, fmt=marker, capsize=4, label="people" if src == "people" else judge_name)
+            err = [
+                [w["rate"] - w["interval_95"][0] for _, w in pts],
+                [w["interval_95"][1] - w["rate"] for _, w in pts],
+            ]
+            ax.errorbar(
+                x, y, yerr=err, fmt=marker, capsize=4, label="people" if src == "people" else judge_name
+            )
         ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
         ax.set_ylim(0, 1)
         ax.set_ylabel("win rate vs SFT")
@@ -148,35 +170,60 @@ def _num(value: float | None, fmt: str) -> str:
     return "" if value is None else format(value, fmt)
 
 
-def write(rows: list[VersionRow], out: Path, serving: str | None, judge_name: str = "judge",
-          board: dict | None = None) -> Path:
+def write(
+    rows: list[VersionRow],
+    out: Path,
+    serving: str | None,
+    judge_name: str = "judge",
+    board: dict | None = None,
+) -> Path:
     """Write report.md and its plots into `out`; returns the markdown's path."""
     out.mkdir(parents=True, exist_ok=True)
     plots = _plots(rows, out, judge_name)
-    lines = ["# alignloop report", "",
-             f"Serving: {serving or 'nothing'}. Win rates are against the SFT version ({rows[0].version if rows else '-'}), "
-             "ties count half; intervals are 95% (people's: bootstrap over rankings; the others: Wilson).", "",
-             f"| version | source | round | gate | canary: people's verdicts | RM held-out accuracy | KL from SFT | "
-             f"alignment tax | vs SFT, people | vs SFT, {judge_name} |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# alignloop report",
+        "",
+        f"Serving: {serving or 'nothing'}. Win rates are against the SFT version ({rows[0].version if rows else '-'}), "
+        "ties count half; intervals are 95% (people's: bootstrap over rankings; the others: Wilson).",
+        "",
+        f"| version | source | round | gate | canary: people's verdicts | RM held-out accuracy | KL from SFT | "
+        f"alignment tax | vs SFT, people | vs SFT, {judge_name} |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r.version}{' (serving)' if r.version == serving else ''} | {r.source} | {r.round or ''} | "
-                     f"{r.decision or ''} | {_canary(r.canary)} | {_num(r.rm_accuracy, '.2f')} | {_num(r.kl_from_sft, '.2f')} | "
-                     f"{_num(r.alignment_tax, '.3f')} | {_rate(r.people)} | {_rate(r.judged)} |")
+        lines.append(
+            f"| {r.version}{' (serving)' if r.version == serving else ''} | {r.source} | {r.round or ''} | "
+            f"{r.decision or ''} | {_canary(r.canary)} | {_num(r.rm_accuracy, '.2f')} | {_num(r.kl_from_sft, '.2f')} | "
+            f"{_num(r.alignment_tax, '.3f')} | {_rate(r.people)} | {_rate(r.judged)} |"
+        )
     if board and board.get("versions"):
-        lines += ["", f"People's leaderboard ({board['outcomes']} pairwise outcomes across versions; "
-                  "Bradley-Terry scores, 95% intervals by bootstrap over rankings):", "", "| version | score | interval |", "|---|---|---|"]
+        lines += [
+            "",
+            f"People's leaderboard ({board['outcomes']} pairwise outcomes across versions; "
+            "Bradley-Terry scores, 95% intervals by bootstrap over rankings):",
+            "",
+            "| version | score | interval |",
+            "|---|---|---|",
+        ]
         for v in board["versions"]:
             interval = v["interval_95"]
-            lines.append(f"| {v['version']} | {v['score']:.2f} | "
-                         f"{f'{interval[0]:.2f} to {interval[1]:.2f}' if interval else ''} |")
+            lines.append(
+                f"| {v['version']} | {v['score']:.2f} | "
+                f"{f'{interval[0]:.2f} to {interval[1]:.2f}' if interval else ''} |"
+            )
     lines += [""] + [f"![{p}]({p})" for p in plots]
     page = out / "report.md"
     page.write_text("\n".join(lines) + "\n")
     return page
 
 
-def build(settings: Settings, out: Path, judge: Judge | None = None, judge_name: str = "judge",
-          judged_versions: list[str] | None = None) -> Path:
+def build(
+    settings: Settings,
+    out: Path,
+    judge: Judge | None = None,
+    judge_name: str = "judge",
+    judged_versions: list[str] | None = None,
+) -> Path:
     """The report of this state directory's registry (and labelling queue, if here) into `out`."""
     registry = PolicyRegistry(settings.paths.registry)
     rows = versions(registry)

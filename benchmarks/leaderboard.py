@@ -48,32 +48,55 @@ def rankings(outcomes: int, seed: int = 0) -> list[Comparison]:
         a, b = rng.sample(VERSIONS, 2)
         choices = {f"c{i}-{j}": a if j < 4 else b for j in range(9)}
         order = sorted(choices, key=lambda c: STRENGTH[choices[c]] + rng.gauss(0, 1.0), reverse=True)
-        out.append(Comparison(request_id=f"r{i}", rater=f"person-{i % 500}", ranking=[[c] for c in order],
-                              choice_versions=choices, timestamp=1.0 + i))
+        out.append(
+            Comparison(
+                request_id=f"r{i}",
+                rater=f"person-{i % 500}",
+                ranking=[[c] for c in order],
+                choice_versions=choices,
+                timestamp=1.0 + i,
+            )
+        )
     return out
 
 
 def _ms(values: list[float]) -> dict:
     values = sorted(values)
-    return {"n": len(values), "p50": 1000 * statistics.median(values),
-            "p99": 1000 * values[int(0.99 * (len(values) - 1))], "max": 1000 * values[-1]}
+    return {
+        "n": len(values),
+        "p50": 1000 * statistics.median(values),
+        "p99": 1000 * values[int(0.99 * (len(values) - 1))],
+        "max": 1000 * values[-1],
+    }
 
 
 def fit_alone(store: EvidenceStore, before: str | None, comparisons: list[Comparison]) -> dict:
     """Seconds for one leaderboard fit, now and (with `before`) at that commit."""
     started = time.perf_counter()
     board = leaderboard(store.patterns(), "v0001", "v0004", 200)
-    out = {"now_s": time.perf_counter() - started, "patterns": len(store.patterns()), "outcomes": board["outcomes"]}
+    out = {
+        "now_s": time.perf_counter() - started,
+        "patterns": len(store.patterns()),
+        "outcomes": board["outcomes"],
+    }
     if before:
-        source = subprocess.run(["git", "show", f"{before}:gateway/leaderboard.py"], capture_output=True, text=True,
-                                check=True).stdout
+        source = subprocess.run(
+            ["git", "show", f"{before}:gateway/leaderboard.py"], capture_output=True, text=True, check=True
+        ).stdout
         old = types.ModuleType("old_leaderboard")
         sys.modules[old.__name__] = old  # its dataclasses look their module up there
         # Its one project import moved with this change; the functions are the old ones.
-        exec(source.replace("from gateway.sequential import wilson", "from promotion.sequential import wilson"),
-             old.__dict__)
-        outcomes = [Outcome(o.winner, o.loser, o.tie) for c in comparisons
-                    for o in old.outcomes_of(c.ranking, c.choice_versions.get)]
+        exec(
+            source.replace(
+                "from gateway.sequential import wilson", "from promotion.sequential import wilson"
+            ),
+            old.__dict__,
+        )
+        outcomes = [
+            Outcome(o.winner, o.loser, o.tie)
+            for c in comparisons
+            for o in old.outcomes_of(c.ranking, c.choice_versions.get)
+        ]
         started = time.perf_counter()
         old.leaderboard(outcomes, "v0001", "v0004", 200)
         out["before_s"] = time.perf_counter() - started
@@ -115,10 +138,14 @@ def under_calls(url: str, seconds: float) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--outcomes", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--before", metavar="GIT_REF", help="also time this commit's leaderboard fit on the same outcomes")
+    parser.add_argument(
+        "--before", metavar="GIT_REF", help="also time this commit's leaderboard fit on the same outcomes"
+    )
     args = parser.parse_args()
     log_progress()
     with tempfile.TemporaryDirectory(prefix="alignloop-leaderboard-") as tmp:
@@ -137,13 +164,19 @@ def main() -> None:
         finally:
             stop(proc)
     print(f"\nmachine: {machine()}")
-    print(f"{len(comparisons):,} rankings, {fit['outcomes']:,} outcomes, {fit['patterns']} distinct patterns kept")
+    print(
+        f"{len(comparisons):,} rankings, {fit['outcomes']:,} outcomes, {fit['patterns']} distinct patterns kept"
+    )
     before = f"{fit['before_s']:.2f} s" if "before_s" in fit else "not run (--before GIT_REF)"
-    print(f"\n| one fit (BT + 200 bootstrap rounds) | now | {args.before or 'before'} |\n|---|---|---|\n"
-          f"| seconds | {fit['now_s']:.2f} | {before} |")
+    print(
+        f"\n| one fit (BT + 200 bootstrap rounds) | now | {args.before or 'before'} |\n|---|---|---|\n"
+        f"| seconds | {fit['now_s']:.2f} | {before} |"
+    )
     print("\n| gateway | n | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|")
     for name, row in served.items():
-        print(f"| {name.replace('_', ' ')} | {row['n']} | {row['p50']:.1f} | {row['p99']:.1f} | {row['max']:.1f} |")
+        print(
+            f"| {name.replace('_', ' ')} | {row['n']} | {row['p50']:.1f} | {row['p99']:.1f} | {row['max']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -57,12 +57,14 @@ def hf_greedy(model, ids: list[list[int]], tok) -> list[str]:
     with torch.no_grad():
         for p in ids:
             gen = model.generate(torch.tensor([p]), max_new_tokens=16, do_sample=False)
-            out.append(tok.decode(gen[0, len(p):], skip_special_tokens=True))
+            out.append(tok.decode(gen[0, len(p) :], skip_special_tokens=True))
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--swaps", type=int, default=5)
     args = parser.parse_args()
     from peft import PeftModel
@@ -83,9 +85,13 @@ def main() -> None:
             t = time.perf_counter()
             llm.collective_rpc("reload_weights", kwargs={"weights_path": str(merged)})
             merged_s.append(time.perf_counter() - t)
-            texts = [o.outputs[0].text for o in llm.generate([{"prompt_token_ids": p} for p in ids], greedy,
-                                                               use_tqdm=False)]
-            merged_ok += texts == hf_greedy(AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32), ids, tok)
+            texts = [
+                o.outputs[0].text
+                for o in llm.generate([{"prompt_token_ids": p} for p in ids], greedy, use_tqdm=False)
+            ]
+            merged_ok += texts == hf_greedy(
+                AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32), ids, tok
+            )
             llm.collective_rpc("reload_weights", kwargs={"weights_path": str(base)})
             request = LoRARequest(f"v{i}", i + 1, str(adapter))
             one = [{"prompt_token_ids": ids[0]}]
@@ -95,16 +101,26 @@ def main() -> None:
             t = time.perf_counter()
             llm.generate(one, greedy, lora_request=request, use_tqdm=False)  # already loaded
             adapter_s.append(max(0.0, first - (time.perf_counter() - t)))
-            outs = llm.generate([{"prompt_token_ids": p} for p in ids], greedy, lora_request=request, use_tqdm=False)
-            peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter)
+            outs = llm.generate(
+                [{"prompt_token_ids": p} for p in ids], greedy, lora_request=request, use_tqdm=False
+            )
+            peft_model = PeftModel.from_pretrained(
+                AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter
+            )
             adapter_ok += [o.outputs[0].text for o in outs] == hf_greedy(peft_model, ids, tok)
-    print(f"\nMachine: {machine()}\nTiny model, LoRA r={cfg.r} on q,k,v,o; {args.swaps} versions, {len(QUESTIONS)} "
-          "greedy prompts each.\n")
+    print(
+        f"\nMachine: {machine()}\nTiny model, LoRA r={cfg.r} on q,k,v,o; {args.swaps} versions, {len(QUESTIONS)} "
+        "greedy prompts each.\n"
+    )
     print("| way | swap seconds (median, max) | greedy text == transformers |\n|---|---|---|")
-    print(f"| merged weights, reload in place | {statistics.median(merged_s):.3f}, {max(merged_s):.3f} | "
-          f"{merged_ok} of {args.swaps} versions |")
-    print(f"| adapter, vLLM LoRA (load on first request) | {statistics.median(adapter_s):.3f}, {max(adapter_s):.3f} | "
-          f"{adapter_ok} of {args.swaps} versions |")
+    print(
+        f"| merged weights, reload in place | {statistics.median(merged_s):.3f}, {max(merged_s):.3f} | "
+        f"{merged_ok} of {args.swaps} versions |"
+    )
+    print(
+        f"| adapter, vLLM LoRA (load on first request) | {statistics.median(adapter_s):.3f}, {max(adapter_s):.3f} | "
+        f"{adapter_ok} of {args.swaps} versions |"
+    )
 
 
 if __name__ == "__main__":

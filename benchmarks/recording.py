@@ -36,8 +36,9 @@ WAKER = "not recording, with a waker"  # --waker: records nothing; a process bes
 _WAKER_CODE = "import time\nwhile True: time.sleep(0.0005)"
 
 
-def run(model_dir: Path, kafka: str, completions: int, concurrency: int, rounds: int,
-        waker: bool = False) -> dict[str, list[dict]]:
+def run(
+    model_dir: Path, kafka: str, completions: int, concurrency: int, rounds: int, waker: bool = False
+) -> dict[str, list[dict]]:
     """One measurement per setup per round; each from a freshly started gateway."""
     setups = SETUPS | ({WAKER: False} if waker else {})
     names = list(setups)
@@ -52,15 +53,20 @@ def run(model_dir: Path, kafka: str, completions: int, concurrency: int, rounds:
                 neighbour = subprocess.Popen([sys.executable, "-c", _WAKER_CODE]) if name == WAKER else None
                 try:
                     asyncio.run(_concurrently(url, _completions(2 * concurrency), concurrency))  # warm-up
-                    row = _latency_summary(*asyncio.run(_concurrently(url, _completions(completions), concurrency)))
+                    row = _latency_summary(
+                        *asyncio.run(_concurrently(url, _completions(completions), concurrency))
+                    )
                 finally:
                     if neighbour is not None:
                         neighbour.kill()
                         neighbour.wait()
                     stop(proc)
                 results[name].append(row)
-                print(f"[bench] round {r + 1}/{rounds} {name}: {row['requests_per_s']:.2f} req/s, "
-                      f"p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, {row['failed']} failed", flush=True)
+                print(
+                    f"[bench] round {r + 1}/{rounds} {name}: {row['requests_per_s']:.2f} req/s, "
+                    f"p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, {row['failed']} failed",
+                    flush=True,
+                )
     return results
 
 
@@ -80,12 +86,27 @@ def request_path_cost_us(calls: int = 2000) -> list[float]:
             for _ in range(5):
                 started = time.perf_counter()
                 for i in range(calls):
-                    recorder.record_completion(CompletionServed(
-                        request_id=f"cmpl-{i}", route="completions", prompt="The", prompt_text="The", prompt_tokens=1,
-                        choices=[ServedChoice(choice_id=f"cmpl-{i}-{j}.sig", text=text, completion_tokens=16,
-                                              finish_reason="length") for j in range(2)],
-                        sampling={"n": 2, "max_tokens": 16, "temperature": 1.0}, policy_version="v0001",
-                        caller="bench"))
+                    recorder.record_completion(
+                        CompletionServed(
+                            request_id=f"cmpl-{i}",
+                            route="completions",
+                            prompt="The",
+                            prompt_text="The",
+                            prompt_tokens=1,
+                            choices=[
+                                ServedChoice(
+                                    choice_id=f"cmpl-{i}-{j}.sig",
+                                    text=text,
+                                    completion_tokens=16,
+                                    finish_reason="length",
+                                )
+                                for j in range(2)
+                            ],
+                            sampling={"n": 2, "max_tokens": 16, "temperature": 1.0},
+                            policy_version="v0001",
+                            caller="bench",
+                        )
+                    )
                 repeats.append(1e6 * (time.perf_counter() - started) / calls)
         finally:
             recorder.close()
@@ -94,33 +115,50 @@ def request_path_cost_us(calls: int = 2000) -> list[float]:
 
 def table(results: dict[str, list[dict]], args) -> str:
     """Medians per setup, every round's figure, and recorded / not recorded."""
-    med = {name: {k: statistics.median(row[k] for row in rows) for k in ("requests_per_s", "p50_ms", "p99_ms")}
-           for name, rows in results.items()}
-    lines = [f"Machine: {machine()}",
-             f"{args.concurrency} clients, {args.completions} requests of n=2 x 16 tokens per measurement; "
-             f"{args.rounds} rounds, one gateway at a time, order rotating each round; medians over rounds.", "",
-             "| completions | req/s | p50 ms | p99 ms | failed | per round (req/s) |", "|---|---|---|---|---|---|"]
+    med = {
+        name: {k: statistics.median(row[k] for row in rows) for k in ("requests_per_s", "p50_ms", "p99_ms")}
+        for name, rows in results.items()
+    }
+    lines = [
+        f"Machine: {machine()}",
+        f"{args.concurrency} clients, {args.completions} requests of n=2 x 16 tokens per measurement; "
+        f"{args.rounds} rounds, one gateway at a time, order rotating each round; medians over rounds.",
+        "",
+        "| completions | req/s | p50 ms | p99 ms | failed | per round (req/s) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, rows in results.items():
         per = ", ".join(f"{row['requests_per_s']:.1f}" for row in rows)
-        lines.append(f"| {name} | {med[name]['requests_per_s']:.2f} | {med[name]['p50_ms']:.0f} | "
-                     f"{med[name]['p99_ms']:.0f} | {sum(row['failed'] for row in rows)} | {per} |")
+        lines.append(
+            f"| {name} | {med[name]['requests_per_s']:.2f} | {med[name]['p50_ms']:.0f} | "
+            f"{med[name]['p99_ms']:.0f} | {sum(row['failed'] for row in rows)} | {per} |"
+        )
     a, b = med["recording"], med["not recording"]
-    lines.append(f"| recording / not recording | {a['requests_per_s'] / b['requests_per_s']:.3f}x | "
-                 f"{a['p50_ms'] / b['p50_ms']:.3f}x | {a['p99_ms'] / b['p99_ms']:.3f}x | | |")
+    lines.append(
+        f"| recording / not recording | {a['requests_per_s'] / b['requests_per_s']:.3f}x | "
+        f"{a['p50_ms'] / b['p50_ms']:.3f}x | {a['p99_ms'] / b['p99_ms']:.3f}x | | |"
+    )
     cost = request_path_cost_us()
-    lines.append(f"\nOn the request path, recording one such completion (event + hand-off): median "
-                 f"{statistics.median(cost):.1f} us over 5 x 2,000 calls ({', '.join(f'{c:.1f}' for c in cost)}).")
+    lines.append(
+        f"\nOn the request path, recording one such completion (event + hand-off): median "
+        f"{statistics.median(cost):.1f} us over 5 x 2,000 calls ({', '.join(f'{c:.1f}' for c in cost)})."
+    )
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, help="HF checkpoint dir (default: build the tiny model)")
     parser.add_argument("--completions", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--waker", action="store_true",
-                        help="add a third setup: not recording, beside a process that wakes every 0.5 ms")
+    parser.add_argument(
+        "--waker",
+        action="store_true",
+        help="add a third setup: not recording, beside a process that wakes every 0.5 ms",
+    )
     args = parser.parse_args()
     from core.config import TinyModelConfig
     from deploy.kafka.broker import KafkaBroker
@@ -131,7 +169,9 @@ def main() -> None:
         model = args.model or build_tiny_model(Path(tmp) / "tiny", TinyModelConfig())
         broker = KafkaBroker(Path(tmp) / "kafka").start()
         try:
-            results = run(model, broker.bootstrap, args.completions, args.concurrency, args.rounds, args.waker)
+            results = run(
+                model, broker.bootstrap, args.completions, args.concurrency, args.rounds, args.waker
+            )
         finally:
             broker.stop()
     print("\n" + table(results, args))

@@ -45,8 +45,15 @@ async def _drive(urls: list[str], bodies: list[dict], concurrency: int) -> dict:
             else:
                 failures += 1
 
-    https = [httpx.AsyncClient(base_url=u, headers={"Authorization": f"Bearer {KEY}"}, timeout=600,
-                               limits=httpx.Limits(max_connections=concurrency)) for u in urls]
+    https = [
+        httpx.AsyncClient(
+            base_url=u,
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=600,
+            limits=httpx.Limits(max_connections=concurrency),
+        )
+        for u in urls
+    ]
     try:
         started = time.perf_counter()
         await asyncio.gather(*(client(https) for _ in range(concurrency)))
@@ -55,12 +62,19 @@ async def _drive(urls: list[str], bodies: list[dict], concurrency: int) -> dict:
         for h in https:
             await h.aclose()
     latencies.sort()
-    return {"requests_per_s": len(bodies) / wall, "tokens_per_s": tokens / wall, "failures": failures,
-            "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))]}
+    return {
+        "requests_per_s": len(bodies) / wall,
+        "tokens_per_s": tokens / wall,
+        "failures": failures,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, help="HF checkpoint dir (default: build the tiny model)")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--requests", type=int, default=320)
@@ -88,25 +102,40 @@ def main() -> None:
             asyncio.run(_drive(urls, bodies[: 2 * args.concurrency], args.concurrency))  # warm-up, both
             for r in range(args.rounds):
                 for name in rotated(["one gateway", "two gateways"], r):
-                    row = asyncio.run(_drive(urls[:1] if name == "one gateway" else urls, bodies, args.concurrency))
+                    row = asyncio.run(
+                        _drive(urls[:1] if name == "one gateway" else urls, bodies, args.concurrency)
+                    )
                     rows[name].append(row)
                     print(f"[bench] round {r + 1} {name}: {row}", flush=True)
         finally:
             for p in procs:
                 stop(p)
-    print(f"\nMachine: {machine()}\nLoad: {args.concurrency} closed-loop clients, {args.requests} /v1/completions of "
-          f"{args.max_tokens} tokens (ignore_eos), per round; {args.rounds} rounds, order alternating.\n")
-    print("| setup | req/s | gen tok/s | p50 ms | p99 ms | failed | per round (req/s) |\n|---|---|---|---|---|---|---|")
-    med = {n: {k: statistics.median(x[k] for x in rs) for k in ("requests_per_s", "tokens_per_s", "p50_ms", "p99_ms")}
-           for n, rs in rows.items()}
+    print(
+        f"\nMachine: {machine()}\nLoad: {args.concurrency} closed-loop clients, {args.requests} /v1/completions of "
+        f"{args.max_tokens} tokens (ignore_eos), per round; {args.rounds} rounds, order alternating.\n"
+    )
+    print(
+        "| setup | req/s | gen tok/s | p50 ms | p99 ms | failed | per round (req/s) |\n|---|---|---|---|---|---|---|"
+    )
+    med = {
+        n: {
+            k: statistics.median(x[k] for x in rs)
+            for k in ("requests_per_s", "tokens_per_s", "p50_ms", "p99_ms")
+        }
+        for n, rs in rows.items()
+    }
     for name, rs in rows.items():
         m = med[name]
-        print(f"| {name} | {m['requests_per_s']:.2f} | {m['tokens_per_s']:.0f} | {m['p50_ms']:.0f} | {m['p99_ms']:.0f} | "
-              f"{sum(x['failures'] for x in rs)} | {', '.join(format(x['requests_per_s'], '.2f') for x in rs)} |")
+        print(
+            f"| {name} | {m['requests_per_s']:.2f} | {m['tokens_per_s']:.0f} | {m['p50_ms']:.0f} | {m['p99_ms']:.0f} | "
+            f"{sum(x['failures'] for x in rs)} | {', '.join(format(x['requests_per_s'], '.2f') for x in rs)} |"
+        )
     two, one = med["two gateways"], med["one gateway"]
-    print(f"| two / one | {two['requests_per_s'] / one['requests_per_s']:.2f}x | "
-          f"{two['tokens_per_s'] / one['tokens_per_s']:.2f}x | {two['p50_ms'] / one['p50_ms']:.2f}x | "
-          f"{two['p99_ms'] / one['p99_ms']:.2f}x | | |")
+    print(
+        f"| two / one | {two['requests_per_s'] / one['requests_per_s']:.2f}x | "
+        f"{two['tokens_per_s'] / one['tokens_per_s']:.2f}x | {two['p50_ms'] / one['p50_ms']:.2f}x | "
+        f"{two['p99_ms'] / one['p99_ms']:.2f}x | | |"
+    )
 
 
 if __name__ == "__main__":

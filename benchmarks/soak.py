@@ -43,8 +43,11 @@ def _perturbed(src: Path, dst: Path, seed: int) -> Path:
     shutil.copytree(src, dst)
     weights = dst / "model.safetensors"
     gen = torch.Generator().manual_seed(seed)
-    save_file({k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in load_file(weights).items()}, weights,
-              metadata={"format": "pt"})
+    save_file(
+        {k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in load_file(weights).items()},
+        weights,
+        metadata={"format": "pt"},
+    )
     return dst
 
 
@@ -68,8 +71,13 @@ class Load:
             while not self.stop.is_set():
                 i += 1
                 kind = ("completion", "stream", "abandoned", "ranked")[i % 4]
-                body = {"model": MODEL, "n": 4 if kind == "ranked" else 2, "max_tokens": 24, "temperature": 1.0,
-                        "messages": [{"role": "user", "content": rng.choice(PROMPTS)}]}
+                body = {
+                    "model": MODEL,
+                    "n": 4 if kind == "ranked" else 2,
+                    "max_tokens": 24,
+                    "temperature": 1.0,
+                    "messages": [{"role": "user", "content": rng.choice(PROMPTS)}],
+                }
                 try:
                     if kind in ("stream", "abandoned"):
                         with c.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
@@ -90,7 +98,10 @@ class Load:
     def _rank(self, c: httpx.Client, ids: list[str], key: str) -> None:
         while not self.stop.is_set():
             try:
-                r = c.post("/v1/feedback/rankings", json={"ranking": [ids[0], ids[1:3], ids[3]], "idempotency_key": key})
+                r = c.post(
+                    "/v1/feedback/rankings",
+                    json={"ranking": [ids[0], ids[1:3], ids[3]], "idempotency_key": key},
+                )
             except httpx.TransportError as exc:
                 self._note("feedback", type(exc).__name__)
                 time.sleep(0.5)
@@ -144,11 +155,15 @@ def kafka_event_ids(bootstrap: str) -> set[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--swap-every-s", type=float, default=90.0)
-    parser.add_argument("--work-dir", type=Path, help="keep state and logs here (default: a temporary folder)")
+    parser.add_argument(
+        "--work-dir", type=Path, help="keep state and logs here (default: a temporary folder)"
+    )
     args = parser.parse_args()
     from deploy.kafka.broker import KafkaBroker
     from synthetic.corpus import pretraining_texts
@@ -162,23 +177,37 @@ def main() -> None:
         registry = PolicyRegistry(work / "state" / "registry")
         registry.publish(model, source="tiny-model", make_current=True)
         registry.publish(_perturbed(model, work / "v2", 2), source="soak:perturbed", parent="v0001")
-        write_jsonl(work / "state" / "data" / "pretraining.jsonl", ({"text": t} for t in pretraining_texts(512, 0)))
+        write_jsonl(
+            work / "state" / "data" / "pretraining.jsonl", ({"text": t} for t in pretraining_texts(512, 0))
+        )
         broker = KafkaBroker(work / "kafka").start()
         port, metrics_port = free_ports(2)
         config = work / "soak.toml"
-        config.write_text(f'state_dir = "{work / "state"}"\n[gateway]\nport = {port}\nlog_level = "warning"\n'
-                          f'api_keys = [{{ key = "{KEY}", name = "soak", role = "user" }}, '
-                          f'{{ key = "{ADMIN}", name = "ops", role = "admin" }}]\n'
-                          f'[feedback]\nkafka_bootstrap = "{broker.bootstrap}"\nkafka_timeout_s = 3\n'
-                          f'[engine]\nmax_model_len = 256\n'
-                          f'[train.loop]\nmin_new_comparisons = 40\nrm_max_steps = 30\nmetrics_port = {metrics_port}\n'
-                          f'[train.ppo]\niterations = 4\nrollout_batch = 8\nminibatch = 4\nmax_new_tokens = 16\n'
-                          f'rollout_engine = "transformers"\nsave_every = 0\n')
+        config.write_text(
+            f'state_dir = "{work / "state"}"\n[gateway]\nport = {port}\nlog_level = "warning"\n'
+            f'api_keys = [{{ key = "{KEY}", name = "soak", role = "user" }}, '
+            f'{{ key = "{ADMIN}", name = "ops", role = "admin" }}]\n'
+            f'[feedback]\nkafka_bootstrap = "{broker.bootstrap}"\nkafka_timeout_s = 3\n'
+            f"[engine]\nmax_model_len = 256\n"
+            f"[train.loop]\nmin_new_comparisons = 40\nrm_max_steps = 30\nmetrics_port = {metrics_port}\n"
+            f"[train.ppo]\niterations = 4\nrollout_batch = 8\nminibatch = 4\nmax_new_tokens = 16\n"
+            f'rollout_engine = "transformers"\nsave_every = 0\n'
+        )
         url = f"http://127.0.0.1:{port}"
-        gateway = launch([sys.executable, "-m", "alignloop", "serve", "--config", str(config)], work / "gateway.log",
-                         url, "/readyz", KEY)
-        trainer = launch([sys.executable, "-m", "alignloop", "trainer", "--config", str(config)], work / "trainer.log",
-                         f"http://127.0.0.1:{metrics_port}", "/metrics", KEY)
+        gateway = launch(
+            [sys.executable, "-m", "alignloop", "serve", "--config", str(config)],
+            work / "gateway.log",
+            url,
+            "/readyz",
+            KEY,
+        )
+        trainer = launch(
+            [sys.executable, "-m", "alignloop", "trainer", "--config", str(config)],
+            work / "trainer.log",
+            f"http://127.0.0.1:{metrics_port}",
+            "/metrics",
+            KEY,
+        )
         load = Load(url)
         threads = load.start(args.clients)
         try:
@@ -189,7 +218,10 @@ def main() -> None:
                 t.join(300)
             stop(trainer)
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and "alignloop_spool_events 0.0" not in httpx.get(f"{url}/metrics").text:
+        while (
+            time.monotonic() < deadline
+            and "alignloop_spool_events 0.0" not in httpx.get(f"{url}/metrics").text
+        ):
             time.sleep(1)
         stop(gateway)
         in_kafka = kafka_event_ids(broker.bootstrap)
@@ -216,7 +248,9 @@ def soak(load: Load, broker, url: str, gateway, trainer, args) -> dict:
             restarted = True
         if time.monotonic() > next_swap:
             versions = admin.get("/admin/versions").json()
-            other = next(v["name"] for v in reversed(versions["versions"]) if v["name"] != versions["serving"])
+            other = next(
+                v["name"] for v in reversed(versions["versions"]) if v["name"] != versions["serving"]
+            )
             mode = ("in_place", "blue_green")[len(swaps) % 2]
             r = admin.post("/admin/policy", json={"version": other, "mode": mode})
             swaps.append((mode, r.status_code, r.json().get("method")))
@@ -225,18 +259,27 @@ def soak(load: Load, broker, url: str, gateway, trainer, args) -> dict:
     rss["trainer"].append(rss_mib(trainer))
     rss["kafka"].append(rss_mib(broker.process))
     rounds = [v for v in admin.get("/admin/versions").json()["versions"] if v["source"] == "trainer"]
-    return {"rss": rss, "swaps": swaps, "broker_restarted": restarted, "rounds": len(rounds),
-            "minutes": args.minutes}
+    return {
+        "rss": rss,
+        "swaps": swaps,
+        "broker_restarted": restarted,
+        "rounds": len(rounds),
+        "minutes": args.minutes,
+    }
 
 
 def print_report(r: dict, args) -> None:
     """The figures as Markdown."""
-    print(f"\nMachine: {machine()}\nSoak: {args.minutes:g} minutes after a 60 s warm-up, {args.clients} clients; "
-          f"swaps {r['swaps']}; broker restarted: {r['broker_restarted']}; trainer rounds published: {r['rounds']}\n")
+    print(
+        f"\nMachine: {machine()}\nSoak: {args.minutes:g} minutes after a 60 s warm-up, {args.clients} clients; "
+        f"swaps {r['swaps']}; broker restarted: {r['broker_restarted']}; trainer rounds published: {r['rounds']}\n"
+    )
     print("| kind status | requests |\n|---|---|")
     for name, n in r["statuses"].items():
         print(f"| {name} | {n} |")
-    fivexx = sum(n for name, n in r["statuses"].items() if name.split()[-1].startswith("5") and "503" not in name)
+    fivexx = sum(
+        n for name, n in r["statuses"].items() if name.split()[-1].startswith("5") and "503" not in name
+    )
     print(f"\nserver errors (5xx other than 503 + Retry-After): {fivexx}")
     print(f"feedback events accepted: {r['accepted']}; of them in Kafka (distinct): {r['in_kafka']}\n")
     print("| process | RSS after warm-up MiB | RSS at end MiB | growth |\n|---|---|---|---|")

@@ -30,8 +30,13 @@ from benchmarks.processes import launch_gateway, machine, stop
 from registry.store import PolicyRegistry
 
 KEY = "sk-bench"
-BODY = {"model": "alignloop-policy", "max_tokens": 32, "ignore_eos": True, "temperature": 1.0,
-        "messages": [{"role": "user", "content": "Describe a fox."}]}
+BODY = {
+    "model": "alignloop-policy",
+    "max_tokens": 32,
+    "ignore_eos": True,
+    "temperature": 1.0,
+    "messages": [{"role": "user", "content": "Describe a fox."}],
+}
 
 
 def _other_weights(src: Path, dst: Path) -> Path:
@@ -62,21 +67,35 @@ def _window_stats(rows: list) -> dict:
         return {"requests": 0}
     lat = sorted(e - s for s, e, _, _ in rows)
     span = max(e for _, e, _, _ in rows) - min(s for s, _, _, _ in rows)
-    return {"requests": len(rows), "p50_ms": 1000 * statistics.median(lat),
-            "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))], "span_s": span}
+    return {
+        "requests": len(rows),
+        "p50_ms": 1000 * statistics.median(lat),
+        "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))],
+        "span_s": span,
+    }
 
 
 def run_mode(mode: str, base: Path, work: Path, args) -> dict:
     """Load one gateway in `mode` through `args.swaps` promotions; returns the rows and swap times."""
     work.mkdir()
-    proc, url = launch_gateway(work, base, KEY, gateway_toml=f"registry_poll_s = {args.poll}",
-                               extra_toml=f'[engine]\nswap_mode = "{mode}"')
+    proc, url = launch_gateway(
+        work,
+        base,
+        KEY,
+        gateway_toml=f"registry_poll_s = {args.poll}",
+        extra_toml=f'[engine]\nswap_mode = "{mode}"',
+    )
     try:
         registry = PolicyRegistry(work / "state" / "registry")
-        versions = [registry.current(), registry.publish(_other_weights(base, work / "other"), source="bench")]
+        versions = [
+            registry.current(),
+            registry.publish(_other_weights(base, work / "other"), source="bench"),
+        ]
         rows: list = []
         lock, stop_load = threading.Lock(), threading.Event()
-        threads = [threading.Thread(target=_client, args=(url, stop_load, rows, lock)) for _ in range(args.clients)]
+        threads = [
+            threading.Thread(target=_client, args=(url, stop_load, rows, lock)) for _ in range(args.clients)
+        ]
         start = time.monotonic()
         for t in threads:
             t.start()
@@ -94,7 +113,9 @@ def run_mode(mode: str, base: Path, work: Path, args) -> dict:
                 if done:
                     break
                 if time.monotonic() - promoted > 600:
-                    raise RuntimeError(f"{mode}: {target} not served 600 s after promotion; see {work}/gateway.log")
+                    raise RuntimeError(
+                        f"{mode}: {target} not served 600 s after promotion; see {work}/gateway.log"
+                    )
                 time.sleep(0.05)
             print(f"[bench] {mode} t={time.monotonic() - start:.1f}s: serving {target}", flush=True)
             swaps.append((promoted, target))
@@ -125,16 +146,21 @@ def report(mode: str, result: dict) -> str:
     a, s = _window_stats(around), _window_stats(steady)
     failed = sum(1 for r in rows if not r[2])
     ratio = (a["requests"] / window_time) / (s["requests"] / steady_time)
-    return (f"| {mode} | steady state | {s['requests']} | {s['requests'] / steady_time:.1f} | {s['p50_ms']:.0f} | "
-            f"{s['p99_ms']:.0f} | | |\n"
-            f"| {mode} | during swaps | {a['requests']} | {a['requests'] / window_time:.1f} | {a['p50_ms']:.0f} | "
-            f"{a['p99_ms']:.0f} | {failed} of {len(rows)} | "
-            + ", ".join(f"{x:.2f}" for x in result["to_full"]) + f" |\n"
-            f"| {mode} | during / steady | | {ratio:.2f}x | | {a['p99_ms'] / s['p99_ms']:.2f}x | | |")
+    return (
+        f"| {mode} | steady state | {s['requests']} | {s['requests'] / steady_time:.1f} | {s['p50_ms']:.0f} | "
+        f"{s['p99_ms']:.0f} | | |\n"
+        f"| {mode} | during swaps | {a['requests']} | {a['requests'] / window_time:.1f} | {a['p50_ms']:.0f} | "
+        f"{a['p99_ms']:.0f} | {failed} of {len(rows)} | "
+        + ", ".join(f"{x:.2f}" for x in result["to_full"])
+        + f" |\n"
+        f"| {mode} | during / steady | | {ratio:.2f}x | | {a['p99_ms'] / s['p99_ms']:.2f}x | | |"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--swaps", type=int, default=3)
     parser.add_argument("--settle", type=float, default=10.0, help="seconds of steady load around swaps")
@@ -151,8 +177,10 @@ def main() -> None:
             results[mode] = run_mode(mode, base, work / mode, args)
 
     print(f"\nMachine: {machine()}")
-    print(f"Load: {args.clients} closed-loop clients, chat completions of 32 tokens; {args.swaps} swaps per mode "
-          f"by moving CURRENT (gateway polls it every {args.poll} s), {args.settle:.0f} s of steady load between.")
+    print(
+        f"Load: {args.clients} closed-loop clients, chat completions of 32 tokens; {args.swaps} swaps per mode "
+        f"by moving CURRENT (gateway polls it every {args.poll} s), {args.settle:.0f} s of steady load between."
+    )
     print("'During swaps': requests that finished from 1 s before a promotion to 3 s after it completed.\n")
     print("| mode | window | requests | req/s | p50 ms | p99 ms | failed | promotion to 100% new (s) |")
     print("|---|---|---|---|---|---|---|---|")

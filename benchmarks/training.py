@@ -44,30 +44,55 @@ from trainer.supervised_loop import epoch_order  # noqa: E402
 
 log = logging.getLogger("bench")
 MODELS = {  # name -> LlamaConfig fields (random weights, the tiny model's tokenizer)
-    "310m": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16,
-                 intermediate_size=2816),
-    "7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-               intermediate_size=11008),
-    "small": dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                  intermediate_size=512),  # to try the other presets' code paths on a CPU in seconds
+    "310m": dict(
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        intermediate_size=2816,
+    ),
+    "7b": dict(
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        intermediate_size=11008,
+    ),
+    "small": dict(
+        hidden_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=512,
+    ),  # to try the other presets' code paths on a CPU in seconds
 }
 
 
 def machine() -> str:
     """The machine and software versions (vLLM only if installed)."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown CPU",
+    )
     import os
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     try:
         import vllm
+
         engine = f", vllm {vllm.__version__}"
     except ImportError:
         engine = ", no vLLM"
     import transformers
-    return (f"{cpu}, {os.cpu_count()} cores, {gpu}; Python {sys.version.split()[0]}, torch {torch.__version__}, "
-            f"transformers {transformers.__version__}{engine}")
+
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {gpu}; Python {sys.version.split()[0]}, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}{engine}"
+    )
 
 
 def build_models(kind: str, work: Path) -> tuple[Path, Path]:
@@ -77,14 +102,25 @@ def build_models(kind: str, work: Path) -> tuple[Path, Path]:
 
     if kind == "tiny":
         base = build_tiny_model(work / "base", TinyModelConfig())
-        sft = train_sft(base, task.demonstrations(480, seed=1), work / "sft", SFTConfig(learning_rate=1e-3),
-                        Runtime(device=torch.device("cpu")))
+        sft = train_sft(
+            base,
+            task.demonstrations(480, seed=1),
+            work / "sft",
+            SFTConfig(learning_rate=1e-3),
+            Runtime(device=torch.device("cpu")),
+        )
         return sft, sft
     tok_dir = build_tiny_model(work / "tok", TinyModelConfig(pretrain_steps=1, corpus_examples=600))
     tok = AutoTokenizer.from_pretrained(tok_dir)
-    config = LlamaConfig(vocab_size=len(tok), max_position_embeddings=512, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
-                         **MODELS[kind])
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+        **MODELS[kind],
+    )
     # Big models are initialised where they will run, in bf16 on a GPU (a 7B in fp32 on the CPU
     # takes minutes to build and 27 GB to save).
     on_gpu = torch.cuda.is_available() and kind != "small"
@@ -96,8 +132,15 @@ def build_models(kind: str, work: Path) -> tuple[Path, Path]:
     return work / kind, work / kind
 
 
-def plain_pytorch_rm(model_dir: Path, train: list[Ranking], runtime: Runtime, per_step: int, lr: float,
-                     max_len: int, steps: int) -> dict:
+def plain_pytorch_rm(
+    model_dir: Path,
+    train: list[Ranking],
+    runtime: Runtime,
+    per_step: int,
+    lr: float,
+    max_len: int,
+    steps: int,
+) -> dict:
     """The reference: the same K-wise loss, batches and device, written directly in PyTorch."""
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -106,13 +149,19 @@ def plain_pytorch_rm(model_dir: Path, train: list[Ranking], runtime: Runtime, pe
     head = torch.nn.Linear(backbone.config.hidden_size, 1).to(device)
     params = list(backbone.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, fused=device.type == "cuda")
-    order = epoch_order(len(train), 0, 0, [len(r.prompt) + max(map(len, r.responses)) for r in train], per_step)
+    order = epoch_order(
+        len(train), 0, 0, [len(r.prompt) + max(map(len, r.responses)) for r in train], per_step
+    )
     runtime.reset_peak_memory()
     comparisons, started = 0, time.perf_counter()
     for step in range(steps):
-        batch = [train[i] for i in order[step * per_step:(step + 1) * per_step]]
-        ids, attn = encode_responses(tok, [r.prompt for r in batch for _ in r.responses],
-                                     [y for r in batch for y in r.responses], max_len)
+        batch = [train[i] for i in order[step * per_step : (step + 1) * per_step]]
+        ids, attn = encode_responses(
+            tok,
+            [r.prompt for r in batch for _ in r.responses],
+            [y for r in batch for y in r.responses],
+            max_len,
+        )
         ids, attn = ids.to(device), attn.to(device)
         with runtime.autocast():
             hidden = backbone(input_ids=ids, attention_mask=attn).last_hidden_state
@@ -134,21 +183,41 @@ def plain_pytorch_rm(model_dir: Path, train: list[Ranking], runtime: Runtime, pe
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "comparisons_per_s": comparisons / seconds, "peak_gib": runtime.peak_memory_gib()}
+    return {
+        "seconds": seconds,
+        "comparisons_per_s": comparisons / seconds,
+        "peak_gib": runtime.peak_memory_gib(),
+    }
 
 
-def ours_rm(model_dir: Path, train: list[Ranking], work: Path, runtime: Runtime, per_step: int, lr: float,
-            max_len: int, steps: int) -> dict:
+def ours_rm(
+    model_dir: Path,
+    train: list[Ranking],
+    work: Path,
+    runtime: Runtime,
+    per_step: int,
+    lr: float,
+    max_len: int,
+    steps: int,
+) -> dict:
     """This trainer's train_rm on the same data (its training loop timed, as the reference's is)."""
     from trainer.reward_training import train_rm
 
     runtime.reset_peak_memory()
-    metrics = train_rm(model_dir, train, work / "ours", RMConfig(batch_size=per_step, learning_rate=lr, max_len=max_len,
-                                                                  eval_fraction=0.0, save_every=0), runtime,
-                       max_steps=steps)
+    metrics = train_rm(
+        model_dir,
+        train,
+        work / "ours",
+        RMConfig(batch_size=per_step, learning_rate=lr, max_len=max_len, eval_fraction=0.0, save_every=0),
+        runtime,
+        max_steps=steps,
+    )
     comparisons = sum(len(ranking_pairs(train[i].ranking)) for i in range(steps * per_step))
-    return {"seconds": metrics["train_seconds"], "comparisons_per_s": comparisons / metrics["train_seconds"],
-            "peak_gib": runtime.peak_memory_gib()}
+    return {
+        "seconds": metrics["train_seconds"],
+        "comparisons_per_s": comparisons / metrics["train_seconds"],
+        "peak_gib": runtime.peak_memory_gib(),
+    }
 
 
 def trl_rm(model_dir: Path, train: list[Ranking], work: Path, lr: float, pairs_per_step: int) -> dict:
@@ -156,24 +225,52 @@ def trl_rm(model_dir: Path, train: list[Ranking], work: Path, lr: float, pairs_p
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    rows = [{"prompt": [{"role": "user", "content": r.prompt}],
-             "chosen": [{"role": "assistant", "content": r.responses[w]}],
-             "rejected": [{"role": "assistant", "content": r.responses[lo]}]}
-            for r in train for w, lo in ranking_pairs(r.ranking)]
-    args = RewardConfig(output_dir=str(work / "trl"), per_device_train_batch_size=pairs_per_step, learning_rate=lr,
-                        num_train_epochs=1, max_length=256, report_to="none", save_strategy="no", logging_steps=50,
-                        use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available(),
-                        lr_scheduler_type="constant", warmup_steps=0, dataloader_drop_last=True)
-    trainer = RewardTrainer(model=str(model_dir), args=args, train_dataset=Dataset.from_list(rows),
-                            processing_class=AutoTokenizer.from_pretrained(model_dir))
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": r.prompt}],
+            "chosen": [{"role": "assistant", "content": r.responses[w]}],
+            "rejected": [{"role": "assistant", "content": r.responses[lo]}],
+        }
+        for r in train
+        for w, lo in ranking_pairs(r.ranking)
+    ]
+    args = RewardConfig(
+        output_dir=str(work / "trl"),
+        per_device_train_batch_size=pairs_per_step,
+        learning_rate=lr,
+        num_train_epochs=1,
+        max_length=256,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=50,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available(),
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        dataloader_drop_last=True,
+    )
+    trainer = RewardTrainer(
+        model=str(model_dir),
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+    )
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "comparisons_per_s": len(rows) / seconds}
 
 
-def ppo_rates(model_dir: Path, rm_dir: Path, work: Path, runtime: Runtime, iterations: int, engines: list[str],
-              variants: tuple[bool, ...] = (False, True), shape: dict | None = None) -> dict:
+def ppo_rates(
+    model_dir: Path,
+    rm_dir: Path,
+    work: Path,
+    runtime: Runtime,
+    iterations: int,
+    engines: list[str],
+    variants: tuple[bool, ...] = (False, True),
+    shape: dict | None = None,
+) -> dict:
     """samples/s and peak memory of PPO-ptx iterations, per rollout engine, full weights and/or LoRA."""
     from trainer.ppo_training import train_ppo
 
@@ -182,20 +279,33 @@ def ppo_rates(model_dir: Path, rm_dir: Path, work: Path, runtime: Runtime, itera
     prompts = task.prompts(64, seed=31)
     for engine in engines:
         for lora in variants:
-            rt = Runtime(runtime.device, runtime.precision, lora=LoRAConfig(enabled=lora),
-                         gradient_checkpointing=runtime.gradient_checkpointing)
+            rt = Runtime(
+                runtime.device,
+                runtime.precision,
+                lora=LoRAConfig(enabled=lora),
+                gradient_checkpointing=runtime.gradient_checkpointing,
+            )
             cfg = PPOConfig(iterations=iterations, ptx_coef=1.0, rollout_engine=engine, save_every=0, **shape)
             rt.reset_peak_memory()
             name = f"{engine}, {'LoRA' if lora else 'full weights'}"
-            metrics = train_ppo(model_dir, rm_dir, prompts, pretraining_texts(256, seed=3),
-                                work / f"ppo-{engine}-{lora}", cfg, rt)
+            metrics = train_ppo(
+                model_dir,
+                rm_dir,
+                prompts,
+                pretraining_texts(256, seed=3),
+                work / f"ppo-{engine}-{lora}",
+                cfg,
+                rt,
+            )
             out[name] = {"samples_per_s": metrics["samples_per_s"], "peak_gib": metrics["peak_memory_gib"]}
             log.info("ppo (%s): %s", name, out[name])
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", choices=["tiny", *MODELS], default="tiny")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
@@ -206,17 +316,27 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--ppo-iterations", type=int, default=4)
     parser.add_argument("--no-ppo-vllm", action="store_true", help="transformers rollouts only")
-    parser.add_argument("--trl", action="store_true", help="also time TRL's RewardTrainer (the `bench` extra)")
+    parser.add_argument(
+        "--trl", action="store_true", help="also time TRL's RewardTrainer (the `bench` extra)"
+    )
     parser.add_argument("--only", choices=["all", "rm", "ppo"], default="all")
-    parser.add_argument("--lora-only", action="store_true", help="PPO with LoRA only (a 7B needs it on one GPU)")
+    parser.add_argument(
+        "--lora-only", action="store_true", help="PPO with LoRA only (a 7B needs it on one GPU)"
+    )
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--ppo-shape", default="32,8,32,16",
-                        help="rollout prompts, minibatch, new tokens, pretraining batch (7B reference: 16,8,64,8)")
+    parser.add_argument(
+        "--ppo-shape",
+        default="32,8,32,16",
+        help="rollout prompts, minibatch, new tokens, pretraining batch (7B reference: 16,8,64,8)",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    runtime = Runtime.resolve(TrainConfig(device=args.device, precision=args.precision,
-                                          gradient_checkpointing=args.gradient_checkpointing))
+    runtime = Runtime.resolve(
+        TrainConfig(
+            device=args.device, precision=args.precision, gradient_checkpointing=args.gradient_checkpointing
+        )
+    )
     train = task.rankings(args.rankings, k=9, seed=21)
     per_step = args.rankings_per_step
     steps = args.steps or len(train) // per_step
@@ -226,8 +346,9 @@ def main() -> None:
         model_dir, _ = build_models(args.model, work)
         if args.only in ("all", "rm"):
             # Reference first, then ours, so that neither profits from a warmer cache.
-            results["plain_pytorch"] = plain_pytorch_rm(model_dir, train, runtime, per_step, args.lr, args.max_len,
-                                                        steps)
+            results["plain_pytorch"] = plain_pytorch_rm(
+                model_dir, train, runtime, per_step, args.lr, args.max_len, steps
+            )
             results["ours"] = ours_rm(model_dir, train, work, runtime, per_step, args.lr, args.max_len, steps)
         if args.trl:
             results["trl"] = trl_rm(model_dir, train, work, args.lr, per_step * 9 // 2)
@@ -239,13 +360,21 @@ def main() -> None:
                 RewardModel.from_pretrained(model_dir).save_pretrained(rm_dir)
             try:
                 import vllm  # noqa: F401
+
                 engines = ["transformers"] if args.no_ppo_vllm else ["transformers", "vllm"]
             except ImportError:
                 engines = ["transformers"]
             rb, mb, nt, pb = (int(x) for x in args.ppo_shape.split(","))
-            results["ppo"] = ppo_rates(model_dir, rm_dir, work, runtime, args.ppo_iterations, engines,
-                                       (True,) if args.lora_only else (False, True),
-                                       {"rollout_batch": rb, "minibatch": mb, "max_new_tokens": nt, "ptx_batch": pb})
+            results["ppo"] = ppo_rates(
+                model_dir,
+                rm_dir,
+                work,
+                runtime,
+                args.ppo_iterations,
+                engines,
+                (True,) if args.lora_only else (False, True),
+                {"rollout_batch": rb, "minibatch": mb, "max_new_tokens": nt, "ptx_batch": pb},
+            )
     report(results, args, per_step)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
@@ -257,8 +386,10 @@ def report(r: dict, args, per_step: int) -> None:
     if "ours" in r:
         report_rm(r, args, per_step)
     if "ppo" in r:
-        print(f"\n| PPO-ptx ({args.ppo_iterations} iterations; rollout, minibatch, new tokens, ptx batch = "
-              f"{args.ppo_shape}) | samples/s | peak memory GiB |\n|---|---|---|")
+        print(
+            f"\n| PPO-ptx ({args.ppo_iterations} iterations; rollout, minibatch, new tokens, ptx batch = "
+            f"{args.ppo_shape}) | samples/s | peak memory GiB |\n|---|---|---|"
+        )
         for name, x in r["ppo"].items():
             print(f"| {name} | {x['samples_per_s']:.1f} | {x['peak_gib']:.2f} |")
 
@@ -266,15 +397,21 @@ def report(r: dict, args, per_step: int) -> None:
 def report_rm(r: dict, args, per_step: int) -> None:
     """The reward-model table."""
     comparisons = r["ours"]["comparisons_per_s"] * r["ours"]["seconds"]
-    print(f"Model: {args.model}; {r['steps']} steps of {per_step} rankings x K = 9 ({comparisons:.0f} comparisons), "
-          f"max_len {args.max_len}, lr {args.lr}\n")
+    print(
+        f"Model: {args.model}; {r['steps']} steps of {per_step} rankings x K = 9 ({comparisons:.0f} comparisons), "
+        f"max_len {args.max_len}, lr {args.lr}\n"
+    )
     print("| reward model step | seconds | comparisons/s | peak memory GiB |\n|---|---|---|---|")
     for name, key in (("plain PyTorch (reference)", "plain_pytorch"), ("alignloop train_rm", "ours")):
         x = r[key]
         print(f"| {name} | {x['seconds']:.2f} | {x['comparisons_per_s']:.0f} | {x['peak_gib']:.2f} |")
     if "trl" in r:
-        print(f"| TRL RewardTrainer (pairs) | {r['trl']['seconds']:.2f} | {r['trl']['comparisons_per_s']:.0f} | |")
-    print(f"| alignloop / plain PyTorch | | {r['ours']['comparisons_per_s'] / r['plain_pytorch']['comparisons_per_s']:.2f}x | |")
+        print(
+            f"| TRL RewardTrainer (pairs) | {r['trl']['seconds']:.2f} | {r['trl']['comparisons_per_s']:.0f} | |"
+        )
+    print(
+        f"| alignloop / plain PyTorch | | {r['ours']['comparisons_per_s'] / r['plain_pytorch']['comparisons_per_s']:.2f}x | |"
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ def _lua(key: str, bodies: list[dict] | None) -> str:
     if bodies is None:
         return script
     quoted = ",\n".join(json.dumps(json.dumps(b)) for b in bodies)
-    return script + f"""wrk.method = "POST"
+    return (
+        script
+        + f"""wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local bodies = {{
 {quoted}
@@ -37,6 +39,7 @@ request = function()
   return wrk.format(nil, nil, nil, bodies[i])
 end
 """
+    )
 
 
 def _ms(text: str) -> float:
@@ -51,12 +54,22 @@ def post(url: str, bodies: list[dict] | None, key: str, connections: int, second
     with tempfile.TemporaryDirectory(prefix="alignloop-wrk-") as tmp:
         script = Path(tmp) / "post.lua"
         script.write_text(_lua(key, bodies))
-        out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     total = int(re.search(r"(\d+) requests in ([0-9.]+)(\w+)", out).group(1))
     wall_s = _ms("".join(re.search(r"requests in ([0-9.]+)(\w+),", out).groups())) / 1000
     failed = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
     errors = re.search(r"Socket errors: (.*)", out)
     percentiles = {p: _ms(v) for p, v in re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M)}
-    return {"events_per_s": (total - failed) / wall_s, "p50_ms": percentiles["50"], "p99_ms": percentiles["99"],
-            "accepted": total - failed, "events": total, "socket_errors": errors.group(1) if errors else ""}
+    return {
+        "events_per_s": (total - failed) / wall_s,
+        "p50_ms": percentiles["50"],
+        "p99_ms": percentiles["99"],
+        "accepted": total - failed,
+        "events": total,
+        "socket_errors": errors.group(1) if errors else "",
+    }

@@ -75,15 +75,25 @@ class EngineConfig(_Section):
 
 # Marks of the placeholders shipped in deploy/ (k8s/secret.yaml, compose/alignloop.env.example) and
 # of example values: a deployment that kept one would be open to anyone who read this repository.
-_PLACEHOLDER_MARKS = ("change-me", "changeme", "replace-me", "placeholder", "your-key", "your-secret", "example")
+_PLACEHOLDER_MARKS = (
+    "change-me",
+    "changeme",
+    "replace-me",
+    "placeholder",
+    "your-key",
+    "your-secret",
+    "example",
+)
 
 
 def refuse_placeholder(value: str, what: str) -> str:
     """`value`, unless it is a shipped placeholder or an example value (ValueError naming `what`)."""
     lowered = value.lower()
     if any(mark in lowered for mark in _PLACEHOLDER_MARKS):
-        raise ValueError(f"{what} is a placeholder or example value; put a real secret there (e.g. `openssl rand "
-                         f"-hex 32`) before starting")
+        raise ValueError(
+            f"{what} is a placeholder or example value; put a real secret there (e.g. `openssl rand "
+            f"-hex 32`) before starting"
+        )
     return value
 
 
@@ -115,16 +125,18 @@ class LabellingConfig(_Section):
     """The raters' queue: prompts sampled from production chat traffic, K fresh answers each."""
 
     sample_rate: float = Field(default=0.02, ge=0.0, le=1.0)  # share of served single-turn chats taken
-    k: int = Field(default=4, ge=2, le=MAX_K)        # candidates generated per item
-    overlap: int = Field(default=2, ge=1)             # raters per item (agreement needs >= 2)
-    lease_s: float = Field(default=900.0, gt=0)      # an item held longer returns to the queue
-    max_tokens: int = Field(default=64, ge=1)         # per candidate
+    k: int = Field(default=4, ge=2, le=MAX_K)  # candidates generated per item
+    overlap: int = Field(default=2, ge=1)  # raters per item (agreement needs >= 2)
+    lease_s: float = Field(default=900.0, gt=0)  # an item held longer returns to the queue
+    max_tokens: int = Field(default=64, ge=1)  # per candidate
     temperature: float = Field(default=1.0, ge=0.0)
-    max_waiting: int = Field(default=500, ge=1)       # items waiting for candidates; past it, none taken
+    max_waiting: int = Field(default=500, ge=1)  # items waiting for candidates; past it, none taken
     # Tokens the queue may generate per hour (all items' candidates together): nobody's request pays
     # for them, so they come from a budget of their own; past it, items wait for the next hour.
     tokens_per_hour: int = Field(default=100_000, ge=1)
-    retention_days: float = Field(default=30.0, gt=0)  # items (and their rankings) older than this are dropped
+    retention_days: float = Field(
+        default=30.0, gt=0
+    )  # items (and their rankings) older than this are dropped
 
 
 class GatewayConfig(_Section):
@@ -159,7 +171,9 @@ class GatewayConfig(_Section):
     @classmethod
     def _long_enough(cls, secrets: list[SecretStr]) -> list[SecretStr]:
         if any(len(s.get_secret_value()) < 16 for s in secrets):
-            raise ValueError("each ownership secret needs at least 16 characters (e.g. `openssl rand -hex 32`)")
+            raise ValueError(
+                "each ownership secret needs at least 16 characters (e.g. `openssl rand -hex 32`)"
+            )
         for s in secrets:
             refuse_placeholder(s.get_secret_value(), "gateway.ownership_secrets")
         return secrets
@@ -170,7 +184,9 @@ class GatewayConfig(_Section):
         # A key's name owns its completions: two keys with one name would share what they may rate.
         names = [k.name for k in keys]
         if len(set(names)) != len(names):
-            raise ValueError(f"API key names must be unique; repeated: {sorted({n for n in names if names.count(n) > 1})}")
+            raise ValueError(
+                f"API key names must be unique; repeated: {sorted({n for n in names if names.count(n) > 1})}"
+            )
         if len({k.key for k in keys}) != len(keys):
             raise ValueError("two API keys have the same secret")
         return keys
@@ -213,6 +229,7 @@ class FeedbackConfig(_Section):
         if password is not None:
             refuse_placeholder(password.get_secret_value(), "feedback.sasl_password")
         return password
+
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
@@ -232,11 +249,11 @@ class SFTConfig(_Section):
 class RMConfig(_Section):
     """Reward model training on K-wise rankings (one ranking = one batch element)."""
 
-    epochs: int = 1              # the paper trains its RM for one epoch
-    batch_size: int = 8          # rankings per step
+    epochs: int = 1  # the paper trains its RM for one epoch
+    batch_size: int = 8  # rankings per step
     learning_rate: float = 5e-5
     max_len: int = 256
-    eval_fraction: float = 0.1   # held out for pairwise accuracy
+    eval_fraction: float = 0.1  # held out for pairwise accuracy
     seed: int = 0
     save_every: int = 100
 
@@ -245,21 +262,21 @@ class PPOConfig(_Section):
     """PPO-ptx (defaults: the paper's where they fit a tiny model; see README "Training")."""
 
     iterations: int = 20
-    rollout_batch: int = 32       # prompts per iteration (paper: 512)
-    minibatch: int = 8            # (paper: 64)
-    epochs: int = 1               # PPO epochs per batch (paper: 1)
+    rollout_batch: int = 32  # prompts per iteration (paper: 512)
+    minibatch: int = 8  # (paper: 64)
+    epochs: int = 1  # PPO epochs per batch (paper: 1)
     max_new_tokens: int = 32
-    temperature: float = 1.0      # (paper: 1)
+    temperature: float = 1.0  # (paper: 1)
     learning_rate: float = 1e-5
-    kl_coef: float = 0.02         # β (paper: 0.02)
+    kl_coef: float = 0.02  # β (paper: 0.02)
     target_kl: float | None = None  # set to adapt β towards this per-sequence KL
-    clip: float = 0.2             # (paper: 0.2)
+    clip: float = 0.2  # (paper: 0.2)
     value_clip: float = 0.2
     vf_coef: float = 0.1
-    gamma: float = 1.0            # no discount (paper)
+    gamma: float = 1.0  # no discount (paper)
     lam: float = 0.95
-    ptx_coef: float = 1.0         # γ; 0 gives plain PPO (paper: 27.8 at its scale)
-    ptx_batch: int = 16           # pretraining sequences per update
+    ptx_coef: float = 1.0  # γ; 0 gives plain PPO (paper: 27.8 at its scale)
+    ptx_batch: int = 16  # pretraining sequences per update
     rollout_engine: Literal["vllm", "transformers"] = "vllm"
     # Share of GPU memory the vLLM rollout engine may take beside the training models (GPU only);
     # the engine sleeps (frees its KV cache) while the trainer updates.
@@ -271,34 +288,34 @@ class PPOConfig(_Section):
 class LoopConfig(_Section):
     """The trainer service: when to retrain, and the gate a candidate must pass."""
 
-    min_new_comparisons: int = 50   # a round starts after this many new comparisons ...
-    max_interval_s: float = 600.0   # ... or after this long, if there is any new one
+    min_new_comparisons: int = 50  # a round starts after this many new comparisons ...
+    max_interval_s: float = 600.0  # ... or after this long, if there is any new one
     poll_s: float = 1.0
-    consume_batch: int = 500        # events per poll per topic: one dataset transaction
+    consume_batch: int = 500  # events per poll per topic: one dataset transaction
     group: str = "alignloop-trainer"
-    sft_version: str = "v0001"      # the KL anchor and PPO reference
-    eval_fraction: float = 0.2      # of the collected prompts, held out for the gate
+    sft_version: str = "v0001"  # the KL anchor and PPO reference
+    eval_fraction: float = 0.2  # of the collected prompts, held out for the gate
     # Raters whose comparisons are held out too (once there are min_raters_to_hold_out of them):
     # the gate checks the reward model on people and prompts it was not trained on.
     eval_user_fraction: float = 0.2
     min_raters_to_hold_out: int = 5
     # The reward model must order the held-out comparisons this well before its scores judge a candidate.
     min_judge_accuracy: float = 0.55
-    gate_margin: float = 0.1        # candidate reward must exceed serving reward by this (> 0: no coin flips)
+    gate_margin: float = 0.1  # candidate reward must exceed serving reward by this (> 0: no coin flips)
     # ... and not by luck: the paired reward gain's lower confidence bound (mean - z x standard
     # error) must clear the margin. 1.64: one-sided 95%. 0: the plain mean decides.
     gate_confidence_z: float = Field(default=1.64, ge=0.0)
     # One user's weight in a round: at most this many of their rankings (their latest) and requests
     # count, so that nobody steers the reward model, the PPO prompts or when rounds happen alone.
     per_user_cap: int = Field(default=500, ge=1)
-    kl_budget: float = 10.0         # mean per-answer KL from SFT on held-out prompts
-    ptx_regression: float = 0.25    # allowed relative rise of the pretraining LM loss over SFT's
+    kl_budget: float = 10.0  # mean per-answer KL from SFT on held-out prompts
+    ptx_regression: float = 0.25  # allowed relative rise of the pretraining LM loss over SFT's
     gate_samples_per_prompt: int = Field(default=8, ge=1)  # answers sampled per held-out prompt by the gate
     # With few held-out prompts, more answers each: the gate judges at least this many per policy.
     gate_min_answers: int = Field(default=64, ge=1)
-    gate_max_prompts: int = Field(default=64, ge=1)        # held-out prompts the gate uses (a stable subset)
-    eval_batch: int = 16            # prompts (or texts) per forward in evaluation: memory stays bounded
-    metrics_port: int = 9400        # 0: no Prometheus endpoint
+    gate_max_prompts: int = Field(default=64, ge=1)  # held-out prompts the gate uses (a stable subset)
+    eval_batch: int = 16  # prompts (or texts) per forward in evaluation: memory stays bounded
+    metrics_port: int = 9400  # 0: no Prometheus endpoint
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can reach it
     # Caps a round's RM training; it still draws from all comparisons so far, warm-starting from
     # the last RM, so learning accumulates across rounds. None: full epochs every round.
@@ -324,7 +341,7 @@ class LoRAConfig(_Section):
 
 class TrainConfig(_Section):
     # Where and how every stage computes (the trainer service's included).
-    device: str = "auto"          # auto: the GPU (this rank's) when there is one, else the CPU; or cpu, cuda, cuda:N
+    device: str = "auto"  # auto: the GPU (this rank's) when there is one, else the CPU; or cpu, cuda, cuda:N
     # auto: bf16 mixed precision on a GPU, fp32 on a CPU. bf16: trainable weights stay fp32 (the
     # optimiser's copy), compute runs in bfloat16 (autocast), frozen models are held in bfloat16.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -332,7 +349,7 @@ class TrainConfig(_Section):
     # tiny model stays fp32). bf16 halves the size, but rounds away updates below its resolution.
     save_dtype: Literal["auto", "fp32", "bf16"] = "auto"
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
-    length_bucketing: bool = True         # batch items of similar length together: less padding
+    length_bucketing: bool = True  # batch items of similar length together: less padding
     sharding: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: a full copy per rank, or FSDP2 shards
     lora: LoRAConfig = LoRAConfig()
     sft: SFTConfig = SFTConfig()
@@ -353,12 +370,16 @@ class PromotionConfig(_Section):
 
     mode: Literal["canary", "direct"] = "canary"
     canary_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)  # of users (sticky), not of requests
-    alpha: float = Field(default=0.05, gt=0.0, lt=0.5)   # false promotion rate (candidate preferred <= 50%)
-    beta: float = Field(default=0.1, gt=0.0, lt=0.5)     # false roll-back rate (candidate preferred >= 50% + delta)
-    delta: float = Field(default=0.2, gt=0.0, lt=0.5)    # the preference worth detecting: 0.5 + delta
-    min_samples: int = Field(default=20, ge=1)           # no decision on fewer comparisons (ties excluded)
-    max_samples: int = Field(default=400, ge=1)          # undecided after this many: roll back
-    max_canary_s: float = Field(default=3600.0, gt=0)    # undecided after this long (from the proposal): roll back
+    alpha: float = Field(default=0.05, gt=0.0, lt=0.5)  # false promotion rate (candidate preferred <= 50%)
+    beta: float = Field(
+        default=0.1, gt=0.0, lt=0.5
+    )  # false roll-back rate (candidate preferred >= 50% + delta)
+    delta: float = Field(default=0.2, gt=0.0, lt=0.5)  # the preference worth detecting: 0.5 + delta
+    min_samples: int = Field(default=20, ge=1)  # no decision on fewer comparisons (ties excluded)
+    max_samples: int = Field(default=400, ge=1)  # undecided after this many: roll back
+    max_canary_s: float = Field(
+        default=3600.0, gt=0
+    )  # undecided after this long (from the proposal): roll back
     # No rater (API key) may supply more than this share of a test's counted verdicts (of min_samples
     # while fewer are counted): a decision needs at least 1 / max_rater_share people.
     max_rater_share: float = Field(default=0.25, gt=0.0, le=1.0)
@@ -369,7 +390,7 @@ class PromotionConfig(_Section):
     guardrail_min_requests: int = Field(default=50, ge=1)
     max_error_rate_increase: float = Field(default=0.05, ge=0.0)
     max_latency_ratio: float = Field(default=3.0, gt=1.0)
-    poll_s: float = Field(default=1.0, gt=0)             # how often the gateway's controller looks
+    poll_s: float = Field(default=1.0, gt=0)  # how often the gateway's controller looks
 
 
 class Settings(_Section):
@@ -424,7 +445,7 @@ def _from_env(environ: dict[str, str]) -> dict[str, Any]:
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name == FAILPOINT_ENV:
             continue
-        path = name[len(ENV_PREFIX):].lower().split("__")
+        path = name[len(ENV_PREFIX) :].lower().split("__")
         merged = _deep_merge(merged, _nest(path, _parse_scalar(raw)))
     return merged
 

@@ -40,7 +40,9 @@ class SupervisedThread:
                 return
             except Exception as exc:  # supervised: anything that escapes the body is survived
                 self.failures += 1
-                log.exception("%s failed (%s: %s); restarting in %.1fs", self.name, type(exc).__name__, exc, backoff)
+                log.exception(
+                    "%s failed (%s: %s); restarting in %.1fs", self.name, type(exc).__name__, exc, backoff
+                )
                 self._on_failure(self.name)
                 self.stop_event.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)

@@ -92,9 +92,9 @@ class CompletionServed(_Event):
 
     type: Literal["completion"] = "completion"
     route: Literal["completions", "chat"]
-    prompt: str | None = None                   # /v1/completions (text prompts)
+    prompt: str | None = None  # /v1/completions (text prompts)
     messages: list[dict[str, str]] | None = None  # /v1/chat/completions
-    prompt_text: str                            # the exact text the policy saw (template applied)
+    prompt_text: str  # the exact text the policy saw (template applied)
     prompt_tokens: int
     choices: list[ServedChoice]
     sampling: dict[str, Any]
@@ -124,7 +124,7 @@ class Comparison(_Event):
         """(preferred, rejected) for every ordered pair; tied candidates form no pair."""
         out = []
         for i, better in enumerate(self.ranking):
-            for worse in self.ranking[i + 1:]:
+            for worse in self.ranking[i + 1 :]:
                 out.extend((w, l) for w in better for l in worse)
         return out
 

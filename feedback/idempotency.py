@@ -25,8 +25,10 @@ CREATE TABLE IF NOT EXISTS idempotency (
 # served-choice table of spools written before ids were signed is dropped.
 MIGRATIONS = ["ALTER TABLE idempotency ADD COLUMN at REAL NOT NULL DEFAULT 0", "DROP TABLE IF EXISTS served"]
 _ROW_OVERHEAD = 48  # SQLite's per-row and per-index-entry bytes, roughly
-_KEY_BYTES = ("SELECT COALESCE(SUM(LENGTH(scoped_key) * 2 + LENGTH(event_id) + LENGTH(digest) + {o}), 0) "
-              "FROM idempotency").format(o=_ROW_OVERHEAD)
+_KEY_BYTES = (
+    "SELECT COALESCE(SUM(LENGTH(scoped_key) * 2 + LENGTH(event_id) + LENGTH(digest) + {o}), 0) "
+    "FROM idempotency"
+).format(o=_ROW_OVERHEAD)
 
 
 class IdempotencyIndex:
@@ -56,11 +58,17 @@ class IdempotencyIndex:
         its key, so a retry of a forgotten key is still the same event to every reader."""
         caller = scoped_key.split(":", 1)[0] + ":"
         bounds = (caller, caller[:-1] + ";")  # every "caller:..." key, by the primary key's order
-        over = cur.execute("SELECT COUNT(*) FROM idempotency WHERE scoped_key >= ? AND scoped_key < ?",
-                           bounds).fetchone()[0] - limit
+        over = (
+            cur.execute(
+                "SELECT COUNT(*) FROM idempotency WHERE scoped_key >= ? AND scoped_key < ?", bounds
+            ).fetchone()[0]
+            - limit
+        )
         if over <= 0:
             return 0
-        oldest = "SELECT scoped_key FROM idempotency WHERE scoped_key >= ? AND scoped_key < ? ORDER BY at LIMIT ?"
+        oldest = (
+            "SELECT scoped_key FROM idempotency WHERE scoped_key >= ? AND scoped_key < ? ORDER BY at LIMIT ?"
+        )
         size = cur.execute(_KEY_BYTES + f" WHERE scoped_key IN ({oldest})", (*bounds, over)).fetchone()[0]
         cur.execute(f"DELETE FROM idempotency WHERE scoped_key IN ({oldest})", (*bounds, over))
         return size
@@ -71,13 +79,18 @@ class IdempotencyIndex:
         the key is new (or absent). IdempotencyConflict if the key was used for other content."""
         if item.idempotency_key is None:
             return None
-        row = cur.execute("SELECT event_id, digest FROM idempotency WHERE scoped_key = ?",
-                          (item.idempotency_key,)).fetchone()
+        row = cur.execute(
+            "SELECT event_id, digest FROM idempotency WHERE scoped_key = ?", (item.idempotency_key,)
+        ).fetchone()
         if row is not None:
             if row[1] != item.digest():
-                raise IdempotencyConflict(f"idempotency key {item.idempotency_key.split(':', 1)[-1]!r} "
-                                          "was used before for different feedback")
+                raise IdempotencyConflict(
+                    f"idempotency key {item.idempotency_key.split(':', 1)[-1]!r} "
+                    "was used before for different feedback"
+                )
             return Accepted(row[0], duplicate=True)
-        cur.execute("INSERT INTO idempotency (scoped_key, event_id, digest, at) VALUES (?, ?, ?, ?)",
-                    (item.idempotency_key, item.event.event_id, item.digest(), item.event.timestamp))
+        cur.execute(
+            "INSERT INTO idempotency (scoped_key, event_id, digest, at) VALUES (?, ?, ?, ?)",
+            (item.idempotency_key, item.event.event_id, item.digest(), item.event.timestamp),
+        )
         return None

@@ -10,12 +10,17 @@ def connection_kwargs(config: FeedbackConfig) -> dict:
     """kafka-python keyword arguments for bootstrap and security."""
     # kafka-python backs off reconnects up to 30 s by default: after a broker restart, feedback
     # would sit in the spool that long. A second is plenty between attempts on a LAN.
-    kwargs: dict = {"bootstrap_servers": config.kafka_bootstrap, "security_protocol": config.security_protocol,
-                    "reconnect_backoff_max_ms": 1000}
+    kwargs: dict = {
+        "bootstrap_servers": config.kafka_bootstrap,
+        "security_protocol": config.security_protocol,
+        "reconnect_backoff_max_ms": 1000,
+    }
     if config.security_protocol.startswith("SASL"):
         kwargs["sasl_mechanism"] = config.sasl_mechanism or "PLAIN"
         kwargs["sasl_plain_username"] = config.sasl_username
-        kwargs["sasl_plain_password"] = config.sasl_password.get_secret_value() if config.sasl_password else None
+        kwargs["sasl_plain_password"] = (
+            config.sasl_password.get_secret_value() if config.sasl_password else None
+        )
     if config.security_protocol.endswith("SSL"):
         for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
             value = getattr(config, key)

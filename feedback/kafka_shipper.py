@@ -52,10 +52,14 @@ def connect_producer(config: FeedbackConfig):
     timeout_ms = int(config.kafka_timeout_s * 1000)
     # Bootstrap is bounded by the same timeout (kafka-python's own default is 30 s): an unreachable
     # broker is reported, counted and retried on the shipper's schedule, not the client library's.
-    admin = KafkaAdminClient(request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms, **connection_kwargs(config))
+    admin = KafkaAdminClient(
+        request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms, **connection_kwargs(config)
+    )
     try:
         existing = set(admin.list_topics())
-        missing = [NewTopic(t, config.partitions, config.replication_factor) for t in ALL_TOPICS if t not in existing]
+        missing = [
+            NewTopic(t, config.partitions, config.replication_factor) for t in ALL_TOPICS if t not in existing
+        ]
         if missing:
             try:
                 admin.create_topics(missing)
@@ -64,17 +68,29 @@ def connect_producer(config: FeedbackConfig):
     finally:
         admin.close()
     return KafkaProducer(
-        acks="all", enable_idempotence=True, linger_ms=5, max_block_ms=timeout_ms, request_timeout_ms=timeout_ms,
-        delivery_timeout_ms=2 * timeout_ms, bootstrap_timeout_ms=timeout_ms,
-        max_request_size=config.max_record_bytes + 4096, **connection_kwargs(config),
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_block_ms=timeout_ms,
+        request_timeout_ms=timeout_ms,
+        delivery_timeout_ms=2 * timeout_ms,
+        bootstrap_timeout_ms=timeout_ms,
+        max_request_size=config.max_record_bytes + 4096,
+        **connection_kwargs(config),
     )
 
 
 class KafkaShipper:
     """A supervised thread that delivers the log to Kafka."""
 
-    def __init__(self, spool: LocalLog, config: FeedbackConfig, usage: SpoolUsage, metrics: FeedbackMetrics,
-                 on_failure: OnFailure):
+    def __init__(
+        self,
+        spool: LocalLog,
+        config: FeedbackConfig,
+        usage: SpoolUsage,
+        metrics: FeedbackMetrics,
+        on_failure: OnFailure,
+    ):
         self._log, self._config, self._usage, self._metrics = spool, config, usage, metrics
         self._shipped = shipped_offset(spool)
         self._wake = threading.Event()
@@ -86,6 +102,7 @@ class KafkaShipper:
             self._metrics.kafka_up.set(0)
             self._close_producer()
             counted(name)
+
         return failed
 
     def wake(self) -> None:
@@ -114,8 +131,13 @@ class KafkaShipper:
                 # Consumers de-duplicate by event id.
                 self._metrics.failures.inc()
                 self._metrics.kafka_up.set(0)
-                log.warning("feedback: Kafka unreachable (%s: %s); %d events wait in the spool, retrying in %.1fs",
-                            type(exc).__name__, exc, self._usage.events, backoff)
+                log.warning(
+                    "feedback: Kafka unreachable (%s: %s); %d events wait in the spool, retrying in %.1fs",
+                    type(exc).__name__,
+                    exc,
+                    self._usage.events,
+                    backoff,
+                )
                 self._close_producer()
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -134,9 +156,16 @@ class KafkaShipper:
             self._producer = connect_producer(self._config)
             log.info("feedback: connected to Kafka at %s", self._config.kafka_bootstrap)
             self._metrics.kafka_up.set(1)
-        refused = {r.offset: f"{len(r.value)} bytes is above feedback.max_record_bytes ({self._config.max_record_bytes})"
-                   for r in batch if len(r.value) > self._config.max_record_bytes}
-        futures = [(r, self._producer.send(r.topic, key=r.key, value=r.value)) for r in batch if r.offset not in refused]
+        refused = {
+            r.offset: f"{len(r.value)} bytes is above feedback.max_record_bytes ({self._config.max_record_bytes})"
+            for r in batch
+            if len(r.value) > self._config.max_record_bytes
+        }
+        futures = [
+            (r, self._producer.send(r.topic, key=r.key, value=r.value))
+            for r in batch
+            if r.offset not in refused
+        ]
         self._producer.flush(timeout=self._config.kafka_timeout_s * 2)
         for record, future in futures:
             try:
@@ -149,14 +178,19 @@ class KafkaShipper:
         with self._log.transaction() as tx:
             for r in batch:
                 if r.offset in refused:
-                    tx.cursor.execute("INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?)",
-                                      (r.offset, r.topic, r.key, r.value, refused[r.offset], time.time()))
+                    tx.cursor.execute(
+                        "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?)",
+                        (r.offset, r.topic, r.key, r.value, refused[r.offset], time.time()),
+                    )
             tx.commit_offset(SHIPPER_GROUP, ANY_TOPIC, batch[-1].offset + 1)
             tx.cursor.execute("DELETE FROM records WHERE offset <= ?", (batch[-1].offset,))
         self._shipped = batch[-1].offset + 1  # only once that is durable
         for offset, reason in refused.items():
-            log.error("feedback: record %d will never fit in Kafka (%s); kept in the spool's dead_letters table",
-                      offset, reason)
+            log.error(
+                "feedback: record %d will never fit in Kafka (%s); kept in the spool's dead_letters table",
+                offset,
+                reason,
+            )
             self._metrics.dead_letters.inc()
         self._metrics.sent.inc(len(batch) - len(refused))
         self._usage.add(-len(batch), -sum(len(r.value) for r in batch))

@@ -66,8 +66,11 @@ class Transaction:
 
     def commit_offset(self, group: str, topic: str, next_offset: int) -> None:
         """Set a consumer group's next offset."""
-        self.cursor.execute("INSERT INTO group_offsets (grp, topic, next) VALUES (?, ?, ?) "
-                            "ON CONFLICT (grp, topic) DO UPDATE SET next = excluded.next", (group, topic, next_offset))
+        self.cursor.execute(
+            "INSERT INTO group_offsets (grp, topic, next) VALUES (?, ?, ?) "
+            "ON CONFLICT (grp, topic) DO UPDATE SET next = excluded.next",
+            (group, topic, next_offset),
+        )
 
 
 class LocalLog:
@@ -100,17 +103,24 @@ class LocalLog:
         # likely a WAL that could not be rewound while another connection kept reading.
         with self._lock:
             if topic is None:
-                rows = self._db.execute("SELECT offset, topic, key, value FROM records WHERE offset >= ? "
-                                        "ORDER BY offset LIMIT ?", (from_offset, limit)).fetchall()
+                rows = self._db.execute(
+                    "SELECT offset, topic, key, value FROM records WHERE offset >= ? ORDER BY offset LIMIT ?",
+                    (from_offset, limit),
+                ).fetchall()
             else:
-                rows = self._db.execute("SELECT offset, topic, key, value FROM records WHERE topic = ? AND offset >= ? "
-                                        "ORDER BY offset LIMIT ?", (topic, from_offset, limit)).fetchall()
+                rows = self._db.execute(
+                    "SELECT offset, topic, key, value FROM records WHERE topic = ? AND offset >= ? "
+                    "ORDER BY offset LIMIT ?",
+                    (topic, from_offset, limit),
+                ).fetchall()
         return [Record(*row) for row in rows]
 
     def committed(self, group: str, topic: str) -> int:
         """The next offset the group has yet to process (0 if it never committed)."""
         with self._lock:
-            row = self._db.execute("SELECT next FROM group_offsets WHERE grp = ? AND topic = ?", (group, topic)).fetchone()
+            row = self._db.execute(
+                "SELECT next FROM group_offsets WHERE grp = ? AND topic = ?", (group, topic)
+            ).fetchone()
         return row[0] if row else 0
 
     def commit(self, group: str, topic: str, next_offset: int) -> None:
@@ -126,22 +136,28 @@ class LocalLog:
     def delete_topic_before(self, topic: str, offset: int) -> tuple[int, int]:
         """Forget one topic's records before offset; returns (records, bytes) removed."""
         with self.transaction() as tx:
-            n, size = tx.cursor.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(value)), 0) FROM records "
-                                        "WHERE topic = ? AND offset < ?", (topic, offset)).fetchone()
+            n, size = tx.cursor.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(value)), 0) FROM records "
+                "WHERE topic = ? AND offset < ?",
+                (topic, offset),
+            ).fetchone()
             tx.cursor.execute("DELETE FROM records WHERE topic = ? AND offset < ?", (topic, offset))
         return n, size
 
     def count(self, topic: str, from_offset: int = 0) -> int:
         """Records of one topic at or after from_offset."""
         with self._read_lock:
-            return self._reader.execute("SELECT COUNT(*) FROM records WHERE topic = ? AND offset >= ?",
-                                        (topic, from_offset)).fetchone()[0]
+            return self._reader.execute(
+                "SELECT COUNT(*) FROM records WHERE topic = ? AND offset >= ?", (topic, from_offset)
+            ).fetchone()[0]
 
     def stats(self, from_offset: int = 0) -> tuple[int, int]:
         """(records, bytes) at or after from_offset."""
         with self._lock:
-            n, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(value)), 0) FROM records "
-                                       "WHERE offset >= ?", (from_offset,)).fetchone()
+            n, size = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(value)), 0) FROM records WHERE offset >= ?",
+                (from_offset,),
+            ).fetchone()
         return n, size
 
     def query(self, sql: str, args: tuple = ()) -> list[tuple]:

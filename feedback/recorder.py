@@ -40,9 +40,14 @@ _MAX_BACKLOG = 20_000  # items waiting for the disk; past this the disk is not k
 class FeedbackRecorder:
     """Accepts events durably and delivers them to Kafka (or keeps them, embedded)."""
 
-    def __init__(self, config: FeedbackConfig, spool_path: Path, registry: CollectorRegistry,
-                 consumer_groups: dict[str, tuple[str, ...]] | None = None,
-                 on_failure: OnFailure = lambda task: None):
+    def __init__(
+        self,
+        config: FeedbackConfig,
+        spool_path: Path,
+        registry: CollectorRegistry,
+        consumer_groups: dict[str, tuple[str, ...]] | None = None,
+        on_failure: OnFailure = lambda task: None,
+    ):
         """Embedded, `consumer_groups` are the readers (group -> the topics it reads: the trainer's
         group, the gateway's evidence feed) whose commits let events be deleted from the log; with
         none, the log keeps everything. `on_failure(task)` is told each time a background thread
@@ -57,12 +62,25 @@ class FeedbackRecorder:
             index_size = IdempotencyIndex.size(tx.cursor)
         self.usage = SpoolUsage(self.metrics, config.max_spool_bytes, events, size, index_size)
         failed = on_failure
-        self._shipper = KafkaShipper(self.log, config, self.usage, self.metrics, failed) if not self.embedded else None
-        self._retention = (EmbeddedRetention(self.log, consumer_groups, self.usage, failed)
-                           if self.embedded and consumer_groups else None)
-        self._index_retention = IndexRetention(self.log, config.index_retention_days * 86400, self.usage, failed)
-        self._writer = SpoolWriter(self.log, self.usage, self.metrics, config.max_idempotency_keys_per_caller,
-                                   on_commit=self._shipper.wake if self._shipper else lambda: None, on_failure=failed)
+        self._shipper = (
+            KafkaShipper(self.log, config, self.usage, self.metrics, failed) if not self.embedded else None
+        )
+        self._retention = (
+            EmbeddedRetention(self.log, consumer_groups, self.usage, failed)
+            if self.embedded and consumer_groups
+            else None
+        )
+        self._index_retention = IndexRetention(
+            self.log, config.index_retention_days * 86400, self.usage, failed
+        )
+        self._writer = SpoolWriter(
+            self.log,
+            self.usage,
+            self.metrics,
+            config.max_idempotency_keys_per_caller,
+            on_commit=self._shipper.wake if self._shipper else lambda: None,
+            on_failure=failed,
+        )
         if events and self._shipper:
             log.info("feedback: %d events (%d bytes) from before the restart wait for Kafka", events, size)
 
@@ -74,7 +92,11 @@ class FeedbackRecorder:
             return
         if not self.usage.has_room(len(value)):
             self.metrics.completions.labels("dropped_spool_full").inc()
-            log.warning("feedback: spool full (%d bytes); completion %s not recorded", self.usage.bytes, event.request_id)
+            log.warning(
+                "feedback: spool full (%d bytes); completion %s not recorded",
+                self.usage.bytes,
+                event.request_id,
+            )
             return
         self._writer.put(CompletionWrite(event, value))
 
@@ -93,7 +115,9 @@ class FeedbackRecorder:
             async with asyncio.timeout(self.config.write_timeout_s):
                 return await asyncio.wrap_future(future)
         except TimeoutError:
-            raise SpoolUnavailable(f"the spool did not take the feedback within {self.config.write_timeout_s:g}s") from None
+            raise SpoolUnavailable(
+                f"the spool did not take the feedback within {self.config.write_timeout_s:g}s"
+            ) from None
         except (sqlite3.Error, OSError) as exc:  # the disk is full or failing: nothing was accepted
             raise SpoolUnavailable(f"the spool could not store the feedback ({type(exc).__name__})") from exc
 

@@ -31,8 +31,9 @@ _INDEX_EVERY_S = 600.0
 class EmbeddedRetention:
     """Deletes what every consumer group has committed."""
 
-    def __init__(self, spool: LocalLog, groups: dict[str, tuple[str, ...]], usage: SpoolUsage,
-                 on_failure: OnFailure):
+    def __init__(
+        self, spool: LocalLog, groups: dict[str, tuple[str, ...]], usage: SpoolUsage, on_failure: OnFailure
+    ):
         self._log, self._groups, self._usage = spool, groups, usage
         self._retained: dict[str, int] = {}
         self._thread = SupervisedThread("feedback-retention", self._loop, on_failure)
@@ -62,8 +63,14 @@ class EmbeddedRetention:
 class IndexRetention:
     """Prunes index rows older than the retention window."""
 
-    def __init__(self, spool: LocalLog, retention_s: float, usage: SpoolUsage, on_failure: OnFailure,
-                 every_s: float = _INDEX_EVERY_S):
+    def __init__(
+        self,
+        spool: LocalLog,
+        retention_s: float,
+        usage: SpoolUsage,
+        on_failure: OnFailure,
+        every_s: float = _INDEX_EVERY_S,
+    ):
         self._log, self._retention_s, self._usage, self._every_s = spool, retention_s, usage, every_s
         self._thread = SupervisedThread("feedback-index-retention", self._loop, on_failure)
 
@@ -79,8 +86,12 @@ class IndexRetention:
         if rows:
             self._usage.add_index(-size)
             self._log.reclaim()
-            log.info("feedback: pruned %d index rows (%d bytes) older than %.1f days", rows, size,
-                     self._retention_s / 86400)
+            log.info(
+                "feedback: pruned %d index rows (%d bytes) older than %.1f days",
+                rows,
+                size,
+                self._retention_s / 86400,
+            )
         return rows
 
     def close(self) -> None:

@@ -68,10 +68,17 @@ class KafkaSource:
     member and takes every partition itself (no group rebalancing: a group that joins while the
     topics are being created can wait for ever for its assignment), committing to the group as usual."""
 
-    def __init__(self, config: FeedbackConfig, group: str, topics: tuple[str, ...] = ALL_TOPICS, whole: bool = False):
+    def __init__(
+        self, config: FeedbackConfig, group: str, topics: tuple[str, ...] = ALL_TOPICS, whole: bool = False
+    ):
         from kafka import KafkaConsumer, TopicPartition
 
-        kwargs = dict(group_id=group, enable_auto_commit=False, auto_offset_reset="earliest", **connection_kwargs(config))
+        kwargs = dict(
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **connection_kwargs(config),
+        )
         if not whole:
             self._consumer = KafkaConsumer(*topics, **kwargs)
             return
@@ -100,7 +107,9 @@ class KafkaSource:
         if not parts:
             return {}
         end = self._consumer.end_offsets(parts)
-        return {(tp.topic, tp.partition): max(0, end[tp] - (self._consumer.committed(tp) or 0)) for tp in parts}
+        return {
+            (tp.topic, tp.partition): max(0, end[tp] - (self._consumer.committed(tp) or 0)) for tp in parts
+        }
 
     def close(self) -> None:
         self._consumer.close()
@@ -137,8 +146,13 @@ class LocalLogSource:
         self._log.close()
 
 
-def open_source(config: FeedbackConfig, state_dir: Path, group: str,
-                topics: tuple[str, ...] = ALL_TOPICS, whole: bool = False) -> EventSource:
+def open_source(
+    config: FeedbackConfig,
+    state_dir: Path,
+    group: str,
+    topics: tuple[str, ...] = ALL_TOPICS,
+    whole: bool = False,
+) -> EventSource:
     """Kafka when a broker is configured, else the gateway's embedded log under state_dir (`whole`:
     see KafkaSource)."""
     if config.kafka_bootstrap:

@@ -10,7 +10,9 @@ from feedback.metrics import FeedbackMetrics
 class SpoolUsage:
     """Undelivered events and bytes; the writer adds, the shipper or retention subtracts."""
 
-    def __init__(self, metrics: FeedbackMetrics, cap_bytes: int, events: int = 0, size: int = 0, index: int = 0):
+    def __init__(
+        self, metrics: FeedbackMetrics, cap_bytes: int, events: int = 0, size: int = 0, index: int = 0
+    ):
         self._metrics, self.cap_bytes = metrics, cap_bytes
         self._events, self._bytes, self._index = events, size, index
         self._lock = threading.Lock()

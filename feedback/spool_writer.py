@@ -62,8 +62,15 @@ class FeedbackWrite:
 class SpoolWriter:
     """A thread that group-commits what the API hands it."""
 
-    def __init__(self, spool: LocalLog, usage: SpoolUsage, metrics: FeedbackMetrics, max_keys_per_caller: int,
-                 on_commit: Callable[[], None] = lambda: None, on_failure: OnFailure = lambda _: None):
+    def __init__(
+        self,
+        spool: LocalLog,
+        usage: SpoolUsage,
+        metrics: FeedbackMetrics,
+        max_keys_per_caller: int,
+        on_commit: Callable[[], None] = lambda: None,
+        on_failure: OnFailure = lambda _: None,
+    ):
         self._log, self._usage, self._metrics = spool, usage, metrics
         self._max_keys = max_keys_per_caller
         self._on_commit = on_commit
@@ -100,7 +107,9 @@ class SpoolWriter:
         # A submission whose caller stopped waiting (a cancelled or timed-out request) was never
         # accepted: it is not written. Once marked running it can no longer be cancelled, so the
         # result set below always lands.
-        feedback = [i for i in batch if isinstance(i, FeedbackWrite) and i.future.set_running_or_notify_cancel()]
+        feedback = [
+            i for i in batch if isinstance(i, FeedbackWrite) and i.future.set_running_or_notify_cancel()
+        ]
         # Completions and single submissions without an idempotency key cannot be refused: they
         # go in as one statement (each statement hands the GIL to the busy event loop and back).
         plain: list[FeedbackWrite] = []
@@ -110,7 +119,8 @@ class SpoolWriter:
         rows = [(topic_for(c.event), c.event.key(), c.value) for c in completions]
         rows += [(topic_for(e), e.key(), e.to_bytes()) for e in (f.items[0].event for f in plain)]
         outcomes: list[tuple[FeedbackWrite, list[Accepted] | Exception]] = [
-            (f, [Accepted(f.items[0].event.event_id, duplicate=False)]) for f in plain]
+            (f, [Accepted(f.items[0].event.event_id, duplicate=False)]) for f in plain
+        ]
         written = Tally()  # counted only for what the transaction keeps
         try:
             with self._log.transaction() as tx:
@@ -136,8 +146,9 @@ class SpoolWriter:
         self._on_commit()
 
     @staticmethod
-    def _append_feedback(tx: Transaction, items: list[Submission], written: "Tally",
-                         max_keys: int) -> list[Accepted] | Exception:
+    def _append_feedback(
+        tx: Transaction, items: list[Submission], written: "Tally", max_keys: int
+    ) -> list[Accepted] | Exception:
         """One submission under a savepoint: all of its items, or none (and then none is counted)."""
         # A single item needs no savepoint: its only refusal (a conflicting key) comes before it
         # writes anything. Most submissions are single, and each statement saved is a GIL hand-off.

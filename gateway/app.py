@@ -43,28 +43,59 @@ def build_services(settings: Settings) -> Services:
     """Everything the routes use, for one gateway process."""
     registry = PolicyRegistry(settings.paths.registry)
     if registry.current() is None:
-        raise RuntimeError(f"the registry at {settings.paths.registry} has no current version; "
-                           "run `alignloop init-model` (or `alignloop serve`, which does it) first")
+        raise RuntimeError(
+            f"the registry at {settings.paths.registry} has no current version; "
+            "run `alignloop init-model` (or `alignloop serve`, which does it) first"
+        )
     metrics = GatewayMetrics()
     deployment = Deployment(registry, settings.engine, metrics, settings.paths.last_served)
     evidence = EvidenceStore(settings.paths.evidence)
     # Embedded, the log keeps events until both the trainer and this gateway's evidence feed read them.
-    recorder = FeedbackRecorder(settings.feedback, settings.paths.feedback_log, metrics.registry,
-                                consumer_groups={settings.train.loop.group: topics.ALL,
-                                                 evidence.consumer_group(): (topics.FEEDBACK,)},
-                                on_failure=lambda task: metrics.background_failures.labels(task).inc())
-    keys = KeyStore(load_or_create_keys(settings.gateway.api_keys, settings.state_dir),
-                    settings.gateway.failed_auth_per_minute)
+    recorder = FeedbackRecorder(
+        settings.feedback,
+        settings.paths.feedback_log,
+        metrics.registry,
+        consumer_groups={
+            settings.train.loop.group: topics.ALL,
+            evidence.consumer_group(): (topics.FEEDBACK,),
+        },
+        on_failure=lambda task: metrics.background_failures.labels(task).inc(),
+    )
+    keys = KeyStore(
+        load_or_create_keys(settings.gateway.api_keys, settings.state_dir),
+        settings.gateway.failed_auth_per_minute,
+    )
     labels = LabelQueue(settings.paths.labels, settings.gateway.labelling)
     # Feedback is accepted on ids younger than the idempotency window, as before ids were signed.
-    ownership = Ownership(load_or_create_secrets(settings.gateway.ownership_secrets, settings.paths.ownership_secret),
-                          retention_s=settings.feedback.index_retention_days * 86400)
+    ownership = Ownership(
+        load_or_create_secrets(settings.gateway.ownership_secrets, settings.paths.ownership_secret),
+        retention_s=settings.feedback.index_retention_days * 86400,
+    )
     health = VersionHealth()
-    serving = Serving(deployment.engine, settings.gateway, metrics, keys, ownership,
-                      recorder if settings.feedback.record_completions else None, labels, health)
+    serving = Serving(
+        deployment.engine,
+        settings.gateway,
+        metrics,
+        keys,
+        ownership,
+        recorder if settings.feedback.record_completions else None,
+        labels,
+        health,
+    )
     promotion = CanaryController(deployment, evidence, health, settings.promotion)
-    return Services(settings, deployment, serving, recorder, keys, metrics, labels, ownership, evidence, promotion,
-                    started_at=time.time())
+    return Services(
+        settings,
+        deployment,
+        serving,
+        recorder,
+        keys,
+        metrics,
+        labels,
+        ownership,
+        evidence,
+        promotion,
+        started_at=time.time(),
+    )
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -77,17 +108,34 @@ def create_app(settings: Settings) -> FastAPI:
         starting = asyncio.create_task(deployment.start_with_fallback(deployment.registry.current()))
         poll_s = settings.gateway.registry_poll_s
         watching = asyncio.create_task(deployment.follow_registry(poll_s)) if poll_s > 0 else None
-        filling = asyncio.create_task(supervise("label-filler", lambda: fill_forever(
-            services.labels, deployment.engine, services.recorder, services.ownership, settings.gateway.labelling,
-            services.metrics, services.evidence),
-            on_failure=lambda task: services.metrics.background_failures.labels(task).inc()))
-        evidence_feed = EvidenceFeed(services.evidence, settings.feedback, settings.state_dir,
-                                     on_kept=services.metrics.evidence_kept.inc,
-                                     on_failure=services.metrics.background_failures.labels("evidence-feed").inc).start()
+        filling = asyncio.create_task(
+            supervise(
+                "label-filler",
+                lambda: fill_forever(
+                    services.labels,
+                    deployment.engine,
+                    services.recorder,
+                    services.ownership,
+                    settings.gateway.labelling,
+                    services.metrics,
+                    services.evidence,
+                ),
+                on_failure=lambda task: services.metrics.background_failures.labels(task).inc(),
+            )
+        )
+        evidence_feed = EvidenceFeed(
+            services.evidence,
+            settings.feedback,
+            settings.state_dir,
+            on_kept=services.metrics.evidence_kept.inc,
+            on_failure=services.metrics.background_failures.labels("evidence-feed").inc,
+        ).start()
         lag = asyncio.create_task(watch_loop(services.metrics.loop_lag))
         gc_pauses = asyncio.create_task(PauseClock().report(services.metrics.gc_pauses))
         # direct: the trainer moves CURRENT itself and nothing here decides.
-        deciding = asyncio.create_task(services.promotion.run()) if settings.promotion.mode == "canary" else None
+        deciding = (
+            asyncio.create_task(services.promotion.run()) if settings.promotion.mode == "canary" else None
+        )
         yield
         if deciding is not None:
             deciding.cancel()
@@ -114,5 +162,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
     # Added first, so it runs inside the metrics middleware: its requests are counted and bounded the same.
     app.add_middleware(FeedbackFastPath, routes=single_event_routes(app))
-    app.add_middleware(HTTPMetricsMiddleware, metrics=services.metrics, max_body_bytes=settings.gateway.max_body_bytes)
+    app.add_middleware(
+        HTTPMetricsMiddleware, metrics=services.metrics, max_body_bytes=settings.gateway.max_body_bytes
+    )
     return app

@@ -83,7 +83,9 @@ def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def load_or_create_keys(configured: list[ApiKeyConfig], state_dir: Path, users: int = 1) -> list[ApiKeyConfig]:
+def load_or_create_keys(
+    configured: list[ApiKeyConfig], state_dir: Path, users: int = 1
+) -> list[ApiKeyConfig]:
     """The configured keys, or keys generated once into the state directory (refused if others can
     read it), with at least `users` user keys (one per person: a canary needs verdicts from several)."""
     if configured:
@@ -91,8 +93,10 @@ def load_or_create_keys(configured: list[ApiKeyConfig], state_dir: Path, users: 
     keys = _load_or_create_generated(state_dir)
     have = [k for k in keys if k.role == "user"]
     if len(have) < users:
-        keys += [ApiKeyConfig(key="sk-user-" + secrets.token_urlsafe(24), name=f"local-user-{i + 1}", role="user")
-                 for i in range(len(have), users)]
+        keys += [
+            ApiKeyConfig(key="sk-user-" + secrets.token_urlsafe(24), name=f"local-user-{i + 1}", role="user")
+            for i in range(len(have), users)
+        ]
         path = StatePaths(state_dir).api_keys
         tmp = path.with_name(path.name + ".new")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -107,8 +111,10 @@ def _load_or_create_generated(state_dir: Path) -> list[ApiKeyConfig]:
     path = StatePaths(state_dir).api_keys
     if path.exists():
         if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise KeysFileUnsafe(f"{path} is readable by other users (mode {stat.S_IMODE(path.stat().st_mode):o}); "
-                                 f"run `chmod 600 {path}`, or delete it to have new keys generated")
+            raise KeysFileUnsafe(
+                f"{path} is readable by other users (mode {stat.S_IMODE(path.stat().st_mode):o}); "
+                f"run `chmod 600 {path}`, or delete it to have new keys generated"
+            )
         return [ApiKeyConfig(**k) for k in json.loads(path.read_text())]
     keys = [
         ApiKeyConfig(key="sk-user-" + secrets.token_urlsafe(24), name="local-user", role="user"),
@@ -147,8 +153,12 @@ class KeyStore:
         if len(set(names)) != len(names):
             raise ValueError("two API keys share a name: a name owns completions, so each key needs its own")
         # Keys are held by digest: a lookup does not compare secrets byte by byte.
-        self._by_digest = {_digest(k.key): _KeyState(k, _TokenBucket(k.requests_per_minute),
-                                                     _TokenBucket(k.generated_tokens_per_minute)) for k in keys}
+        self._by_digest = {
+            _digest(k.key): _KeyState(
+                k, _TokenBucket(k.requests_per_minute), _TokenBucket(k.generated_tokens_per_minute)
+            )
+            for k in keys
+        }
         self._failures: dict[str, _TokenBucket] = {}
         self._failed_per_minute = failed_auth_per_minute
         self.lock = threading.Lock()
@@ -161,8 +171,12 @@ class KeyStore:
                 self._failures.pop(next(iter(self._failures)))
             wait = bucket.take()
         if wait:
-            raise APIError(429, "Too many failed authentications from this address; slow down.",
-                           code="auth_throttled", headers={"Retry-After": str(max(1, round(wait)))})
+            raise APIError(
+                429,
+                "Too many failed authentications from this address; slow down.",
+                code="auth_throttled",
+                headers={"Retry-After": str(max(1, round(wait)))},
+            )
 
     def authenticate(self, request: Request) -> Caller:
         """The caller behind the Authorization header, or a 401 (429 after many failures)."""
@@ -170,7 +184,9 @@ class KeyStore:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             self._refuse_guessing(request)
-            raise APIError(401, "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key")
+            raise APIError(
+                401, "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key"
+            )
         state = self._by_digest.get(_digest(token.strip()))
         if state is None:
             self._refuse_guessing(request)
@@ -184,8 +200,12 @@ class KeyStore:
         with self.lock:
             wait = state.requests.take(requests)
         if wait:
-            raise APIError(429, f"Rate limit of {state.config.requests_per_minute} requests/min reached for this key.",
-                           code="rate_limit_exceeded", headers={"Retry-After": str(max(1, round(wait)))})
+            raise APIError(
+                429,
+                f"Rate limit of {state.config.requests_per_minute} requests/min reached for this key.",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(max(1, round(wait)))},
+            )
 
     def charge_caller(self, caller: Caller, requests: int) -> None:
         """charge() for an authenticated caller."""
@@ -198,15 +218,28 @@ class KeyStore:
         state = caller._state
         cfg = state.config
         if max_generated > cfg.generated_tokens_per_minute:
-            raise APIError(400, f"n x max_tokens = {max_generated} exceeds this key's {cfg.generated_tokens_per_minute} "
-                                "generated tokens per minute.", param="max_tokens", code="token_budget_exceeded")
+            raise APIError(
+                400,
+                f"n x max_tokens = {max_generated} exceeds this key's {cfg.generated_tokens_per_minute} "
+                "generated tokens per minute.",
+                param="max_tokens",
+                code="token_budget_exceeded",
+            )
         with self.lock:
             if state.running >= cfg.max_concurrent_requests:
-                raise APIError(429, f"This key already has {cfg.max_concurrent_requests} generations running.",
-                               code="concurrency_limit", headers={"Retry-After": "1"})
+                raise APIError(
+                    429,
+                    f"This key already has {cfg.max_concurrent_requests} generations running.",
+                    code="concurrency_limit",
+                    headers={"Retry-After": "1"},
+                )
             wait = state.tokens.take(max_generated)
             if wait:
-                raise APIError(429, f"This key's {cfg.generated_tokens_per_minute} generated tokens/min are spent.",
-                               code="token_rate_limit", headers={"Retry-After": str(max(1, round(wait)))})
+                raise APIError(
+                    429,
+                    f"This key's {cfg.generated_tokens_per_minute} generated tokens/min are spent.",
+                    code="token_rate_limit",
+                    headers={"Retry-After": str(max(1, round(wait)))},
+                )
             state.running += 1
         return GenerationLease(self, state, max_generated)

@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 class CanaryController:
     """One candidate at a time through canary, test and decision."""
 
-    def __init__(self, deployment: Deployment, evidence: EvidenceStore, health: VersionHealth, config: PromotionConfig):
+    def __init__(
+        self, deployment: Deployment, evidence: EvidenceStore, health: VersionHealth, config: PromotionConfig
+    ):
         self.deployment, self.evidence, self.health, self.config = deployment, evidence, health, config
         self.registry = deployment.registry
         self.metrics = deployment.metrics
@@ -54,18 +56,28 @@ class CanaryController:
         """What the controller is doing (GET /admin/promotion)."""
         if self.test is None:
             return {"mode": self.config.mode, "candidate": None, "decider": self.leader}
-        return {"mode": self.config.mode, "candidate": self.candidate, "against": self.serving, "decider": self.leader,
-                "fraction": self.config.canary_fraction, "running_s": time.time() - self._started,
-                "max_canary_s": self.config.max_canary_s, **self.test.evidence()}
+        return {
+            "mode": self.config.mode,
+            "candidate": self.candidate,
+            "against": self.serving,
+            "decider": self.leader,
+            "fraction": self.config.canary_fraction,
+            "running_s": time.time() - self._started,
+            "max_canary_s": self.config.max_canary_s,
+            **self.test.evidence(),
+        }
 
     async def run(self) -> None:
         """Watch for candidates and decide them, forever (supervised: a failure is counted, and it goes on)."""
+
         async def loop() -> None:
             while True:
                 await asyncio.sleep(self.config.poll_s)
                 await self.step()
 
-        await supervise("canary-controller", loop, lambda task: self.metrics.background_failures.labels(task).inc())
+        await supervise(
+            "canary-controller", loop, lambda task: self.metrics.background_failures.labels(task).inc()
+        )
 
     async def step(self) -> None:
         """One look: start a canary on a new candidate, or count the running one's verdicts and decide."""
@@ -77,8 +89,10 @@ class CanaryController:
         canary = self.deployment.engine.canary
         if canary is None or canary.version != self.candidate:  # an operator decided by hand
             promoted = self.deployment.version == self.candidate
-            self._finish("promoted_by_operator" if promoted else "rolled_back_by_operator",
-                         f"an operator {'promoted' if promoted else 'stopped'} the canary")
+            self._finish(
+                "promoted_by_operator" if promoted else "rolled_back_by_operator",
+                f"an operator {'promoted' if promoted else 'stopped'} the canary",
+            )
             return
         elsewhere = self.registry.decision(self.candidate)
         if elsewhere is not None:  # another gateway decided first: follow it
@@ -91,11 +105,15 @@ class CanaryController:
             await self.deployment.stop_canary()
             self._finish("superseded", f"the trainer proposed {self.registry.candidate()} instead")
             return
-        verdicts = await asyncio.to_thread(self.evidence.verdicts, self.candidate, self.serving, self._started)
+        verdicts = await asyncio.to_thread(
+            self.evidence.verdicts, self.candidate, self.serving, self._started
+        )
         self.test = run_test(verdicts, self.test.config)
         self.leader = await asyncio.to_thread(self.lease.hold)
         self._show()
-        reason = guardrail_breach(self.health.summary(self.candidate), self.health.summary(self.serving), self.config)
+        reason = guardrail_breach(
+            self.health.summary(self.candidate), self.health.summary(self.serving), self.config
+        )
         if reason and self.test.decision is None:
             self.test.stop("roll_back", reason)
         elif not self.leader:
@@ -129,28 +147,41 @@ class CanaryController:
             return
         except Exception as exc:  # an engine that cannot start on it: a refusal, recorded
             self._refused.add(candidate)
-            record = {"decision": "refused", "reason": f"{type(exc).__name__}: {exc}"[:500], "at": time.time(),
-                      "against": self.deployment.version}
+            record = {
+                "decision": "refused",
+                "reason": f"{type(exc).__name__}: {exc}"[:500],
+                "at": time.time(),
+                "against": self.deployment.version,
+            }
             if self.registry.record_decision(candidate, record):
                 self.metrics.canary_decisions.labels("refused").inc()
             self.registry.clear_candidate(candidate)
             log.error("promotion: could not start a canary on %s (%s)", candidate, exc)
             return
         c = self.config
-        self.test = SequentialTest(SequentialTestConfig(c.alpha, c.beta, c.delta, c.min_samples, c.max_samples,
-                                                        c.max_rater_share))
+        self.test = SequentialTest(
+            SequentialTestConfig(c.alpha, c.beta, c.delta, c.min_samples, c.max_samples, c.max_rater_share)
+        )
         # Only verdicts given since the proposal count (the candidate served nobody before it).
         self.candidate, self.serving = candidate, self.deployment.version
         self._started = self.registry.candidate_since() or time.time()
         self._serving_since = time.time()  # when this gateway's canary engine took its users
         self._show()
-        log.info("promotion: canary %s serves %.0f%% of users (sticky) against %s until people's comparisons decide",
-                 candidate, 100 * c.canary_fraction, self.serving)
+        log.info(
+            "promotion: canary %s serves %.0f%% of users (sticky) against %s until people's comparisons decide",
+            candidate,
+            100 * c.canary_fraction,
+            self.serving,
+        )
 
     def _show(self) -> None:
         t = self.test
         self.metrics.canary_llr.set(t.llr if t else 0.0)
-        for outcome, n in (("wins", t.wins if t else 0), ("losses", t.losses if t else 0), ("ties", t.ties if t else 0)):
+        for outcome, n in (
+            ("wins", t.wins if t else 0),
+            ("losses", t.losses if t else 0),
+            ("ties", t.ties if t else 0),
+        ):
             self.metrics.canary_comparisons.labels(outcome).set(n)
 
     def _finish(self, decision: str, reason: str, decided_at: float | None = None) -> None:
@@ -159,14 +190,32 @@ class CanaryController:
         health = {v: vars(self.health.summary(v)) for v in (self.candidate, self.serving)}
         now = time.time()
         at = decided_at or now
-        record = {"decision": decision, "reason": reason, "against": self.serving, "at": at, "applied_at": now,
-                  "started_at": self._started, "canary_started_at": self._serving_since, "canary_s": at - self._started,
-                  "fraction": self.config.canary_fraction, "evidence": evidence, "health": health}
+        record = {
+            "decision": decision,
+            "reason": reason,
+            "against": self.serving,
+            "at": at,
+            "applied_at": now,
+            "started_at": self._started,
+            "canary_started_at": self._serving_since,
+            "canary_s": at - self._started,
+            "fraction": self.config.canary_fraction,
+            "evidence": evidence,
+            "health": health,
+        }
         if self.registry.record_decision(self.candidate, record):
             self.metrics.canary_decisions.labels(decision).inc()
         self.registry.clear_candidate(self.candidate)
-        log.info("promotion: %s %s against %s (%s; %d verdicts, %d won, LLR %.2f)", self.candidate,
-                 decision.replace("_", " "), self.serving, reason, evidence["n"], evidence["wins"], evidence["llr"])
+        log.info(
+            "promotion: %s %s against %s (%s; %d verdicts, %d won, LLR %.2f)",
+            self.candidate,
+            decision.replace("_", " "),
+            self.serving,
+            reason,
+            evidence["n"],
+            evidence["wins"],
+            evidence["llr"],
+        )
         self._reset()
 
     def _reset(self) -> None:

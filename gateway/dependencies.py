@@ -85,7 +85,9 @@ async def client(request: Request, services: ServicesDep) -> Caller:
     if caller.role == "admin":
         # The admin credential changes what is deployed; keeping it off the data path means a
         # leaked client key never carries admin rights and the admin key is rarely sent.
-        raise APIError(403, "The admin key is for /admin routes only; use a client key.", code="wrong_key_role")
+        raise APIError(
+            403, "The admin key is for /admin routes only; use a client key.", code="wrong_key_role"
+        )
     return caller
 
 

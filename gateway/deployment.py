@@ -26,8 +26,13 @@ class NothingToRollBack(Exception):
 class Deployment:
     """The engine, the registry it serves from, the versions served before, and the swap metrics."""
 
-    def __init__(self, registry: PolicyRegistry, engine_config: EngineConfig, metrics: GatewayMetrics,
-                 last_served: Path | None = None):
+    def __init__(
+        self,
+        registry: PolicyRegistry,
+        engine_config: EngineConfig,
+        metrics: GatewayMetrics,
+        last_served: Path | None = None,
+    ):
         self.registry = registry
         self.engine = PolicyEngine(registry, engine_config)
         self.swap_mode = engine_config.swap_mode
@@ -61,7 +66,11 @@ class Deployment:
         """Start on CURRENT; if it cannot be served (a corrupt or unloadable version), start on the
         version this gateway served last and point CURRENT back at it (only if nobody moved it
         meanwhile). With neither, stay unready and say why; POST /admin/policy can still pick one."""
-        fallback = self._last_served.read_text().strip() if self._last_served and self._last_served.exists() else None
+        fallback = (
+            self._last_served.read_text().strip()
+            if self._last_served and self._last_served.exists()
+            else None
+        )
         self.starting = True
         try:
             await self._start_first_that_loads(wanted, fallback)
@@ -80,12 +89,17 @@ class Deployment:
                 continue
             if version != wanted:
                 self.start_error = refusal  # serving, but say why CURRENT could not be
-                log.error("registry: CURRENT (%s) cannot be served; serving %s, the last version served", wanted,
-                          version)
+                log.error(
+                    "registry: CURRENT (%s) cannot be served; serving %s, the last version served",
+                    wanted,
+                    version,
+                )
                 self.registry.compare_and_set_current(wanted, version)
             return
-        log.error("no version could be started (%s); the gateway stays unready until POST /admin/policy picks one",
-                  self.start_error)
+        log.error(
+            "no version could be started (%s); the gateway stays unready until POST /admin/policy picks one",
+            self.start_error,
+        )
 
     def _remember(self, version: str) -> None:
         if self._last_served is not None:
@@ -174,7 +188,9 @@ class Deployment:
                 await asyncio.sleep(poll_s)
                 await self._follow_once(refused)
 
-        await supervise("registry-watcher", watch, lambda task: self.metrics.background_failures.labels(task).inc())
+        await supervise(
+            "registry-watcher", watch, lambda task: self.metrics.background_failures.labels(task).inc()
+        )
 
     async def _follow_once(self, refused: dict[str, int]) -> None:
         try:
@@ -193,7 +209,13 @@ class Deployment:
             refused[wanted] = stamp
             if not isinstance(exc, RegistryError | UnknownVersion):
                 self.metrics.swaps.labels("refused").inc()
-            log.error("registry: refusing %s (%s: %s); still serving %s", wanted, type(exc).__name__, exc, self.version)
+            log.error(
+                "registry: refusing %s (%s: %s); still serving %s",
+                wanted,
+                type(exc).__name__,
+                exc,
+                self.version,
+            )
             # Keep serving what works; the pointer goes back so the registry tells the truth, unless
             # somebody moved it again meanwhile (a newer promotion must not be undone).
             if not self.registry.compare_and_set_current(wanted, self.version):

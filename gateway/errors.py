@@ -33,8 +33,15 @@ _TYPES = {
 class APIError(Exception):
     """A refusal to send to the client as an OpenAI-style error."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
@@ -49,11 +56,18 @@ class SafeJSONResponse(JSONResponse):
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
     """The JSON body of an error response."""
-    return {"error": {"message": message, "type": _TYPES.get(status, "api_error"), "param": param, "code": code}}
+    return {
+        "error": {"message": message, "type": _TYPES.get(status, "api_error"), "param": param, "code": code}
+    }
 
 
-def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     """An OpenAI-style error response."""
     return SafeJSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
 

@@ -32,7 +32,9 @@ class FeedbackFastPath:
         self.app, self.routes = app, routes
 
     async def __call__(self, scope, receive, send):
-        target = self.routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        target = (
+            self.routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        )
         if target is None or scope.get("root_path") or not _json_content(scope):
             return await self.app(scope, receive, send)
         body = b""
@@ -61,8 +63,11 @@ class FeedbackFastPath:
 
 def single_event_routes(app: FastAPI) -> dict[str, tuple[APIRoute, type]]:
     """Path -> (route, body model) for the app's single-event feedback routes."""
-    return {r.path: (r, feedback.SINGLE_EVENT_ROUTES[r.endpoint]) for r in app.routes
-            if isinstance(r, APIRoute) and r.endpoint in feedback.SINGLE_EVENT_ROUTES}
+    return {
+        r.path: (r, feedback.SINGLE_EVENT_ROUTES[r.endpoint])
+        for r in app.routes
+        if isinstance(r, APIRoute) and r.endpoint in feedback.SINGLE_EVENT_ROUTES
+    }
 
 
 def _json_content(scope) -> bool:

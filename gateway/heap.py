@@ -35,8 +35,11 @@ def settle(frozen: Gauge | None = None) -> None:
     gc.freeze()
     if frozen is not None:
         frozen.set(gc.get_freeze_count())
-    log.info("heap: %d long-lived objects frozen in %.0f ms", gc.get_freeze_count(),
-             1000 * (time.perf_counter() - started))
+    log.info(
+        "heap: %d long-lived objects frozen in %.0f ms",
+        gc.get_freeze_count(),
+        1000 * (time.perf_counter() - started),
+    )
 
 
 class PauseClock:

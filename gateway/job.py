@@ -40,5 +40,8 @@ class Job:
 
     def usage(self, generated: int) -> dict:
         """The usage block for `generated` completion tokens."""
-        return {"prompt_tokens": len(self.prompt_ids), "completion_tokens": generated,
-                "total_tokens": len(self.prompt_ids) + generated}
+        return {
+            "prompt_tokens": len(self.prompt_ids),
+            "completion_tokens": generated,
+            "total_tokens": len(self.prompt_ids) + generated,
+        }

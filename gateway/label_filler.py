@@ -33,15 +33,19 @@ _COUNT_EVERY_S = 10.0
 _AGREEMENT_EVERY_S = 30.0  # agreement reads every ranking: not on every idle tick
 
 
-async def _candidates(engine: PolicyEngine, prompt_ids: list[int], config: LabellingConfig, max_tokens: int,
-                      request_id: str) -> list[tuple[str, Candidate]]:
+async def _candidates(
+    engine: PolicyEngine, prompt_ids: list[int], config: LabellingConfig, max_tokens: int, request_id: str
+) -> list[tuple[str, Candidate]]:
     """K (version, candidate) pairs: all from the serving version, or, while a canary is under
     evaluation, half from it, so a rater's ranking compares the two versions directly."""
     plan = engine.plan(config.k, compare=True)
     result = Accumulator(config.k)
-    async for chunk in engine.run(plan, prompt_ids, Sampling(n=config.k, max_tokens=max_tokens,
-                                                             temperature=config.temperature, final_only=True),
-                                  request_id):
+    async for chunk in engine.run(
+        plan,
+        prompt_ids,
+        Sampling(n=config.k, max_tokens=max_tokens, temperature=config.temperature, final_only=True),
+        request_id,
+    ):
         result.add(chunk)
     return [(c.version or plan.versions[i], c) for i, c in enumerate(result.candidates)]
 
@@ -60,8 +64,15 @@ class TokenBudget:
         return self.per_hour - self.spent
 
 
-async def fill_once(queue: LabelQueue, engine: PolicyEngine, recorder: FeedbackRecorder, ownership: Ownership,
-                    config: LabellingConfig, budget: TokenBudget, metrics: GatewayMetrics | None = None) -> int:
+async def fill_once(
+    queue: LabelQueue,
+    engine: PolicyEngine,
+    recorder: FeedbackRecorder,
+    ownership: Ownership,
+    config: LabellingConfig,
+    budget: TokenBudget,
+    metrics: GatewayMetrics | None = None,
+) -> int:
     """Generate candidates for the items waiting for them, within the hour's token budget; returns
     how many were filled."""
     filled = 0
@@ -87,16 +98,34 @@ async def fill_once(queue: LabelQueue, engine: PolicyEngine, recorder: FeedbackR
         if metrics is not None:
             metrics.labelling_tokens.inc(generated)
         mixed = len({v for v, _ in written}) > 1
-        choices = [ServedChoice(choice_id=ownership.choice_id(request_id, i, v), text=c.text, completion_tokens=len(c.token_ids),
-                                finish_reason=c.finish_reason, policy_version=v if mixed else None)
-                   for i, (v, c) in enumerate(written)]
-        recorder.record_completion(CompletionServed(
-            request_id=request_id, route="chat", prompt_tokens=len(prompt_ids), choices=choices,
-            sampling=Sampling(n=config.k, max_tokens=max_tokens, temperature=config.temperature).describe(),
-            policy_version=engine.version if mixed else written[0][0], caller=CALLER, messages=messages,
-            prompt_text=prompt))
-        await asyncio.to_thread(queue.fill, item_id, request_id,
-                                [{"id": c.choice_id, "text": c.text} for c in choices])
+        choices = [
+            ServedChoice(
+                choice_id=ownership.choice_id(request_id, i, v),
+                text=c.text,
+                completion_tokens=len(c.token_ids),
+                finish_reason=c.finish_reason,
+                policy_version=v if mixed else None,
+            )
+            for i, (v, c) in enumerate(written)
+        ]
+        recorder.record_completion(
+            CompletionServed(
+                request_id=request_id,
+                route="chat",
+                prompt_tokens=len(prompt_ids),
+                choices=choices,
+                sampling=Sampling(
+                    n=config.k, max_tokens=max_tokens, temperature=config.temperature
+                ).describe(),
+                policy_version=engine.version if mixed else written[0][0],
+                caller=CALLER,
+                messages=messages,
+                prompt_text=prompt,
+            )
+        )
+        await asyncio.to_thread(
+            queue.fill, item_id, request_id, [{"id": c.choice_id, "text": c.text} for c in choices]
+        )
         filled += 1
     return filled
 
@@ -108,14 +137,23 @@ def versions_board(evidence: EvidenceStore, engine: PolicyEngine, bootstrap_roun
     return evidence.leaderboard(names[0] if names else None, engine.version, bootstrap_rounds)
 
 
-async def fill_forever(queue: LabelQueue, engine: PolicyEngine, recorder: FeedbackRecorder, ownership: Ownership,
-                       config: LabellingConfig, metrics: GatewayMetrics, evidence: EvidenceStore) -> None:
+async def fill_forever(
+    queue: LabelQueue,
+    engine: PolicyEngine,
+    recorder: FeedbackRecorder,
+    ownership: Ownership,
+    config: LabellingConfig,
+    metrics: GatewayMetrics,
+    evidence: EvidenceStore,
+) -> None:
     """fill_once in a loop, idling when nothing waits; keeps the queue's gauges current."""
     measured = counted = 0.0
     budget = TokenBudget(config.tokens_per_hour)
     while True:
         filled = await fill_once(queue, engine, recorder, ownership, config, budget, metrics)
-        if filled or time.monotonic() - counted > _COUNT_EVERY_S:  # a count over all items: not every idle tick
+        if (
+            filled or time.monotonic() - counted > _COUNT_EVERY_S
+        ):  # a count over all items: not every idle tick
             counted = time.monotonic()
             metrics.labelling_waiting.set(await asyncio.to_thread(queue.waiting))
         if time.monotonic() - measured > _AGREEMENT_EVERY_S:

@@ -90,8 +90,18 @@ class HTTPMetricsMiddleware:
             self.metrics.overhead.labels(label).observe(clock.overhead_s())
 
     async def _too_large(self, send, status) -> None:
-        body = json.dumps(error_body(413, f"Request body exceeds {self.max_body} bytes.", code="body_too_large")).encode()
+        body = json.dumps(
+            error_body(413, f"Request body exceeds {self.max_body} bytes.", code="body_too_large")
+        ).encode()
         status["code"], status["sent"] = 413, True
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

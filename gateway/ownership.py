@@ -35,10 +35,11 @@ from core.paths import UnsafeStateFile
 
 log = logging.getLogger(__name__)
 
-_SIG_HEX = 24   # 96 bits: an online guesser gets nowhere
-_TAG_HEX = 12   # 48 bits: two callers' tags colliding is out of reach for any real number of keys
-_REQUEST = re.compile(r"^([a-z]{1,16})-([0-9a-f]{16})\.([0-9a-z]{1,8})\.([0-9a-f]{%d})\.([0-9a-f]{%d})$"
-                      % (_TAG_HEX, _SIG_HEX))
+_SIG_HEX = 24  # 96 bits: an online guesser gets nowhere
+_TAG_HEX = 12  # 48 bits: two callers' tags colliding is out of reach for any real number of keys
+_REQUEST = re.compile(
+    r"^([a-z]{1,16})-([0-9a-f]{16})\.([0-9a-z]{1,8})\.([0-9a-f]{%d})\.([0-9a-f]{%d})$" % (_TAG_HEX, _SIG_HEX)
+)
 _SEALED_BYTES = 12  # a version name ("v" + up to 9 digits) padded to one length: the length says nothing
 _CHOICE = re.compile(r"^(.+)-([0-9])\.([0-9a-f]{%d})\.([0-9a-f]{%d})$" % (2 * _SEALED_BYTES, _SIG_HEX))
 _VERSION = re.compile(r"^v[0-9]{4,9}$")
@@ -125,7 +126,9 @@ class Ownership:
         unsealed = self._unsealed(choice_id)
         return unsealed[1] if unsealed else None
 
-    def check_request(self, request_id: str, caller: str, may_rate_others: bool, now: float | None = None) -> Owned:
+    def check_request(
+        self, request_id: str, caller: str, may_rate_others: bool, now: float | None = None
+    ) -> Owned:
         """The request if `caller` may give feedback on it; NeverServed or NotServedToCaller otherwise."""
         m = _REQUEST.match(request_id)
         if not m:
@@ -146,7 +149,9 @@ class Ownership:
         key = self._signed_by("request", *request_id.rsplit(".", 1)) if m else None
         return key is not None and hmac.compare_digest(_mac(key, "caller", caller, _TAG_HEX), m.group(4))
 
-    def check_choice(self, choice_id: str, caller: str, may_rate_others: bool, now: float | None = None) -> Owned:
+    def check_choice(
+        self, choice_id: str, caller: str, may_rate_others: bool, now: float | None = None
+    ) -> Owned:
         """The choice's request and version if `caller` may rate it; NeverServed or NotServedToCaller otherwise."""
         unsealed = self._unsealed(choice_id)
         if unsealed is None:
@@ -162,8 +167,10 @@ def load_or_create_secrets(configured: list[SecretStr], path: Path) -> list[byte
         return [s.get_secret_value().encode() for s in configured]
     if path.exists():
         if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise UnsafeStateFile(f"{path} is readable by other users; run `chmod 600 {path}`, or delete it "
-                                  "(ids already handed out then stop being accepted for feedback)")
+            raise UnsafeStateFile(
+                f"{path} is readable by other users; run `chmod 600 {path}`, or delete it "
+                "(ids already handed out then stop being accepted for feedback)"
+            )
         return [path.read_text().strip().encode()]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -68,16 +68,27 @@ class _SamplingFields(_Request):
     @model_validator(mode="after")
     def _n_needs_sampling(self):
         if self.n > 1 and self.temperature < GREEDY_BELOW:
-            raise ValueError(f"n={self.n} candidates need temperature > 0: greedy decoding gives one answer n times")
+            raise ValueError(
+                f"n={self.n} candidates need temperature > 0: greedy decoding gives one answer n times"
+            )
         return self
 
     def to_sampling(self, max_tokens: int, logprobs: int | None) -> Sampling:
         """The engine's sampling settings for this request (max_tokens and logprobs resolved by the caller)."""
         stops = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        return Sampling(n=self.n, max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, stop=stops,
-                        seed=self.seed, presence_penalty=self.presence_penalty,
-                        frequency_penalty=self.frequency_penalty, logprobs=logprobs, ignore_eos=self.ignore_eos,
-                        final_only=not self.stream)
+        return Sampling(
+            n=self.n,
+            max_tokens=max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop=stops,
+            seed=self.seed,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            logprobs=logprobs,
+            ignore_eos=self.ignore_eos,
+            final_only=not self.stream,
+        )
 
 
 class CompletionRequest(_SamplingFields):
@@ -230,8 +241,10 @@ class RankingFeedback(_Request):
     """K = 2..9 choices of one request, best first; a nested list is a group of ties."""
 
     kind: Literal["ranking"] = "ranking"
-    ranking: list[Annotated[Text, Field(max_length=MAX_ID_CHARS)]
-                  | list[Annotated[Text, Field(max_length=MAX_ID_CHARS)]]] = Field(min_length=MIN_K, max_length=MAX_K)
+    ranking: list[
+        Annotated[Text, Field(max_length=MAX_ID_CHARS)]
+        | list[Annotated[Text, Field(max_length=MAX_ID_CHARS)]]
+    ] = Field(min_length=MIN_K, max_length=MAX_K)
     idempotency_key: Text | None = _IDEMPOTENCY
 
 
@@ -253,8 +266,9 @@ class DemonstrationFeedback(_Request):
     idempotency_key: Text | None = _IDEMPOTENCY
 
 
-FeedbackItem = Annotated[PairwiseFeedback | RankingFeedback | RatingFeedback | DemonstrationFeedback,
-                         Field(discriminator="kind")]
+FeedbackItem = Annotated[
+    PairwiseFeedback | RankingFeedback | RatingFeedback | DemonstrationFeedback, Field(discriminator="kind")
+]
 
 
 class BatchFeedback(_Request):

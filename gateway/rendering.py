@@ -52,7 +52,9 @@ class CompletionRenderer:
     def __init__(self, logprobs: int | None):
         self.logprobs = logprobs
 
-    def _logprobs(self, token_ids: list[int], steps: list[dict], text_offset: int) -> p.CompletionLogprobs | None:
+    def _logprobs(
+        self, token_ids: list[int], steps: list[dict], text_offset: int
+    ) -> p.CompletionLogprobs | None:
         if self.logprobs is None:
             return None
         out = p.CompletionLogprobs()
@@ -67,15 +69,23 @@ class CompletionRenderer:
 
     def choice(self, choice_id: str, index: int, c: Candidate) -> dict:
         """A finished candidate in the whole response."""
-        return p.CompletionChoice(index=index, id=choice_id, text=c.text,
-                                  logprobs=self._logprobs(c.token_ids, c.logprobs, 0),
-                                  finish_reason=c.finish_reason).model_dump()
+        return p.CompletionChoice(
+            index=index,
+            id=choice_id,
+            text=c.text,
+            logprobs=self._logprobs(c.token_ids, c.logprobs, 0),
+            finish_reason=c.finish_reason,
+        ).model_dump()
 
     def delta(self, choice_id: str, chunk: Chunk, offset: int, first: bool) -> dict:
         """One streamed piece of a candidate; offset is how much text it had before."""
-        return p.CompletionChoice(index=chunk.index, id=choice_id, text=chunk.text,
-                                  logprobs=self._logprobs(chunk.token_ids, chunk.logprobs or [], offset),
-                                  finish_reason=chunk.finish_reason).model_dump(exclude_none=True)
+        return p.CompletionChoice(
+            index=chunk.index,
+            id=choice_id,
+            text=chunk.text,
+            logprobs=self._logprobs(chunk.token_ids, chunk.logprobs or [], offset),
+            finish_reason=chunk.finish_reason,
+        ).model_dump(exclude_none=True)
 
 
 class ChatRenderer:
@@ -98,22 +108,34 @@ class ChatRenderer:
         content = []
         for tid, step in zip(token_ids, steps):
             logprob, text = step[tid]
-            ranked = sorted(step.values(), reverse=True)[:self.top]
-            content.append(p.TokenLogprob(**entry(text, logprob),
-                                          top_logprobs=[p.TopLogprob(**entry(t, lp)) for lp, t in ranked]))
+            ranked = sorted(step.values(), reverse=True)[: self.top]
+            content.append(
+                p.TokenLogprob(
+                    **entry(text, logprob), top_logprobs=[p.TopLogprob(**entry(t, lp)) for lp, t in ranked]
+                )
+            )
         return p.ChatLogprobs(content=content)
 
     def choice(self, choice_id: str, index: int, c: Candidate) -> dict:
         """A finished candidate in the whole response."""
-        return p.ChatChoice(index=index, id=choice_id, message=p.ChatResponseMessage(content=c.text),
-                            logprobs=self._logprobs(c.token_ids, c.logprobs), finish_reason=c.finish_reason).model_dump()
+        return p.ChatChoice(
+            index=index,
+            id=choice_id,
+            message=p.ChatResponseMessage(content=c.text),
+            logprobs=self._logprobs(c.token_ids, c.logprobs),
+            finish_reason=c.finish_reason,
+        ).model_dump()
 
     def delta(self, choice_id: str, chunk: Chunk, offset: int, first: bool) -> dict:
         """One streamed piece of a candidate; the first piece carries the role."""
         delta = p.ChatDelta(role="assistant" if first else None, content=chunk.text)
-        return p.ChatChunkChoice(index=chunk.index, id=choice_id, delta=delta,
-                                 logprobs=self._logprobs(chunk.token_ids, chunk.logprobs or []),
-                                 finish_reason=chunk.finish_reason).model_dump(exclude_none=True)
+        return p.ChatChunkChoice(
+            index=chunk.index,
+            id=choice_id,
+            delta=delta,
+            logprobs=self._logprobs(chunk.token_ids, chunk.logprobs or []),
+            finish_reason=chunk.finish_reason,
+        ).model_dump(exclude_none=True)
 
 
 Renderer = CompletionRenderer | ChatRenderer

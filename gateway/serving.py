@@ -35,47 +35,104 @@ from inference.sampling import Chunk
 
 log = logging.getLogger(__name__)
 
+
 class Serving:
     """Validates requests against the caller's limits and runs them on the engine."""
 
-    def __init__(self, engine: PolicyEngine, config: GatewayConfig, metrics: GatewayMetrics, keys: KeyStore,
-                 ownership: Ownership, recorder: FeedbackRecorder | None = None, labels: LabelQueue | None = None,
-                 health: VersionHealth | None = None):
-        self.engine, self.config, self.metrics, self.keys, self.recorder = engine, config, metrics, keys, recorder
+    def __init__(
+        self,
+        engine: PolicyEngine,
+        config: GatewayConfig,
+        metrics: GatewayMetrics,
+        keys: KeyStore,
+        ownership: Ownership,
+        recorder: FeedbackRecorder | None = None,
+        labels: LabelQueue | None = None,
+        health: VersionHealth | None = None,
+    ):
+        self.engine, self.config, self.metrics, self.keys, self.recorder = (
+            engine,
+            config,
+            metrics,
+            keys,
+            recorder,
+        )
         self.ownership, self.labels, self.health = ownership, labels, health
 
     # ---- validation -------------------------------------------------------------------------
 
     def _check_ready_and_model(self, model: str) -> None:
         if not self.engine.ready:
-            raise APIError(503, "The engine is still warming up; retry shortly.", code="not_ready",
-                           headers={"Retry-After": "5"})
+            raise APIError(
+                503,
+                "The engine is still warming up; retry shortly.",
+                code="not_ready",
+                headers={"Retry-After": "5"},
+            )
         if model != self.config.served_model_name:
-            raise APIError(404, f"The model '{model}' does not exist; this gateway serves "
-                                f"'{self.config.served_model_name}'.", param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"The model '{model}' does not exist; this gateway serves '{self.config.served_model_name}'.",
+                param="model",
+                code="model_not_found",
+            )
 
-    def _job(self, route: str, prefix: str, req, caller: Caller, prompt_ids: list[int],
-             max_tokens: int | None, logprobs: int | None, served: dict) -> Job:
+    def _job(
+        self,
+        route: str,
+        prefix: str,
+        req,
+        caller: Caller,
+        prompt_ids: list[int],
+        max_tokens: int | None,
+        logprobs: int | None,
+        served: dict,
+    ) -> Job:
         limits = caller.limits
         if req.n > limits.max_n:
-            raise APIError(400, f"n={req.n} exceeds this key's limit of {limits.max_n}.", param="n", code="n_too_large")
+            raise APIError(
+                400, f"n={req.n} exceeds this key's limit of {limits.max_n}.", param="n", code="n_too_large"
+            )
         if len(prompt_ids) > self.config.max_prompt_tokens:
-            raise APIError(400, f"The prompt has {len(prompt_ids)} tokens; the limit is "
-                                f"{self.config.max_prompt_tokens}.", param="prompt", code="prompt_too_long")
+            raise APIError(
+                400,
+                f"The prompt has {len(prompt_ids)} tokens; the limit is {self.config.max_prompt_tokens}.",
+                param="prompt",
+                code="prompt_too_long",
+            )
         room = self.engine.max_model_len - len(prompt_ids)
         if max_tokens is None:
             max_tokens = min(limits.max_tokens, room) if route == "chat" else self.config.default_max_tokens
         if max_tokens > limits.max_tokens:
-            raise APIError(400, f"max_tokens={max_tokens} exceeds this key's limit of {limits.max_tokens}.",
-                           param="max_tokens", code="max_tokens_too_large")
+            raise APIError(
+                400,
+                f"max_tokens={max_tokens} exceeds this key's limit of {limits.max_tokens}.",
+                param="max_tokens",
+                code="max_tokens_too_large",
+            )
         if max_tokens > room:
-            raise APIError(400, f"This model's context is {self.engine.max_model_len} tokens; the prompt "
-                                f"({len(prompt_ids)}) plus max_tokens ({max_tokens}) exceeds it.",
-                           param="max_tokens", code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"This model's context is {self.engine.max_model_len} tokens; the prompt "
+                f"({len(prompt_ids)}) plus max_tokens ({max_tokens}) exceeds it.",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return Job(route, self.ownership.request_id(prefix, caller.name), prompt_ids, req.to_sampling(max_tokens, logprobs),
-                   req.stream, include_usage, time.monotonic(), caller.name, served, caller.limits.label_sampling,
-                   f"{caller.name}:{req.user or ''}", req.compare_versions)
+        return Job(
+            route,
+            self.ownership.request_id(prefix, caller.name),
+            prompt_ids,
+            req.to_sampling(max_tokens, logprobs),
+            req.stream,
+            include_usage,
+            time.monotonic(),
+            caller.name,
+            served,
+            caller.limits.label_sampling,
+            f"{caller.name}:{req.user or ''}",
+            req.compare_versions,
+        )
 
     def _max_chars(self) -> int:
         # No prompt can have fewer tokens than characters / the longest token's bytes, so past this
@@ -88,8 +145,13 @@ class Serving:
 
     def _check_size(self, chars: int, param: str) -> None:
         if chars > self._max_chars():
-            raise APIError(400, f"The prompt has {chars} characters; no more than {self._max_chars()} can fit the "
-                                f"{self.config.max_prompt_tokens}-token limit.", param=param, code="prompt_too_long")
+            raise APIError(
+                400,
+                f"The prompt has {chars} characters; no more than {self._max_chars()} can fit the "
+                f"{self.config.max_prompt_tokens}-token limit.",
+                param=param,
+                code="prompt_too_long",
+            )
 
     async def _off_loop(self, fn, *args):
         # Tokenising a long text takes long enough to stall every other request: do it in a thread.
@@ -104,20 +166,36 @@ class Serving:
         if isinstance(req.prompt, str):
             self._check_size(len(req.prompt), "prompt")
             # A completions prompt is the model's raw input: control tokens in it are meant.
-            prompt_ids = await self._off_loop(lambda t: tok(t, add_special_tokens=True)["input_ids"], req.prompt)
+            prompt_ids = await self._off_loop(
+                lambda t: tok(t, add_special_tokens=True)["input_ids"], req.prompt
+            )
         else:
             if len(req.prompt) > self.config.max_prompt_tokens:  # before looking at any id
-                raise APIError(400, f"The prompt has {len(req.prompt)} tokens; the limit is "
-                                    f"{self.config.max_prompt_tokens}.", param="prompt", code="prompt_too_long")
+                raise APIError(
+                    400,
+                    f"The prompt has {len(req.prompt)} tokens; the limit is {self.config.max_prompt_tokens}.",
+                    param="prompt",
+                    code="prompt_too_long",
+                )
             vocab = len(tok)
             if not req.prompt or any(t < 0 or t >= vocab for t in req.prompt):
-                raise APIError(400, f"Token-id prompts must be non-empty ids in [0, {vocab}).", param="prompt")
+                raise APIError(
+                    400, f"Token-id prompts must be non-empty ids in [0, {vocab}).", param="prompt"
+                )
             prompt_ids = list(req.prompt)
         if not prompt_ids:
             raise APIError(400, "The prompt is empty.", param="prompt", code="empty_prompt")
         prompt_text = req.prompt if isinstance(req.prompt, str) else tok.decode(prompt_ids)
-        job = self._job("completions", "cmpl", req, caller, prompt_ids, req.max_tokens, req.logprobs,
-                        {"prompt": prompt_text, "prompt_text": prompt_text})
+        job = self._job(
+            "completions",
+            "cmpl",
+            req,
+            caller,
+            prompt_ids,
+            req.max_tokens,
+            req.logprobs,
+            {"prompt": prompt_text, "prompt_text": prompt_text},
+        )
         return await self._run(job, request, req.model, CompletionRenderer(req.logprobs), caller)
 
     async def chat(self, req: p.ChatCompletionRequest, caller: Caller, request: Request):
@@ -125,7 +203,9 @@ class Serving:
         self._check_ready_and_model(req.model)
         tok = self.engine.tokenizer
         if not tok.chat_template:
-            raise APIError(400, "This model has no chat template; use /v1/completions.", code="no_chat_template")
+            raise APIError(
+                400, "This model has no chat template; use /v1/completions.", code="no_chat_template"
+            )
         messages = [{"role": m.role, "content": m.content} for m in req.messages]
         self._check_size(sum(len(m["content"]) for m in messages), "messages")
         try:
@@ -134,8 +214,16 @@ class Serving:
         except ChatTemplateError as exc:
             raise APIError(400, str(exc), param="messages", code="chat_template_error") from None
         top = req.top_logprobs or 0
-        job = self._job("chat", "chatcmpl", req, caller, prompt_ids, req.max_completion_tokens or req.max_tokens,
-                        top if req.logprobs else None, {"messages": messages, "prompt_text": text})
+        job = self._job(
+            "chat",
+            "chatcmpl",
+            req,
+            caller,
+            prompt_ids,
+            req.max_completion_tokens or req.max_tokens,
+            top if req.logprobs else None,
+            {"messages": messages, "prompt_text": text},
+        )
         return await self._run(job, request, req.model, ChatRenderer(req.logprobs, top), caller)
 
     # ---- running ----------------------------------------------------------------------------
@@ -148,21 +236,39 @@ class Serving:
         """Hand the served completion to the feedback recorder (never waits); maybe sample its prompt
         into the labelling queue."""
         messages = job.served.get("messages")
-        if self.labels is not None and job.label_sampling and messages and len(messages) == 1 \
-                and messages[0]["role"] == "user":
+        if (
+            self.labels is not None
+            and job.label_sampling
+            and messages
+            and len(messages) == 1
+            and messages[0]["role"] == "user"
+        ):
             # A sampled offer is a durable SQLite write (an fsync): never on the event loop.
             asyncio.get_running_loop().run_in_executor(None, self.labels.offer, messages[0]["content"])
         if self.recorder is None:
             return
         mixed = version == MIXED
-        self.recorder.record_completion(CompletionServed(
-            request_id=job.response_id, route=job.route, prompt_tokens=len(job.prompt_ids),
-            choices=[ServedChoice(choice_id=job.choice_ids[i], text=c.text,
-                                  completion_tokens=len(c.token_ids), finish_reason=c.finish_reason,
-                                  policy_version=job.versions[i] if mixed else None)
-                     for i, c in enumerate(result.candidates)],
-            sampling=job.sampling.describe(), policy_version=self.engine.version if mixed else version,
-            caller=job.caller, **job.served))
+        self.recorder.record_completion(
+            CompletionServed(
+                request_id=job.response_id,
+                route=job.route,
+                prompt_tokens=len(job.prompt_ids),
+                choices=[
+                    ServedChoice(
+                        choice_id=job.choice_ids[i],
+                        text=c.text,
+                        completion_tokens=len(c.token_ids),
+                        finish_reason=c.finish_reason,
+                        policy_version=job.versions[i] if mixed else None,
+                    )
+                    for i, c in enumerate(result.candidates)
+                ],
+                sampling=job.sampling.describe(),
+                policy_version=self.engine.version if mixed else version,
+                caller=job.caller,
+                **job.served,
+            )
+        )
 
     def _observe(self, job: Job, ok: bool) -> None:
         """Count a finished request in its version's health (the canary's guardrails); a mixed one
@@ -178,7 +284,9 @@ class Serving:
             lease.release(0)  # a stream that started releases it itself, when it ends
             raise
 
-    async def _generate(self, job: Job, request: Request, model: str, renderer: Renderer, lease: GenerationLease):
+    async def _generate(
+        self, job: Job, request: Request, model: str, renderer: Renderer, lease: GenerationLease
+    ):
         # Routed here, with no await before the engines count the request (see PolicyEngine.generate).
         plan = self.engine.plan(job.sampling.n, job.sticky_key, job.compare)
         job.version = MIXED if plan.mixed else plan.versions[0]
@@ -213,16 +321,23 @@ class Serving:
         headers = {"X-Policy-Version": version, "X-Request-Id": job.response_id}
         head = {"id": job.response_id, "created": int(time.time()), "model": model, "policy_version": version}
         if job.stream:
-            end = StreamEnd(chunks, Accumulator(job.sampling.n),
-                            lambda generated, finished: self._ended(job, lease, generated, finished))
+            end = StreamEnd(
+                chunks,
+                Accumulator(job.sampling.n),
+                lambda generated, finished: self._ended(job, lease, generated, finished),
+            )
             events = self._stream(job, chunks, first, head, renderer, end, clock)
             return ClosingStreamingResponse(events, end, media_type="text/event-stream", headers=headers)
         self._observe(job, True)
         lease.release(result.generated)
         self._count(job, result.generated)
         self._record(job, version, result)
-        body = {**head, "object": renderer.object, "usage": job.usage(result.generated),
-                "choices": [renderer.choice(job.choice_ids[i], i, c) for i, c in enumerate(result.candidates)]}
+        body = {
+            **head,
+            "object": renderer.object,
+            "usage": job.usage(result.generated),
+            "choices": [renderer.choice(job.choice_ids[i], i, c) for i, c in enumerate(result.candidates)],
+        }
         return JSONResponse(renderer.response_model.model_validate(body).model_dump(), headers=headers)
 
     @staticmethod
@@ -252,8 +367,16 @@ class Serving:
         lease.release(generated)
         self._count(job, generated)
 
-    async def _stream(self, job: Job, chunks: AsyncIterator[Chunk], first: Chunk | None, head: dict,
-                      renderer: Renderer, end: StreamEnd, clock: EngineClock) -> AsyncIterator[str]:
+    async def _stream(
+        self,
+        job: Job,
+        chunks: AsyncIterator[Chunk],
+        first: Chunk | None,
+        head: dict,
+        renderer: Renderer,
+        end: StreamEnd,
+        clock: EngineClock,
+    ) -> AsyncIterator[str]:
         chunk_head = {**head, "object": renderer.chunk_object}
         result = end.result
         opened: set[int] = set()  # candidates that have sent their first piece (it carries the role)
@@ -276,7 +399,14 @@ class Serving:
                 job.saw(c)
                 offset = len(result.candidates[c.index].text)
                 result.add(c)
-                yield sse({**chunk_head, "choices": [renderer.delta(job.choice_ids[c.index], c, offset, c.index not in opened)]})
+                yield sse(
+                    {
+                        **chunk_head,
+                        "choices": [
+                            renderer.delta(job.choice_ids[c.index], c, offset, c.index not in opened)
+                        ],
+                    }
+                )
                 opened.add(c.index)
             if job.include_usage:
                 yield sse({**chunk_head, "choices": [], "usage": job.usage(result.generated)})
@@ -288,8 +418,13 @@ class Serving:
             # The reason stays in the log: internal error text is not the client's business.
             log.exception("stream %s failed", job.response_id)
             self._observe(job, False)
-            yield sse(error_body(500, "Generation failed; the request was not completed. Retry it.",
-                                  code="generation_failed"))
+            yield sse(
+                error_body(
+                    500,
+                    "Generation failed; the request was not completed. Retry it.",
+                    code="generation_failed",
+                )
+            )
             yield sse("[DONE]")
             finished = True
         finally:

@@ -23,7 +23,9 @@ class StreamEnd:
     spec 2.4 or later, Starlette sends the response start before it iterates, and a client already
     gone makes that send raise, so the generator never starts and its `finally` never runs."""
 
-    def __init__(self, chunks: AsyncIterator[Chunk], result: Accumulator, on_end: Callable[[int, bool], None]):
+    def __init__(
+        self, chunks: AsyncIterator[Chunk], result: Accumulator, on_end: Callable[[int, bool], None]
+    ):
         self.chunks, self.result, self.on_end = chunks, result, on_end
         self.ended = False
 

@@ -63,7 +63,7 @@ class Canary:
 
 def _unit_hash(key: str) -> float:
     """A stable number in [0, 1) for key."""
-    return int(hashlib.sha256(key.encode()).hexdigest()[:12], 16) / float(16 ** 12)
+    return int(hashlib.sha256(key.encode()).hexdigest()[:12], 16) / float(16**12)
 
 
 class PolicyEngine:
@@ -100,7 +100,11 @@ class PolicyEngine:
         """Every live engine: the version it holds, its role and its running requests."""
         roles = [("serving", self._active), ("canary", self._canary)]
         roles += [("retiring", r) for r in self._retiring.values()]
-        return [{"version": r.version, "role": role, "in_flight": r.in_flight} for role, r in roles if r is not None]
+        return [
+            {"version": r.version, "role": role, "in_flight": r.in_flight}
+            for role, r in roles
+            if r is not None
+        ]
 
     async def start(self, version: str) -> None:
         """Build the vLLM engine on a registry version and warm it up."""
@@ -120,8 +124,11 @@ class PolicyEngine:
         # Sticky: one user's requests all go to one version for the whole canary (a user who saw
         # the candidate once and the old version next would compare the two, not judge one), and a
         # new canary draws its users afresh.
-        draw = (_unit_hash(f"{self._canary.version}:{sticky_key}") if sticky_key is not None
-                else self._route_rng.random())
+        draw = (
+            _unit_hash(f"{self._canary.version}:{sticky_key}")
+            if sticky_key is not None
+            else self._route_rng.random()
+        )
         return self._canary if draw < self._canary_fraction else self._active
 
     def plan(self, n: int, sticky_key: str | None = None, compare: bool = False) -> Plan:
@@ -141,15 +148,22 @@ class PolicyEngine:
                 versions[i] = instance.version
         return Plan(versions, parts)
 
-    async def run(self, plan: Plan, prompt_token_ids: list[int], sampling: Sampling,
-                  request_id: str | None = None) -> AsyncIterator[Chunk]:
+    async def run(
+        self, plan: Plan, prompt_token_ids: list[int], sampling: Sampling, request_id: str | None = None
+    ) -> AsyncIterator[Chunk]:
         """Stream a plan's candidates (chunk indices are the request's), interleaved as they come."""
         async with contextlib.aclosing(stream(plan, prompt_token_ids, sampling, request_id)) as chunks:
             async for chunk in chunks:
                 yield chunk
 
-    async def generate(self, prompt_token_ids: list[int], sampling: Sampling, request_id: str | None = None,
-                       version: str | None = None, sticky_key: str | None = None) -> AsyncIterator[Chunk]:
+    async def generate(
+        self,
+        prompt_token_ids: list[int],
+        sampling: Sampling,
+        request_id: str | None = None,
+        version: str | None = None,
+        sticky_key: str | None = None,
+    ) -> AsyncIterator[Chunk]:
         """Stream new output of every candidate from the engine this request is routed to: the
         canary for its fraction of sticky keys (users; of requests without one), else the serving
         engine; or from `version`'s engine, serving or canary (LookupError if it is neither)."""
@@ -229,7 +243,9 @@ class PolicyEngine:
         try:
             await asyncio.wait_for(self._swap_lock.acquire(), self.config.swap_wait_s)
         except TimeoutError:
-            raise SwapBusy(f"another switch has held the engines for over {self.config.swap_wait_s:g}s") from None
+            raise SwapBusy(
+                f"another switch has held the engines for over {self.config.swap_wait_s:g}s"
+            ) from None
         try:
             yield
         finally:
@@ -240,8 +256,10 @@ class PolicyEngine:
         instance = await VLLMEngine.launch(version, path, self.config)
         if instance.tokenizer_fingerprint != self._active.tokenizer_fingerprint:
             await asyncio.to_thread(instance.shutdown)
-            raise RegistryError(f"{version} has another tokenizer than {self.version}; requests are tokenized "
-                                "before they are routed, so both must share one (restart the gateway on it)")
+            raise RegistryError(
+                f"{version} has another tokenizer than {self.version}; requests are tokenized "
+                "before they are routed, so both must share one (restart the gateway on it)"
+            )
         return instance
 
     def _retire(self, instance: VLLMEngine) -> None:

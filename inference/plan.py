@@ -34,11 +34,14 @@ class Plan:
         return len(set(self.versions)) > 1
 
 
-async def stream(plan: Plan, prompt_token_ids: list[int], sampling: Sampling,
-                 request_id: str | None = None) -> AsyncIterator[Chunk]:
+async def stream(
+    plan: Plan, prompt_token_ids: list[int], sampling: Sampling, request_id: str | None = None
+) -> AsyncIterator[Chunk]:
     """Stream a plan's candidates (chunk indices are the request's), interleaved as they come."""
     if len(plan.parts) == 1:
-        async with contextlib.aclosing(plan.parts[0][0].generate(prompt_token_ids, sampling, request_id)) as chunks:
+        async with contextlib.aclosing(
+            plan.parts[0][0].generate(prompt_token_ids, sampling, request_id)
+        ) as chunks:
             async for chunk in chunks:
                 yield chunk
         return
@@ -48,8 +51,11 @@ async def stream(plan: Plan, prompt_token_ids: list[int], sampling: Sampling,
     async def pump(instance: VLLMEngine, where: list[int], part: int) -> None:
         try:
             part_sampling = dataclasses.replace(sampling, n=len(where))
-            async with contextlib.aclosing(instance.generate(prompt_token_ids, part_sampling,
-                                                             f"{request_id}-{part}" if request_id else None)) as chunks:
+            async with contextlib.aclosing(
+                instance.generate(
+                    prompt_token_ids, part_sampling, f"{request_id}-{part}" if request_id else None
+                )
+            ) as chunks:
                 async for chunk in chunks:
                     await queue.put(dataclasses.replace(chunk, index=where[chunk.index]))
             await queue.put(done)
@@ -74,4 +80,3 @@ async def stream(plan: Plan, prompt_token_ids: list[int], sampling: Sampling,
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-

@@ -52,7 +52,9 @@ def chat_ids(tok: PreTrainedTokenizerBase, messages: list[dict]) -> tuple[str, l
     for mark, message in zip(marks, messages):
         head, found, skeleton = skeleton.partition(mark)
         if not found:  # the template transformed the content: refuse rather than guess
-            raise ChatTemplateError("the chat template rewrites message content, so control-token text in it "
-                                    "cannot be kept as text; remove it from the message")
+            raise ChatTemplateError(
+                "the chat template rewrites message content, so control-token text in it "
+                "cannot be kept as text; remove it from the message"
+            )
         ids += tok(head, add_special_tokens=False)["input_ids"] + text_ids(tok, message["content"])
     return text, ids + tok(skeleton, add_special_tokens=False)["input_ids"]

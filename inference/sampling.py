@@ -19,15 +19,21 @@ class Sampling:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logprobs: int | None = None  # top alternatives to return per token (None: no log-probabilities)
-    ignore_eos: bool = False     # generate exactly max_tokens
+    ignore_eos: bool = False  # generate exactly max_tokens
     # One chunk per candidate, when it is finished: for callers that show nothing before the end
     # (non-streaming requests), so that no per-token output crosses the event loop.
     final_only: bool = False
 
     def describe(self) -> dict:
         """The settings a served-completion event records."""
-        return {"n": self.n, "temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
-                "seed": self.seed, "stop": list(self.stop) or None}
+        return {
+            "n": self.n,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "stop": list(self.stop) or None,
+        }
 
 
 @dataclass

@@ -69,10 +69,18 @@ def vllm_params(sampling: Sampling):
     from vllm.sampling_params import RequestOutputKind
 
     return SamplingParams(
-        n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens,
-        stop=list(sampling.stop) or None, seed=sampling.seed, presence_penalty=sampling.presence_penalty,
-        frequency_penalty=sampling.frequency_penalty, logprobs=sampling.logprobs, ignore_eos=sampling.ignore_eos,
-        output_kind=RequestOutputKind.FINAL_ONLY if sampling.final_only else RequestOutputKind.DELTA)
+        n=sampling.n,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        max_tokens=sampling.max_tokens,
+        stop=list(sampling.stop) or None,
+        seed=sampling.seed,
+        presence_penalty=sampling.presence_penalty,
+        frequency_penalty=sampling.frequency_penalty,
+        logprobs=sampling.logprobs,
+        ignore_eos=sampling.ignore_eos,
+        output_kind=RequestOutputKind.FINAL_ONLY if sampling.final_only else RequestOutputKind.DELTA,
+    )
 
 
 def _first_token_at(out) -> float | None:
@@ -88,7 +96,9 @@ def _engine_timings(out, steps: int) -> tuple[float | None, float | None]:
     """(prefill, time per decoding step) of a finished request from vLLM's request stats (engine-core
     clock): what the version's engine took, not how long the request queued or its client read."""
     stats = getattr(out, "metrics", None)
-    scheduled, first, last = (getattr(stats, k, 0.0) for k in ("scheduled_ts", "first_token_ts", "last_token_ts"))
+    scheduled, first, last = (
+        getattr(stats, k, 0.0) for k in ("scheduled_ts", "first_token_ts", "last_token_ts")
+    )
     prefill = first - scheduled if scheduled and first >= scheduled else None
     step = (last - first) / (steps - 1) if first and last > first and steps > 1 else None
     return prefill, step
@@ -127,8 +137,10 @@ class VLLMEngine:
         except Exception as exc:
             hint = ""
             if torch.cuda.is_available():
-                hint = (f" (each engine asks for {config.gpu_memory_share():.2f} of GPU memory; a second engine, for "
-                        "blue/green or a canary, needs engine.gpu_memory_utilization below 0.5)")
+                hint = (
+                    f" (each engine asks for {config.gpu_memory_share():.2f} of GPU memory; a second engine, for "
+                    "blue/green or a canary, needs engine.gpu_memory_utilization below 0.5)"
+                )
             raise RegistryError(f"could not start an engine on {version}: {exc}{hint}") from exc
         try:
             tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, path)
@@ -146,8 +158,9 @@ class VLLMEngine:
         async for _ in self.generate(ids, Sampling(max_tokens=4, temperature=0.0)):
             pass
 
-    async def generate(self, prompt_token_ids: list[int], sampling: Sampling,
-                       request_id: str | None = None) -> AsyncIterator[Chunk]:
+    async def generate(
+        self, prompt_token_ids: list[int], sampling: Sampling, request_id: str | None = None
+    ) -> AsyncIterator[Chunk]:
         """Stream new output of every candidate; aborts the engine request if the caller stops."""
         params = vllm_params(sampling)
         request_id = request_id or uuid.uuid4().hex
@@ -169,11 +182,17 @@ class VLLMEngine:
         async def pump() -> None:
             steps: dict[int, int] = {}  # tokens per candidate so far: the longest is the decoding steps
             try:
-                async for out in self.llm.generate({"prompt_token_ids": prompt_token_ids}, params, request_id):
+                async for out in self.llm.generate(
+                    {"prompt_token_ids": prompt_token_ids}, params, request_id
+                ):
                     first_token_at = _first_token_at(out)
                     for c in out.outputs:
-                        steps[c.index] = len(c.token_ids) + (0 if sampling.final_only else steps.get(c.index, 0))
-                    prefill, step = _engine_timings(out, max(steps.values(), default=0)) if out.finished else (None, None)
+                        steps[c.index] = len(c.token_ids) + (
+                            0 if sampling.final_only else steps.get(c.index, 0)
+                        )
+                    prefill, step = (
+                        _engine_timings(out, max(steps.values(), default=0)) if out.finished else (None, None)
+                    )
                     for c in out.outputs:
                         logprobs = None
                         if c.logprobs is not None:
@@ -181,8 +200,19 @@ class VLLMEngine:
                                 {tid: (lp.logprob, lp.decoded_token) for tid, lp in step.items()}
                                 for step in c.logprobs
                             ]
-                        queue.put_nowait(Chunk(c.index, c.text, list(c.token_ids), logprobs, c.finish_reason, version,
-                                              first_token_at, prefill, step))
+                        queue.put_nowait(
+                            Chunk(
+                                c.index,
+                                c.text,
+                                list(c.token_ids),
+                                logprobs,
+                                c.finish_reason,
+                                version,
+                                first_token_at,
+                                prefill,
+                                step,
+                            )
+                        )
                 queue.put_nowait(done)
             except BaseException as exc:  # handed to the caller, who re-raises it
                 queue.put_nowait(exc)
@@ -238,8 +268,12 @@ class VLLMEngine:
         """Let running requests finish (for at most drain_timeout_s, then abort them), then stop the
         engine's worker processes: an engine taken out of service always gives its memory back."""
         if not await self.drain(drain_timeout_s):
-            log.warning("engine: %d requests on the retiring %s engine outlived %.0fs; aborting them",
-                        self.in_flight, self.version, drain_timeout_s)
+            log.warning(
+                "engine: %d requests on the retiring %s engine outlived %.0fs; aborting them",
+                self.in_flight,
+                self.version,
+                drain_timeout_s,
+            )
             await self.llm.abort(list(self._running))
             await self.drain(5.0)
         await asyncio.to_thread(self.shutdown)

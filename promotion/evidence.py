@@ -93,23 +93,30 @@ class EvidenceStore:
         if not counts:
             return False
         who, when = (comparison.rater, comparison.request_id), comparison.timestamp
-        rows = cur.execute("SELECT a, b, a_wins, b_wins, ties, at, updated FROM verdicts WHERE rater = ? AND "
-                           "request_id = ?", who).fetchall()
+        rows = cur.execute(
+            "SELECT a, b, a_wins, b_wins, ties, at, updated FROM verdicts WHERE rater = ? AND request_id = ?",
+            who,
+        ).fetchall()
         if rows and max(r[6] for r in rows) > when:
             return False  # a redelivered older ranking: the newer one stands
         first = min((r[5] for r in rows), default=when)
         if rows:
             self._count(cur, _pattern({(r[0], r[1]): list(r[2:5]) for r in rows}), -1)
             cur.execute("DELETE FROM verdicts WHERE rater = ? AND request_id = ?", who)
-        cur.executemany("INSERT INTO verdicts (at, updated, rater, request_id, a, b, a_wins, b_wins, ties) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [(first, when, *who, a, b, *c) for (a, b), c in counts.items()])
+        cur.executemany(
+            "INSERT INTO verdicts (at, updated, rater, request_id, a, b, a_wins, b_wins, ties) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(first, when, *who, a, b, *c) for (a, b), c in counts.items()],
+        )
         self._count(cur, _pattern(counts), +1)
         return True
 
     @staticmethod
     def _count(cur, pattern: str, by: int) -> None:
-        cur.execute("INSERT INTO board (pattern, n) VALUES (?, ?) ON CONFLICT (pattern) DO UPDATE SET n = n + ?",
-                    (pattern, by, by))
+        cur.execute(
+            "INSERT INTO board (pattern, n) VALUES (?, ?) ON CONFLICT (pattern) DO UPDATE SET n = n + ?",
+            (pattern, by, by),
+        )
         cur.execute("DELETE FROM board WHERE n <= 0")
 
     def leaderboard(self, sft: str | None, serving: str | None, bootstrap_rounds: int = 200) -> dict:
@@ -127,8 +134,11 @@ class EvidenceStore:
         verdict between the two first given at or after `since`, in the test's order."""
         a, b = sorted((version, against))
         with self._lock:
-            rows = self._db.execute("SELECT rater, a_wins, b_wins FROM verdicts WHERE a = ? AND b = ? AND at >= ? "
-                                    "ORDER BY at, rater, request_id", (a, b, since)).fetchall()
+            rows = self._db.execute(
+                "SELECT rater, a_wins, b_wins FROM verdicts WHERE a = ? AND b = ? AND at >= ? "
+                "ORDER BY at, rater, request_id",
+                (a, b, since),
+            ).fetchall()
         out = []
         for rater, a_wins, b_wins in rows:
             mine, theirs = (a_wins, b_wins) if a == version else (b_wins, a_wins)
@@ -139,4 +149,6 @@ class EvidenceStore:
         """Forget verdicts last given over `older_than_s` ago (their requests are past the feedback
         window, so nobody can rank them again); the board's counts stay. Returns how many."""
         with durable_sqlite.transaction(self._db, self._lock) as cur:
-            return cur.execute("DELETE FROM verdicts WHERE updated < ?", (time.time() - older_than_s,)).rowcount
+            return cur.execute(
+                "DELETE FROM verdicts WHERE updated < ?", (time.time() - older_than_s,)
+            ).rowcount

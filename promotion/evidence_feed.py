@@ -30,8 +30,14 @@ _RETRY_S, _MAX_RETRY_S = 2.0, 30.0
 class EvidenceFeed:
     """A daemon thread: feedback log -> evidence store."""
 
-    def __init__(self, store: EvidenceStore, config: FeedbackConfig, state_dir: Path,
-                 on_kept=lambda count: None, on_failure=lambda: None):
+    def __init__(
+        self,
+        store: EvidenceStore,
+        config: FeedbackConfig,
+        state_dir: Path,
+        on_kept=lambda count: None,
+        on_failure=lambda: None,
+    ):
         self.store, self.config, self.state_dir = store, config, state_dir
         # Verdicts on requests past the feedback window can no longer change: forget them then.
         self.retention_s = config.index_retention_days * 86400
@@ -61,8 +67,11 @@ class EvidenceFeed:
             except TopicMissing:  # no feedback was ever shipped: nothing to read yet
                 self._stop.wait(_RETRY_S)
             except Exception:  # a broker away, a disk error: say so, count it, and try again
-                log.exception("evidence feed: reading the feedback log failed; retrying in %.0f s (verdicts wait "
-                              "in the log meanwhile: the canary's test waits, it loses nothing)", backoff)
+                log.exception(
+                    "evidence feed: reading the feedback log failed; retrying in %.0f s (verdicts wait "
+                    "in the log meanwhile: the canary's test waits, it loses nothing)",
+                    backoff,
+                )
                 self.on_failure()
                 self._stop.wait(backoff)
                 backoff = min(_MAX_RETRY_S, 2 * backoff)
@@ -78,7 +87,9 @@ class EvidenceFeed:
                 pruned_at = time.monotonic()
                 self.store.prune(self.retention_s)
             delivered = source.poll(timeout_s=0.5)
-            verdicts = [d.event for d in delivered if isinstance(d.event, Comparison) and d.event.choice_versions]
+            verdicts = [
+                d.event for d in delivered if isinstance(d.event, Comparison) and d.event.choice_versions
+            ]
             if verdicts and (kept := self.store.record_many(verdicts)):
                 self.on_kept(kept)
             if delivered:

@@ -53,6 +53,7 @@ class Item:
 
 def agreement(a: list[list[str]], b: list[list[str]]) -> tuple[int, int]:
     """(pairs both rankings order the same way, pairs both order strictly) of two rankings of one item."""
+
     def order(ranking: list[list[str]]) -> dict[str, int]:
         return {c: i for i, group in enumerate(ranking) for c in group}
 
@@ -60,7 +61,7 @@ def agreement(a: list[list[str]], b: list[list[str]]) -> tuple[int, int]:
     ids = sorted(set(ra) & set(rb))
     same = compared = 0
     for i, x in enumerate(ids):
-        for y in ids[i + 1:]:
+        for y in ids[i + 1 :]:
             da, db = ra[x] - ra[y], rb[x] - rb[y]
             if da and db:
                 compared += 1
@@ -92,28 +93,36 @@ class LabelQueue:
             seen = cur.execute("SELECT 1 FROM items WHERE prompt = ?", (prompt,)).fetchone()
             if waiting >= self.config.max_waiting or seen:
                 return False
-            cur.execute("INSERT INTO items (item_id, prompt, created) VALUES (?, ?, ?)",
-                        (f"item-{uuid.uuid4().hex[:16]}", prompt, time.time()))
+            cur.execute(
+                "INSERT INTO items (item_id, prompt, created) VALUES (?, ?, ?)",
+                (f"item-{uuid.uuid4().hex[:16]}", prompt, time.time()),
+            )
         return True
 
     def unfilled(self, limit: int = 4) -> list[tuple[str, str]]:
         """(item id, prompt) of items still waiting for candidates, oldest first."""
-        return self._rows("SELECT item_id, prompt FROM items WHERE candidates IS NULL ORDER BY created LIMIT ?", (limit,))
+        return self._rows(
+            "SELECT item_id, prompt FROM items WHERE candidates IS NULL ORDER BY created LIMIT ?", (limit,)
+        )
 
     def fill(self, item_id: str, request_id: str, candidates: list[dict]) -> None:
         """Attach the generated candidates (already recorded as request_id's completion)."""
         shown = [{"id": c["id"], "text": c["text"]} for c in candidates]
         self._rng.shuffle(shown)  # blind: no position tells which version wrote what
         with durable_sqlite.transaction(self._db, self._lock) as cur:
-            cur.execute("UPDATE items SET request_id = ?, candidates = ? WHERE item_id = ?",
-                        (request_id, json.dumps(shown), item_id))
+            cur.execute(
+                "UPDATE items SET request_id = ?, candidates = ? WHERE item_id = ?",
+                (request_id, json.dumps(shown), item_id),
+            )
 
     def prune(self) -> int:
         """Drop items (and their rankings) older than labelling.retention_days; returns how many."""
         before = time.time() - self.config.retention_days * _DAY
         with durable_sqlite.transaction(self._db, self._lock) as cur:
-            cur.execute("DELETE FROM assignments WHERE item_id IN (SELECT item_id FROM items WHERE created < ?)",
-                        (before,))
+            cur.execute(
+                "DELETE FROM assignments WHERE item_id IN (SELECT item_id FROM items WHERE created < ?)",
+                (before,),
+            )
             return cur.execute("DELETE FROM items WHERE created < ?", (before,)).rowcount
 
     def drop(self, item_id: str) -> None:
@@ -123,86 +132,124 @@ class LabelQueue:
 
     def items(self, limit: int = 100) -> list[dict]:
         """The newest items: prompt, request, whether candidates exist, rankings given (admin view)."""
-        rows = self._rows("SELECT i.item_id, i.prompt, i.request_id, i.candidates IS NOT NULL, (SELECT COUNT(*) FROM "
-                          "assignments a WHERE a.item_id = i.item_id AND a.done_at IS NOT NULL) FROM items i "
-                          "ORDER BY i.created DESC LIMIT ?", (limit,))
-        return [{"item_id": r[0], "prompt": r[1], "request_id": r[2], "filled": bool(r[3]), "rankings": r[4]}
-                for r in rows]
+        rows = self._rows(
+            "SELECT i.item_id, i.prompt, i.request_id, i.candidates IS NOT NULL, (SELECT COUNT(*) FROM "
+            "assignments a WHERE a.item_id = i.item_id AND a.done_at IS NOT NULL) FROM items i "
+            "ORDER BY i.created DESC LIMIT ?",
+            (limit,),
+        )
+        return [
+            {"item_id": r[0], "prompt": r[1], "request_id": r[2], "filled": bool(r[3]), "rankings": r[4]}
+            for r in rows
+        ]
 
     def lease(self, rater: str) -> Item | None:
         """The rater's item: the one they hold already, or the oldest one that needs more raters."""
         now = time.time()
         with durable_sqlite.transaction(self._db, self._lock) as cur:
-            held = cur.execute("SELECT a.item_id FROM assignments a WHERE a.rater = ? AND a.done_at IS NULL "
-                               "AND a.leased_until > ? LIMIT 1", (rater, now)).fetchone()
+            held = cur.execute(
+                "SELECT a.item_id FROM assignments a WHERE a.rater = ? AND a.done_at IS NULL "
+                "AND a.leased_until > ? LIMIT 1",
+                (rater, now),
+            ).fetchone()
             if held is None:
                 held = cur.execute(
                     "SELECT i.item_id FROM items i WHERE i.candidates IS NOT NULL AND NOT EXISTS "
                     "(SELECT 1 FROM assignments a WHERE a.item_id = i.item_id AND a.rater = ?) AND "
                     "(SELECT COUNT(*) FROM assignments a WHERE a.item_id = i.item_id AND "
                     "(a.done_at IS NOT NULL OR a.leased_until > ?)) < ? ORDER BY i.created LIMIT 1",
-                    (rater, now, self.config.overlap)).fetchone()
+                    (rater, now, self.config.overlap),
+                ).fetchone()
                 if held is None:
                     return None
-                cur.execute("INSERT OR REPLACE INTO assignments (item_id, rater, leased_until) VALUES (?, ?, ?)",
-                            (held[0], rater, now + self.config.lease_s))
-            row = cur.execute("SELECT item_id, request_id, prompt, candidates FROM items WHERE item_id = ?",
-                              (held[0],)).fetchone()
+                cur.execute(
+                    "INSERT OR REPLACE INTO assignments (item_id, rater, leased_until) VALUES (?, ?, ?)",
+                    (held[0], rater, now + self.config.lease_s),
+                )
+            row = cur.execute(
+                "SELECT item_id, request_id, prompt, candidates FROM items WHERE item_id = ?", (held[0],)
+            ).fetchone()
         return Item(row[0], row[1], row[2], json.loads(row[3]))
 
     def leased_to(self, request_id: str, rater: str) -> bool:
         """Whether the item of this request is the rater's: leased to them and not expired, or ranked
         by them already (they may change their ranking)."""
-        return bool(self._rows("SELECT 1 FROM items i JOIN assignments a ON a.item_id = i.item_id WHERE "
-                               "i.request_id = ? AND a.rater = ? AND (a.done_at IS NOT NULL OR a.leased_until > ?)",
-                               (request_id, rater, time.time())))
+        return bool(
+            self._rows(
+                "SELECT 1 FROM items i JOIN assignments a ON a.item_id = i.item_id WHERE "
+                "i.request_id = ? AND a.rater = ? AND (a.done_at IS NOT NULL OR a.leased_until > ?)",
+                (request_id, rater, time.time()),
+            )
+        )
 
     def done(self, request_id: str, rater: str, ranking: list[list[str]]) -> bool:
         """Record an accepted ranking of an item leased to the rater; False if the request is no
         item of theirs."""
         with durable_sqlite.transaction(self._db, self._lock) as cur:
-            row = cur.execute("SELECT a.item_id FROM items i JOIN assignments a ON a.item_id = i.item_id WHERE "
-                              "i.request_id = ? AND a.rater = ? AND (a.done_at IS NOT NULL OR a.leased_until > ?)",
-                              (request_id, rater, time.time())).fetchone()
+            row = cur.execute(
+                "SELECT a.item_id FROM items i JOIN assignments a ON a.item_id = i.item_id WHERE "
+                "i.request_id = ? AND a.rater = ? AND (a.done_at IS NOT NULL OR a.leased_until > ?)",
+                (request_id, rater, time.time()),
+            ).fetchone()
             if row is None:
                 return False
-            cur.execute("UPDATE assignments SET done_at = ?, ranking = ? WHERE item_id = ? AND rater = ?",
-                        (time.time(), json.dumps(ranking), row[0], rater))
+            cur.execute(
+                "UPDATE assignments SET done_at = ?, ranking = ? WHERE item_id = ? AND rater = ?",
+                (time.time(), json.dumps(ranking), row[0], rater),
+            )
         return True
 
     def rankings(self) -> list[list[list[str]]]:
         """Every ranking raters gave (choice ids, best first; inner lists are ties)."""
-        return [json.loads(r) for (r,) in self._rows("SELECT ranking FROM assignments WHERE done_at IS NOT NULL")]
+        return [
+            json.loads(r) for (r,) in self._rows("SELECT ranking FROM assignments WHERE done_at IS NOT NULL")
+        ]
 
     def waiting(self) -> int:
         """Items that still need a rater (or candidates)."""
-        return self._rows("SELECT COUNT(*) FROM items i WHERE (SELECT COUNT(*) FROM assignments a WHERE "
-                          "a.item_id = i.item_id AND a.done_at IS NOT NULL) < ?", (self.config.overlap,))[0][0]
+        return self._rows(
+            "SELECT COUNT(*) FROM items i WHERE (SELECT COUNT(*) FROM assignments a WHERE "
+            "a.item_id = i.item_id AND a.done_at IS NOT NULL) < ?",
+            (self.config.overlap,),
+        )[0][0]
 
     def done_today(self, rater: str) -> int:
         """Items the rater ranked in the last 24 hours."""
-        return self._rows("SELECT COUNT(*) FROM assignments WHERE rater = ? AND done_at > ?",
-                          (rater, time.time() - _DAY))[0][0]
+        return self._rows(
+            "SELECT COUNT(*) FROM assignments WHERE rater = ? AND done_at > ?", (rater, time.time() - _DAY)
+        )[0][0]
 
     def raters(self) -> dict:
         """Per rater: items ranked, and agreement with the other raters of the same items; overall."""
         by_item: dict[str, list[tuple[str, list]]] = {}
         counts: dict[str, int] = {}
-        for item, rater, ranking in self._rows("SELECT item_id, rater, ranking FROM assignments WHERE done_at IS NOT NULL"):
+        for item, rater, ranking in self._rows(
+            "SELECT item_id, rater, ranking FROM assignments WHERE done_at IS NOT NULL"
+        ):
             by_item.setdefault(item, []).append((rater, json.loads(ranking)))
             counts[rater] = counts.get(rater, 0) + 1
         pairs: dict[str, list[int]] = {r: [0, 0] for r in counts}
         total = [0, 0]
         for labels in by_item.values():
             for i, (ra, a) in enumerate(labels):
-                for rb, b in labels[i + 1:]:
+                for rb, b in labels[i + 1 :]:
                     same, compared = agreement(a, b)
                     for r in (ra, rb):
                         pairs[r][0] += same
                         pairs[r][1] += compared
                     total[0] += same
                     total[1] += compared
-        return {"raters": {r: {"ranked": counts[r], "agreement": pairs[r][0] / pairs[r][1] if pairs[r][1] else None,
-                               "compared_pairs": pairs[r][1]} for r in counts},
-                "agreement": total[0] / total[1] if total[1] else None, "compared_pairs": total[1],
-                "overlapping_items": sum(len(v) > 1 for v in by_item.values()), "waiting": self.waiting()}
+        return {
+            "raters": {
+                r: {
+                    "ranked": counts[r],
+                    "agreement": pairs[r][0] / pairs[r][1] if pairs[r][1] else None,
+                    "compared_pairs": pairs[r][1],
+                }
+                for r in counts
+            },
+            "agreement": total[0] / total[1] if total[1] else None,
+            "compared_pairs": total[1],
+            "overlapping_items": sum(len(v) > 1 for v in by_item.values()),
+            "waiting": self.waiting(),
+        }

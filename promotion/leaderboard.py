@@ -47,8 +47,8 @@ def outcomes_of(ranking: list[list[str]], version_of) -> list[Outcome]:
     out = []
     for i, better in enumerate(groups):
         for j, a in enumerate(better):
-            out += [Outcome(a, b, tie=True) for b in better[j + 1:] if b != a]
-        for worse in groups[i + 1:]:
+            out += [Outcome(a, b, tie=True) for b in better[j + 1 :] if b != a]
+        for worse in groups[i + 1 :]:
             out += [Outcome(a, b) for a in better for b in worse if b != a]
     return out
 
@@ -72,7 +72,9 @@ def outcome_counts(patterns: Patterns, weights=None) -> Counter:
     return +counts
 
 
-def bradley_terry(counts: Counter, steps: int = 300, lr: float = 0.5, ridge: float = 0.01) -> dict[str, float]:
+def bradley_terry(
+    counts: Counter, steps: int = 300, lr: float = 0.5, ridge: float = 0.01
+) -> dict[str, float]:
     """Maximum-likelihood Bradley–Terry scores from outcome counts, centred on 0."""
     versions = sorted({v for o in counts for v in (o.winner, o.loser)})
     if not versions:
@@ -102,7 +104,12 @@ def win_rate(counts: Counter, version: str, against: str) -> dict:
             continue
         n += k
         wins += k * (0.5 if o.tie else float(o.winner == version))
-    return {"against": against, "comparisons": int(n), "rate": wins / n if n else None, "interval_95": wilson(wins, n)}
+    return {
+        "against": against,
+        "comparisons": int(n),
+        "rate": wins / n if n else None,
+        "interval_95": wilson(wins, n),
+    }
 
 
 def _percentiles(values: list[float]) -> tuple[float, float] | None:
@@ -112,8 +119,9 @@ def _percentiles(values: list[float]) -> tuple[float, float] | None:
     return values[int(0.025 * (len(values) - 1))], values[int(0.975 * (len(values) - 1))]
 
 
-def leaderboard(patterns: Patterns, sft: str | None, serving: str | None, bootstrap_rounds: int = 200,
-                seed: int = 0) -> dict:
+def leaderboard(
+    patterns: Patterns, sft: str | None, serving: str | None, bootstrap_rounds: int = 200, seed: int = 0
+) -> dict:
     """Every version's score and win rates against SFT and the serving version, with intervals
     from resampled rankings."""
     counts = outcome_counts(patterns)
@@ -140,7 +148,13 @@ def leaderboard(patterns: Patterns, sft: str | None, serving: str | None, bootst
                 rate["interval_95"] = _percentiles(draws.get((name, v), []))
             row[f"vs_{name}"] = rate
         rows.append(row)
-    return {"versions": rows, "outcomes": sum(counts.values()), "rankings": rankings, "sft": sft, "serving": serving}
+    return {
+        "versions": rows,
+        "outcomes": sum(counts.values()),
+        "rankings": rankings,
+        "sft": sft,
+        "serving": serving,
+    }
 
 
 class Board:
@@ -162,8 +176,9 @@ class Board:
         """The board (blocking: run it off the event loop)."""
         key = (self._version, sft, serving, bootstrap_rounds)
         last = self._last
-        if last is not None and (last[0] == key or (last[0][1:] == key[1:]
-                                                    and time.monotonic() - last[1] < self.min_interval_s)):
+        if last is not None and (
+            last[0] == key or (last[0][1:] == key[1:] and time.monotonic() - last[1] < self.min_interval_s)
+        ):
             return last[2]
         if not self._fitting.acquire(blocking=last is None):
             return last[2]  # a fit is running: the previous board until it ends

@@ -29,9 +29,9 @@ from dataclasses import asdict, dataclass, field
 class SequentialTestConfig:
     """How sure the test must be, and how long it may take."""
 
-    alpha: float = 0.05   # false promotion rate (candidate no better than p0)
-    beta: float = 0.1     # false roll-back rate (candidate as good as p1)
-    delta: float = 0.2    # the preference worth detecting: p1 = 0.5 + delta
+    alpha: float = 0.05  # false promotion rate (candidate no better than p0)
+    beta: float = 0.1  # false roll-back rate (candidate as good as p1)
+    delta: float = 0.2  # the preference worth detecting: p1 = 0.5 + delta
     min_samples: int = 20
     max_samples: int = 400
     max_rater_share: float = 0.25  # of the verdicts counted (of min_samples while fewer are counted)
@@ -55,8 +55,8 @@ class SequentialTest:
     """The test's state after the comparisons seen so far."""
 
     config: SequentialTestConfig = field(default_factory=SequentialTestConfig)
-    wins: int = 0      # comparisons the candidate won
-    losses: int = 0    # comparisons the serving version won
+    wins: int = 0  # comparisons the candidate won
+    losses: int = 0  # comparisons the serving version won
     ties: int = 0
     llr: float = 0.0
     decision: str | None = None  # "promote", "roll_back", or None while undecided
@@ -86,9 +86,14 @@ class SequentialTest:
         if self.n < c.min_samples:
             return None
         if self.llr >= math.log((1 - c.beta) / c.alpha):
-            self._decide("promote", f"the candidate is preferred (LLR {self.llr:.2f} crossed the promotion bound)")
+            self._decide(
+                "promote", f"the candidate is preferred (LLR {self.llr:.2f} crossed the promotion bound)"
+            )
         elif self.llr <= math.log(c.beta / (1 - c.alpha)):
-            self._decide("roll_back", f"the candidate is not preferred (LLR {self.llr:.2f} crossed the roll-back bound)")
+            self._decide(
+                "roll_back",
+                f"the candidate is not preferred (LLR {self.llr:.2f} crossed the roll-back bound)",
+            )
         elif self.n >= c.max_samples:
             self._decide("roll_back", f"no decision within {c.max_samples} comparisons")
         return self.decision
@@ -123,13 +128,23 @@ class SequentialTest:
         """What the decision rests on, for the lineage."""
         c = self.config
         counted = sum(self.per_rater.values())
-        return {"raters": len(self.per_rater), "largest_rater_share": max(self.per_rater.values()) / counted
-                if counted else None, "not_counted_over_share": self.over_share,
-                "wins": self.wins, "losses": self.losses, "ties": self.ties, "n": self.n,
-                "rate": self.wins / self.n if self.n else None, "interval_95": wilson(self.wins, self.n),
-                "llr": self.llr, "promote_bound": math.log((1 - c.beta) / c.alpha),
-                "roll_back_bound": math.log(c.beta / (1 - c.alpha)), "decision": self.decision,
-                "reason": self.reason, "config": asdict(c)}
+        return {
+            "raters": len(self.per_rater),
+            "largest_rater_share": max(self.per_rater.values()) / counted if counted else None,
+            "not_counted_over_share": self.over_share,
+            "wins": self.wins,
+            "losses": self.losses,
+            "ties": self.ties,
+            "n": self.n,
+            "rate": self.wins / self.n if self.n else None,
+            "interval_95": wilson(self.wins, self.n),
+            "llr": self.llr,
+            "promote_bound": math.log((1 - c.beta) / c.alpha),
+            "roll_back_bound": math.log(c.beta / (1 - c.alpha)),
+            "decision": self.decision,
+            "reason": self.reason,
+            "config": asdict(c),
+        }
 
 
 def run_test(verdicts, config: SequentialTestConfig) -> SequentialTest:

@@ -27,7 +27,7 @@ class HealthSummary:
     requests: int
     failures: int
     prefill_s: float | None  # median
-    step_s: float | None     # median time per decoding step
+    step_s: float | None  # median time per decoding step
 
     @property
     def error_rate(self) -> float:
@@ -42,7 +42,9 @@ class VersionHealth:
         self._seen: dict[str, deque[tuple[bool, float | None, float | None]]] = {}
         self._lock = threading.Lock()
 
-    def observe(self, version: str, ok: bool, prefill_s: float | None = None, step_s: float | None = None) -> None:
+    def observe(
+        self, version: str, ok: bool, prefill_s: float | None = None, step_s: float | None = None
+    ) -> None:
         """Count one finished request of a version, with its engine's timings if known."""
         with self._lock:
             self._seen.setdefault(version, deque(maxlen=self._window)).append((ok, prefill_s, step_s))
@@ -66,11 +68,17 @@ def guardrail_breach(candidate: HealthSummary, serving: HealthSummary, config: P
     if min(candidate.requests, serving.requests) < config.guardrail_min_requests:
         return None
     if candidate.error_rate > serving.error_rate + config.max_error_rate_increase:
-        return (f"guardrail: the candidate's engine failed {candidate.error_rate:.1%} of its requests "
-                f"(serving {serving.error_rate:.1%})")
-    for name, mine, theirs in (("prefill time", candidate.prefill_s, serving.prefill_s),
-                               ("time per token", candidate.step_s, serving.step_s)):
+        return (
+            f"guardrail: the candidate's engine failed {candidate.error_rate:.1%} of its requests "
+            f"(serving {serving.error_rate:.1%})"
+        )
+    for name, mine, theirs in (
+        ("prefill time", candidate.prefill_s, serving.prefill_s),
+        ("time per token", candidate.step_s, serving.step_s),
+    ):
         if mine and theirs and mine > config.max_latency_ratio * theirs:
-            return (f"guardrail: the candidate's median {name} {mine * 1000:.1f} ms is over "
-                    f"{config.max_latency_ratio:g}x the serving version's ({theirs * 1000:.1f} ms)")
+            return (
+                f"guardrail: the candidate's median {name} {mine * 1000:.1f} ms is over "
+                f"{config.max_latency_ratio:g}x the serving version's ({theirs * 1000:.1f} ms)"
+            )
     return None

@@ -12,8 +12,9 @@ from registry.store import PolicyRegistry
 log = logging.getLogger(__name__)
 
 
-def ensure_base_policy(registry: PolicyRegistry, base_model: Path | None,
-                       build_default: Callable[[Path], dict] | None = None) -> str:
+def ensure_base_policy(
+    registry: PolicyRegistry, base_model: Path | None, build_default: Callable[[Path], dict] | None = None
+) -> str:
     """The registry's current version, creating v0001 on first use: imported from base_model, or
     else made by build_default(dir), which writes a checkpoint into dir and returns metadata."""
     current = registry.current()
@@ -26,4 +27,6 @@ def ensure_base_policy(registry: PolicyRegistry, base_model: Path | None,
         raise RuntimeError(f"the registry at {registry.root} is empty and no base model is configured")
     with tempfile.TemporaryDirectory(dir=registry.root) as tmp:
         extra = build_default(Path(tmp))
-        return registry.publish(Path(tmp), source=extra.pop("source", "built"), extra=extra, make_current=True)
+        return registry.publish(
+            Path(tmp), source=extra.pop("source", "built"), extra=extra, make_current=True
+        )

@@ -38,5 +38,7 @@ def verify(directory: Path, expected: dict[str, str], skip: tuple[str, ...] = ()
     problems += [f"{n} was added" for n in sorted(found.keys() - expected.keys())]
     problems += [f"{n} changed" for n in sorted(expected.keys() & found.keys()) if expected[n] != found[n]]
     if problems:
-        raise RegistryError(f"{directory} does not match the checksums taken when it was published: "
-                            + "; ".join(problems)[:400])
+        raise RegistryError(
+            f"{directory} does not match the checksums taken when it was published: "
+            + "; ".join(problems)[:400]
+        )

@@ -16,9 +16,21 @@ _VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype",
 # tokenizer writes bookkeeping keys of its own (is_local, local_files_only, versions...) that change
 # nothing about tokenisation.
 _TOKENIZER_JSON_KEYS = ("model", "added_tokens", "normalizer", "pre_tokenizer", "post_processor", "decoder")
-_CONFIG_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "sep_token", "cls_token", "mask_token",
-                "add_bos_token", "add_eos_token", "additional_special_tokens", "extra_special_tokens",
-                "added_tokens_decoder", "clean_up_tokenization_spaces")
+_CONFIG_KEYS = (
+    "bos_token",
+    "eos_token",
+    "pad_token",
+    "unk_token",
+    "sep_token",
+    "cls_token",
+    "mask_token",
+    "add_bos_token",
+    "add_eos_token",
+    "additional_special_tokens",
+    "extra_special_tokens",
+    "added_tokens_decoder",
+    "clean_up_tokenization_spaces",
+)
 _RAW_FILES = ("tokenizer.model", "vocab.json", "merges.txt", "special_tokens_map.json")
 
 
@@ -37,11 +49,17 @@ def tokenizer_fingerprint(path: Path) -> str:
     template = config.get("chat_template")
     if template is None and (path / "chat_template.jinja").exists():
         template = (path / "chat_template.jinja").read_text()
-    digest = hashlib.sha256(json.dumps({
-        "tokenizer": {k: tokenizer.get(k) for k in _TOKENIZER_JSON_KEYS},
-        "config": {k: config.get(k) for k in _CONFIG_KEYS},
-        "chat_template": template.strip() if isinstance(template, str) else template,
-    }, sort_keys=True, default=str).encode())
+    digest = hashlib.sha256(
+        json.dumps(
+            {
+                "tokenizer": {k: tokenizer.get(k) for k in _TOKENIZER_JSON_KEYS},
+                "config": {k: config.get(k) for k in _CONFIG_KEYS},
+                "chat_template": template.strip() if isinstance(template, str) else template,
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
     for name in _RAW_FILES:
         if (path / name).exists():
             digest.update(name.encode() + b"\0" + (path / name).read_bytes())
@@ -53,4 +71,6 @@ def arch_fingerprint(path: Path) -> str:
     config = json.loads((path / "config.json").read_text())
     for key in _VOLATILE_CONFIG_KEYS:
         config.pop(key, None)
-    return hashlib.sha256((json.dumps(config, sort_keys=True) + tokenizer_fingerprint(path)).encode()).hexdigest()
+    return hashlib.sha256(
+        (json.dumps(config, sort_keys=True) + tokenizer_fingerprint(path)).encode()
+    ).hexdigest()

@@ -94,7 +94,7 @@ class PolicyRegistry:
         # readers, but takes disk. Only this host's, and only those whose process is gone.
         for d in self.versions_dir.glob(f"{_STAGING}{_HOST}-*"):
             try:
-                pid = int(d.name[len(f"{_STAGING}{_HOST}-"):].split("-")[0])
+                pid = int(d.name[len(f"{_STAGING}{_HOST}-") :].split("-")[0])
             except ValueError:
                 continue
             if not _alive(pid):
@@ -239,8 +239,15 @@ class PolicyRegistry:
                 existing = self.names()
                 number = int(VERSION_RE.match(existing[-1]).group(1)) + 1 if existing else 1
                 name = f"v{number:04d}"
-                info = VersionInfo(name=name, created=time.time(), source=source, parent=parent,
-                                   metrics=metrics or {}, extra=extra or {}, checksums=sums)
+                info = VersionInfo(
+                    name=name,
+                    created=time.time(),
+                    source=source,
+                    parent=parent,
+                    metrics=metrics or {},
+                    extra=extra or {},
+                    checksums=sums,
+                )
                 meta = staging / META_FILE
                 if meta.exists():
                     meta.chmod(stat.S_IWUSR | stat.S_IRUSR)

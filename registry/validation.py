@@ -38,7 +38,9 @@ def check_safetensors(path: Path) -> None:
     except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError, RecursionError) as exc:
         # Whatever the damage (truncation, garbage, a header that is not a table, nesting deep
         # enough to exhaust the parser), it is a refusal, never an error that escapes.
-        raise RegistryError(f"{path} is not a valid safetensors file ({type(exc).__name__}: {exc})"[:500]) from exc
+        raise RegistryError(
+            f"{path} is not a valid safetensors file ({type(exc).__name__}: {exc})"[:500]
+        ) from exc
 
 
 def validate_checkpoint(path: Path) -> None:
@@ -51,7 +53,9 @@ def validate_checkpoint(path: Path) -> None:
     files = [p for p in path.rglob("*") if p.is_file()]
     pickled = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
     if pickled:
-        raise RegistryError(f"checkpoint {path} holds pickle-format files {pickled}; only safetensors is accepted")
+        raise RegistryError(
+            f"checkpoint {path} holds pickle-format files {pickled}; only safetensors is accepted"
+        )
     weights = [p for p in files if p.suffix == ".safetensors"]
     if not weights:
         raise RegistryError(f"checkpoint {path} has no .safetensors weights")

@@ -47,7 +47,9 @@ def _dialogue(rng: random.Random) -> Dialogue:
     if kind == 5:
         animal = rng.choice(ANIMALS)
         color = rng.choice(COLORS)
-        return Dialogue(f"Describe a {animal}.", f"The {animal} is {color} and it lives near {rng.choice(PLACES)}.")
+        return Dialogue(
+            f"Describe a {animal}.", f"The {animal} is {color} and it lives near {rng.choice(PLACES)}."
+        )
     if kind == 6:
         items = rng.sample(WORDS, 3)
         return Dialogue(f"Reverse the list: {', '.join(items)}.", ", ".join(reversed(items)) + ".")

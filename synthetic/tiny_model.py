@@ -113,7 +113,9 @@ def build_tiny_model(out_dir: Path, cfg: TinyModelConfig) -> Path:
         optim.step()
         if step % 50 == 0 or step == cfg.pretrain_steps:
             rate = step / (time.monotonic() - started)
-            log.info("init-model: step %d/%d loss %.3f (%.1f steps/s)", step, cfg.pretrain_steps, loss.item(), rate)
+            log.info(
+                "init-model: step %d/%d loss %.3f (%.1f steps/s)", step, cfg.pretrain_steps, loss.item(), rate
+            )
 
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -124,5 +126,7 @@ def build_tiny_model(out_dir: Path, cfg: TinyModelConfig) -> Path:
     )
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    log.info("init-model: saved %s (%d parameters, vocab %d)", out_dir, model.num_parameters(), len(tokenizer))
+    log.info(
+        "init-model: saved %s (%d parameters, vocab %d)", out_dir, model.num_parameters(), len(tokenizer)
+    )
     return out_dir

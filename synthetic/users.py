@@ -50,9 +50,19 @@ class Population:
     `compare_every`-th request of a user (0: none) opts into blinded comparisons across versions
     (`compare_versions`)."""
 
-    def __init__(self, url: str, keys: str | list[str], prompts: list[str], users: int = 4, k: int = 4,
-                 max_tokens: int = 24, model: str = "alignloop-policy", pause_s: float = 0.0, seed: int = 0,
-                 compare_every: int = 0):
+    def __init__(
+        self,
+        url: str,
+        keys: str | list[str],
+        prompts: list[str],
+        users: int = 4,
+        k: int = 4,
+        max_tokens: int = 24,
+        model: str = "alignloop-policy",
+        pause_s: float = 0.0,
+        seed: int = 0,
+        compare_every: int = 0,
+    ):
         self.keys = [keys] if isinstance(keys, str) else list(keys)
         self.url, self.prompts, self.users, self.k = url, prompts, users, k
         self.max_tokens, self.model, self.pause_s, self.seed = max_tokens, model, pause_s, seed
@@ -73,10 +83,18 @@ class Population:
                 compare = bool(self.compare_every) and sent % self.compare_every == 0
                 at = time.time()
                 try:
-                    r = http.post("/v1/chat/completions", json={
-                        "model": self.model, "n": self.k, "max_tokens": self.max_tokens, "temperature": 1.0,
-                        "messages": [{"role": "user", "content": prompt}], "user": f"user-{n}",
-                        "compare_versions": compare})
+                    r = http.post(
+                        "/v1/chat/completions",
+                        json={
+                            "model": self.model,
+                            "n": self.k,
+                            "max_tokens": self.max_tokens,
+                            "temperature": 1.0,
+                            "messages": [{"role": "user", "content": prompt}],
+                            "user": f"user-{n}",
+                            "compare_versions": compare,
+                        },
+                    )
                 except httpx.HTTPError as exc:
                     with self._lock:
                         self.tally.requests += 1
@@ -100,7 +118,9 @@ class Population:
                 ranking = [[ids[i] for i in group] for group in order]
                 if len(ranking) < 2:
                     continue  # all equally good to this user: nothing to say
-                f = http.post("/v1/feedback/rankings", json={"ranking": [g[0] if len(g) == 1 else g for g in ranking]})
+                f = http.post(
+                    "/v1/feedback/rankings", json={"ranking": [g[0] if len(g) == 1 else g for g in ranking]}
+                )
                 with self._lock:
                     if f.status_code == 202:
                         self.tally.rankings += 1
@@ -109,7 +129,9 @@ class Population:
 
     def start(self) -> "Population":
         """Start the user threads."""
-        self._threads = [threading.Thread(target=self._user, args=(i,), daemon=True) for i in range(self.users)]
+        self._threads = [
+            threading.Thread(target=self._user, args=(i,), daemon=True) for i in range(self.users)
+        ]
         for t in self._threads:
             t.start()
         return self
@@ -124,6 +146,8 @@ class Population:
 
 def win_rate(answers_a: list[str], answers_b: list[str]) -> float:
     """How often the hidden rule prefers a's answer over b's (ties count half)."""
-    wins = sum(1.0 if hidden_score(a) > hidden_score(b) else 0.5 if hidden_score(a) == hidden_score(b) else 0.0
-               for a, b in zip(answers_a, answers_b))
+    wins = sum(
+        1.0 if hidden_score(a) > hidden_score(b) else 0.5 if hidden_score(a) == hidden_score(b) else 0.0
+        for a, b in zip(answers_a, answers_b)
+    )
     return wins / len(answers_a)

@@ -28,10 +28,16 @@ USER_KEY, USER2_KEY, SLOW_KEY, ADMIN_KEY = "sk-test-alice", "sk-test-bob", "sk-t
 RATER_KEY = "sk-test-rater"
 PRIVATE_KEY = "sk-test-private"  # opted out of labelling sampling
 # Keys with tight fairness limits, for the tests of those limits (tests/gateway/test_hostile_input.py).
-ONE_AT_A_TIME_KEY, SMALL_BUDGET_KEY, FEW_REQUESTS_KEY = "sk-test-one-at-a-time", "sk-test-small-budget", "sk-test-few"
+ONE_AT_A_TIME_KEY, SMALL_BUDGET_KEY, FEW_REQUESTS_KEY = (
+    "sk-test-one-at-a-time",
+    "sk-test-small-budget",
+    "sk-test-few",
+)
 # Several people, one key each: a canary's test counts at most a share of its verdicts per key.
 PEOPLE_KEYS = [f"sk-test-person-{i}" for i in range(4)]
-FUZZ_KEY = "sk-test-fuzz"  # tests/gateway/test_fuzz.py: generous limits, so fuzzing spends no other key's budget
+FUZZ_KEY = (
+    "sk-test-fuzz"  # tests/gateway/test_fuzz.py: generous limits, so fuzzing spends no other key's budget
+)
 MODEL = "alignloop-policy"
 # Small enough to build in seconds, trained enough to answer the corpus' questions.
 TEST_MODEL = TinyModelConfig(pretrain_steps=120, corpus_examples=3000)
@@ -88,9 +94,14 @@ class Gateway:
         """Start `alignloop serve` without waiting for it."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(self.log, "ab") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "alignloop", "serve", "--config", str(self.config)],
-                                            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "alignloop", "serve", "--config", str(self.config)],
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
         return self
 
     def wait(self, ready: bool = True) -> "Gateway":
@@ -120,15 +131,26 @@ class Gateway:
         return self.log.read_text(errors="replace")[-4000:]
 
 
-def _write_config(path: Path, state_dir: Path, port: int, kafka: str | None, swap_mode: str, labelling: str,
-                  registry_dir: Path | None = None, secret: str | None = None, extra: str = "",
-                  feedback_lines: str = "") -> None:
+def _write_config(
+    path: Path,
+    state_dir: Path,
+    port: int,
+    kafka: str | None,
+    swap_mode: str,
+    labelling: str,
+    registry_dir: Path | None = None,
+    secret: str | None = None,
+    extra: str = "",
+    feedback_lines: str = "",
+) -> None:
     feedback = f'[feedback]\nkafka_bootstrap = "{kafka}"\nkafka_timeout_s = 3\n' if kafka else "[feedback]\n"
     feedback += feedback_lines
     shared = f'registry_dir = "{registry_dir}"' if registry_dir else ""
     secrets = f'ownership_secrets = ["{secret}"]' if secret else ""
-    people = "\n".join(f'  {{ key = "{k}", name = "person-{i}", role = "user", requests_per_minute = 100000 }},'
-                       for i, k in enumerate(PEOPLE_KEYS))
+    people = "\n".join(
+        f'  {{ key = "{k}", name = "person-{i}", role = "user", requests_per_minute = 100000 }},'
+        for i, k in enumerate(PEOPLE_KEYS)
+    )
     path.write_text(f"""
 state_dir = "{state_dir}"
 {shared}
@@ -166,9 +188,17 @@ def write_pretraining_data(state_dir: Path) -> None:
     write_jsonl(StatePaths(state_dir).pretraining_data, ({"text": t} for t in pretraining_texts(512, seed=0)))
 
 
-def make_gateway(root: Path, model_dir: Path, kafka: str | None, swap_mode: str = "in_place",
-                 labelling: str = "sample_rate = 0.0", replica_of: Gateway | None = None,
-                 secret: str | None = None, extra: str = "", feedback: str = "") -> Gateway:
+def make_gateway(
+    root: Path,
+    model_dir: Path,
+    kafka: str | None,
+    swap_mode: str = "in_place",
+    labelling: str = "sample_rate = 0.0",
+    replica_of: Gateway | None = None,
+    secret: str | None = None,
+    extra: str = "",
+    feedback: str = "",
+) -> Gateway:
     """A configured, not yet started gateway whose registry holds v0001 (current) and v0002
     (same shapes, other weights). Labelling sampling is off unless asked for (TOML lines of the
     [gateway.labelling] table): the queue's extra generations would otherwise share the engine
@@ -182,11 +212,25 @@ def make_gateway(root: Path, model_dir: Path, kafka: str | None, swap_mode: str 
     else:
         registry = PolicyRegistry(state_dir / "registry")
         registry.publish(model_dir, source="tiny-model", make_current=True)
-        registry.publish(perturbed_copy(model_dir, root / "v2", seed=2), source="test:perturbed", parent="v0001")
+        registry.publish(
+            perturbed_copy(model_dir, root / "v2", seed=2), source="test:perturbed", parent="v0001"
+        )
     config = root / "alignloop.toml"
-    _write_config(config, state_dir, free_port(), kafka, swap_mode, labelling,
-                  registry.root if replica_of is not None else None, secret, extra, feedback)
-    port = int(next(line for line in config.read_text().splitlines() if line.startswith("port")).split("=")[1])
+    _write_config(
+        config,
+        state_dir,
+        free_port(),
+        kafka,
+        swap_mode,
+        labelling,
+        registry.root if replica_of is not None else None,
+        secret,
+        extra,
+        feedback,
+    )
+    port = int(
+        next(line for line in config.read_text().splitlines() if line.startswith("port")).split("=")[1]
+    )
     return Gateway(f"http://127.0.0.1:{port}", state_dir, registry, config, root / "gateway.log")
 
 
@@ -202,6 +246,8 @@ def gateway(tmp_path_factory, tiny_model_dir, kafka_broker) -> Gateway:
 def embedded_gateway(tmp_path_factory, tiny_model_dir) -> Gateway:
     """A second gateway with no broker configured (feedback goes to the embedded local log), and
     blue/green as its swap mode."""
-    gw = make_gateway(tmp_path_factory.mktemp("embedded"), tiny_model_dir, None, swap_mode="blue_green").start()
+    gw = make_gateway(
+        tmp_path_factory.mktemp("embedded"), tiny_model_dir, None, swap_mode="blue_green"
+    ).start()
     yield gw
     gw.stop()

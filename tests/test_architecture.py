@@ -16,12 +16,25 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 # Lowest first: each package may import only packages before it in this list (and itself).
-LAYERS = ["core", "registry", "inference", "feedback", "promotion", "trainer", "synthetic", "gateway", "alignloop"]
+LAYERS = [
+    "core",
+    "registry",
+    "inference",
+    "feedback",
+    "promotion",
+    "trainer",
+    "synthetic",
+    "gateway",
+    "alignloop",
+]
 EXTRA_ROOTS = ["benchmarks", "deploy"]
 MAX_MODULE_LINES = 300
 MAX_FUNCTION_LINES = 80
 FORBIDDEN = {  # package -> what it must never import, and why
-    "gateway": {"vllm": "the engine is inference's business", "trainer": "data flows gateway -> trainer only"},
+    "gateway": {
+        "vllm": "the engine is inference's business",
+        "trainer": "data flows gateway -> trainer only",
+    },
     "trainer": {"gateway": "data flows gateway -> trainer only", "synthetic": "training is for real data"},
 }
 
@@ -78,7 +91,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         stack.pop()
@@ -101,15 +114,23 @@ def test_forbidden_imports():
 
 
 def test_nothing_imports_the_command_line_package():
-    users = sorted(n for n, deps in module_graph().items()
-                   if not n.startswith("alignloop") and any(d.startswith("alignloop") for d in deps))
+    users = sorted(
+        n
+        for n, deps in module_graph().items()
+        if not n.startswith("alignloop") and any(d.startswith("alignloop") for d in deps)
+    )
     assert not users, users
 
 
 def test_packages_import_only_lower_layers():
     rank = {p: i for i, p in enumerate(LAYERS)}
-    upward = sorted(f"{p} -> {d}" for p, deps in package_graph().items() if p in rank
-                    for d in deps if d in rank and rank[d] > rank[p])
+    upward = sorted(
+        f"{p} -> {d}"
+        for p, deps in package_graph().items()
+        if p in rank
+        for d in deps
+        if d in rank and rank[d] > rank[p]
+    )
     assert not upward, upward
     assert find_cycle(package_graph()) is None
 

@@ -22,11 +22,18 @@ from trainer.evaluate import sampled_responses
 TRAIN_PROMPTS = [f"Describe a {a}." for a in ANIMALS[:7]]
 HELDOUT_PROMPTS = [f"Describe a {a}." for a in ANIMALS[7:]]
 LOOP_SETTINGS = [
-    "train.loop.min_new_comparisons=40", "train.loop.max_interval_s=3600", "train.loop.rm_max_steps=60",
+    "train.loop.min_new_comparisons=40",
+    "train.loop.max_interval_s=3600",
+    "train.loop.rm_max_steps=60",
     "train.loop.kl_budget=25",
     "train.rm.learning_rate=0.001",
-    "train.ppo.iterations=6", "train.ppo.rollout_batch=12", "train.ppo.minibatch=6", "train.ppo.max_new_tokens=24",
-    "train.ppo.learning_rate=0.0002", "train.ppo.rollout_engine=transformers", "train.ppo.save_every=0",
+    "train.ppo.iterations=6",
+    "train.ppo.rollout_batch=12",
+    "train.ppo.minibatch=6",
+    "train.ppo.max_new_tokens=24",
+    "train.ppo.learning_rate=0.0002",
+    "train.ppo.rollout_engine=transformers",
+    "train.ppo.save_every=0",
 ]
 
 
@@ -45,15 +52,25 @@ def loop_gateway(tmp_path, tiny_model_dir):
 
 def _gate_decisions(registry) -> dict:
     """Each trainer version's gate and canary decisions and reasons: what a failed run needs to explain itself."""
-    return {v: (registry.info(v).extra.get("gate", {}).get("decision"), registry.info(v).extra.get("gate", {}).get("reasons"),
-                (registry.decision(v) or {}).get("decision"), (registry.decision(v) or {}).get("reason"))
-            for v in registry.names() if registry.info(v).source == "trainer"}
+    return {
+        v: (
+            registry.info(v).extra.get("gate", {}).get("decision"),
+            registry.info(v).extra.get("gate", {}).get("reasons"),
+            (registry.decision(v) or {}).get("decision"),
+            (registry.decision(v) or {}).get("reason"),
+        )
+        for v in registry.names()
+        if registry.info(v).source == "trainer"
+    }
 
 
 def _promoted_by_people(registry) -> list[str]:
     """Trainer versions that the canary's sequential test promoted, oldest first."""
-    return [v for v in registry.names() if registry.info(v).source == "trainer"
-            and (registry.decision(v) or {}).get("decision") == "promoted"]
+    return [
+        v
+        for v in registry.names()
+        if registry.info(v).source == "trainer" and (registry.decision(v) or {}).get("decision") == "promoted"
+    ]
 
 
 def _dashboard_queries() -> list[tuple[str, str]]:
@@ -77,29 +94,52 @@ def _check_monitoring(prom: PrometheusServer, patience_s: float = 90) -> None:
         broken = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
         answers = [(title, expr, prom.query(expr)) for title, expr in _dashboard_queries()]
         empty = [(title, expr) for title, expr, result in answers if not result]
-        if (len(targets) == 3 and not down and len(rules) >= 9 and not broken and len(answers) > 25
-                and not empty) or time.monotonic() > deadline:
+        if (
+            len(targets) == 3
+            and not down
+            and len(rules) >= 9
+            and not broken
+            and len(answers) > 25
+            and not empty
+        ) or time.monotonic() > deadline:
             break
         time.sleep(3)
-    print("\nscrapes (url, seconds, error):", [(t["scrapeUrl"], t["lastScrapeDuration"], t["lastError"]) for t in targets])
-    print("dashboard panels:", json.dumps({f"{t}: {e}": [r["value"][1] for r in res][:4] for t, e, res in answers}, indent=1))
+    print(
+        "\nscrapes (url, seconds, error):",
+        [(t["scrapeUrl"], t["lastScrapeDuration"], t["lastError"]) for t in targets],
+    )
+    print(
+        "dashboard panels:",
+        json.dumps({f"{t}: {e}": [r["value"][1] for r in res][:4] for t, e, res in answers}, indent=1),
+    )
     assert len(targets) == 3 and not down, [(t["scrapeUrl"], t["health"], t["lastError"]) for t in targets]
     assert len(rules) >= 9 and not broken, broken
-    assert len(answers) > 25 and not empty, (f"dashboard panels with no data: {empty}; targets: "
-                                             f"{[(t['scrapeUrl'], t['lastScrapeDuration'], t['lastError']) for t in targets]}")
+    assert len(answers) > 25 and not empty, (
+        f"dashboard panels with no data: {empty}; targets: "
+        f"{[(t['scrapeUrl'], t['lastScrapeDuration'], t['lastError']) for t in targets]}"
+    )
 
 
 def test_the_loop_improves_the_served_policy(loop_gateway, gateway, tmp_path):
     gw = loop_gateway
     metrics_port = free_port()
     # Two gateways (this loop's and the session's) and the trainer, scraped every second.
-    prom = PrometheusServer(tmp_path / "prometheus", [gw.url.removeprefix("http://"), gateway.url.removeprefix("http://")],
-                            [f"127.0.0.1:{metrics_port}"], scrape_s=1).start()
+    prom = PrometheusServer(
+        tmp_path / "prometheus",
+        [gw.url.removeprefix("http://"), gateway.url.removeprefix("http://")],
+        [f"127.0.0.1:{metrics_port}"],
+        scrape_s=1,
+    ).start()
     sets = [*LOOP_SETTINGS, f"train.loop.metrics_port={metrics_port}"]
     args = [a for s in sets for a in ("--set", s)]
     log = open(tmp_path / "trainer.log", "wb")
-    trainer = subprocess.Popen([sys.executable, "-m", "alignloop", "trainer", "--config", str(gw.config), *args],
-                               cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "alignloop", "trainer", "--config", str(gw.config), *args],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
     users = Population(gw.url, PEOPLE_KEYS, TRAIN_PROMPTS, users=4, k=4, pause_s=1.3, compare_every=2).start()
     try:
         # Until people promoted a version of round 2 or later (trained on hundreds of rankings: round
@@ -108,12 +148,19 @@ def test_the_loop_improves_the_served_policy(loop_gateway, gateway, tmp_path):
         deadline = time.monotonic() + 1800
         while True:
             promoted = _promoted_by_people(gw.registry)
-            if promoted and gw.registry.info(promoted[-1]).extra["round"] >= 2 \
-                    and users.tally.versions.get(promoted[-1], 0) >= 5:
+            if (
+                promoted
+                and gw.registry.info(promoted[-1]).extra["round"] >= 2
+                and users.tally.versions.get(promoted[-1], 0) >= 5
+            ):
                 break
             assert trainer.poll() is None, (tmp_path / "trainer.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, (promoted, users.tally, _gate_decisions(gw.registry),
-                                                 (tmp_path / "trainer.log").read_text()[-3000:])
+            assert time.monotonic() < deadline, (
+                promoted,
+                users.tally,
+                _gate_decisions(gw.registry),
+                (tmp_path / "trainer.log").read_text()[-3000:],
+            )
             time.sleep(2)
         _check_monitoring(prom)  # while every process is still up: a stopped target's series go stale
         # A deliberately worse candidate: the base policy republished (with no trainer left to
@@ -125,8 +172,9 @@ def test_the_loop_improves_the_served_policy(loop_gateway, gateway, tmp_path):
         gw.registry.propose(worse)
         deadline = time.monotonic() + 600
         while (rolled_back := gw.registry.decision(worse)) is None:
-            assert time.monotonic() < deadline, httpx.get(f"{gw.url}/admin/promotion",
-                                                          headers={"Authorization": f"Bearer {ADMIN_KEY}"}).text
+            assert time.monotonic() < deadline, httpx.get(
+                f"{gw.url}/admin/promotion", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+            ).text
             time.sleep(2)
     finally:
         tally = users.stop()
@@ -140,7 +188,9 @@ def test_the_loop_improves_the_served_policy(loop_gateway, gateway, tmp_path):
     assert info.parent and info.extra["data"]["comparisons"] > 0 and info.extra["data"]["consumed"]
     assert gw.registry.current() == final
     decided = gw.registry.decision(final)
-    assert decided["evidence"]["n"] >= 20 and decided["evidence"]["llr"] >= decided["evidence"]["promote_bound"]
+    assert (
+        decided["evidence"]["n"] >= 20 and decided["evidence"]["llr"] >= decided["evidence"]["promote_bound"]
+    )
     assert info.extra["gate"]["decision"] == "proposed"
     assert rolled_back["decision"] == "rolled_back" and rolled_back["against"] == final, rolled_back
     assert rolled_back["evidence"]["rate"] < 0.5 and gw.registry.candidate() is None
@@ -149,10 +199,16 @@ def test_the_loop_improves_the_served_policy(loop_gateway, gateway, tmp_path):
         assert seen and all(len(v) == 1 for v in seen.values()), (decision["decision"], seen)
 
     # 3 held-out prompts x 64 sampled answers per policy: 192 pairs (standard error under 0.04).
-    rate = win_rate(sampled_responses(gw.registry.path(final), HELDOUT_PROMPTS, per_prompt=64),
-                    sampled_responses(gw.registry.path("v0001"), HELDOUT_PROMPTS, per_prompt=64))
-    print(f"\nversions served: {dict(tally.versions)} (+{tally.mixed} mixed); promoted by people {promoted}; "
-          f"decisions {_gate_decisions(gw.registry)}; "
-          f"hidden-rule win rate of {final} vs v0001 on held-out prompts: {rate:.3f}")
-    print(json.dumps({k: info.extra["gate"][k] for k in ("candidate_reward", "serving_reward", "kl_from_sft")}))
+    rate = win_rate(
+        sampled_responses(gw.registry.path(final), HELDOUT_PROMPTS, per_prompt=64),
+        sampled_responses(gw.registry.path("v0001"), HELDOUT_PROMPTS, per_prompt=64),
+    )
+    print(
+        f"\nversions served: {dict(tally.versions)} (+{tally.mixed} mixed); promoted by people {promoted}; "
+        f"decisions {_gate_decisions(gw.registry)}; "
+        f"hidden-rule win rate of {final} vs v0001 on held-out prompts: {rate:.3f}"
+    )
+    print(
+        json.dumps({k: info.extra["gate"][k] for k in ("candidate_reward", "serving_reward", "kl_from_sft")})
+    )
     assert rate > 0.60  # the stated margin: 10 points over no change

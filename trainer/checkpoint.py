@@ -49,18 +49,26 @@ def save_training_state(path: Path, optimizer: torch.optim.Optimizer, state: Tra
     path = Path(path) / STATE_DIR
     path.mkdir(parents=True, exist_ok=True)
     opt = optimizer.state_dict()
-    tensors = {f"opt.{pid}.{name}": value.detach().clone().contiguous()
-               for pid, slots in opt["state"].items() for name, value in slots.items() if torch.is_tensor(value)}
+    tensors = {
+        f"opt.{pid}.{name}": value.detach().clone().contiguous()
+        for pid, slots in opt["state"].items()
+        for name, value in slots.items()
+        if torch.is_tensor(value)
+    }
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():  # dropout and sampling on the GPU draw from its own generator
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     save_file(tensors, path / STATE_TENSORS)
     py_state = random.getstate()
-    (path / STATE_JSON).write_text(json.dumps({
-        "train_state": asdict(state),
-        "param_groups": opt["param_groups"],
-        "python_random": [py_state[0], list(py_state[1]), py_state[2]],
-    }))
+    (path / STATE_JSON).write_text(
+        json.dumps(
+            {
+                "train_state": asdict(state),
+                "param_groups": opt["param_groups"],
+                "python_random": [py_state[0], list(py_state[1]), py_state[2]],
+            }
+        )
+    )
 
 
 def load_training_state(path: Path, optimizer: torch.optim.Optimizer) -> TrainState:
@@ -97,8 +105,13 @@ def resumable(out_dir: Path, runtime: Runtime) -> bool:
     return has_training_state(out_dir)
 
 
-def save_checkpoint(out_dir: Path, optimizer: torch.optim.Optimizer, state: TrainState,
-                    save_model: Callable[[Path], None], runtime: Runtime) -> None:
+def save_checkpoint(
+    out_dir: Path,
+    optimizer: torch.optim.Optimizer,
+    state: TrainState,
+    save_model: Callable[[Path], None],
+    runtime: Runtime,
+) -> None:
     """The model(s) and the training state, swapped in whole (see the module docstring).
     save_model runs on every rank (gathering sharded weights is a collective) and writes on the main
     one. Under FSDP the optimiser moments are sharded and not saved: such a run restarts its stage

@@ -18,14 +18,26 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `train` subcommand's arguments."""
     parser.add_argument("stage", choices=["sft", "rm", "ppo"])
-    parser.add_argument("--init", type=Path, required=True,
-                        help="sft: base policy; rm: SFT policy (or an earlier RM); ppo: SFT policy")
-    parser.add_argument("--data", type=Path, required=True,
-                        help="sft: demonstrations.jsonl; rm: rankings.jsonl; ppo: prompts.jsonl")
-    parser.add_argument("--out", type=Path, required=True, help="output checkpoint dir (resumes if it holds a state)")
+    parser.add_argument(
+        "--init",
+        type=Path,
+        required=True,
+        help="sft: base policy; rm: SFT policy (or an earlier RM); ppo: SFT policy",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="sft: demonstrations.jsonl; rm: rankings.jsonl; ppo: prompts.jsonl",
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="output checkpoint dir (resumes if it holds a state)"
+    )
     parser.add_argument("--rm", type=Path, help="ppo: the reward model dir")
     parser.add_argument("--pretraining", type=Path, help="ppo: pretraining.jsonl for the ptx term")
-    parser.add_argument("--reference", type=Path, help="rm: demonstrations.jsonl whose mean reward is set to 0")
+    parser.add_argument(
+        "--reference", type=Path, help="rm: demonstrations.jsonl whose mean reward is set to 0"
+    )
     parser.add_argument("--max-steps", type=int, help="stop after this many steps (sft, rm)")
 
 
@@ -45,9 +57,18 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
     elif args.stage == "rm":
         from trainer.reward_training import train_rm
 
-        reference = [(r["prompt"], r["response"]) for r in read_jsonl(args.reference)] if args.reference else None
-        result = train_rm(args.init, load_rankings(args.data), args.out, cfg.rm, runtime, reference,
-                          max_steps=args.max_steps)
+        reference = (
+            [(r["prompt"], r["response"]) for r in read_jsonl(args.reference)] if args.reference else None
+        )
+        result = train_rm(
+            args.init,
+            load_rankings(args.data),
+            args.out,
+            cfg.rm,
+            runtime,
+            reference,
+            max_steps=args.max_steps,
+        )
     else:
         from trainer.ppo_training import train_ppo
 

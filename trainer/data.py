@@ -80,8 +80,9 @@ def response_ids(tok: PreTrainedTokenizerBase, response: str) -> list[int]:
     return text_ids(tok, response) + [tok.eos_token_id]
 
 
-def pad_batch(sequences: list[list[int]], pad_id: int, loss_from: list[int] | None = None,
-              max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_batch(
+    sequences: list[list[int]], pad_id: int, loss_from: list[int] | None = None, max_len: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-pad to one length; returns (input_ids, attention_mask, loss_mask), where loss_mask
     marks tokens at or after loss_from[i] (the response), or every real token if not given."""
     if max_len is not None:
@@ -91,31 +92,34 @@ def pad_batch(sequences: list[list[int]], pad_id: int, loss_from: list[int] | No
     attn = torch.zeros((len(sequences), width), dtype=torch.long)
     loss = torch.zeros((len(sequences), width), dtype=torch.long)
     for i, s in enumerate(sequences):
-        ids[i, :len(s)] = torch.tensor(s)
-        attn[i, :len(s)] = 1
+        ids[i, : len(s)] = torch.tensor(s)
+        attn[i, : len(s)] = 1
         start = loss_from[i] if loss_from is not None else 0
-        loss[i, start:len(s)] = 1
+        loss[i, start : len(s)] = 1
     return ids, attn, loss
 
 
-def encode_responses(tok: PreTrainedTokenizerBase, prompts: list[str], responses: list[str],
-                     max_len: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_responses(
+    tok: PreTrainedTokenizerBase, prompts: list[str], responses: list[str], max_len: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(prompt, response) sequences as one right-padded batch: (input_ids, attention_mask)."""
     seqs = [prompt_ids(tok, p) + response_ids(tok, r) for p, r in zip(prompts, responses)]
     ids, attn, _ = pad_batch(seqs, tok.pad_token_id, max_len=max_len)
     return ids, attn
 
 
-def encode_pairs(tok: PreTrainedTokenizerBase, prompts: list[str], responses: list[str],
-                 max_len: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def encode_pairs(
+    tok: PreTrainedTokenizerBase, prompts: list[str], responses: list[str], max_len: int = 256
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(prompt, response) pairs as one padded batch whose loss mask covers the responses only."""
     p = [prompt_ids(tok, x) for x in prompts]
     seqs = [pi + response_ids(tok, y) for pi, y in zip(p, responses)]
     return pad_batch(seqs, tok.pad_token_id, loss_from=[len(pi) for pi in p], max_len=max_len)
 
 
-def pretraining_batch(tok: PreTrainedTokenizerBase, texts: list[str], n: int, rng: random.Random,
-                      max_len: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pretraining_batch(
+    tok: PreTrainedTokenizerBase, texts: list[str], n: int, rng: random.Random, max_len: int = 128
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """n pretraining texts drawn with rng as (ids, attention, loss mask over every real token)."""
     seqs = [text_ids(tok, t) + [tok.eos_token_id] for t in rng.sample(texts, n)]
     return pad_batch(seqs, tok.pad_token_id, max_len=max_len)

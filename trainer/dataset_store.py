@@ -42,11 +42,13 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     topic TEXT, partition INTEGER, offset INTEGER, reason TEXT, value BLOB, at REAL, PRIMARY KEY (topic, partition, offset)
 );
 """
-_MIGRATIONS = ["ALTER TABLE completions ADD COLUMN caller TEXT",
-               # the newest comparison a round could see: what arrives after it is new to the next one
-               "ALTER TABLE rounds ADD COLUMN last_seq INTEGER",
-               # when the rater gave it (the event's timestamp): the feedback-to-deployment clock starts there
-               "ALTER TABLE comparisons ADD COLUMN at REAL"]
+_MIGRATIONS = [
+    "ALTER TABLE completions ADD COLUMN caller TEXT",
+    # the newest comparison a round could see: what arrives after it is new to the next one
+    "ALTER TABLE rounds ADD COLUMN last_seq INTEGER",
+    # when the rater gave it (the event's timestamp): the feedback-to-deployment clock starts there
+    "ALTER TABLE comparisons ADD COLUMN at REAL",
+]
 
 # Trainable comparisons: joined to a single-turn completion, the latest per (rater, request), and
 # at most :cap per rater (the latest). n = 1 is a rater's newest.
@@ -96,27 +98,51 @@ class DatasetStore:
         new = [0, 0]
         with durable_sqlite.transaction(self._db, self._lock) as cur:
             for d in delivered:
-                cur.execute("INSERT INTO consumed (topic, partition, first_offset, last_offset) VALUES (?, ?, ?, ?) "
-                            "ON CONFLICT (topic, partition) DO UPDATE SET "
-                            "first_offset = MIN(first_offset, excluded.first_offset), "
-                            "last_offset = MAX(last_offset, excluded.last_offset)",
-                            (d.topic, d.partition, d.offset, d.offset))
+                cur.execute(
+                    "INSERT INTO consumed (topic, partition, first_offset, last_offset) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (topic, partition) DO UPDATE SET "
+                    "first_offset = MIN(first_offset, excluded.first_offset), "
+                    "last_offset = MAX(last_offset, excluded.last_offset)",
+                    (d.topic, d.partition, d.offset, d.offset),
+                )
                 e = d.event
                 if e is None:
-                    cur.execute("INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?)",
-                                (d.topic, d.partition, d.offset, d.error, d.raw, time.time()))
+                    cur.execute(
+                        "INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?)",
+                        (d.topic, d.partition, d.offset, d.error, d.raw, time.time()),
+                    )
                     continue
-                if cur.execute("INSERT OR IGNORE INTO seen (event_id) VALUES (?)", (e.event_id,)).rowcount == 0:
+                if (
+                    cur.execute("INSERT OR IGNORE INTO seen (event_id) VALUES (?)", (e.event_id,)).rowcount
+                    == 0
+                ):
                     continue  # delivered before: already stored
                 if isinstance(e, CompletionServed):
-                    cur.execute("INSERT OR IGNORE INTO completions VALUES (?, ?, ?, ?, ?, ?)",
-                                (e.request_id, e.route, user_prompt(e), e.policy_version,
-                                 json.dumps({c.choice_id: c.text for c in e.choices}), e.caller))
+                    cur.execute(
+                        "INSERT OR IGNORE INTO completions VALUES (?, ?, ?, ?, ?, ?)",
+                        (
+                            e.request_id,
+                            e.route,
+                            user_prompt(e),
+                            e.policy_version,
+                            json.dumps({c.choice_id: c.text for c in e.choices}),
+                            e.caller,
+                        ),
+                    )
                     new[0] += 1
                 elif isinstance(e, Comparison):
-                    cur.execute("INSERT INTO comparisons (event_id, request_id, ranking, rater, policy_version, at) "
-                                "VALUES (?, ?, ?, ?, ?, ?)", (e.event_id, e.request_id, json.dumps(e.ranking), e.rater,
-                                                              e.policy_version, e.timestamp))
+                    cur.execute(
+                        "INSERT INTO comparisons (event_id, request_id, ranking, rater, policy_version, at) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (
+                            e.event_id,
+                            e.request_id,
+                            json.dumps(e.ranking),
+                            e.rater,
+                            e.policy_version,
+                            e.timestamp,
+                        ),
+                    )
                     new[1] += 1
         return new[0], new[1]
 
@@ -126,15 +152,20 @@ class DatasetStore:
 
     def counts(self) -> dict[str, int]:
         """How much the dataset holds."""
-        return {"completions": self._rows("SELECT COUNT(*) FROM completions")[0][0],
-                "comparisons": self._rows("SELECT COUNT(*) FROM comparisons")[0][0],
-                "events": self._rows("SELECT COUNT(*) FROM seen")[0][0]}
+        return {
+            "completions": self._rows("SELECT COUNT(*) FROM completions")[0][0],
+            "comparisons": self._rows("SELECT COUNT(*) FROM comparisons")[0][0],
+            "events": self._rows("SELECT COUNT(*) FROM seen")[0][0],
+        }
 
     def dead_letters(self) -> list[dict]:
         """Records that were not events: where they were and why."""
-        return [{"topic": t, "partition": p, "offset": o, "reason": r}
-                for t, p, o, r in self._rows("SELECT topic, partition, offset, reason FROM dead_letters "
-                                             "ORDER BY topic, partition, offset")]
+        return [
+            {"topic": t, "partition": p, "offset": o, "reason": r}
+            for t, p, o, r in self._rows(
+                "SELECT topic, partition, offset, reason FROM dead_letters ORDER BY topic, partition, offset"
+            )
+        ]
 
     def joined_count(self) -> int:
         """Trainable comparisons (what a round can train on, after the per-user rules)."""
@@ -148,8 +179,11 @@ class DatasetStore:
         """Trainable comparisons stored after `seq`, counting at most per_user_cap per rater: what
         triggers a round. (Counting the capped total instead stops counting once every rater is at
         the cap: a service with one busy key would never train again.)"""
-        return self._rows(_USABLE + "SELECT COALESCE(SUM(MIN(c, ?)), 0) FROM (SELECT COUNT(*) AS c FROM joined "
-                          "WHERE k = 1 AND seq > ? GROUP BY rater)", (self.per_user_cap, seq))[0][0]
+        return self._rows(
+            _USABLE + "SELECT COALESCE(SUM(MIN(c, ?)), 0) FROM (SELECT COUNT(*) AS c FROM joined "
+            "WHERE k = 1 AND seq > ? GROUP BY rater)",
+            (self.per_user_cap, seq),
+        )[0][0]
 
     def first_at_since(self, seq: int) -> float | None:
         """When the oldest comparison stored after `seq` was given (None: none, or stored before times were)."""
@@ -163,15 +197,20 @@ class DatasetStore:
         """Trainable comparisons joined to the texts they rank, oldest first, with their raters."""
         out = []
         for ranking_json, prompt, choices_json, rater in self._rows(
-                _USABLE + "SELECT ranking, prompt, choices, rater FROM usable WHERE n <= ? ORDER BY seq",
-                (self.per_user_cap,)):
+            _USABLE + "SELECT ranking, prompt, choices, rater FROM usable WHERE n <= ? ORDER BY seq",
+            (self.per_user_cap,),
+        ):
             groups, choices = json.loads(ranking_json), json.loads(choices_json)
             ids = [cid for g in groups for cid in g]
             if not all(cid in choices for cid in ids):
                 continue
             index = {cid: i for i, cid in enumerate(ids)}
-            out.append(RankedBy(Ranking(prompt, [choices[cid] for cid in ids], [[index[c] for c in g] for g in groups]),
-                                rater or ""))
+            out.append(
+                RankedBy(
+                    Ranking(prompt, [choices[cid] for cid in ids], [[index[c] for c in g] for g in groups]),
+                    rater or "",
+                )
+            )
         return out
 
     def rankings(self) -> list[Ranking]:
@@ -181,36 +220,68 @@ class DatasetStore:
     def per_user(self) -> dict[str, dict[str, int]]:
         """Per rater: comparisons stored and comparisons a round may use (lineage)."""
         stored = dict(self._rows("SELECT COALESCE(rater, ''), COUNT(*) FROM comparisons GROUP BY rater"))
-        used = dict(self._rows(_USABLE + "SELECT COALESCE(rater, ''), COUNT(*) FROM usable WHERE n <= ? GROUP BY rater",
-                               (self.per_user_cap,)))
+        used = dict(
+            self._rows(
+                _USABLE + "SELECT COALESCE(rater, ''), COUNT(*) FROM usable WHERE n <= ? GROUP BY rater",
+                (self.per_user_cap,),
+            )
+        )
         return {r: {"stored": n, "used": used.get(r, 0)} for r, n in stored.items()}
 
     def prompts(self) -> list[str]:
         """Distinct single-turn user prompts served, each caller's latest per_user_cap requests at most."""
-        return [r[0] for r in self._rows(
-            "WITH ranked AS (SELECT prompt, ROW_NUMBER() OVER (PARTITION BY caller ORDER BY rowid DESC) AS n "
-            "FROM completions WHERE prompt IS NOT NULL) SELECT DISTINCT prompt FROM ranked WHERE n <= ? ORDER BY prompt",
-            (self.per_user_cap,))]
+        return [
+            r[0]
+            for r in self._rows(
+                "WITH ranked AS (SELECT prompt, ROW_NUMBER() OVER (PARTITION BY caller ORDER BY rowid DESC) AS n "
+                "FROM completions WHERE prompt IS NOT NULL) SELECT DISTINCT prompt FROM ranked WHERE n <= ? ORDER BY prompt",
+                (self.per_user_cap,),
+            )
+        ]
 
     def consumed(self) -> list[dict]:
         """The offset ranges consumed, per topic and partition (lineage)."""
-        return [{"topic": t, "partition": p, "first": f, "last": last}
-                for t, p, f, last in self._rows("SELECT * FROM consumed ORDER BY topic, partition")]
+        return [
+            {"topic": t, "partition": p, "first": f, "last": last}
+            for t, p, f, last in self._rows("SELECT * FROM consumed ORDER BY topic, partition")
+        ]
 
     def last_round(self) -> dict | None:
         """The latest finished round, or None."""
-        rows = self._rows("SELECT round, finished, comparisons, version, rm_dir, decision, last_seq FROM rounds "
-                          "ORDER BY round DESC LIMIT 1")
+        rows = self._rows(
+            "SELECT round, finished, comparisons, version, rm_dir, decision, last_seq FROM rounds "
+            "ORDER BY round DESC LIMIT 1"
+        )
         if not rows:
             return None
         keys = ("round", "finished", "comparisons", "version", "rm_dir", "decision", "last_seq")
         return dict(zip(keys, rows[0]))
 
-    def record_round(self, number: int, started: float, comparisons: int, version: str | None, rm_dir: str,
-                     decision: str, record: dict, last_seq: int = 0) -> None:
+    def record_round(
+        self,
+        number: int,
+        started: float,
+        comparisons: int,
+        version: str | None,
+        rm_dir: str,
+        decision: str,
+        record: dict,
+        last_seq: int = 0,
+    ) -> None:
         """Remember a finished round (`last_seq`: the newest comparison it could train on)."""
         with durable_sqlite.transaction(self._db, self._lock) as cur:
-            cur.execute("INSERT OR REPLACE INTO rounds (round, started, finished, comparisons, version, rm_dir, "
-                        "decision, record, last_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (number, started, time.time(), comparisons, version, rm_dir, decision, json.dumps(record),
-                         last_seq))
+            cur.execute(
+                "INSERT OR REPLACE INTO rounds (round, started, finished, comparisons, version, rm_dir, "
+                "decision, record, last_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    number,
+                    started,
+                    time.time(),
+                    comparisons,
+                    version,
+                    rm_dir,
+                    decision,
+                    json.dumps(record),
+                    last_seq,
+                ),
+            )

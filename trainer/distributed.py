@@ -29,7 +29,7 @@ class World:
 
     def shard(self, items: list) -> list:
         """This rank's share of a list (every size-th item)."""
-        return items[self.rank::self.size]
+        return items[self.rank :: self.size]
 
     def mean(self, value: float) -> float:
         """The mean of a number over all ranks."""

@@ -48,10 +48,25 @@ def _free() -> None:
         torch.cuda.empty_cache()
 
 
-def evaluate(candidate: Path, serving: Path, sft: Path, rm: Path, prompts: list[str], pretraining: list[str], *,
-             margin: float, kl_budget: float, ptx_regression: float, max_new_tokens: int = 32,
-             runtime: Runtime | None = None, batch: int = BATCH, judge_set: list | None = None,
-             min_judge_accuracy: float = 0.0, samples_per_prompt: int = 8, confidence_z: float = 0.0) -> GateResult:
+def evaluate(
+    candidate: Path,
+    serving: Path,
+    sft: Path,
+    rm: Path,
+    prompts: list[str],
+    pretraining: list[str],
+    *,
+    margin: float,
+    kl_budget: float,
+    ptx_regression: float,
+    max_new_tokens: int = 32,
+    runtime: Runtime | None = None,
+    batch: int = BATCH,
+    judge_set: list | None = None,
+    min_judge_accuracy: float = 0.0,
+    samples_per_prompt: int = 8,
+    confidence_z: float = 0.0,
+) -> GateResult:
     """Run every check; the candidate passes only if all do."""
     runtime = runtime or Runtime()
     tok = AutoTokenizer.from_pretrained(sft)
@@ -61,8 +76,10 @@ def evaluate(candidate: Path, serving: Path, sft: Path, rm: Path, prompts: list[
     if judge_set:
         metrics["judge_accuracy"] = pairwise_accuracy(reward_model, tok, judge_set, runtime=runtime)
         if metrics["judge_accuracy"] < min_judge_accuracy:
-            reasons.append(f"the reward model orders held-out comparisons only {metrics['judge_accuracy']:.2f} of the "
-                           f"time (needs {min_judge_accuracy}): its scores do not judge the candidate")
+            reasons.append(
+                f"the reward model orders held-out comparisons only {metrics['judge_accuracy']:.2f} of the "
+                f"time (needs {min_judge_accuracy}): its scores do not judge the candidate"
+            )
 
     cand = load_causal_lm(candidate, runtime, frozen=True)
     if any(not torch.isfinite(t).all() for t in cand.state_dict().values()):
@@ -104,13 +121,17 @@ def evaluate(candidate: Path, serving: Path, sft: Path, rm: Path, prompts: list[
     if any(not math.isfinite(v) for v in metrics.values()):
         reasons.append("a metric is NaN or infinite")
     if not metrics["reward_gain_lower"] > margin:
-        reasons.append(f"reward {metrics['candidate_reward']:.3f} does not beat serving "
-                       f"{metrics['serving_reward']:.3f} by {margin} with confidence (gain "
-                       f"{metrics['reward_gain']:.3f} - {confidence_z} x {metrics['reward_gain_stderr']:.3f} = "
-                       f"{metrics['reward_gain_lower']:.3f})")
+        reasons.append(
+            f"reward {metrics['candidate_reward']:.3f} does not beat serving "
+            f"{metrics['serving_reward']:.3f} by {margin} with confidence (gain "
+            f"{metrics['reward_gain']:.3f} - {confidence_z} x {metrics['reward_gain_stderr']:.3f} = "
+            f"{metrics['reward_gain_lower']:.3f})"
+        )
     if metrics["kl_from_sft"] > kl_budget:
         reasons.append(f"KL from SFT {metrics['kl_from_sft']:.3f} exceeds the budget {kl_budget}")
     if pretraining and metrics["candidate_ptx_loss"] > metrics["sft_ptx_loss"] * (1 + ptx_regression):
-        reasons.append(f"pretraining loss {metrics['candidate_ptx_loss']:.3f} regresses past "
-                       f"{metrics['sft_ptx_loss']:.3f} x {1 + ptx_regression}")
+        reasons.append(
+            f"pretraining loss {metrics['candidate_ptx_loss']:.3f} regresses past "
+            f"{metrics['sft_ptx_loss']:.3f} x {1 + ptx_regression}"
+        )
     return GateResult(not reasons, reasons, metrics)

@@ -45,7 +45,10 @@ class LeaderLease:
             os.close(fd)
             return False
         os.ftruncate(fd, 0)
-        os.write(fd, f"{socket.gethostname()} pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
+        os.write(
+            fd,
+            f"{socket.gethostname()} pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode(),
+        )
         self._fd = fd
         return True
 
@@ -54,7 +57,11 @@ class LeaderLease:
         waited = 0.0
         while not self.try_acquire():
             if waited == 0.0:
-                log.warning("trainer: another trainer leads (%s, lease %s); waiting to take over", self.holder(), self.path)
+                log.warning(
+                    "trainer: another trainer leads (%s, lease %s); waiting to take over",
+                    self.holder(),
+                    self.path,
+                )
             if stop and stop():
                 return False
             time.sleep(poll_s)

@@ -20,8 +20,13 @@ _PEFT_PREFIX = "base_model.model."
 
 def add_adapter(model: torch.nn.Module, cfg: LoRAConfig, task_type: str) -> PeftModel:
     """The model with a fresh adapter (only the adapter trains; the base is frozen)."""
-    config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                        target_modules=list(cfg.target_modules), task_type=task_type)
+    config = LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        task_type=task_type,
+    )
     return get_peft_model(model, config)
 
 
@@ -48,7 +53,11 @@ def _adapted(state: dict[str, torch.Tensor]):
         stem, leaf = key.split(".base_layer.")
         a = next((v for k, v in state.items() if k.startswith(f"{stem}.lora_A.") and k.endswith(leaf)), None)
         b = next((v for k, v in state.items() if k.startswith(f"{stem}.lora_B.") and k.endswith(leaf)), None)
-        yield f"{stem}.{leaf}", value, (a, b) if leaf == "weight" and a is not None and b is not None else None
+        yield (
+            f"{stem}.{leaf}",
+            value,
+            (a, b) if leaf == "weight" and a is not None and b is not None else None,
+        )
 
 
 def merged_state_dict(state: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:

@@ -35,7 +35,11 @@ def trainable_policy(path: Path, runtime: Runtime, adapter: Path | None = None) 
     if runtime.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if runtime.lora.enabled:
-        model = lora.load_adapter(model, adapter) if adapter else lora.add_adapter(model, runtime.lora, "CAUSAL_LM")
+        model = (
+            lora.load_adapter(model, adapter)
+            if adapter
+            else lora.add_adapter(model, runtime.lora, "CAUSAL_LM")
+        )
     return model.train()
 
 
@@ -51,8 +55,9 @@ def save_dtype(runtime: Runtime, base: Path) -> torch.dtype:
     return checkpoint_dtype(base) if runtime.save_dtype == "auto" else DTYPES[runtime.save_dtype]
 
 
-def save_policy(model: torch.nn.Module, tok: PreTrainedTokenizerBase, out_dir: Path, runtime: Runtime,
-                base: Path) -> None:
+def save_policy(
+    model: torch.nn.Module, tok: PreTrainedTokenizerBase, out_dir: Path, runtime: Runtime, base: Path
+) -> None:
     """The policy as an ordinary HF checkpoint (LoRA merged in) in the save dtype, plus the adapter
     (for resuming) when it has one. A collective under FSDP: every rank calls it, rank 0 writes."""
     model = unwrap(model)
@@ -63,12 +68,17 @@ def save_policy(model: torch.nn.Module, tok: PreTrainedTokenizerBase, out_dir: P
     if lora.is_lora(model):
         model.save_pretrained(Path(out_dir) / lora.ADAPTER_DIR, state_dict=state)
         if dtype != torch.float32:
-            log.info("lora: the merged policy is published in %s, which keeps the adapter's update to within "
-                     "%.1f%% (train.save_dtype=fp32 keeps all of it)", str(dtype).removeprefix("torch."),
-                     100 * lora.update_lost(state, lora.scaling(runtime.lora), dtype))
+            log.info(
+                "lora: the merged policy is published in %s, which keeps the adapter's update to within "
+                "%.1f%% (train.save_dtype=fp32 keeps all of it)",
+                str(dtype).removeprefix("torch."),
+                100 * lora.update_lost(state, lora.scaling(runtime.lora), dtype),
+            )
         state = lora.merged_state_dict(state, lora.scaling(runtime.lora))
     plain = lora.base_model(model)
-    plain.save_pretrained(out_dir, state_dict={k: v.to(dtype) for k, v in state.items()}, safe_serialization=True)
+    plain.save_pretrained(
+        out_dir, state_dict={k: v.to(dtype) for k, v in state.items()}, safe_serialization=True
+    )
     _mark_dtype(Path(out_dir) / "config.json", dtype)
     tok.save_pretrained(out_dir)
 

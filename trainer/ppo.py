@@ -28,8 +28,9 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torc
     return out * mask
 
 
-def kl_penalized_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, scores: torch.Tensor,
-                         mask: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def kl_penalized_rewards(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token rewards: −β·(log π − log π_ref) at every token, plus the RM score at the last one.
 
     Returns (rewards, kl) where kl is the per-token log-ratio."""
@@ -40,26 +41,32 @@ def kl_penalized_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, sco
     return rewards * mask, kl
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
-        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over response tokens; returns (advantages, returns)."""
     advantages = torch.zeros_like(rewards)
     next_value = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
     running = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
     for t in reversed(range(rewards.shape[1])):
         m = mask[:, t]
-        delta = rewards[:, t] + gamma * next_value - values[:, t]       # δ_t = r_t + γV_{t+1} − V_t
-        running = delta + gamma * lam * running                          # A_t = δ_t + γλA_{t+1}
+        delta = rewards[:, t] + gamma * next_value - values[:, t]  # δ_t = r_t + γV_{t+1} − V_t
+        running = delta + gamma * lam * running  # A_t = δ_t + γλA_{t+1}
         advantages[:, t] = running * m
         # Padding after the response keeps the values from beyond it out of the recursion.
         next_value = torch.where(m.bool(), values[:, t], next_value)
         running = running * m
-    returns = advantages + values * mask                                 # R_t = A_t + V_t
+    returns = advantages + values * mask  # R_t = A_t + V_t
     return advantages, returns
 
 
-def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                mask: torch.Tensor, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped surrogate loss; returns (loss, fraction of tokens clipped)."""
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = -advantages * ratio
@@ -69,15 +76,21 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     return loss, clipfrac
 
 
-def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               clip: float) -> torch.Tensor:
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float
+) -> torch.Tensor:
     """Clipped value loss: ½·max((V − R)², (clip(V) − R)²)."""
     clipped = old_values + torch.clamp(values - old_values, -clip, clip)
     return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
 
 
-def ppo_ptx_loss(pg_loss: torch.Tensor, vf_loss: torch.Tensor, ptx_lm_loss: torch.Tensor | None,
-                 vf_coef: float, ptx_coef: float) -> torch.Tensor:
+def ppo_ptx_loss(
+    pg_loss: torch.Tensor,
+    vf_loss: torch.Tensor,
+    ptx_lm_loss: torch.Tensor | None,
+    vf_coef: float,
+    ptx_coef: float,
+) -> torch.Tensor:
     """PPO's loss plus γ times the pretraining LM loss (γ = 0 or no batch: plain PPO)."""
     loss = pg_loss + vf_coef * vf_loss
     if ptx_lm_loss is not None and ptx_coef:

@@ -34,9 +34,9 @@ class PPOModels:
     reference: torch.nn.Module | None  # None: the policy's own base with its adapter disabled
     reward_model: RewardModel
     value: RewardModel
-    policy_train: torch.nn.Module      # the policy as the update calls it (DDP/FSDP when distributed)
+    policy_train: torch.nn.Module  # the policy as the update calls it (DDP/FSDP when distributed)
     value_train: torch.nn.Module
-    shares_backbone: bool              # value and reward model share one backbone (LoRA)
+    shares_backbone: bool  # value and reward model share one backbone (LoRA)
 
     def trainable(self) -> list[torch.nn.Parameter]:
         """What the optimiser updates."""
@@ -68,8 +68,14 @@ class PPOModels:
             self.value.save_pretrained(Path(out_dir) / VALUE_DIR, state, dtype=torch.float32)
 
 
-def load_ppo_models(sft: Path, rm: Path, runtime: Runtime, start: Path | None = None,
-                    adapter: Path | None = None, resume_from: Path | None = None) -> PPOModels:
+def load_ppo_models(
+    sft: Path,
+    rm: Path,
+    runtime: Runtime,
+    start: Path | None = None,
+    adapter: Path | None = None,
+    resume_from: Path | None = None,
+) -> PPOModels:
     """The models for a PPO run: the policy from `start` (default SFT; with LoRA, `adapter` on the
     SFT base goes on training), the value model from the RM; or everything from `resume_from`."""
     use_lora = runtime.lora.enabled
@@ -90,13 +96,21 @@ def load_ppo_models(sft: Path, rm: Path, runtime: Runtime, start: Path | None = 
         value_dir = resume_from / VALUE_DIR if resume_from is not None else None
         value = RewardModel.with_shared_backbone(reward_model, runtime.lora, value_dir)
     else:
-        value = RewardModel.from_pretrained(resume_from / VALUE_DIR if resume_from is not None else rm, runtime)
+        value = RewardModel.from_pretrained(
+            resume_from / VALUE_DIR if resume_from is not None else rm, runtime
+        )
     value.train()
     world, sharding = runtime.world, runtime.sharding
     if world.size > 1 and sharding == "fsdp":  # frozen models are sharded too: they are as big
         for frozen in (reference, reward_model):
             if frozen is not None:
                 wrap(frozen, world, sharding)
-    return PPOModels(policy, reference, reward_model, value, wrap(policy, world, sharding),
-                     wrap(value, world, sharding), shares)
-
+    return PPOModels(
+        policy,
+        reference,
+        reward_model,
+        value,
+        wrap(policy, world, sharding),
+        wrap(value, world, sharding),
+        shares,
+    )

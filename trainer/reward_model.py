@@ -28,7 +28,13 @@ META_FILE = "reward_model.json"
 
 def ranking_pairs(ranking: list[list[int]]) -> list[tuple[int, int]]:
     """(better, worse) index pairs of a best-first ranking whose inner lists are ties."""
-    return [(w, l) for i, better in enumerate(ranking) for worse in ranking[i + 1:] for w in better for l in worse]
+    return [
+        (w, l)
+        for i, better in enumerate(ranking)
+        for worse in ranking[i + 1 :]
+        for w in better
+        for l in worse
+    ]
 
 
 def kwise_loss(rewards: torch.Tensor, ranking: list[list[int]]) -> torch.Tensor:
@@ -58,7 +64,9 @@ class RewardModel(nn.Module):
     def config(self):
         return self.backbone.config
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, all_positions: bool = False) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, all_positions: bool = False
+    ) -> torch.Tensor:
         """One score per sequence, read at its last non-padding token (right padding); or, with
         all_positions, the head at every position ([batch, seq]: what the value function uses)."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -82,8 +90,9 @@ class RewardModel(nn.Module):
         self._load_head(Path(path))
 
     @classmethod
-    def with_shared_backbone(cls, reward_model: "RewardModel", cfg: LoRAConfig,
-                             resume: Path | None = None) -> "RewardModel":
+    def with_shared_backbone(
+        cls, reward_model: "RewardModel", cfg: LoRAConfig, resume: Path | None = None
+    ) -> "RewardModel":
         """A value model that is an adapter on reward_model's frozen backbone, with a head of its own
         initialised from the reward model's (or both resumed from `resume`). The reward model scores
         with the adapter disabled."""
@@ -106,7 +115,9 @@ class RewardModel(nn.Module):
             self.offset.fill_(json.loads((path / META_FILE).read_text())["offset"])
 
     @classmethod
-    def from_pretrained(cls, path: Path, runtime: Runtime | None = None, *, frozen: bool = False) -> "RewardModel":
+    def from_pretrained(
+        cls, path: Path, runtime: Runtime | None = None, *, frozen: bool = False
+    ) -> "RewardModel":
         """Load a saved reward model, or start one from a causal-LM checkpoint (fresh head): fp32 to
         train, or frozen in the runtime's compute dtype."""
         path, runtime = Path(path), runtime or Runtime()
@@ -123,11 +134,19 @@ class RewardModel(nn.Module):
         """Only the adapter, head and offset (a value model on a shared backbone)."""
         path = Path(path)
         self.backbone.save_pretrained(path / lora.ADAPTER_DIR)
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in self.head.state_dict().items()}, path / HEAD_FILE)
+        save_file(
+            {k: v.detach().float().cpu().contiguous() for k, v in self.head.state_dict().items()},
+            path / HEAD_FILE,
+        )
         (path / META_FILE).write_text(json.dumps({"offset": float(self.offset)}))
 
-    def save_pretrained(self, path: Path, state: dict[str, torch.Tensor] | None = None,
-                        dtype: torch.dtype | None = None, lora_scaling: float = 1.0) -> None:
+    def save_pretrained(
+        self,
+        path: Path,
+        state: dict[str, torch.Tensor] | None = None,
+        dtype: torch.dtype | None = None,
+        lora_scaling: float = 1.0,
+    ) -> None:
         """Backbone in HF format (any adapter merged in), head and offset beside it; safetensors only.
         `state` is a gathered state dict of this model (FSDP); by default its own."""
         path = Path(path)
@@ -138,6 +157,7 @@ class RewardModel(nn.Module):
             self.backbone.save_pretrained(path / lora.ADAPTER_DIR, state_dict=backbone)
             backbone = lora.merged_state_dict(backbone, lora_scaling)
         lora.base_model(self.backbone).save_pretrained(
-            path, state_dict={k: v.to(dtype) for k, v in backbone.items()}, safe_serialization=True)
+            path, state_dict={k: v.to(dtype) for k, v in backbone.items()}, safe_serialization=True
+        )
         save_file({k: state[f"head.{k}"].float().contiguous() for k in ("weight", "bias")}, path / HEAD_FILE)
         (path / META_FILE).write_text(json.dumps({"offset": float(state["offset"])}))

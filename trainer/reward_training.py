@@ -29,8 +29,9 @@ def split(rankings: list[Ranking], eval_fraction: float) -> tuple[list[Ranking],
     return [r for r, h in zip(rankings, held) if not h], [r for r, h in zip(rankings, held) if h]
 
 
-def pairwise_accuracy(model: RewardModel, tok, rankings: list[Ranking], max_len: int = 256,
-                      runtime: Runtime | None = None) -> float:
+def pairwise_accuracy(
+    model: RewardModel, tok, rankings: list[Ranking], max_len: int = 256, runtime: Runtime | None = None
+) -> float:
     """The fraction of the held-out rankings' pairs that the model orders as the ranking does."""
     right = total = 0
     for r in rankings:
@@ -55,8 +56,15 @@ def _load(init: Path, out_dir: Path, runtime: Runtime) -> RewardModel:
     return model.train()
 
 
-def train_rm(init: Path, rankings: list[Ranking], out_dir: Path, cfg: RMConfig, runtime: Runtime | None = None,
-             reference: list[tuple[str, str]] | None = None, max_steps: int | None = None) -> dict[str, float]:
+def train_rm(
+    init: Path,
+    rankings: list[Ranking],
+    out_dir: Path,
+    cfg: RMConfig,
+    runtime: Runtime | None = None,
+    reference: list[tuple[str, str]] | None = None,
+    max_steps: int | None = None,
+) -> dict[str, float]:
     """Train a reward model from init (an SFT policy or an earlier RM) into out_dir.
 
     Each step takes batch_size rankings; all responses of a ranking are forwarded once and its
@@ -79,7 +87,7 @@ def train_rm(init: Path, rankings: list[Ranking], out_dir: Path, cfg: RMConfig, 
             rewards = ddp(ids, attn)
         losses, start = [], 0
         for r in batch:
-            losses.append(kwise_loss(rewards[start:start + len(r.responses)], r.ranking))
+            losses.append(kwise_loss(rewards[start : start + len(r.responses)], r.ranking))
             start += len(r.responses)
         loss = torch.stack(losses).mean()
         optimizer_step(loss, optimizer, list(model.parameters()))
@@ -91,19 +99,38 @@ def train_rm(init: Path, rankings: list[Ranking], out_dir: Path, cfg: RMConfig, 
             unwrap(ddp).save_pretrained(d, state, save_dtype(runtime, init), scaling(runtime.lora))
             tok.save_pretrained(d)
 
-    state, train_seconds = loop.run(name="rm", n_items=len(train), batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed,
-                     optimizer=optimizer, step=step, save=save, out_dir=out_dir, runtime=runtime,
-                     save_every=cfg.save_every, max_steps=max_steps,
-                     lengths=[len(r.prompt) + max(map(len, r.responses)) for r in train])
+    state, train_seconds = loop.run(
+        name="rm",
+        n_items=len(train),
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        seed=cfg.seed,
+        optimizer=optimizer,
+        step=step,
+        save=save,
+        out_dir=out_dir,
+        runtime=runtime,
+        save_every=cfg.save_every,
+        max_steps=max_steps,
+        lengths=[len(r.prompt) + max(map(len, r.responses)) for r in train],
+    )
     model.eval()
     if reference:
         with torch.no_grad(), runtime.autocast():
-            offset = score(model, tok, [p for p, _ in reference], [y for _, y in reference], cfg.max_len,
-                           runtime=runtime).mean()
+            offset = score(
+                model, tok, [p for p, _ in reference], [y for _, y in reference], cfg.max_len, runtime=runtime
+            ).mean()
         model.offset += offset
         save_checkpoint(out_dir, optimizer, state, save, runtime)
-    metrics = {"heldout_accuracy": pairwise_accuracy(model, tok, held, cfg.max_len, runtime) if held else float("nan"),
-               "heldout_rankings": len(held), "train_rankings": len(train), "steps": state.step,
-               "comparisons": sum(len(ranking_pairs(r.ranking)) for r in train), "train_seconds": train_seconds}
+    metrics = {
+        "heldout_accuracy": pairwise_accuracy(model, tok, held, cfg.max_len, runtime)
+        if held
+        else float("nan"),
+        "heldout_rankings": len(held),
+        "train_rankings": len(train),
+        "steps": state.step,
+        "comparisons": sum(len(ranking_pairs(r.ranking)) for r in train),
+        "train_seconds": train_seconds,
+    }
     log.info("rm: held-out pairwise accuracy %.3f on %d rankings", metrics["heldout_accuracy"], len(held))
     return metrics

@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 
 
 class Sampler(Protocol):
-    def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, seed: int) -> list[list[int]]:
+    def generate(
+        self, prompts: list[list[int]], max_new_tokens: int, temperature: float, seed: int
+    ) -> list[list[int]]:
         """One response (token ids, EOS included if reached) per prompt."""
 
     def update(self, model_dir: Path) -> None:
@@ -36,26 +38,40 @@ def _cut_at_eos(tokens: list[int], eos: int) -> list[int]:
 class TransformersSampler:
     """Samples from the live training policy with transformers' generate."""
 
-    def __init__(self, policy: torch.nn.Module, pad_id: int, eos_id: int,
-                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+    def __init__(
+        self,
+        policy: torch.nn.Module,
+        pad_id: int,
+        eos_id: int,
+        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ):
         self.policy, self.pad_id, self.eos_id, self.autocast = policy, pad_id, eos_id, autocast
 
-    def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, seed: int) -> list[list[int]]:
+    def generate(
+        self, prompts: list[list[int]], max_new_tokens: int, temperature: float, seed: int
+    ) -> list[list[int]]:
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         device = next(self.policy.parameters()).device
         attn = torch.zeros_like(ids)
         for i, p in enumerate(prompts):  # left padding: generation continues from the right edge
-            ids[i, width - len(p):] = torch.tensor(p)
-            attn[i, width - len(p):] = 1
+            ids[i, width - len(p) :] = torch.tensor(p)
+            attn[i, width - len(p) :] = 1
         torch.manual_seed(seed)
         was_training = self.policy.training
         self.policy.eval()
         with torch.no_grad(), self.autocast():
-            out = self.policy.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
-                                       max_new_tokens=max_new_tokens,
-                                       do_sample=temperature > 0, temperature=temperature or None, top_k=0, top_p=1.0,
-                                       pad_token_id=self.pad_id, eos_token_id=self.eos_id)
+            out = self.policy.generate(
+                input_ids=ids.to(device),
+                attention_mask=attn.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=temperature > 0,
+                temperature=temperature or None,
+                top_k=0,
+                top_p=1.0,
+                pad_token_id=self.pad_id,
+                eos_token_id=self.eos_id,
+            )
         self.policy.train(was_training)
         return [_cut_at_eos(row[width:].tolist(), self.eos_id) for row in out]
 
@@ -79,17 +95,29 @@ class VLLMSampler:
 
         self.sleeps = torch.cuda.is_available()
         # A training process also holds the policy, reference, RM and value models: leave room.
-        self.llm = LLM(**engine_kwargs(model_dir, config, gpu_memory_utilization=gpu_memory,
-                                       **({"enable_sleep_mode": True} if self.sleeps else {})))
+        self.llm = LLM(
+            **engine_kwargs(
+                model_dir,
+                config,
+                gpu_memory_utilization=gpu_memory,
+                **({"enable_sleep_mode": True} if self.sleeps else {}),
+            )
+        )
         self.eos_id = self.llm.get_tokenizer().eos_token_id
         self.asleep = False
 
-    def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, seed: int) -> list[list[int]]:
+    def generate(
+        self, prompts: list[list[int]], max_new_tokens: int, temperature: float, seed: int
+    ) -> list[list[int]]:
         from vllm import SamplingParams
 
         self._wake()
-        params = [SamplingParams(max_tokens=max_new_tokens, temperature=temperature, seed=seed + i, top_k=0, top_p=1.0)
-                  for i in range(len(prompts))]
+        params = [
+            SamplingParams(
+                max_tokens=max_new_tokens, temperature=temperature, seed=seed + i, top_k=0, top_p=1.0
+            )
+            for i in range(len(prompts))
+        ]
         outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         if self.sleeps:  # give the training step the engine's memory
             self.llm.sleep(level=1)

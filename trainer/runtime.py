@@ -28,8 +28,8 @@ class Runtime:
     """The resolved hardware and training options of one process."""
 
     device: torch.device = torch.device("cpu")
-    precision: str = "fp32"           # "fp32" or "bf16" (mixed: fp32 weights, bf16 compute)
-    save_dtype: str = "auto"          # "auto" (the checkpoint's own), "fp32" or "bf16"
+    precision: str = "fp32"  # "fp32" or "bf16" (mixed: fp32 weights, bf16 compute)
+    save_dtype: str = "auto"  # "auto" (the checkpoint's own), "fp32" or "bf16"
     world: World = World()
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     gradient_checkpointing: bool = False
@@ -41,9 +41,19 @@ class Runtime:
         """The runtime for these settings on this machine (and this rank)."""
         device = _device(cfg.device, world)
         world = dataclasses.replace(world, device=device)  # collectives on the device the stage computes on
-        precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-        return cls(device, precision, cfg.save_dtype, world, cfg.lora, cfg.gradient_checkpointing,
-                   cfg.length_bucketing, cfg.sharding)
+        precision = (
+            cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+        )
+        return cls(
+            device,
+            precision,
+            cfg.save_dtype,
+            world,
+            cfg.lora,
+            cfg.gradient_checkpointing,
+            cfg.length_bucketing,
+            cfg.sharding,
+        )
 
     @property
     def frozen_dtype(self) -> torch.dtype:
@@ -63,8 +73,16 @@ class Runtime:
     def describe(self) -> str:
         """One line for the start of a stage's log."""
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
-        how = "fp32" if self.precision == "fp32" else f"{self.precision} mixed (fp32 weights, {self.precision} compute)"
-        extras = [f"LoRA r={self.lora.r} on {','.join(self.lora.target_modules)}" if self.lora.enabled else "full weights"]
+        how = (
+            "fp32"
+            if self.precision == "fp32"
+            else f"{self.precision} mixed (fp32 weights, {self.precision} compute)"
+        )
+        extras = [
+            f"LoRA r={self.lora.r} on {','.join(self.lora.target_modules)}"
+            if self.lora.enabled
+            else "full weights"
+        ]
         if self.world.size > 1:
             extras.append(f"{self.sharding} over {self.world.size} ranks")
         if self.gradient_checkpointing:
@@ -88,8 +106,10 @@ def _device(wanted: str, world: World) -> torch.device:
         return torch.device(f"cuda:{world.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(wanted)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is {wanted!r} but torch sees no GPU (torch {torch.__version__}, "
-                           f"CUDA build: {torch.version.cuda}); use train.device=auto or cpu, or fix the driver")
+        raise RuntimeError(
+            f"train.device is {wanted!r} but torch sees no GPU (torch {torch.__version__}, "
+            f"CUDA build: {torch.version.cuda}); use train.device=auto or cpu, or fix the driver"
+        )
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{world.local_rank}")
     return device

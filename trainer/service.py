@@ -1,10 +1,10 @@
 """The trainer service (`alignloop trainer`): consume feedback, retrain, gate, publish, promote.
 
-    loop: poll events -> store (de-duplicated) -> commit offsets
-          when >= N new comparisons (or T seconds with any): one round
-    round: RM (warm start from the last) on all comparisons -> PPO-ptx from the serving policy on
-           the collected prompts -> gate on held-out prompts -> publish the candidate with its
-           lineage -> promote it (move CURRENT; the gateway follows) or keep it marked rejected
+loop: poll events -> store (de-duplicated) -> commit offsets
+      when >= N new comparisons (or T seconds with any): one round
+round: RM (warm start from the last) on all comparisons -> PPO-ptx from the serving policy on
+       the collected prompts -> gate on held-out prompts -> publish the candidate with its
+       lineage -> promote it (move CURRENT; the gateway follows) or keep it marked rejected
 """
 
 from __future__ import annotations
@@ -34,25 +34,58 @@ log = logging.getLogger(__name__)
 class _Metrics:
     def __init__(self, registry: CollectorRegistry):
         self.dataset = Gauge("alignloop_trainer_dataset", "Stored items by kind", ["kind"], registry=registry)
-        self.pending = Gauge("alignloop_trainer_new_comparisons", "Comparisons since the last round", registry=registry)
-        self.lag = Gauge("alignloop_trainer_consumer_lag", "Events on a topic partition not yet stored and "
-                         "committed", ["topic", "partition"], registry=registry)
-        self.consumed = Counter("alignloop_trainer_consumed_events", "Events polled (before de-duplication)",
-                                registry=registry)
-        self.rounds = Counter("alignloop_trainer_rounds", "Rounds by gate decision (proposed: passed the gate, "
-                              "handed to the gateway's canary)", ["decision"], registry=registry)
-        self.round_seconds = Histogram("alignloop_trainer_round_seconds", "Duration of a round",
-                                       buckets=(10, 30, 60, 120, 300, 600, 1800, 3600), registry=registry)
-        self.rm_accuracy = Gauge("alignloop_trainer_rm_heldout_accuracy", "RM held-out pairwise accuracy", registry=registry)
-        self.reward = Gauge("alignloop_trainer_reward", "Mean RM score on held-out prompts", ["policy"], registry=registry)
-        self.kl = Gauge("alignloop_trainer_kl_from_sft", "Candidate's KL from SFT on held-out prompts", registry=registry)
+        self.pending = Gauge(
+            "alignloop_trainer_new_comparisons", "Comparisons since the last round", registry=registry
+        )
+        self.lag = Gauge(
+            "alignloop_trainer_consumer_lag",
+            "Events on a topic partition not yet stored and committed",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.consumed = Counter(
+            "alignloop_trainer_consumed_events", "Events polled (before de-duplication)", registry=registry
+        )
+        self.rounds = Counter(
+            "alignloop_trainer_rounds",
+            "Rounds by gate decision (proposed: passed the gate, handed to the gateway's canary)",
+            ["decision"],
+            registry=registry,
+        )
+        self.round_seconds = Histogram(
+            "alignloop_trainer_round_seconds",
+            "Duration of a round",
+            buckets=(10, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=registry,
+        )
+        self.rm_accuracy = Gauge(
+            "alignloop_trainer_rm_heldout_accuracy", "RM held-out pairwise accuracy", registry=registry
+        )
+        self.reward = Gauge(
+            "alignloop_trainer_reward", "Mean RM score on held-out prompts", ["policy"], registry=registry
+        )
+        self.kl = Gauge(
+            "alignloop_trainer_kl_from_sft", "Candidate's KL from SFT on held-out prompts", registry=registry
+        )
         self.ptx = Gauge("alignloop_trainer_ptx_loss", "Candidate's pretraining LM loss", registry=registry)
-        self.promoted = Gauge("alignloop_trainer_last_promoted_info", "1 for the last promoted version", ["version"],
-                              registry=registry)
-        for decision in ("promoted", "proposed", "rejected"):  # at 0 from the start: a rate of "no data" reads as broken
+        self.promoted = Gauge(
+            "alignloop_trainer_last_promoted_info",
+            "1 for the last promoted version",
+            ["version"],
+            registry=registry,
+        )
+        for decision in (
+            "promoted",
+            "proposed",
+            "rejected",
+        ):  # at 0 from the start: a rate of "no data" reads as broken
             self.rounds.labels(decision)
-        self.dead_letters = Gauge("alignloop_trainer_dead_letters", "Consumed records that were not events "
-                                  "(kept with their offsets in the dataset's dead_letters table)", registry=registry)
+        self.dead_letters = Gauge(
+            "alignloop_trainer_dead_letters",
+            "Consumed records that were not events "
+            "(kept with their offsets in the dataset's dead_letters table)",
+            registry=registry,
+        )
 
 
 _GATE_PTX_TEXTS = 64  # held-out pretraining texts the gate measures the alignment tax on
@@ -63,9 +96,11 @@ def load_pretraining(settings: Settings) -> tuple[list[str], list[str]]:
     path = settings.train.loop.pretraining_data or settings.paths.pretraining_data
     if not path.exists():
         if settings.train.ppo.ptx_coef:
-            raise RuntimeError(f"PPO-ptx needs pretraining text and there is none at {path}: write JSON lines of "
-                               '{"text": ...} there, point train.loop.pretraining_data at such a file, or set '
-                               "train.ppo.ptx_coef=0 for plain PPO")
+            raise RuntimeError(
+                f"PPO-ptx needs pretraining text and there is none at {path}: write JSON lines of "
+                '{"text": ...} there, point train.loop.pretraining_data at such a file, or set '
+                "train.ppo.ptx_coef=0 for plain PPO"
+            )
         return [], []
     texts = list(dict.fromkeys(read_texts(path)))  # distinct, in file order
     train = [t for t in texts if not held_out(t, 0.05)]
@@ -147,7 +182,9 @@ class TrainerService:
         candidate = self.registry.candidate()
         if candidate is None or self.registry.decision(candidate) is not None:
             return False
-        return time.time() - self.registry.info(candidate).created < self.settings.promotion.max_canary_s + 300
+        return (
+            time.time() - self.registry.info(candidate).created < self.settings.promotion.max_canary_s + 300
+        )
 
     def run_round(self) -> dict:
         """Train, gate, publish and (if it passes) promote one candidate; returns the round's record."""
@@ -168,48 +205,106 @@ class TrainerService:
             return self._finish_published_round(number, published, started, joined, seq)
         train_prompts = [p for p in prompts if not held_out(p, self.cfg.eval_fraction)] or prompts
         # Bounded: the gate's time must not grow with all the traffic ever collected.
-        eval_prompts = stable_subset([p for p in prompts if held_out(p, self.cfg.eval_fraction)] or prompts,
-                                     self.cfg.gate_max_prompts)
+        eval_prompts = stable_subset(
+            [p for p in prompts if held_out(p, self.cfg.eval_fraction)] or prompts, self.cfg.gate_max_prompts
+        )
         serving = self.registry.current()
         sft = self.registry.path(self.cfg.sft_version)
         round_dir = self.settings.paths.round_dir(number)
-        log.info("round %d: %d rankings, %d prompts (%d held out); serving %s", number, len(rankings), len(prompts),
-                 len(eval_prompts), serving)
+        log.info(
+            "round %d: %d rankings, %d prompts (%d held out); serving %s",
+            number,
+            len(rankings),
+            len(prompts),
+            len(eval_prompts),
+            serving,
+        )
 
         rm_init = Path(last["rm_dir"]) if last and last["rm_dir"] and Path(last["rm_dir"]).exists() else sft
-        rm_metrics = train_rm(rm_init, rankings, round_dir / "rm", self.settings.train.rm, self.runtime,
-                              max_steps=self.cfg.rm_max_steps)
+        rm_metrics = train_rm(
+            rm_init,
+            rankings,
+            round_dir / "rm",
+            self.settings.train.rm,
+            self.runtime,
+            max_steps=self.cfg.rm_max_steps,
+        )
         self.metrics.rm_accuracy.set(rm_metrics["heldout_accuracy"])
         init, adapter = self._policy_start(serving, sft)
-        ppo_metrics = train_ppo(sft, round_dir / "rm", train_prompts, self.pretraining, round_dir / "policy",
-                                self.settings.train.ppo, self.runtime, engine=self.settings.engine, init=init,
-                                init_adapter=adapter)
-        gate = evaluate(round_dir / "policy", self.registry.path(serving), sft, round_dir / "rm", eval_prompts,
-                        self.gate_pretraining, margin=self.cfg.gate_margin, kl_budget=self.cfg.kl_budget,
-                        ptx_regression=self.cfg.ptx_regression, max_new_tokens=self.settings.train.ppo.max_new_tokens,
-                        runtime=self.runtime, batch=self.cfg.eval_batch, judge_set=judge_set,
-                        samples_per_prompt=max(self.cfg.gate_samples_per_prompt,
-                                               math.ceil(self.cfg.gate_min_answers / max(1, len(eval_prompts)))),
-                        confidence_z=self.cfg.gate_confidence_z,
-                        min_judge_accuracy=self.cfg.min_judge_accuracy)
+        ppo_metrics = train_ppo(
+            sft,
+            round_dir / "rm",
+            train_prompts,
+            self.pretraining,
+            round_dir / "policy",
+            self.settings.train.ppo,
+            self.runtime,
+            engine=self.settings.engine,
+            init=init,
+            init_adapter=adapter,
+        )
+        gate = evaluate(
+            round_dir / "policy",
+            self.registry.path(serving),
+            sft,
+            round_dir / "rm",
+            eval_prompts,
+            self.gate_pretraining,
+            margin=self.cfg.gate_margin,
+            kl_budget=self.cfg.kl_budget,
+            ptx_regression=self.cfg.ptx_regression,
+            max_new_tokens=self.settings.train.ppo.max_new_tokens,
+            runtime=self.runtime,
+            batch=self.cfg.eval_batch,
+            judge_set=judge_set,
+            samples_per_prompt=max(
+                self.cfg.gate_samples_per_prompt,
+                math.ceil(self.cfg.gate_min_answers / max(1, len(eval_prompts))),
+            ),
+            confidence_z=self.cfg.gate_confidence_z,
+            min_judge_accuracy=self.cfg.min_judge_accuracy,
+        )
         # Passing the offline gate promotes at once (promotion.mode = direct) or proposes the
         # candidate to the gateway's canary, where people's comparisons decide (canary).
-        decision = ("promoted" if self.settings.promotion.mode == "direct" else "proposed") if gate.passed else "rejected"
+        decision = (
+            ("promoted" if self.settings.promotion.mode == "direct" else "proposed")
+            if gate.passed
+            else "rejected"
+        )
         # round + work_dir let a restarted trainer recognise a version it published before a crash.
-        lineage = {"round": number, "work_dir": str(self.work), "rm": str(round_dir / "rm"), "rm_init": str(rm_init),
-                   "sft": self.cfg.sft_version, "policy_init": str(adapter or init or sft),
-                   "lora_adapter": str(round_dir / "policy" / ADAPTER_DIR) if self.runtime.lora.enabled else None,
-                   "data": {**counts, "rankings": len(rankings), "judge_rankings": len(judge_set),
-                            "prompts": len(prompts), "per_user": self.store.per_user(),
-                            "dead_letters": len(self.store.dead_letters()), "consumed": self.store.consumed(),
-                            # the feedback-to-deployment clock: the oldest comparison new to this round
-                            "first_new_comparison_at": self.store.first_at_since(self._last_round_seq)},
-                   "config": self.settings.train.model_dump(),
-                   "gate": {"decision": decision, "reasons": gate.reasons, **gate.metrics}}
-        version = self.registry.publish(round_dir / "policy", source="trainer", parent=serving,
-                                        metrics={**{f"rm_{k}": v for k, v in rm_metrics.items()},
-                                                 **{f"ppo_{k}": v for k, v in ppo_metrics.items()}, **gate.metrics},
-                                        extra=lineage)
+        lineage = {
+            "round": number,
+            "work_dir": str(self.work),
+            "rm": str(round_dir / "rm"),
+            "rm_init": str(rm_init),
+            "sft": self.cfg.sft_version,
+            "policy_init": str(adapter or init or sft),
+            "lora_adapter": str(round_dir / "policy" / ADAPTER_DIR) if self.runtime.lora.enabled else None,
+            "data": {
+                **counts,
+                "rankings": len(rankings),
+                "judge_rankings": len(judge_set),
+                "prompts": len(prompts),
+                "per_user": self.store.per_user(),
+                "dead_letters": len(self.store.dead_letters()),
+                "consumed": self.store.consumed(),
+                # the feedback-to-deployment clock: the oldest comparison new to this round
+                "first_new_comparison_at": self.store.first_at_since(self._last_round_seq),
+            },
+            "config": self.settings.train.model_dump(),
+            "gate": {"decision": decision, "reasons": gate.reasons, **gate.metrics},
+        }
+        version = self.registry.publish(
+            round_dir / "policy",
+            source="trainer",
+            parent=serving,
+            metrics={
+                **{f"rm_{k}": v for k, v in rm_metrics.items()},
+                **{f"ppo_{k}": v for k, v in ppo_metrics.items()},
+                **gate.metrics,
+            },
+            extra=lineage,
+        )
         return self._finish_published_round(number, version, started, joined, seq)
 
     def _split_for_judging(self, ranked: list) -> tuple[list, list]:
@@ -217,9 +312,14 @@ class TrainerService:
         there are enough raters, the held-out raters' rankings judge; the RM never trains on them."""
         raters = {r.rater for r in ranked}
         by_user = len(raters) >= self.cfg.min_raters_to_hold_out
-        judge = [held_out(r.ranking.prompt, self.cfg.eval_fraction)
-                 or (by_user and held_out("rater:" + r.rater, self.cfg.eval_user_fraction)) for r in ranked]
-        return [r.ranking for r, j in zip(ranked, judge) if not j], [r.ranking for r, j in zip(ranked, judge) if j]
+        judge = [
+            held_out(r.ranking.prompt, self.cfg.eval_fraction)
+            or (by_user and held_out("rater:" + r.rater, self.cfg.eval_user_fraction))
+            for r in ranked
+        ]
+        return [r.ranking for r, j in zip(ranked, judge) if not j], [
+            r.ranking for r, j in zip(ranked, judge) if j
+        ]
 
     def _policy_start(self, serving: str, sft: Path) -> tuple[Path | None, Path | None]:
         """Where PPO starts: (checkpoint, adapter). With LoRA, a serving version that this trainer made
@@ -227,7 +327,11 @@ class TrainerService:
         the adapter off); anything else starts from the serving checkpoint."""
         if self.runtime.lora.enabled:
             adapter = self.registry.info(serving).extra.get("lora_adapter")
-            if adapter and Path(adapter).is_dir() and self.registry.info(serving).extra.get("sft") == self.cfg.sft_version:
+            if (
+                adapter
+                and Path(adapter).is_dir()
+                and self.registry.info(serving).extra.get("sft") == self.cfg.sft_version
+            ):
                 return None, Path(adapter)
         path = self.registry.path(serving)
         return (None if path.resolve() == sft.resolve() else path), None
@@ -240,7 +344,9 @@ class TrainerService:
                 return name
         return None
 
-    def _finish_published_round(self, number: int, version: str, started: float, joined: int, seq: int) -> dict:
+    def _finish_published_round(
+        self, number: int, version: str, started: float, joined: int, seq: int
+    ) -> dict:
         # Every step here is idempotent, so a trainer restarted after a crash anywhere in it ends
         # the round exactly as an uninterrupted one would, instead of training and publishing it twice.
         info = self.registry.info(version)
@@ -254,7 +360,11 @@ class TrainerService:
             failpoint("trainer.round.promoted")
             self.metrics.promoted.clear()
             self.metrics.promoted.labels(version).set(1)
-        elif decision == "proposed" and self.registry.decision(version) is None and self.registry.candidate() != version:
+        elif (
+            decision == "proposed"
+            and self.registry.decision(version) is None
+            and self.registry.candidate() != version
+        ):
             self.registry.propose(version)  # the gateway's canary takes it from here
             log.info("round %d: %s passed the gate; proposed to the gateway's canary", number, version)
         metrics = {k: gate[k] for k in gate if k not in ("decision", "reasons")}
@@ -264,23 +374,44 @@ class TrainerService:
         self.metrics.ptx.set(metrics.get("candidate_ptx_loss", float("nan")))
         self.metrics.rounds.labels(decision).inc()
         self.metrics.round_seconds.observe(time.time() - started)
-        record = {"round": number, "version": version, "decision": decision, "reasons": gate["reasons"], **metrics,
-                  "rm_heldout_accuracy": info.metrics.get("rm_heldout_accuracy"), "seconds": time.time() - started}
+        record = {
+            "round": number,
+            "version": version,
+            "decision": decision,
+            "reasons": gate["reasons"],
+            **metrics,
+            "rm_heldout_accuracy": info.metrics.get("rm_heldout_accuracy"),
+            "seconds": time.time() - started,
+        }
         self.store.record_round(number, started, joined, version, info.extra["rm"], decision, record, seq)
         self._last_round_at, self._last_round_seq = time.time(), seq
-        log.info("round %d: %s %s (reward %.3f vs serving %.3f, KL %.2f, ptx %.3f; %.0fs)%s", number, decision, version,
-                 metrics.get("candidate_reward", float("nan")), metrics.get("serving_reward", float("nan")),
-                 metrics.get("kl_from_sft", float("nan")), metrics.get("candidate_ptx_loss", float("nan")),
-                 time.time() - started, "" if decision != "rejected" else f": {'; '.join(gate['reasons'])}")
+        log.info(
+            "round %d: %s %s (reward %.3f vs serving %.3f, KL %.2f, ptx %.3f; %.0fs)%s",
+            number,
+            decision,
+            version,
+            metrics.get("candidate_reward", float("nan")),
+            metrics.get("serving_reward", float("nan")),
+            metrics.get("kl_from_sft", float("nan")),
+            metrics.get("candidate_ptx_loss", float("nan")),
+            time.time() - started,
+            "" if decision != "rejected" else f": {'; '.join(gate['reasons'])}",
+        )
         self._refresh_gauges()
         return record
 
     def run_forever(self, stop=None) -> None:
         """Consume and train until stop() returns True."""
         if self.cfg.metrics_port:
-            start_http_server(self.cfg.metrics_port, addr=self.cfg.metrics_host, registry=self.metrics_registry)
-        log.info("trainer: consuming as group %s; a round every %d new comparisons or %.0fs", self.cfg.group,
-                 self.cfg.min_new_comparisons, self.cfg.max_interval_s)
+            start_http_server(
+                self.cfg.metrics_port, addr=self.cfg.metrics_host, registry=self.metrics_registry
+            )
+        log.info(
+            "trainer: consuming as group %s; a round every %d new comparisons or %.0fs",
+            self.cfg.group,
+            self.cfg.min_new_comparisons,
+            self.cfg.max_interval_s,
+        )
         told = None  # the candidate whose canary we said we wait for
         while not (stop and stop()):
             self.consume_once(self.cfg.poll_s)
@@ -289,7 +420,10 @@ class TrainerService:
             if self.waiting_for_canary():
                 if self.registry.candidate() != told:
                     told = self.registry.candidate()
-                    log.info("trainer: %s is on the gateway's canary; the next round starts once people decide", told)
+                    log.info(
+                        "trainer: %s is on the gateway's canary; the next round starts once people decide",
+                        told,
+                    )
                 continue
             self.catch_up()
             self.run_round()

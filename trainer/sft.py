@@ -22,8 +22,14 @@ from trainer.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
-def train_sft(base: Path, demos: list[tuple[str, str]], out_dir: Path, cfg: SFTConfig, runtime: Runtime | None = None,
-              max_steps: int | None = None) -> Path:
+def train_sft(
+    base: Path,
+    demos: list[tuple[str, str]],
+    out_dir: Path,
+    cfg: SFTConfig,
+    runtime: Runtime | None = None,
+    max_steps: int | None = None,
+) -> Path:
     """Fine-tune base on (prompt, response) pairs into out_dir (resuming if it holds a state)."""
     out_dir, runtime = Path(out_dir), runtime or Runtime.resolve(TrainConfig())
     torch.manual_seed(cfg.seed)
@@ -37,15 +43,27 @@ def train_sft(base: Path, demos: list[tuple[str, str]], out_dir: Path, cfg: SFTC
     optimizer = adamw(model.parameters(), cfg.learning_rate, runtime)
 
     def step(indices: list[int]) -> dict[str, float]:
-        ids, attn, loss_mask = runtime.to(*encode_pairs(tok, [demos[i][0] for i in indices],
-                                                        [demos[i][1] for i in indices], cfg.max_len))
+        ids, attn, loss_mask = runtime.to(
+            *encode_pairs(tok, [demos[i][0] for i in indices], [demos[i][1] for i in indices], cfg.max_len)
+        )
         with runtime.autocast():
             loss = lm_loss(ddp(input_ids=ids, attention_mask=attn).logits, ids, loss_mask)
         optimizer_step(loss, optimizer, list(model.parameters()))
         return {"loss": runtime.world.mean(loss.item()), "tokens": int(attn.sum())}
 
-    loop.run(name="sft", n_items=len(demos), batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed,
-             optimizer=optimizer, step=step, save=lambda d: save_policy(ddp, tok, d, runtime, base), out_dir=out_dir,
-             runtime=runtime, save_every=cfg.save_every, max_steps=max_steps,
-             lengths=[len(p) + len(r) for p, r in demos])
+    loop.run(
+        name="sft",
+        n_items=len(demos),
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        seed=cfg.seed,
+        optimizer=optimizer,
+        step=step,
+        save=lambda d: save_policy(ddp, tok, d, runtime, base),
+        out_dir=out_dir,
+        runtime=runtime,
+        save_every=cfg.save_every,
+        max_steps=max_steps,
+        lengths=[len(p) + len(r) for p, r in demos],
+    )
     return out_dir

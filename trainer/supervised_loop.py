@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 _BUCKET_BATCHES = 50  # batches per length bucket: sorted within, shuffled across
 
 
-def epoch_order(n: int, seed: int, epoch: int, lengths: list[int] | None = None, per_step: int = 1) -> list[int]:
+def epoch_order(
+    n: int, seed: int, epoch: int, lengths: list[int] | None = None, per_step: int = 1
+) -> list[int]:
     """The data order of one epoch: a function of (seed, epoch) alone, so a resume can recompute it.
 
     With lengths, consecutive runs of per_step items have similar lengths (less padding): the
@@ -31,18 +33,30 @@ def epoch_order(n: int, seed: int, epoch: int, lengths: list[int] | None = None,
     bucket = per_step * _BUCKET_BATCHES
     batches = []
     for start in range(0, n, bucket):
-        chunk = sorted(order[start:start + bucket], key=lambda i: lengths[i], reverse=True)
-        batches += [chunk[i:i + per_step] for i in range(0, len(chunk), per_step)]
+        chunk = sorted(order[start : start + bucket], key=lambda i: lengths[i], reverse=True)
+        batches += [chunk[i : i + per_step] for i in range(0, len(chunk), per_step)]
     full = [b for b in batches if len(b) == per_step]
     rest = [i for b in batches if len(b) < per_step for i in b]
     shuffled = [full[i] for i in torch.randperm(len(full), generator=gen).tolist()]
     return [i for b in shuffled for i in b] + rest
 
 
-def run(*, name: str, n_items: int, batch_size: int, epochs: int, seed: int, optimizer: torch.optim.Optimizer,
-        step: Callable[[list[int]], dict[str, float]], save: Callable[[Path], None], out_dir: Path,
-        runtime: Runtime, save_every: int, max_steps: int | None = None,
-        lengths: list[int] | None = None) -> tuple[TrainState, float]:
+def run(
+    *,
+    name: str,
+    n_items: int,
+    batch_size: int,
+    epochs: int,
+    seed: int,
+    optimizer: torch.optim.Optimizer,
+    step: Callable[[list[int]], dict[str, float]],
+    save: Callable[[Path], None],
+    out_dir: Path,
+    runtime: Runtime,
+    save_every: int,
+    max_steps: int | None = None,
+    lengths: list[int] | None = None,
+) -> tuple[TrainState, float]:
     """Train until `epochs` passes (or max_steps steps); resumes from out_dir if it holds a state.
 
     `step(indices)` does one optimisation step on those items and returns metrics to log (a
@@ -62,10 +76,12 @@ def run(*, name: str, n_items: int, batch_size: int, epochs: int, seed: int, opt
     runtime.reset_peak_memory()
     started, done_here, tokens, in_steps = time.monotonic(), 0, 0, 0.0
     while state.step < total:
-        order = epoch_order(n_items, seed, state.epoch, lengths if runtime.length_bucketing else None, per_step)
+        order = epoch_order(
+            n_items, seed, state.epoch, lengths if runtime.length_bucketing else None, per_step
+        )
         while state.position + per_step <= n_items and state.step < total:
             t = time.perf_counter()
-            metrics = step(world.shard(order[state.position:state.position + per_step]))
+            metrics = step(world.shard(order[state.position : state.position + per_step]))
             in_steps += time.perf_counter() - t
             tokens += int(metrics.pop("tokens", 0))
             state.position += per_step
@@ -74,9 +90,17 @@ def run(*, name: str, n_items: int, batch_size: int, epochs: int, seed: int, opt
             if world.main and (state.step % 10 == 0 or state.step == total):
                 elapsed = time.monotonic() - started
                 shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-                log.info("%s: step %d/%d %s (%.2f steps/s, %.1f items/s, %.0f tokens/s, peak memory %.2f GiB)",
-                         name, state.step, total, shown, done_here / elapsed, done_here * per_step / elapsed,
-                         tokens * world.size / elapsed, runtime.peak_memory_gib())
+                log.info(
+                    "%s: step %d/%d %s (%.2f steps/s, %.1f items/s, %.0f tokens/s, peak memory %.2f GiB)",
+                    name,
+                    state.step,
+                    total,
+                    shown,
+                    done_here / elapsed,
+                    done_here * per_step / elapsed,
+                    tokens * world.size / elapsed,
+                    runtime.peak_memory_gib(),
+                )
             if save_every and state.step % save_every == 0 and state.step < total:
                 save_checkpoint(out_dir, optimizer, state, save, runtime)
         if state.position + per_step > n_items:

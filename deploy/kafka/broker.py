@@ -35,20 +35,30 @@ def ensure_jars(jars: Path = JARS) -> Path:
     log.info("kafka: resolving broker jars from Maven Central into %s (once)", jars)
     jars.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    done = subprocess.run(["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-                           f"-DoutputDirectory={jars}"], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies", f"-DoutputDirectory={jars}"],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0 or not list(jars.glob("kafka_2.13-*.jar")):
-        raise RuntimeError("could not resolve Kafka from Maven Central (is `mvn` installed and Maven Central "
-                           f"reachable?):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    log.info("kafka: %d jars resolved in %.0fs", len(list(jars.glob('*.jar'))), time.monotonic() - started)
+        raise RuntimeError(
+            "could not resolve Kafka from Maven Central (is `mvn` installed and Maven Central "
+            f"reachable?):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        )
+    log.info("kafka: %d jars resolved in %.0fs", len(list(jars.glob("*.jar"))), time.monotonic() - started)
     return jars
 
 
 class KafkaBroker:
     """One combined broker+controller node on 127.0.0.1."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, partitions: int = 3,
-                 sasl_users: dict[str, str] | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        partitions: int = 3,
+        sasl_users: dict[str, str] | None = None,
+    ):
         """With sasl_users (name -> password), clients must authenticate with SASL/PLAIN."""
         self.data_dir = Path(data_dir)
         # Two different ports: a broker whose listener and controller share one does not start.
@@ -64,8 +74,12 @@ class KafkaBroker:
         if not self.sasl_users:
             return {}
         user, password = next(iter(self.sasl_users.items()))
-        return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN", "sasl_plain_username": user,
-                "sasl_plain_password": password}
+        return {
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": "PLAIN",
+            "sasl_plain_username": user,
+            "sasl_plain_password": password,
+        }
 
     @property
     def bootstrap(self) -> str:
@@ -78,43 +92,62 @@ class KafkaBroker:
         name = "SASL_PLAINTEXT" if self.sasl_users else "PLAINTEXT"
         security = []
         if self.sasl_users:
-            users = " ".join(f'user_{u}="{p}"' for u, p in {"broker": "broker-secret", **self.sasl_users}.items())
-            security = ["sasl.enabled.mechanisms=PLAIN", "sasl.mechanism.inter.broker.protocol=PLAIN",
-                        "listener.name.sasl_plaintext.plain.sasl.jaas.config="
-                        "org.apache.kafka.common.security.plain.PlainLoginModule required "
-                        f'username="broker" password="broker-secret" {users};']
-        props.write_text("\n".join([
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
-            f"listeners={name}://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners={name}://127.0.0.1:{self.port}",
-            "controller.listener.names=CONTROLLER",
-            f"listener.security.protocol.map=CONTROLLER:PLAINTEXT,{name}:{name}",
-            f"inter.broker.listener.name={name}",
-            *security,
-            f"log.dirs={self.data_dir / 'logs'}",
-            f"num.partitions={self.partitions}",
-            "offsets.topic.replication.factor=1",
-            "offsets.topic.num.partitions=3",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "group.initial.rebalance.delay.ms=0",
-            "auto.create.topics.enable=true",
-        ]) + "\n")
+            users = " ".join(
+                f'user_{u}="{p}"' for u, p in {"broker": "broker-secret", **self.sasl_users}.items()
+            )
+            security = [
+                "sasl.enabled.mechanisms=PLAIN",
+                "sasl.mechanism.inter.broker.protocol=PLAIN",
+                "listener.name.sasl_plaintext.plain.sasl.jaas.config="
+                "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                f'username="broker" password="broker-secret" {users};',
+            ]
+        props.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
+                    f"listeners={name}://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners={name}://127.0.0.1:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    f"listener.security.protocol.map=CONTROLLER:PLAINTEXT,{name}:{name}",
+                    f"inter.broker.listener.name={name}",
+                    *security,
+                    f"log.dirs={self.data_dir / 'logs'}",
+                    f"num.partitions={self.partitions}",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=3",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=true",
+                ]
+            )
+            + "\n"
+        )
         (self.data_dir / "log4j2.properties").write_text(
             "rootLogger.level=WARN\nrootLogger.appenderRef.stdout.ref=STDOUT\n"
             "appender.stdout.type=Console\nappender.stdout.name=STDOUT\n"
             "appender.stdout.layout.type=PatternLayout\nappender.stdout.layout.pattern=[%d] %p %m (%c)%n\n"
-            "logger.kafka.name=kafka\nlogger.kafka.level=WARN\n")
+            "logger.kafka.name=kafka\nlogger.kafka.level=WARN\n"
+        )
         return props
 
     def _java(self, main: str, *args: str) -> list[str]:
-        return ["java", "-Xms128m", "-Xmx512m", "-XX:+UseSerialGC",
-                f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
-                "-cp", f"{ensure_jars()}/*", main, *args]
+        return [
+            "java",
+            "-Xms128m",
+            "-Xmx512m",
+            "-XX:+UseSerialGC",
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+            "-cp",
+            f"{ensure_jars()}/*",
+            main,
+            *args,
+        ]
 
     def start(self, timeout: float = 120) -> "KafkaBroker":
         """Start (or restart) the broker and wait until it answers."""
@@ -123,18 +156,31 @@ class KafkaBroker:
             cluster_id = "-"
             while cluster_id.startswith("-"):  # 1 in 64 would be read as an option by the storage tool
                 cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            formatted = subprocess.run(self._java("kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id,
-                                                  "-c", str(props)), capture_output=True, text=True)
+            formatted = subprocess.run(
+                self._java(
+                    "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(props)
+                ),
+                capture_output=True,
+                text=True,
+            )
             if formatted.returncode != 0:
-                raise RuntimeError(f"formatting Kafka's storage in {self.data_dir} failed (exit {formatted.returncode}):\n"
-                                   f"{formatted.stdout[-2000:]}\n{formatted.stderr[-2000:]}")
+                raise RuntimeError(
+                    f"formatting Kafka's storage in {self.data_dir} failed (exit {formatted.returncode}):\n"
+                    f"{formatted.stdout[-2000:]}\n{formatted.stderr[-2000:]}"
+                )
         out = open(self.data_dir / "broker.log", "ab")
-        self.process = subprocess.Popen(self._java("kafka.Kafka", str(props)), stdout=out, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            self._java("kafka.Kafka", str(props)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"Kafka exited with {self.process.returncode}; see {self.data_dir / 'broker.log'}")
+                raise RuntimeError(
+                    f"Kafka exited with {self.process.returncode}; see {self.data_dir / 'broker.log'}"
+                )
             if self._answers():
                 log.info("kafka: broker up on %s", self.bootstrap)
                 return self
@@ -149,7 +195,9 @@ class KafkaBroker:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                 pass
-            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=3000, **self.client_security())
+            admin = KafkaAdminClient(
+                bootstrap_servers=self.bootstrap, request_timeout_ms=3000, **self.client_security()
+            )
             try:
                 admin.list_topics()
                 return True
@@ -167,7 +215,9 @@ class KafkaBroker:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data-dir", type=Path, default=REPO / ".alignloop" / "kafka")
     parser.add_argument("--port", type=int, default=9092)
     args = parser.parse_args()

@@ -42,8 +42,14 @@ def prometheus_config(gateways: list[str], trainers: list[str], scrape_s: float 
 class PrometheusServer:
     """One Prometheus process on a loopback port, with its own data directory."""
 
-    def __init__(self, data_dir: Path, gateways: list[str], trainers: list[str], scrape_s: float | None = None,
-                 port: int | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        gateways: list[str],
+        trainers: list[str],
+        scrape_s: float | None = None,
+        port: int | None = None,
+    ):
         self.data_dir = Path(data_dir)
         self.config = prometheus_config(gateways, trainers, scrape_s)
         self.port = port or free_port()
@@ -58,20 +64,32 @@ class PrometheusServer:
         """Start it and wait until it is ready to answer queries."""
         binary = shutil.which("prometheus")
         if binary is None:
-            raise RuntimeError("prometheus is not installed: run `bash deploy/install-test-tools.sh` (Debian's "
-                               "prometheus package; `make test` runs it)")
+            raise RuntimeError(
+                "prometheus is not installed: run `bash deploy/install-test-tools.sh` (Debian's "
+                "prometheus package; `make test` runs it)"
+            )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config_file = self.data_dir / "prometheus.yml"
         config_file.write_text(yaml.safe_dump(self.config, sort_keys=False))
         out = open(self.data_dir / "prometheus.log", "ab")
         self.process = subprocess.Popen(
-            [binary, f"--config.file={config_file}", f"--storage.tsdb.path={self.data_dir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                binary,
+                f"--config.file={config_file}",
+                f"--storage.tsdb.path={self.data_dir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--web.enable-lifecycle",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {self.process.returncode}; see {self.data_dir / 'prometheus.log'}")
+                raise RuntimeError(
+                    f"prometheus exited with {self.process.returncode}; see {self.data_dir / 'prometheus.log'}"
+                )
             try:
                 if httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200:
                     log.info("prometheus: ready on %s", self.url)
@@ -80,7 +98,9 @@ class PrometheusServer:
                 pass
             time.sleep(0.3)
         self.stop()
-        raise RuntimeError(f"prometheus was not ready within {timeout}s; see {self.data_dir / 'prometheus.log'}")
+        raise RuntimeError(
+            f"prometheus was not ready within {timeout}s; see {self.data_dir / 'prometheus.log'}"
+        )
 
     def api(self, path: str, **params) -> dict | list:
         """GET /api/v1/<path>; the `data` of a successful answer, else RuntimeError with its error."""
@@ -102,16 +122,22 @@ class PrometheusServer:
 
 def main() -> None:
     """Run Prometheus on the shipped config until Ctrl-C."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--gateway", action="append", default=[], help="host:port of a gateway (repeatable)")
     parser.add_argument("--trainer", action="append", default=[], help="host:port of a trainer's metrics")
     parser.add_argument("--data-dir", type=Path, default=Path("state/prometheus"))
     parser.add_argument("--port", type=int, default=9090)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    server = PrometheusServer(args.data_dir, args.gateway or ["127.0.0.1:8000"], args.trainer or ["127.0.0.1:9400"],
-                              port=args.port).start()
-    print(f"Prometheus on {server.url} (config {server.data_dir / 'prometheus.yml'}); Ctrl-C stops it", flush=True)
+    server = PrometheusServer(
+        args.data_dir, args.gateway or ["127.0.0.1:8000"], args.trainer or ["127.0.0.1:9400"], port=args.port
+    ).start()
+    print(
+        f"Prometheus on {server.url} (config {server.data_dir / 'prometheus.yml'}); Ctrl-C stops it",
+        flush=True,
+    )
     try:
         server.process.wait()
     except KeyboardInterrupt:

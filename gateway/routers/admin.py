@@ -44,7 +44,9 @@ async def versions(deployment: DeploymentDep) -> dict:
         "history": deployment.history,
         "start_error": deployment.start_error,
         "candidate": registry.candidate(),
-        "versions": [{**asdict(registry.info(name)), "decision": registry.decision(name)} for name in registry.names()],
+        "versions": [
+            {**asdict(registry.info(name)), "decision": registry.decision(name)} for name in registry.names()
+        ],
     }
 
 
@@ -53,7 +55,9 @@ async def promotion(services: ServicesDep) -> dict:
     """The canary controller: the candidate under test with its evidence so far (counts, rate,
     interval, test statistic and bounds), and every decision taken, newest first."""
     registry = services.deployment.registry
-    decided = [{"version": name, **d} for name in reversed(registry.names()) if (d := registry.decision(name))]
+    decided = [
+        {"version": name, **d} for name in reversed(registry.names()) if (d := registry.decision(name))
+    ]
     return {**services.promotion.state(), "proposed": registry.candidate(), "decisions": decided}
 
 
@@ -62,9 +66,14 @@ def _require_ready(deployment: Deployment, may_start: bool = False) -> None:
     request that picks a version to start on (may_start)."""
     if deployment.ready or (may_start and not deployment.starting and deployment.version is None):
         return
-    raise APIError(503, "The engine is still warming up." if deployment.starting or not deployment.start_error
-                   else f"No engine is running ({deployment.start_error}); POST /admin/policy to start one.",
-                   code="not_ready", headers={"Retry-After": "5"})
+    raise APIError(
+        503,
+        "The engine is still warming up."
+        if deployment.starting or not deployment.start_error
+        else f"No engine is running ({deployment.start_error}); POST /admin/policy to start one.",
+        code="not_ready",
+        headers={"Retry-After": "5"},
+    )
 
 
 def _busy(exc: SwapBusy) -> APIError:
@@ -77,8 +86,13 @@ def _refused(exc: RegistryError) -> APIError:
 
 
 def _switched(version: str, previous: str | None, switch: Switch) -> dict:
-    return {"serving": version, "previous": previous, "method": switch.method, "seconds": round(switch.seconds, 4),
-            "at": time.time()}
+    return {
+        "serving": version,
+        "previous": previous,
+        "method": switch.method,
+        "seconds": round(switch.seconds, 4),
+        "at": time.time(),
+    }
 
 
 @router.post("/policy")
@@ -128,7 +142,9 @@ async def rollback(deployment: DeploymentDep) -> dict:
     try:
         target, switch = await deployment.rollback()
     except NothingToRollBack:
-        raise APIError(409, "Nothing to roll back to: no earlier version was served.", code="no_history") from None
+        raise APIError(
+            409, "Nothing to roll back to: no earlier version was served.", code="no_history"
+        ) from None
     except SwapBusy as exc:
         raise _busy(exc) from exc
     except RegistryError as exc:

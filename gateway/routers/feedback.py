@@ -32,22 +32,35 @@ def _owned_choice(ownership: Ownership, choice_id: str, caller: Caller, param: s
     try:
         return ownership.check_choice(choice_id, caller.name, may_rate_others=caller.role == "rater")
     except NeverServed as exc:
-        raise APIError(404, f"No completion choice '{choice_id[:80]}' was served by this service ({exc}).",
-                       param=param, code="unknown_choice") from None
+        raise APIError(
+            404,
+            f"No completion choice '{choice_id[:80]}' was served by this service ({exc}).",
+            param=param,
+            code="unknown_choice",
+        ) from None
     except NotServedToCaller:
-        raise APIError(403, f"Choice '{choice_id[:80]}' was served to another caller.", param=param,
-                       code="not_your_completion") from None
+        raise APIError(
+            403,
+            f"Choice '{choice_id[:80]}' was served to another caller.",
+            param=param,
+            code="not_your_completion",
+        ) from None
 
 
 def _owned_request(ownership: Ownership, request_id: str, caller: Caller, param: str) -> Owned:
     try:
         return ownership.check_request(request_id, caller.name, may_rate_others=caller.role == "rater")
     except NeverServed as exc:
-        raise APIError(404, f"No request '{request_id[:80]}' was served by this service ({exc}).", param=param,
-                       code="unknown_request") from None
+        raise APIError(
+            404,
+            f"No request '{request_id[:80]}' was served by this service ({exc}).",
+            param=param,
+            code="unknown_request",
+        ) from None
     except NotServedToCaller:
-        raise APIError(403, "That request was made by another caller.", param=param,
-                       code="not_your_completion") from None
+        raise APIError(
+            403, "That request was made by another caller.", param=param, code="not_your_completion"
+        ) from None
 
 
 def _comparison(ownership: Ownership, ranking: list[list[str]], caller: Caller, param: str) -> Comparison:
@@ -58,11 +71,17 @@ def _comparison(ownership: Ownership, ranking: list[list[str]], caller: Caller, 
     ids = [c for group in ranking for c in group]
     owned = [_owned_choice(ownership, c, caller, param) for c in ids]
     if len({o.request_id for o in owned}) != 1:
-        raise APIError(400, "All ranked choices must come from the same request.", param=param, code="mixed_requests")
+        raise APIError(
+            400, "All ranked choices must come from the same request.", param=param, code="mixed_requests"
+        )
     versions = {c: o.policy_version for c, o in zip(ids, owned)}
-    return Comparison(request_id=owned[0].request_id, ranking=ranking, rater=caller.name,
-                      policy_version=owned[0].policy_version,
-                      choice_versions=versions if len(set(versions.values())) > 1 else None)
+    return Comparison(
+        request_id=owned[0].request_id,
+        ranking=ranking,
+        rater=caller.name,
+        policy_version=owned[0].policy_version,
+        choice_versions=versions if len(set(versions.values())) > 1 else None,
+    )
 
 
 def _submission(item, caller: Caller, ownership: Ownership, at: str) -> Submission:
@@ -71,11 +90,18 @@ def _submission(item, caller: Caller, ownership: Ownership, at: str) -> Submissi
         ranking = [[item.chosen, item.rejected]] if item.tie else [[item.chosen], [item.rejected]]
         event = _comparison(ownership, ranking, caller, f"{at}chosen")
     elif isinstance(item, p.RankingFeedback):
-        event = _comparison(ownership, [[g] if isinstance(g, str) else g for g in item.ranking], caller, f"{at}ranking")
+        event = _comparison(
+            ownership, [[g] if isinstance(g, str) else g for g in item.ranking], caller, f"{at}ranking"
+        )
     elif isinstance(item, p.RatingFeedback):
         served = _owned_choice(ownership, item.choice_id, caller, f"{at}choice_id")
-        event = Rating(request_id=served.request_id, choice_id=item.choice_id, rating=item.rating, rater=caller.name,
-                       policy_version=served.policy_version)
+        event = Rating(
+            request_id=served.request_id,
+            choice_id=item.choice_id,
+            rating=item.rating,
+            rater=caller.name,
+            policy_version=served.policy_version,
+        )
     else:
         _owned_request(ownership, item.request_id, caller, f"{at}request_id")
         event = Demonstration(request_id=item.request_id, response=item.response, author=caller.name)
@@ -86,35 +112,51 @@ def _submission(item, caller: Caller, ownership: Ownership, at: str) -> Submissi
     return Submission(event, scoped)
 
 
-async def _check_leases(services: Services, submissions: list[Submission], caller: Caller, at: list[str]) -> None:
+async def _check_leases(
+    services: Services, submissions: list[Submission], caller: Caller, at: list[str]
+) -> None:
     """A rater's feedback on a request not served to it must be on a labelling item leased to it."""
     if caller.role != "rater":
         return
     for s, param in zip(submissions, at):
         rid = s.event.request_id
-        if not services.ownership.served_to(rid, caller.name) and \
-                not await asyncio.to_thread(services.labels.leased_to, rid, caller.name):
-            raise APIError(403, "That request is not a labelling item leased to you: take items from "
-                           "GET /v1/labelling/next.", param=param, code="not_leased")
+        if not services.ownership.served_to(rid, caller.name) and not await asyncio.to_thread(
+            services.labels.leased_to, rid, caller.name
+        ):
+            raise APIError(
+                403,
+                "That request is not a labelling item leased to you: take items from GET /v1/labelling/next.",
+                param=param,
+                code="not_leased",
+            )
 
 
-async def _count_labelling(labels: LabelQueue, submissions: list[Submission], caller: Caller, metrics) -> None:
+async def _count_labelling(
+    labels: LabelQueue, submissions: list[Submission], caller: Caller, metrics
+) -> None:
     """A rater's accepted ranking of a labelling-queue item completes their assignment."""
     if caller.role != "rater":
         return
     for s in submissions:
-        if isinstance(s.event, Comparison) and await asyncio.to_thread(labels.done, s.event.request_id, caller.name,
-                                                                       s.event.ranking):
+        if isinstance(s.event, Comparison) and await asyncio.to_thread(
+            labels.done, s.event.request_id, caller.name, s.event.ranking
+        ):
             metrics.labelled.inc()
 
 
-async def _accept(services: Services, items: list, caller: Caller, batch: bool) -> tuple[int, list[p.FeedbackAccepted]]:
+async def _accept(
+    services: Services, items: list, caller: Caller, batch: bool
+) -> tuple[int, list[p.FeedbackAccepted]]:
     recorder, labels, metrics = services.recorder, services.labels, services.metrics
     kinds = [i.kind for i in items]
     try:
         at = [f"items.{i}." if batch else "" for i in range(len(items))]
-        submissions = [_submission(item, caller, services.ownership, prefix) for item, prefix in zip(items, at)]
-        await _check_leases(services, submissions, caller, [f"{prefix}{_PARAM[i.kind]}" for i, prefix in zip(items, at)])
+        submissions = [
+            _submission(item, caller, services.ownership, prefix) for item, prefix in zip(items, at)
+        ]
+        await _check_leases(
+            services, submissions, caller, [f"{prefix}{_PARAM[i.kind]}" for i, prefix in zip(items, at)]
+        )
         accepted = await recorder.submit(submissions)
     except APIError:
         for kind in kinds:
@@ -123,13 +165,21 @@ async def _accept(services: Services, items: list, caller: Caller, batch: bool) 
     except SpoolFull as exc:
         for kind in kinds:
             recorder.metrics.events.labels(kind, "refused_spool_full").inc()
-        raise APIError(503, f"Feedback storage is full ({exc}); retry later.", code="spool_full",
-                       headers={"Retry-After": "10"}) from exc
+        raise APIError(
+            503,
+            f"Feedback storage is full ({exc}); retry later.",
+            code="spool_full",
+            headers={"Retry-After": "10"},
+        ) from exc
     except SpoolUnavailable as exc:
         for kind in kinds:
             recorder.metrics.events.labels(kind, "refused_storage_unavailable").inc()
-        raise APIError(503, f"Feedback storage is unavailable ({exc}); nothing was accepted, retry later.",
-                       code="storage_unavailable", headers={"Retry-After": "10"}) from exc
+        raise APIError(
+            503,
+            f"Feedback storage is unavailable ({exc}); nothing was accepted, retry later.",
+            code="storage_unavailable",
+            headers={"Retry-After": "10"},
+        ) from exc
     except IdempotencyConflict as exc:
         raise APIError(409, str(exc), param="idempotency_key", code="idempotency_conflict") from exc
     for kind, a in zip(kinds, accepted):
@@ -172,8 +222,12 @@ async def demonstrations(body: p.DemonstrationFeedback, caller: ClientDep, servi
 
 # The body model of each single-event route: gateway/feedback_fast_path.py serves these without FastAPI's
 # routing and dependency solving (same handler, same checks).
-SINGLE_EVENT_ROUTES = {pairwise: p.PairwiseFeedback, rankings: p.RankingFeedback, ratings: p.RatingFeedback,
-                       demonstrations: p.DemonstrationFeedback}
+SINGLE_EVENT_ROUTES = {
+    pairwise: p.PairwiseFeedback,
+    rankings: p.RankingFeedback,
+    ratings: p.RatingFeedback,
+    demonstrations: p.DemonstrationFeedback,
+}
 
 
 @router.post("/batch", status_code=202, response_model=p.BatchAccepted)

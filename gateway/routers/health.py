@@ -21,8 +21,11 @@ async def healthz() -> dict:
 async def readyz(deployment: DeploymentDep):
     """Ready only once the engine has loaded and warmed up."""
     if not deployment.ready:
-        why = "The engine is still loading or warming up." if deployment.starting or not deployment.start_error \
+        why = (
+            "The engine is still loading or warming up."
+            if deployment.starting or not deployment.start_error
             else f"No engine is running ({deployment.start_error}); an admin can POST /admin/policy."
+        )
         return error_response(503, why, code="not_ready", headers={"Retry-After": "5"})
     return {"status": "ready", "policy_version": deployment.version}
 

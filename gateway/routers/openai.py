@@ -17,7 +17,9 @@ async def completions(body: p.CompletionRequest, request: Request, caller: Clien
 
 
 @router.post("/chat/completions")
-async def chat_completions(body: p.ChatCompletionRequest, request: Request, caller: ClientDep, serving: ServingDep):
+async def chat_completions(
+    body: p.ChatCompletionRequest, request: Request, caller: ClientDep, serving: ServingDep
+):
     """Chat completion from the served policy."""
     return await serving.chat(body, caller, request)
 
@@ -25,6 +27,9 @@ async def chat_completions(body: p.ChatCompletionRequest, request: Request, call
 @router.get("/models")
 async def models(_: ClientDep, services: ServicesDep) -> p.ModelList:
     """The one served model, with the policy version behind it."""
-    card = p.ModelCard(id=services.settings.gateway.served_model_name, created=int(services.started_at),
-                       policy_version=services.deployment.version)
+    card = p.ModelCard(
+        id=services.settings.gateway.served_model_name,
+        created=int(services.started_at),
+        policy_version=services.deployment.version,
+    )
     return p.ModelList(data=[card])

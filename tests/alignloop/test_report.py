@@ -17,15 +17,33 @@ def test_the_report_shows_people_judge_tax_and_rm_accuracy(tmp_path, tiny_model_
     registry = PolicyRegistry(settings.paths.registry)
     registry.publish(tiny_model_dir, source="tiny-model", make_current=True)
     for n, (accuracy, ptx) in enumerate([(0.7, 1.10), (0.85, 1.05)], start=1):
-        registry.publish(tiny_model_dir, source="trainer", parent=registry.current(), make_current=n == 2,
-                         metrics={"rm_heldout_accuracy": accuracy},
-                         extra={"round": n, "gate": {"decision": "proposed" if n == 2 else "rejected",
-                                                     "candidate_ptx_loss": ptx, "sft_ptx_loss": 1.0, "kl_from_sft": 2.5,
-                                                     # the gate's held-out judge set, when it had one
-                                                     **({"judge_accuracy": 0.9} if n == 2 else {})}})
+        registry.publish(
+            tiny_model_dir,
+            source="trainer",
+            parent=registry.current(),
+            make_current=n == 2,
+            metrics={"rm_heldout_accuracy": accuracy},
+            extra={
+                "round": n,
+                "gate": {
+                    "decision": "proposed" if n == 2 else "rejected",
+                    "candidate_ptx_loss": ptx,
+                    "sft_ptx_loss": 1.0,
+                    "kl_from_sft": 2.5,
+                    # the gate's held-out judge set, when it had one
+                    **({"judge_accuracy": 0.9} if n == 2 else {}),
+                },
+            },
+        )
     assert registry.current() == "v0003"
-    registry.record_decision("v0003", {"decision": "promoted", "against": "v0001", "evidence": {
-        "wins": 18, "n": 22, "interval_95": (0.61, 0.93)}})
+    registry.record_decision(
+        "v0003",
+        {
+            "decision": "promoted",
+            "against": "v0001",
+            "evidence": {"wins": 18, "n": 22, "interval_95": (0.61, 0.93)},
+        },
+    )
 
     # People ranked blinded pairs of v0003's and v0001's answers: v0003 first 8 times out of 10.
     ownership = Ownership(load_or_create_secrets([], settings.paths.ownership_secret), 86400)
@@ -34,14 +52,32 @@ def test_the_report_shows_people_judge_tax_and_rm_accuracy(tmp_path, tiny_model_
         request_id = ownership.request_id("chatcmpl", "labelling")
         new, old = ownership.choice_id(request_id, 0, "v0003"), ownership.choice_id(request_id, 1, "v0001")
         ranking = [[new], [old]] if i < 8 else [[old], [new]]
-        assert evidence.record(Comparison(request_id=request_id, rater="rita", ranking=ranking,
-                                          choice_versions={c: ownership.version_of(c) for c in (new, old)}))
-    again = Comparison(request_id=request_id, rater="rita", ranking=[[old], [new]], choice_versions={new: "v0003", old: "v0001"})
-    assert evidence.record(again) and len(evidence.verdicts("v0003", "v0001")) == 10, "one verdict per rater and request"
+        assert evidence.record(
+            Comparison(
+                request_id=request_id,
+                rater="rita",
+                ranking=ranking,
+                choice_versions={c: ownership.version_of(c) for c in (new, old)},
+            )
+        )
+    again = Comparison(
+        request_id=request_id,
+        rater="rita",
+        ranking=[[old], [new]],
+        choice_versions={new: "v0003", old: "v0001"},
+    )
+    assert evidence.record(again) and len(evidence.verdicts("v0003", "v0001")) == 10, (
+        "one verdict per rater and request"
+    )
 
     judged = {"rate": 0.9, "interval_95": (0.8, 0.95), "pairs": 192}
-    page = report.build(settings, tmp_path / "report", judge=lambda v: judged, judge_name="hidden rule",
-                        judged_versions=["v0003"])
+    page = report.build(
+        settings,
+        tmp_path / "report",
+        judge=lambda v: judged,
+        judge_name="hidden rule",
+        judged_versions=["v0003"],
+    )
     text = page.read_text()
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| v")}
     assert "v0003 (serving)" in rows and "v0002" in rows and "v0001" in rows

@@ -14,9 +14,9 @@ def test_precedence(tmp_path):
     cfg.write_text('[gateway]\nport = 1111\nhost = "0.0.0.0"\n[engine]\nmax_model_len = 128\n')
     env = {"ALIGNLOOP_GATEWAY__PORT": "2222", "ALIGNLOOP_ENGINE__MAX_NUM_SEQS": "8"}
     s = load_settings(cfg, ["gateway.port=3333"], environ=env)
-    assert s.gateway.port == 3333          # CLI beats env and file
-    assert s.engine.max_num_seqs == 8      # env beats default
-    assert s.engine.max_model_len == 128   # file beats default
+    assert s.gateway.port == 3333  # CLI beats env and file
+    assert s.engine.max_num_seqs == 8  # env beats default
+    assert s.engine.max_model_len == 128  # file beats default
     assert s.gateway.host == "0.0.0.0"
     assert load_settings(cfg, [], environ=env).gateway.port == 2222
     assert load_settings(None, [], environ={}).gateway.port == 8000
@@ -29,7 +29,7 @@ def test_lists_from_env_and_typos_fail():
     with pytest.raises(ValidationError):
         load_settings(None, ["gateway.prot=1"], environ={})
     with pytest.raises(ValidationError):
-        load_settings(None, ["gateway.api_keys=[{\"key\": \"k\", \"name\": \"n\", \"max_n\": 10}]"], environ={})
+        load_settings(None, ['gateway.api_keys=[{"key": "k", "name": "n", "max_n": 10}]'], environ={})
     with pytest.raises(ValueError):
         load_settings(None, ["no-equals-sign"], environ={})
 
@@ -46,12 +46,15 @@ def test_limits_that_would_break_the_gateway_are_refused():
     """Hardening item 11: a zero request rate (was a ZeroDivisionError, a 500 on every request) and two
     keys with one name (which would share ownership of completions) are configuration errors."""
     with pytest.raises(ValidationError):
-        load_settings(None, ['gateway.api_keys=[{"key": "k1", "name": "a", "requests_per_minute": 0}]'], environ={})
+        load_settings(
+            None, ['gateway.api_keys=[{"key": "k1", "name": "a", "requests_per_minute": 0}]'], environ={}
+        )
     with pytest.raises(ValidationError, match="unique"):
-        load_settings(None, ['gateway.api_keys=[{"key": "k1", "name": "a"}, {"key": "k2", "name": "a"}]'], environ={})
+        load_settings(
+            None, ['gateway.api_keys=[{"key": "k1", "name": "a"}, {"key": "k2", "name": "a"}]'], environ={}
+        )
     settings = load_settings(None, ['gateway.api_keys=[{"key": "sk-very-secret", "name": "a"}]'], environ={})
     assert "sk-very-secret" not in repr(settings)
-
 
 
 def test_the_shipped_placeholder_secrets_are_refused_at_start():

@@ -66,7 +66,9 @@ def test_dashboard_and_alerts_use_exported_metrics(gateway, tmp_path):
 def _promtool(*args: str) -> subprocess.CompletedProcess:
     promtool = shutil.which("promtool")
     assert promtool, "promtool is missing: run `bash deploy/install-test-tools.sh` (make test does)"
-    return subprocess.run([promtool, *args], cwd=DEPLOY / "prometheus", capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [promtool, *args], cwd=DEPLOY / "prometheus", capture_output=True, text=True, timeout=120
+    )
 
 
 def test_promtool_accepts_the_config_and_the_alert_rules():

@@ -21,7 +21,9 @@ COMPOSE = DEPLOY / "compose"
 
 
 def _env_file(path) -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
+    pairs = (
+        line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#")
+    )
     return {k: v for k, v in pairs}
 
 
@@ -35,9 +37,20 @@ def _alignloop_command(argv: list[str]) -> None:
 def compose() -> dict:
     checker = REPO / ".cache" / "bin" / "compose-check"
     assert checker.exists(), "run `bash deploy/install-test-tools.sh` (make test does) to build compose-check"
-    loaded = subprocess.run([str(checker), str(COMPOSE / "compose.yaml")], capture_output=True, text=True, timeout=60)
+    loaded = subprocess.run(
+        [str(checker), str(COMPOSE / "compose.yaml")], capture_output=True, text=True, timeout=60
+    )
     assert loaded.returncode == 0, loaded.stderr
-    assert loaded.stdout.split() == ["gateway-a", "gateway-b", "grafana", "init", "kafka", "lb", "prometheus", "trainer"]
+    assert loaded.stdout.split() == [
+        "gateway-a",
+        "gateway-b",
+        "grafana",
+        "init",
+        "kafka",
+        "lb",
+        "prometheus",
+        "trainer",
+    ]
     return yaml.safe_load((COMPOSE / "compose.yaml").read_text())
 
 
@@ -48,16 +61,27 @@ def test_compose_runs_two_gateways_behind_a_balancer_with_the_trainer_and_monito
     for name in ("gateway-a", "gateway-b", "trainer"):
         assert services[name]["depends_on"]["init"]["condition"] == "service_completed_successfully"
         assert "registry:/registry" in services[name]["volumes"]
-    assert services["gateway-a"]["volumes"] != services["gateway-b"]["volumes"], "each replica has its own spool"
+    assert services["gateway-a"]["volumes"] != services["gateway-b"]["volumes"], (
+        "each replica has its own spool"
+    )
     nginx = (COMPOSE / "nginx.conf").read_text()
-    assert "server gateway-a:8000" in nginx and "server gateway-b:8000" in nginx and "proxy_buffering off" in nginx
+    assert (
+        "server gateway-a:8000" in nginx
+        and "server gateway-b:8000" in nginx
+        and "proxy_buffering off" in nginx
+    )
 
     # Every alignloop setting the stack sets is a real one, with a valid value.
-    env = {**_env_file(COMPOSE / "alignloop.env.example"), **services["gateway-a"]["environment"],
-           **services["trainer"]["environment"]}
+    env = {
+        **_env_file(COMPOSE / "alignloop.env.example"),
+        **services["gateway-a"]["environment"],
+        **services["trainer"]["environment"],
+    }
     with pytest.raises(ValidationError, match="placeholder"):
         load_settings(environ=env)  # the example's secrets are refused until replaced
-    settings = load_settings(environ={k: v.replace("CHANGE-ME", secrets.token_hex(16)) for k, v in env.items()})
+    settings = load_settings(
+        environ={k: v.replace("CHANGE-ME", secrets.token_hex(16)) for k, v in env.items()}
+    )
     assert str(settings.registry_dir) == "/registry" and settings.feedback.kafka_bootstrap == "kafka:9092"
     assert len(settings.gateway.api_keys) == 3 and len(settings.gateway.ownership_secrets) == 1
     assert settings.train.loop.metrics_host == "0.0.0.0"
@@ -65,16 +89,28 @@ def test_compose_runs_two_gateways_behind_a_balancer_with_the_trainer_and_monito
     # Prometheus in the stack: the shipped rules, both replicas and the trainer as targets.
     prom = yaml.safe_load((COMPOSE / "prometheus.yml").read_text())
     targets = {j["job_name"]: j["static_configs"][0]["targets"] for j in prom["scrape_configs"]}
-    assert targets == {"alignloop-gateway": ["gateway-a:8000", "gateway-b:8000"], "alignloop-trainer": ["trainer:9400"]}
+    assert targets == {
+        "alignloop-gateway": ["gateway-a:8000", "gateway-b:8000"],
+        "alignloop-trainer": ["trainer:9400"],
+    }
     shutil.copy(COMPOSE / "prometheus.yml", tmp_path / "prometheus.yml")
     shutil.copy(DEPLOY / "prometheus" / "alerts.yml", tmp_path / "alerts.yml")
-    checked = subprocess.run(["promtool", "check", "config", "prometheus.yml"], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=60)
+    checked = subprocess.run(
+        ["promtool", "check", "config", "prometheus.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     # Grafana: provisioned with that Prometheus and the shipped dashboard.
-    source = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text())
+    source = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text()
+    )
     assert source["datasources"][0]["url"] == "http://prometheus:9090"
-    board = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "alignloop.yaml").read_text())
+    board = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "dashboards" / "alignloop.yaml").read_text()
+    )
     mounted = [v for v in compose["services"]["grafana"]["volumes"] if "alignloop.json" in v][0]
     assert mounted.split(":")[1].startswith(board["providers"][0]["options"]["path"])
 
@@ -82,13 +118,25 @@ def test_compose_runs_two_gateways_behind_a_balancer_with_the_trainer_and_monito
 def test_the_image_copies_every_package_and_runs_the_cli():
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     copied = {line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ")}
-    packages = {"core", "registry", "inference", "gateway", "feedback", "trainer", "synthetic", "alignloop", "deploy"}
+    packages = {
+        "core",
+        "registry",
+        "inference",
+        "gateway",
+        "feedback",
+        "trainer",
+        "synthetic",
+        "alignloop",
+        "deploy",
+    }
     assert packages <= copied and all((REPO / p).exists() for p in copied)
     assert 'ENTRYPOINT ["alignloop"]' in dockerfile and "deploy/install.sh" in dockerfile
 
 
 def _manifests() -> list[dict]:
-    standalone = REPO / ".cache" / "bin" / "kustomize"  # deploy/install-test-tools.sh builds it where kubectl is missing
+    standalone = (
+        REPO / ".cache" / "bin" / "kustomize"
+    )  # deploy/install-test-tools.sh builds it where kubectl is missing
     command = ["kubectl", "kustomize"] if shutil.which("kubectl") else [str(standalone), "build"]
     built = subprocess.run([*command, str(DEPLOY / "k8s")], capture_output=True, text=True, timeout=60)
     assert built.returncode == 0, built.stderr
@@ -111,9 +159,13 @@ def test_kubernetes_manifests_are_valid_and_say_what_a_gpu_cluster_needs():
     trainer = by_kind[("Deployment", "alignloop-trainer")]["spec"]
     assert trainer["replicas"] == 1 and trainer["strategy"]["type"] == "Recreate"
     _alignloop_command(trainer["template"]["spec"]["containers"][0]["args"])
-    assert by_kind[("PersistentVolumeClaim", "alignloop-registry")]["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert by_kind[("PersistentVolumeClaim", "alignloop-registry")]["spec"]["accessModes"] == [
+        "ReadWriteMany"
+    ]
     env = {**by_kind[("ConfigMap", "alignloop")]["data"], **by_kind[("Secret", "alignloop")]["stringData"]}
     with pytest.raises(ValidationError, match="placeholder"):
         load_settings(environ=env)  # the example's secrets are refused until replaced
-    settings = load_settings(environ={k: v.replace("CHANGE-ME", secrets.token_hex(16)) for k, v in env.items()})
+    settings = load_settings(
+        environ={k: v.replace("CHANGE-ME", secrets.token_hex(16)) for k, v in env.items()}
+    )
     assert str(settings.registry_dir) == "/registry" and settings.engine.gpu_memory_utilization < 0.5

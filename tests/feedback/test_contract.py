@@ -19,8 +19,16 @@ def backend(request):
 def test_completion_and_feedback_round_trip(backend):
     gw, kafka = backend
     with gw.client() as c:
-        served = c.post("/v1/chat/completions", json={"model": MODEL, "n": 3, "max_tokens": 16, "seed": 5,
-                                                      "messages": [{"role": "user", "content": "Describe a cat."}]})
+        served = c.post(
+            "/v1/chat/completions",
+            json={
+                "model": MODEL,
+                "n": 3,
+                "max_tokens": 16,
+                "seed": 5,
+                "messages": [{"role": "user", "content": "Describe a cat."}],
+            },
+        )
         assert served.status_code == 200, served.text
         body = served.json()
         rid, ids = body["id"], [ch["id"] for ch in body["choices"]]
@@ -64,7 +72,9 @@ def test_completion_and_feedback_round_trip(backend):
 def test_idempotent_resubmission_is_accepted_once(backend):
     gw, kafka = backend
     with gw.client() as c:
-        body = c.post("/v1/completions", json={"model": MODEL, "prompt": "The", "n": 2, "max_tokens": 8}).json()
+        body = c.post(
+            "/v1/completions", json={"model": MODEL, "prompt": "The", "n": 2, "max_tokens": 8}
+        ).json()
         ids = [ch["id"] for ch in body["choices"]]
         item = {"chosen": ids[1], "rejected": ids[0], "idempotency_key": "vote-1"}
         first = c.post("/v1/feedback/pairwise", json=item)

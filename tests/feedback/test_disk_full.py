@@ -51,7 +51,11 @@ class Rater:
             i = 0
             while not self.stop.is_set():
                 key = f"disk-{i}"
-                body = {"choice_id": rng.choice(self.choice_ids), "rating": rng.choice([-1, 1]), "idempotency_key": key}
+                body = {
+                    "choice_id": rng.choice(self.choice_ids),
+                    "rating": rng.choice([-1, 1]),
+                    "idempotency_key": key,
+                }
                 while not self.stop.is_set():
                     r = c.post("/v1/feedback/ratings", json=body)
                     self.statuses.append(r.status_code)
@@ -67,8 +71,10 @@ class Rater:
 def test_a_full_disk_gets_503_serving_goes_on_and_nothing_accepted_is_lost(small_disk_gateway, kafka_broker):
     gw = small_disk_gateway
     with gw.client() as c:
-        served = [c.post("/v1/completions", json={"model": MODEL, "prompt": "The", "n": 4, "max_tokens": 3}).json()
-                  for _ in range(10)]
+        served = [
+            c.post("/v1/completions", json={"model": MODEL, "prompt": "The", "n": 4, "max_tokens": 3}).json()
+            for _ in range(10)
+        ]
     rater = Rater(gw, [ch["id"] for r in served for ch in r["choices"]])
     rater.thread.start()
     filler = gw.state_dir / "feedback" / "filler"
@@ -84,17 +90,30 @@ def test_a_full_disk_gets_503_serving_goes_on_and_nothing_accepted_is_lost(small
         _wait(lambda: 503 in rater.statuses, 60, "feedback to be refused while the disk is full")
         with gw.client() as c:  # serving goes on while feedback cannot be stored
             for _ in range(3):
-                assert c.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}).status_code == 200
+                assert (
+                    c.post(
+                        "/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}
+                    ).status_code
+                    == 200
+                )
         accepted_while_full = len(rater.accepted)
         time.sleep(2)
     finally:
         filler.unlink(missing_ok=True)  # space comes back
-    _wait(lambda: len(rater.accepted) >= accepted_while_full + 100, 120, "feedback after the disk has room again")
+    _wait(
+        lambda: len(rater.accepted) >= accepted_while_full + 100,
+        120,
+        "feedback after the disk has room again",
+    )
     rater.stop.set()
     rater.thread.join(60)
     assert rater.retry_after and "" not in rater.retry_after, "a 503 must say when to retry"
-    _wait(lambda: scrape(gw).get(("alignloop_spool_events", ()), 1) == 0, 120, "the spool to empty into Kafka")
-    in_kafka = {parse_event(r.value).event_id for r in read_all_kafka(kafka_broker.bootstrap) if r.topic == FEEDBACK}
+    _wait(
+        lambda: scrape(gw).get(("alignloop_spool_events", ()), 1) == 0, 120, "the spool to empty into Kafka"
+    )
+    in_kafka = {
+        parse_event(r.value).event_id for r in read_all_kafka(kafka_broker.bootstrap) if r.topic == FEEDBACK
+    }
     missing = set(rater.accepted.values()) - in_kafka
     assert not missing, f"{len(missing)} accepted events never reached Kafka"
 
@@ -114,7 +133,10 @@ def test_a_gateway_restarted_on_an_unloadable_current_serves_the_last_good_versi
     with gw.client(ADMIN_KEY) as admin:
         assert victim in admin.get("/admin/versions").json()["start_error"]
     with gw.client(USER_KEY) as c:
-        assert c.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}).status_code == 200
+        assert (
+            c.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}).status_code
+            == 200
+        )
 
 
 def _wait(predicate, timeout: float, what: str) -> None:

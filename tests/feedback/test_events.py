@@ -11,11 +11,14 @@ from feedback.events import Comparison, CompletionServed, Demonstration, Rating,
 def test_ranking_with_a_tie_expands_to_ordered_pairs():
     c = Comparison(request_id="r", ranking=[["a"], ["b", "c"], ["d"]], rater="u")
     assert sorted(c.pairs()) == sorted([("a", "b"), ("a", "c"), ("a", "d"), ("b", "d"), ("c", "d")])
-    assert Comparison(request_id="r", ranking=[["a", "b"]], rater="u").pairs() == []  # all tied: recorded, no pair
+    assert (
+        Comparison(request_id="r", ranking=[["a", "b"]], rater="u").pairs() == []
+    )  # all tied: recorded, no pair
 
 
-@pytest.mark.parametrize("ranking", [[["a"]], [["a"], ["a"]], [["a", "b"], ["b"]], [[str(i)] for i in range(10)],
-                                     [["a"], []]])
+@pytest.mark.parametrize(
+    "ranking", [[["a"]], [["a"], ["a"]], [["a", "b"], ["b"]], [[str(i)] for i in range(10)], [["a"], []]]
+)
 def test_bad_rankings_are_refused(ranking):
     with pytest.raises(ValidationError):
         Comparison(request_id="r", ranking=ranking, rater="u")
@@ -23,9 +26,17 @@ def test_bad_rankings_are_refused(ranking):
 
 def test_round_trip_and_unique_ids():
     events = [
-        CompletionServed(request_id="r", route="chat", messages=[{"role": "user", "content": "hi"}], prompt_text="x",
-                         prompt_tokens=3, choices=[ServedChoice(choice_id="r-0", text="yo", completion_tokens=1)],
-                         sampling={"n": 1}, policy_version="v0001", caller="alice"),
+        CompletionServed(
+            request_id="r",
+            route="chat",
+            messages=[{"role": "user", "content": "hi"}],
+            prompt_text="x",
+            prompt_tokens=3,
+            choices=[ServedChoice(choice_id="r-0", text="yo", completion_tokens=1)],
+            sampling={"n": 1},
+            policy_version="v0001",
+            caller="alice",
+        ),
         Comparison(request_id="r", ranking=[["r-0"], ["r-1"]], rater="alice"),
         Rating(request_id="r", choice_id="r-0", rating=-1, rater="alice"),
         Demonstration(request_id="r", response="better", author="alice"),

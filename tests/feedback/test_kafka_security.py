@@ -24,22 +24,39 @@ def sasl_broker(tmp_path_factory):
 
 
 def sasl_config(broker, password: str) -> FeedbackConfig:
-    return FeedbackConfig(kafka_bootstrap=broker.bootstrap, kafka_timeout_s=3, security_protocol="SASL_PLAINTEXT",
-                          sasl_mechanism="PLAIN", sasl_username="gateway", sasl_password=password)
+    return FeedbackConfig(
+        kafka_bootstrap=broker.bootstrap,
+        kafka_timeout_s=3,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="PLAIN",
+        sasl_username="gateway",
+        sasl_password=password,
+    )
 
 
 def test_sasl_credentials_reach_producer_and_consumer(sasl_broker, tmp_path):
-    wrong = FeedbackRecorder(sasl_config(sasl_broker, "wrong"), StatePaths(tmp_path / "a").feedback_log,
-                             registry := CollectorRegistry())
+    wrong = FeedbackRecorder(
+        sasl_config(sasl_broker, "wrong"),
+        StatePaths(tmp_path / "a").feedback_log,
+        registry := CollectorRegistry(),
+    )
     try:
         wrong.record_completion(completion("sasl-0"))
-        wait_for(lambda: (registry.get_sample_value("alignloop_kafka_send_failures_total") or 0) >= 1, timeout=60)
-        assert wrong.undelivered() == 1 and registry.get_sample_value("alignloop_kafka_connected") in (None, 0.0)
+        wait_for(
+            lambda: (registry.get_sample_value("alignloop_kafka_send_failures_total") or 0) >= 1, timeout=60
+        )
+        assert wrong.undelivered() == 1 and registry.get_sample_value("alignloop_kafka_connected") in (
+            None,
+            0.0,
+        )
     finally:
         wrong.close(drain_timeout=0)
 
-    rec = FeedbackRecorder(sasl_config(sasl_broker, "gateway-secret"), StatePaths(tmp_path / "a").feedback_log,
-                           CollectorRegistry())
+    rec = FeedbackRecorder(
+        sasl_config(sasl_broker, "gateway-secret"),
+        StatePaths(tmp_path / "a").feedback_log,
+        CollectorRegistry(),
+    )
     try:
         ids = {a.event_id for a in asyncio.run(rec.submit([rating("sasl-0")]))}
         wait_for(lambda: rec.undelivered() == 0, timeout=60)  # the one that waited goes too

@@ -46,13 +46,17 @@ def _items(requests: list[list[str]], tag: str) -> list[dict]:
         kind = ("rating", "pairwise", "ranking")[i % 3]
         key = f"{tag}-{i}"
         if kind == "rating":
-            items.append({"kind": "rating", "choice_id": ids[0], "rating": rng.choice([-1, 1]), "idempotency_key": key})
+            items.append(
+                {"kind": "rating", "choice_id": ids[0], "rating": rng.choice([-1, 1]), "idempotency_key": key}
+            )
         elif kind == "pairwise":
             a, b = rng.sample(ids, 2)
             items.append({"kind": "pairwise", "chosen": a, "rejected": b, "idempotency_key": key})
         else:
             order = rng.sample(ids, 4)
-            items.append({"kind": "ranking", "ranking": [order[0], order[1:3], order[3]], "idempotency_key": key})
+            items.append(
+                {"kind": "ranking", "ranking": [order[0], order[1:3], order[3]], "idempotency_key": key}
+            )
     return items
 
 
@@ -63,7 +67,7 @@ class Submitter:
     def __init__(self, url: str, items: list[dict]):
         self.url, self.accepted, self.refused, self.retries = url, {}, [], 0
         singles = [("single", [it]) for it in items[:SINGLES]]
-        batches = [("batch", items[i:i + BATCH]) for i in range(SINGLES, len(items), BATCH)]
+        batches = [("batch", items[i : i + BATCH]) for i in range(SINGLES, len(items), BATCH)]
         self.work = singles + batches
         random.Random(0).shuffle(self.work)
         self.lock = threading.Lock()
@@ -77,7 +81,9 @@ class Submitter:
             try:
                 if kind == "single":
                     item = dict(chunk[0])
-                    route = {"rating": "ratings", "pairwise": "pairwise", "ranking": "rankings"}[item.pop("kind")]
+                    route = {"rating": "ratings", "pairwise": "pairwise", "ranking": "rankings"}[
+                        item.pop("kind")
+                    ]
                     r = http.post(f"/v1/feedback/{route}", json=item)
                 else:
                     r = http.post("/v1/feedback/batch", json={"items": chunk})
@@ -100,7 +106,9 @@ class Submitter:
 
     def run(self, threads: int = 4) -> None:
         def worker(share):
-            with httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {USER_KEY}"}, timeout=60) as http:
+            with httpx.Client(
+                base_url=self.url, headers={"Authorization": f"Bearer {USER_KEY}"}, timeout=60
+            ) as http:
                 for kind, chunk in share:
                     self._send(http, kind, chunk)
 

@@ -65,11 +65,24 @@ def test_a_caller_that_gives_up_never_kills_the_writer(tmp_path):
 def test_a_record_kafka_would_refuse_goes_to_dead_letters_and_the_rest_flows(tmp_path, kafka_broker):
     """Item 2: a record above the size Kafka accepts is not retried for ever in front of the others."""
     registry = CollectorRegistry()
-    rec = FeedbackRecorder(FeedbackConfig(kafka_bootstrap=kafka_broker.bootstrap, kafka_timeout_s=5),
-                           StatePaths(tmp_path).feedback_log, registry)
-    huge = CompletionServed(request_id="huge-1", route="completions", prompt="p", prompt_text="p", prompt_tokens=1,
-                            choices=[ServedChoice(choice_id=f"huge-1-{i}", text="y" * 200_000, completion_tokens=1)
-                                     for i in range(6)], sampling={}, policy_version="v0001", caller="alice")
+    rec = FeedbackRecorder(
+        FeedbackConfig(kafka_bootstrap=kafka_broker.bootstrap, kafka_timeout_s=5),
+        StatePaths(tmp_path).feedback_log,
+        registry,
+    )
+    huge = CompletionServed(
+        request_id="huge-1",
+        route="completions",
+        prompt="p",
+        prompt_text="p",
+        prompt_tokens=1,
+        choices=[
+            ServedChoice(choice_id=f"huge-1-{i}", text="y" * 200_000, completion_tokens=1) for i in range(6)
+        ],
+        sampling={},
+        policy_version="v0001",
+        caller="alice",
+    )
     try:
         rec.record_completion(huge)
         ids = [a.event_id for a in asyncio.run(rec.submit([rating("after-huge"), rating("after-huge", -1)]))]
@@ -81,7 +94,9 @@ def test_a_record_kafka_would_refuse_goes_to_dead_letters_and_the_rest_flows(tmp
         rec.close()
     from feedback.events import parse_event
 
-    delivered = {parse_event(r.value).event_id for r in read_all_kafka(kafka_broker.bootstrap) if r.topic == FEEDBACK}
+    delivered = {
+        parse_event(r.value).event_id for r in read_all_kafka(kafka_broker.bootstrap) if r.topic == FEEDBACK
+    }
     assert set(ids) <= delivered
 
 
@@ -93,7 +108,13 @@ def test_malformed_records_become_dead_letters_and_consumption_goes_on(tmp_path)
     settings.train.loop.metrics_port = 0
     settings.train.ppo.ptx_coef = 0.0
     log = LocalLog(settings.paths.feedback_log)
-    bad = [b"null", b"[1, 2]", b"\xff\xfe not json", b'{"schema_version": 1, "type": "rating"}', b"[" * 100_000]
+    bad = [
+        b"null",
+        b"[1, 2]",
+        b"\xff\xfe not json",
+        b'{"schema_version": 1, "type": "rating"}',
+        b"[" * 100_000,
+    ]
     offsets = log.append([(FEEDBACK, b"k", value) for value in bad])
     good = [completion("good-1"), Rating(request_id="good-1", choice_id="good-1-0", rating=1, rater="alice")]
     log.append([(topic_for(e), e.key(), e.to_bytes()) for e in good])
@@ -118,11 +139,16 @@ def test_the_idempotency_index_is_pruned_by_age_and_its_size_counts(tmp_path):
     every few minutes), and their bytes leave the spool's count with them."""
     config = FeedbackConfig(index_retention_days=1)
     rec = FeedbackRecorder(config, StatePaths(tmp_path).feedback_log, CollectorRegistry())
-    old = Rating(request_id="old", choice_id="old-0", rating=1, rater="alice", timestamp=time.time() - 3 * 86400)
+    old = Rating(
+        request_id="old", choice_id="old-0", rating=1, rater="alice", timestamp=time.time() - 3 * 86400
+    )
     asyncio.run(rec.submit([Submission(old, "alice:stale"), rating("new", key="alice:fresh")]))
     rec.close()
-    with_old = FeedbackRecorder(config.model_copy(update={"index_retention_days": 10}),
-                                StatePaths(tmp_path).feedback_log, CollectorRegistry())
+    with_old = FeedbackRecorder(
+        config.model_copy(update={"index_retention_days": 10}),
+        StatePaths(tmp_path).feedback_log,
+        CollectorRegistry(),
+    )
     grown = with_old.usage.index_bytes
     assert _keys(with_old) == {"alice:stale", "alice:fresh"} and grown > 0
     with_old.close()

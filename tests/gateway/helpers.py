@@ -22,8 +22,11 @@ def unread_stream(url: str, key: str, body: dict) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.settimeout(60)
     sock.connect((host, int(port)))
-    sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
-                 f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    sock.sendall(
+        f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
     head = b""
     while not head.endswith(b"\r\n\r\n"):
         head += sock.recv(1)
@@ -35,8 +38,9 @@ def decided(gw, version: str, timeout_s: float = 900) -> dict:
     """Wait for the registry's decision on a proposed version."""
     deadline = time.monotonic() + timeout_s
     while (decision := gw.registry.decision(version)) is None:
-        assert time.monotonic() < deadline, httpx.get(f"{gw.url}/admin/promotion",
-                                                      headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
+        assert time.monotonic() < deadline, httpx.get(
+            f"{gw.url}/admin/promotion", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+        ).json()
         time.sleep(1)
     return decision
 

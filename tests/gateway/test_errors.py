@@ -1,6 +1,5 @@
 """Bad input of every kind gets an OpenAI-style JSON error with the documented 4xx status."""
 
-
 import pytest
 
 from tests.conftest import ADMIN_KEY, MODEL, SLOW_KEY, USER2_KEY
@@ -20,20 +19,23 @@ def assert_error(r, status: int, param: str | None = None, code: str | None = No
     return err
 
 
-@pytest.mark.parametrize("change, param", [
-    ({"n": 0}, "n"),
-    ({"n": 100}, "n"),
-    ({"max_tokens": -5}, "max_tokens"),
-    ({"max_tokens": 0}, "max_tokens"),
-    ({"max_tokens": "ten"}, "max_tokens"),
-    ({"temperature": "hot"}, "temperature"),
-    ({"temperature": 9}, "temperature"),
-    ({"top_p": 0}, "top_p"),
-    ({"prompt": 42}, "prompt"),
-    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
-    ({"logprobs": 50}, "logprobs"),
-    ({"not_a_parameter": 1}, "not_a_parameter"),
-])
+@pytest.mark.parametrize(
+    "change, param",
+    [
+        ({"n": 0}, "n"),
+        ({"n": 100}, "n"),
+        ({"max_tokens": -5}, "max_tokens"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": "ten"}, "max_tokens"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"temperature": 9}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"prompt": 42}, "prompt"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"logprobs": 50}, "logprobs"),
+        ({"not_a_parameter": 1}, "not_a_parameter"),
+    ],
+)
 def test_invalid_parameters_are_400(gateway, change, param):
     with gateway.client() as c:
         err = assert_error(c.post("/v1/completions", json={**OK, **change}), 400)
@@ -44,20 +46,38 @@ def test_invalid_parameters_are_400(gateway, change, param):
 def test_missing_required_fields(gateway):
     with gateway.client() as c:
         assert_error(c.post("/v1/completions", json={"prompt": "x"}), 400, param="model")
-        assert_error(c.post("/v1/chat/completions", json={"model": MODEL, "messages": []}), 400, param="messages")
-        assert_error(c.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}), 400)
+        assert_error(
+            c.post("/v1/chat/completions", json={"model": MODEL, "messages": []}), 400, param="messages"
+        )
+        assert_error(
+            c.post(
+                "/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}
+            ),
+            400,
+        )
 
 
 def test_malformed_json(gateway):
     with gateway.client() as c:
-        r = c.post("/v1/completions", content=b'{"model": "x", "prompt":', headers={"content-type": "application/json"})
+        r = c.post(
+            "/v1/completions",
+            content=b'{"model": "x", "prompt":',
+            headers={"content-type": "application/json"},
+        )
         assert "JSON" in assert_error(r, 400)["message"]
-        assert_error(c.post("/v1/completions", content=b"[1, 2]", headers={"content-type": "application/json"}), 400)
+        assert_error(
+            c.post("/v1/completions", content=b"[1, 2]", headers={"content-type": "application/json"}), 400
+        )
 
 
 def test_huge_max_tokens_is_refused_by_key_limit(gateway):
     with gateway.client() as c:
-        assert_error(c.post("/v1/completions", json={**OK, "max_tokens": 10**9}), 400, "max_tokens", "max_tokens_too_large")
+        assert_error(
+            c.post("/v1/completions", json={**OK, "max_tokens": 10**9}),
+            400,
+            "max_tokens",
+            "max_tokens_too_large",
+        )
 
 
 def test_context_length_exceeded(gateway):
@@ -69,16 +89,22 @@ def test_context_length_exceeded(gateway):
 
 def test_oversized_prompt(gateway):
     with gateway.client() as c:
-        assert_error(c.post("/v1/completions", json={**OK, "prompt": "cat " * 400}), 400, "prompt", "prompt_too_long")
+        assert_error(
+            c.post("/v1/completions", json={**OK, "prompt": "cat " * 400}), 400, "prompt", "prompt_too_long"
+        )
         assert_error(c.post("/v1/completions", json={**OK, "prompt": [99999]}), 400, "prompt")
 
 
 def test_oversized_body_is_413(gateway):
     with gateway.client() as c:
-        assert_error(c.post("/v1/completions", json={**OK, "prompt": "x" * 100_000}), 413, code="body_too_large")
+        assert_error(
+            c.post("/v1/completions", json={**OK, "prompt": "x" * 100_000}), 413, code="body_too_large"
+        )
         # A body streamed without a Content-Length is cut off all the same.
         chunks = (b"x" * 8192 for _ in range(20))
-        assert_error(c.post("/v1/completions", content=chunks, headers={"content-type": "application/json"}), 413)
+        assert_error(
+            c.post("/v1/completions", content=chunks, headers={"content-type": "application/json"}), 413
+        )
 
 
 def test_per_key_n_limit(gateway):
@@ -89,7 +115,9 @@ def test_per_key_n_limit(gateway):
 
 def test_unknown_model_is_404(gateway):
     with gateway.client() as c:
-        assert_error(c.post("/v1/completions", json={**OK, "model": "gpt-9"}), 404, "model", "model_not_found")
+        assert_error(
+            c.post("/v1/completions", json={**OK, "model": "gpt-9"}), 404, "model", "model_not_found"
+        )
 
 
 def test_unknown_route_is_404_json(gateway):
@@ -98,8 +126,10 @@ def test_unknown_route_is_404_json(gateway):
         assert_error(c.get("/v1/completions"), 405)
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-key"}, {"Authorization": "Basic abc"},
-                                     {"Authorization": "Bearer"}])
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong-key"}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer"}],
+)
 def test_missing_or_wrong_key_is_401(gateway, headers):
     import httpx
 

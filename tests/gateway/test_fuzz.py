@@ -27,13 +27,16 @@ def check(case) -> None:
 
 
 def test_no_server_errors_and_openai_shaped_refusals(gateway):
-    schema = schemathesis.openapi.from_url(f"{gateway.url}/openapi.json").exclude(path_regex=CHANGES_DEPLOYMENT)
+    schema = schemathesis.openapi.from_url(f"{gateway.url}/openapi.json").exclude(
+        path_regex=CHANGES_DEPLOYMENT
+    )
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 10, [op.label for op in operations]
     for operation in operations:
         for mode in GenerationMode:  # bodies that fit the schema, and bodies that break it
-            run = settings(max_examples=20, deadline=None, database=None, suppress_health_check=list(HealthCheck))(
-                given(case=operation.as_strategy(mode))(check))
+            run = settings(
+                max_examples=20, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+            )(given(case=operation.as_strategy(mode))(check))
             try:
                 run()
             except Unsatisfiable:  # an operation with no inputs (GET /healthz) has no invalid form

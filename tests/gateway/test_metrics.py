@@ -13,8 +13,11 @@ from tests.gateway.helpers import BIG_STREAM, unread_stream
 
 def scrape(gateway) -> dict[tuple[str, tuple], float]:
     text = httpx.get(f"{gateway.url}/metrics").text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def value(samples, name: str, **labels) -> float:
@@ -25,20 +28,35 @@ def test_metrics_count_what_was_served(gateway):
     before = scrape(gateway)
     with gateway.client() as c:
         for _ in range(3):
-            r = c.post("/v1/completions", json={"model": MODEL, "prompt": "The cat", "max_tokens": 5, "temperature": 0})
+            r = c.post(
+                "/v1/completions",
+                json={"model": MODEL, "prompt": "The cat", "max_tokens": 5, "temperature": 0},
+            )
             assert r.status_code == 200
         assert c.post("/v1/completions", json={"model": MODEL, "prompt": "x", "n": 0}).status_code == 400
     served = r.json()
     after = scrape(gateway)
 
     route = dict(route="/v1/completions", method="POST")
-    assert value(after, "alignloop_http_requests_total", **route, status="200") - value(before, "alignloop_http_requests_total", **route, status="200") == 3
-    assert value(after, "alignloop_http_requests_total", **route, status="400") - value(before, "alignloop_http_requests_total", **route, status="400") == 1
-    gen = value(after, "alignloop_generation_tokens_total") - value(before, "alignloop_generation_tokens_total")
+    assert (
+        value(after, "alignloop_http_requests_total", **route, status="200")
+        - value(before, "alignloop_http_requests_total", **route, status="200")
+        == 3
+    )
+    assert (
+        value(after, "alignloop_http_requests_total", **route, status="400")
+        - value(before, "alignloop_http_requests_total", **route, status="400")
+        == 1
+    )
+    gen = value(after, "alignloop_generation_tokens_total") - value(
+        before, "alignloop_generation_tokens_total"
+    )
     assert gen == 3 * served["usage"]["completion_tokens"]
     prompt = value(after, "alignloop_prompt_tokens_total") - value(before, "alignloop_prompt_tokens_total")
     assert prompt == 3 * served["usage"]["prompt_tokens"]
-    ttft = value(after, "alignloop_time_to_first_token_seconds_count", route="completions") - value(before, "alignloop_time_to_first_token_seconds_count", route="completions")
+    ttft = value(after, "alignloop_time_to_first_token_seconds_count", route="completions") - value(
+        before, "alignloop_time_to_first_token_seconds_count", route="completions"
+    )
     assert ttft == 3
     assert value(after, "alignloop_http_request_duration_seconds_count", route="/v1/completions") >= 4
     assert value(after, "alignloop_engine_ready") == 1
@@ -58,9 +76,12 @@ def test_client_hangup_cancels_generation(gateway):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             after = scrape(gateway)
-            cancelled = value(after, "alignloop_requests_cancelled_total", route="completions") \
-                - value(before, "alignloop_requests_cancelled_total", route="completions")
-            generated = value(after, "alignloop_generation_tokens_total") - value(before, "alignloop_generation_tokens_total")
+            cancelled = value(after, "alignloop_requests_cancelled_total", route="completions") - value(
+                before, "alignloop_requests_cancelled_total", route="completions"
+            )
+            generated = value(after, "alignloop_generation_tokens_total") - value(
+                before, "alignloop_generation_tokens_total"
+            )
             if cancelled or generated >= asked:
                 break
             time.sleep(0.2)
@@ -78,14 +99,17 @@ def test_a_hang_up_during_a_non_streamed_request_aborts_its_generation(gateway):
     body = json.dumps({"model": MODEL, "prompt": "The", **{**BIG_STREAM, "stream": False}})
     host, port = gateway.url.removeprefix("http://").split(":")
     with gateway.client(ADMIN_KEY) as admin:
+
         def engine_requests() -> int:
             return sum(e["in_flight"] for e in admin.get("/admin/versions").json()["engines"])
 
         for _ in range(3):
             before = scrape(gateway)
             with socket.create_connection((host, int(port))) as s:
-                s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {USER_KEY}\r\n"
-                          f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode())
+                s.sendall(
+                    f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {USER_KEY}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
+                )
                 deadline = time.monotonic() + 10
                 while not engine_requests() and time.monotonic() < deadline:
                     time.sleep(0.01)  # hang up once the engine works on it (or it was too quick to see)
@@ -97,14 +121,27 @@ def test_a_hang_up_during_a_non_streamed_request_aborts_its_generation(gateway):
             # cancellation, or its 200): wait for the count, not just for the engine.
             while True:
                 after = scrape(gateway)
-                cancelled = value(after, "alignloop_requests_cancelled_total", route="completions") \
-                    - value(before, "alignloop_requests_cancelled_total", route="completions")
-                answered = value(after, "alignloop_http_requests_total", route="/v1/completions", method="POST",
-                                 status="200") \
-                    - value(before, "alignloop_http_requests_total", route="/v1/completions", method="POST", status="200")
+                cancelled = value(after, "alignloop_requests_cancelled_total", route="completions") - value(
+                    before, "alignloop_requests_cancelled_total", route="completions"
+                )
+                answered = value(
+                    after,
+                    "alignloop_http_requests_total",
+                    route="/v1/completions",
+                    method="POST",
+                    status="200",
+                ) - value(
+                    before,
+                    "alignloop_http_requests_total",
+                    route="/v1/completions",
+                    method="POST",
+                    status="200",
+                )
                 if cancelled or answered:
                     break
-                assert time.monotonic() < deadline, "the request was neither answered nor counted as cancelled"
+                assert time.monotonic() < deadline, (
+                    "the request was neither answered nor counted as cancelled"
+                )
                 time.sleep(0.1)
             if not answered:
                 break
@@ -118,14 +155,22 @@ def test_a_non_streamed_request_reports_its_first_tokens_time_not_its_last(gatew
     before = scrape(gateway)
     with gateway.client() as c:
         started = time.monotonic()
-        r = c.post("/v1/completions", json={"model": MODEL, "prompt": "The", "max_tokens": 240, "n": 4,
-                                            "ignore_eos": True})
+        r = c.post(
+            "/v1/completions",
+            json={"model": MODEL, "prompt": "The", "max_tokens": 240, "n": 4, "ignore_eos": True},
+        )
         took = time.monotonic() - started
     assert r.status_code == 200, r.text
     after = scrape(gateway)
     name = "alignloop_time_to_first_token_seconds"
-    assert value(after, f"{name}_count", route="completions") - value(before, f"{name}_count", route="completions") == 1
-    ttft = value(after, f"{name}_sum", route="completions") - value(before, f"{name}_sum", route="completions")
+    assert (
+        value(after, f"{name}_count", route="completions")
+        - value(before, f"{name}_count", route="completions")
+        == 1
+    )
+    ttft = value(after, f"{name}_sum", route="completions") - value(
+        before, f"{name}_sum", route="completions"
+    )
     # 960 tokens come after the first one: the first came well inside the request's time.
     assert 0 < ttft < took / 2, (ttft, took)
 
@@ -134,29 +179,47 @@ def test_a_hang_up_before_the_first_byte_gives_the_reservation_back(gateway):
     # The client sends a streamed request and closes at once: the gateway sees the hang-up before
     # its response starts, so the response's event generator never runs. The key may run one
     # generation at a time; a reservation left behind would refuse it (429) for ever.
-    body = json.dumps({"model": MODEL, "prompt": "The", "max_tokens": 200, "n": 9, "ignore_eos": True, "stream": True})
+    body = json.dumps(
+        {"model": MODEL, "prompt": "The", "max_tokens": 200, "n": 9, "ignore_eos": True, "stream": True}
+    )
     host, port = gateway.url.removeprefix("http://").split(":")
     before = scrape(gateway)
     with socket.create_connection((host, int(port))) as s:
-        s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {ONE_AT_A_TIME_KEY}\r\n"
-                  f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode())
+        s.sendall(
+            f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {ONE_AT_A_TIME_KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
+        )
     deadline = time.monotonic() + 30
     with gateway.client(ONE_AT_A_TIME_KEY) as c:
-        while (r := c.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2})).status_code == 429:
+        while (
+            r := c.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2})
+        ).status_code == 429:
             assert time.monotonic() < deadline, r.text
             time.sleep(0.5)
     assert r.status_code == 200, r.text
     after = scrape(gateway)
-    assert value(after, "alignloop_requests_cancelled_total", route="completions") == value(before, "alignloop_requests_cancelled_total", route="completions") + 1
-    assert value(after, "alignloop_generation_tokens_total") - value(before, "alignloop_generation_tokens_total") < 9 * 200
+    assert (
+        value(after, "alignloop_requests_cancelled_total", route="completions")
+        == value(before, "alignloop_requests_cancelled_total", route="completions") + 1
+    )
+    assert (
+        value(after, "alignloop_generation_tokens_total") - value(before, "alignloop_generation_tokens_total")
+        < 9 * 200
+    )
 
 
 def test_the_gateways_own_time_outside_the_engine_is_measured(gateway):
     before = scrape(gateway)
     with gateway.client() as c:
         started = time.monotonic()
-        r = c.post("/v1/chat/completions", json={"model": MODEL, "max_tokens": 8,
-                                                 "messages": [{"role": "user", "content": "Describe a fox."}]})
+        r = c.post(
+            "/v1/chat/completions",
+            json={
+                "model": MODEL,
+                "max_tokens": 8,
+                "messages": [{"role": "user", "content": "Describe a fox."}],
+            },
+        )
         total_ms = (time.monotonic() - started) * 1000
     assert r.status_code == 200
     overhead_ms = float(r.headers["x-alignloop-overhead-ms"])
@@ -164,8 +227,11 @@ def test_the_gateways_own_time_outside_the_engine_is_measured(gateway):
     assert 0 <= overhead_ms < total_ms
     after = scrape(gateway)
     label = dict(route="/v1/chat/completions")
-    assert value(after, "alignloop_gateway_overhead_seconds_count", **label) - \
-        value(before, "alignloop_gateway_overhead_seconds_count", **label) == 1
+    assert (
+        value(after, "alignloop_gateway_overhead_seconds_count", **label)
+        - value(before, "alignloop_gateway_overhead_seconds_count", **label)
+        == 1
+    )
 
 
 def test_a_streams_own_time_is_measured_to_its_end(gateway):
@@ -177,8 +243,11 @@ def test_a_streams_own_time_is_measured_to_its_end(gateway):
     with gateway.client() as c:
         started = time.monotonic()
         for _ in range(streams):
-            with c.stream("POST", "/v1/completions", json={"model": MODEL, "prompt": "The", "max_tokens": 16,
-                                                            "ignore_eos": True, "stream": True}) as r:
+            with c.stream(
+                "POST",
+                "/v1/completions",
+                json={"model": MODEL, "prompt": "The", "max_tokens": 16, "ignore_eos": True, "stream": True},
+            ) as r:
                 assert r.status_code == 200
                 assert r.read().endswith(b"data: [DONE]\n\n")
         total_s = time.monotonic() - started
@@ -207,8 +276,10 @@ def test_a_client_slow_to_send_its_body_does_not_count_as_the_gateways_time(gate
     body = json.dumps({"model": MODEL, "prompt": "The", "max_tokens": 2})
     host, port = gateway.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=60) as s:
-        s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {USER_KEY}\r\n"
-                  f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        s.sendall(
+            f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {USER_KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        )
         time.sleep(2)
         s.sendall(body.encode())
         head = b""
@@ -218,4 +289,3 @@ def test_a_client_slow_to_send_its_body_does_not_count_as_the_gateways_time(gate
     assert lines[0].startswith("HTTP/1.1 200"), lines
     headers = dict(line.lower().split(": ", 1) for line in lines[1:])
     assert float(headers["x-alignloop-overhead-ms"]) < 1000, headers
-

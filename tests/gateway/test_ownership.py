@@ -29,7 +29,7 @@ def test_any_replica_with_the_secret_checks_ownership_and_version():
 
 def _flip(text: str, at: int) -> str:
     swapped = "0" if text[at] != "0" else "1"
-    return text[:at] + swapped + text[at + 1:]
+    return text[:at] + swapped + text[at + 1 :]
 
 
 def test_made_up_or_altered_ids_are_never_served():
@@ -37,11 +37,15 @@ def test_made_up_or_altered_ids_are_never_served():
     rid = own.request_id("chatcmpl", "alice")
     cid = own.choice_id(rid, 0, "v0001")
     forged = [
-        "chatcmpl-never-served-0", "", "x" * 500, cid + "0", cid[:-1],
-        _flip(cid, len(cid) - 1),                          # the signature
-        cid.replace(f"{rid}-0.", f"{rid}-1."),             # another index
-        _flip(cid, len(rid) + 3),                          # another (sealed) version
-        _flip(cid, len("chatcmpl-") + 3),                  # another request
+        "chatcmpl-never-served-0",
+        "",
+        "x" * 500,
+        cid + "0",
+        cid[:-1],
+        _flip(cid, len(cid) - 1),  # the signature
+        cid.replace(f"{rid}-0.", f"{rid}-1."),  # another index
+        _flip(cid, len(rid) + 3),  # another (sealed) version
+        _flip(cid, len("chatcmpl-") + 3),  # another request
         Ownership([B], 30 * DAY).choice_id(rid, 0, "v0001"),  # signed with another secret
     ]
     for bad in forged:
@@ -64,7 +68,9 @@ def test_a_choice_id_does_not_tell_its_version_to_a_client():
     # The same index of two versions differs only in the sealed part, and the sealed parts of one
     # version share no fixed bytes an observer could learn (a keystream per choice).
     sealed = [c.rsplit(".", 2)[1] for c in ids["v0001"]]
-    assert len(set(sealed)) == 9 and not any(all(s[k] == sealed[0][k] for s in sealed) for k in range(len(sealed[0])))
+    assert len(set(sealed)) == 9 and not any(
+        all(s[k] == sealed[0][k] for s in sealed) for k in range(len(sealed[0]))
+    )
     with pytest.raises(ValueError):
         own.choice_id(rid, 0, "not.a.version")
 
@@ -91,4 +97,6 @@ def test_the_secret_is_generated_once_private_and_configured_ones_must_be_long(t
         load_or_create_secrets([], path)
     with pytest.raises(ValidationError, match="16 characters"):
         GatewayConfig(ownership_secrets=["short"])
-    assert load_or_create_secrets(GatewayConfig(ownership_secrets=["s" * 32]).ownership_secrets, path) == [b"s" * 32]
+    assert load_or_create_secrets(GatewayConfig(ownership_secrets=["s" * 32]).ownership_secrets, path) == [
+        b"s" * 32
+    ]

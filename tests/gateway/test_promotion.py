@@ -48,21 +48,31 @@ def _colour_policy(base, out, colour: str):
 @pytest.fixture(scope="module")
 def canary_gateway(tmp_path_factory, tiny_model_dir, kafka_broker):
     """A gateway of its own (its canaries must not move the shared gateway's traffic) on the session's broker."""
-    gw = make_gateway(tmp_path_factory.mktemp("promotion"), tiny_model_dir, kafka_broker.bootstrap,
-                      extra=PROMOTION, feedback=f"max_idempotency_keys_per_caller = {KEYS_PER_CALLER}\n").start()
+    gw = make_gateway(
+        tmp_path_factory.mktemp("promotion"),
+        tiny_model_dir,
+        kafka_broker.bootstrap,
+        extra=PROMOTION,
+        feedback=f"max_idempotency_keys_per_caller = {KEYS_PER_CALLER}\n",
+    ).start()
     yield gw
     gw.stop()
 
 
-def test_people_promote_a_better_candidate_and_roll_back_a_worse_one(canary_gateway, tiny_model_dir, tmp_path):
+def test_people_promote_a_better_candidate_and_roll_back_a_worse_one(
+    canary_gateway, tiny_model_dir, tmp_path
+):
     gw = canary_gateway
     blue = _colour_policy(tiny_model_dir, tmp_path / "blue", "blue")
     red = _colour_policy(tiny_model_dir, tmp_path / "red", "red")
-    users = Population(gw.url, PEOPLE_KEYS, PROMPTS, users=4, k=4, max_tokens=16, pause_s=0.2, compare_every=2).start()
+    users = Population(
+        gw.url, PEOPLE_KEYS, PROMPTS, users=4, k=4, max_tokens=16, pause_s=0.2, compare_every=2
+    ).start()
     try:
         serving = gw.registry.current()
-        better = gw.registry.publish(blue, source="test:blue", parent=serving,
-                                     extra={"data": {"first_new_comparison_at": time.time()}})
+        better = gw.registry.publish(
+            blue, source="test:blue", parent=serving, extra={"data": {"first_new_comparison_at": time.time()}}
+        )
         gw.registry.propose(better)
         promoted = decided(gw, better)
         worse = gw.registry.publish(red, source="test:red", parent=better)
@@ -103,7 +113,9 @@ def test_people_promote_a_better_candidate_and_roll_back_a_worse_one(canary_gate
     assert listing["serving"] == better and {e["role"] for e in listing["engines"]} <= {"serving", "retiring"}
 
 
-def test_an_operator_can_stop_or_promote_a_canary_by_hand_and_that_is_recorded(canary_gateway, tiny_model_dir):
+def test_an_operator_can_stop_or_promote_a_canary_by_hand_and_that_is_recorded(
+    canary_gateway, tiny_model_dir
+):
     gw = canary_gateway
     serving = gw.registry.current()
     stopped = gw.registry.publish(tiny_model_dir, source="test:by-hand-stop", parent=serving)
@@ -139,7 +151,9 @@ def _evidence_read_back(gw, at_least: int, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         text = httpx.get(f"{gw.url}/metrics").text
-        line = next((ln for ln in text.splitlines() if ln.startswith("alignloop_evidence_rankings_total ")), "x 0")
+        line = next(
+            (ln for ln in text.splitlines() if ln.startswith("alignloop_evidence_rankings_total ")), "x 0"
+        )
         if float(line.split()[1]) >= at_least:
             return
         assert time.monotonic() < deadline, line
@@ -176,7 +190,9 @@ def _routed(gw, key: str, version: str) -> str:
     """A `user` value whose requests the sticky canary routing sends to `version` (as an attacker finds one)."""
     with gw.client(key) as c:
         for i in range(200):
-            r = c.post("/v1/completions", json={"model": MODEL, "prompt": "The", "max_tokens": 1, "user": f"u{i}"})
+            r = c.post(
+                "/v1/completions", json={"model": MODEL, "prompt": "The", "max_tokens": 1, "user": f"u{i}"}
+            )
             if r.headers["x-policy-version"] == version:
                 return f"u{i}"
     raise AssertionError(f"no user value routed to {version}")
@@ -185,17 +201,28 @@ def _routed(gw, key: str, version: str) -> str:
 def test_a_hostile_key_cannot_steer_a_running_canary(canary_gateway, tiny_model_dir, tmp_path):
     gw = canary_gateway
     serving = gw.registry.current()
-    candidate = gw.registry.publish(perturbed_copy(tiny_model_dir, tmp_path / "c", seed=7), source="test:attacked",
-                                    parent=serving)
+    candidate = gw.registry.publish(
+        perturbed_copy(tiny_model_dir, tmp_path / "c", seed=7), source="test:attacked", parent=serving
+    )
     gw.registry.propose(candidate)
     canary_running(gw, candidate)
     secret = StatePaths(gw.state_dir).ownership_secret.read_text().strip().encode()
-    unseal = Ownership([secret], 30 * 86400).version_of  # the gateway's secret: the test, not the attacker, has it
+    unseal = Ownership(
+        [secret], 30 * 86400
+    ).version_of  # the gateway's secret: the test, not the attacker, has it
     mallory = PEOPLE_KEYS[0]
     probe = _HealthProbe(gw.url)
     with gw.client(mallory) as c:
-        r = c.post("/v1/chat/completions", json={"model": MODEL, "n": 9, "max_tokens": 8, "compare_versions": True,
-                                                 "messages": [{"role": "user", "content": "Describe a fox."}]})
+        r = c.post(
+            "/v1/chat/completions",
+            json={
+                "model": MODEL,
+                "n": 9,
+                "max_tokens": 8,
+                "compare_versions": True,
+                "messages": [{"role": "user", "content": "Describe a fox."}],
+            },
+        )
         assert r.status_code == 200 and r.json()["policy_version"] == "mixed", r.text
         ids = [ch["id"] for ch in r.json()["choices"]]
         # The ids do not say which version wrote what; only the secret does.
@@ -204,12 +231,18 @@ def test_a_hostile_key_cannot_steer_a_running_canary(canary_gateway, tiny_model_
         best_first = sorted(ids, key=lambda i: unseal(i) != candidate)  # what an attacker would want to send
 
         # Replays: 19 in one batch, 5 single, 5 with idempotency keys. All accepted, one verdict.
-        batch = c.post("/v1/feedback/batch", json={"items": [{"kind": "ranking", "ranking": best_first}] * 19})
+        batch = c.post(
+            "/v1/feedback/batch", json={"items": [{"kind": "ranking", "ranking": best_first}] * 19}
+        )
         assert batch.status_code == 202, batch.text
         for i in range(5):
             assert c.post("/v1/feedback/rankings", json={"ranking": best_first}).status_code == 202
-            assert c.post("/v1/feedback/rankings", json={"ranking": best_first,
-                                                         "idempotency_key": f"replay-{i}"}).status_code == 202
+            assert (
+                c.post(
+                    "/v1/feedback/rankings", json={"ranking": best_first, "idempotency_key": f"replay-{i}"}
+                ).status_code
+                == 202
+            )
     with gw.client(RATER_KEY) as rater:  # a rater ranking a request not leased to it
         r = rater.post("/v1/feedback/rankings", json={"ranking": best_first})
         assert r.status_code == 403 and r.json()["error"]["code"] == "not_leased", r.text
@@ -232,7 +265,9 @@ def test_a_hostile_key_cannot_steer_a_running_canary(canary_gateway, tiny_model_
 
     long = {"n": 9, "max_tokens": 200, "ignore_eos": True}
     threads = [threading.Thread(target=send, args=(mallory, aimed, long)) for _ in range(3)]
-    threads += [threading.Thread(target=send, args=(PEOPLE_KEYS[1], plain, {"max_tokens": 8})) for _ in range(3)]
+    threads += [
+        threading.Thread(target=send, args=(PEOPLE_KEYS[1], plain, {"max_tokens": 8})) for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -253,7 +288,9 @@ def test_a_hostile_key_cannot_steer_a_running_canary(canary_gateway, tiny_model_
     before = rankings_on_the_board()
     with gw.client(mallory) as c:
         for _ in range(20):  # in batches under this gateway's 64 KB body limit
-            r = c.post("/v1/feedback/batch", json={"items": [{"kind": "ranking", "ranking": best_first}] * 50})
+            r = c.post(
+                "/v1/feedback/batch", json={"items": [{"kind": "ranking", "ranking": best_first}] * 50}
+            )
             assert r.status_code == 202, r.text
     _evidence_read_back(gw, 29 + 1000)
     boards = []
@@ -274,15 +311,19 @@ def test_a_hostile_key_cannot_steer_a_running_canary(canary_gateway, tiny_model_
     # A flood of distinct idempotency keys from one key: its index rows stay within its own bound.
     with gw.client(mallory) as c:
         for n in range(10):
-            items = [{"kind": "rating", "choice_id": ids[0], "rating": 1, "idempotency_key": f"flood-{n}-{i}"}
-                     for i in range(100)]
+            items = [
+                {"kind": "rating", "choice_id": ids[0], "rating": 1, "idempotency_key": f"flood-{n}-{i}"}
+                for i in range(100)
+            ]
             assert c.post("/v1/feedback/batch", json={"items": items}).status_code == 202
     index_bytes = _metric(gw, "alignloop_spool_index_bytes")
     assert index_bytes < (KEYS_PER_CALLER + 10) * 250, index_bytes  # 1,000 keys would be ~190 KB
 
     slowest = probe.stop()
-    print(f"\nattacks: 1,030 replayed rankings -> 1 verdict; /healthz slowest {slowest * 1000:.0f} ms; "
-          f"spool index {index_bytes / 1024:.1f} KB after 1,000 distinct keys")
+    print(
+        f"\nattacks: 1,030 replayed rankings -> 1 verdict; /healthz slowest {slowest * 1000:.0f} ms; "
+        f"spool index {index_bytes / 1024:.1f} KB after 1,000 distinct keys"
+    )
     assert slowest < 5.0, f"/healthz took {slowest:.1f} s during the attacks"
     with gw.client(ADMIN_KEY) as admin:
         state = admin.get("/admin/promotion").json()

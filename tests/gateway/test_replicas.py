@@ -24,13 +24,28 @@ from feedback.topics import FEEDBACK
 from gateway.ownership import Ownership
 from promotion.evidence import EvidenceStore
 from promotion.sequential import SequentialTestConfig, run_test
-from tests.conftest import (ADMIN_KEY, MODEL, PEOPLE_KEYS, RATER_KEY, REPO, USER2_KEY, USER_KEY, make_gateway,
-                            perturbed_copy, write_pretraining_data)
+from tests.conftest import (
+    ADMIN_KEY,
+    MODEL,
+    PEOPLE_KEYS,
+    RATER_KEY,
+    REPO,
+    USER2_KEY,
+    USER_KEY,
+    make_gateway,
+    perturbed_copy,
+    write_pretraining_data,
+)
 from tests.gateway.helpers import canary_running, decided
 from trainer.dataset_store import DatasetStore
 
-CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Describe a cat."}], "max_tokens": 8,
-        "n": 2, "temperature": 1.0}
+CHAT = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "Describe a cat."}],
+    "max_tokens": 8,
+    "n": 2,
+    "temperature": 1.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +85,11 @@ def _delivered(kafka: str, state_dir, request_ids: set[str], wanted: set[str], t
     out, deadline, complete_at = [], time.monotonic() + timeout, None
     try:
         while time.monotonic() < deadline:
-            out += [d for d in source.poll(timeout_s=0.5) if d.event is not None and d.event.request_id in request_ids]
+            out += [
+                d
+                for d in source.poll(timeout_s=0.5)
+                if d.event is not None and d.event.request_id in request_ids
+            ]
             if complete_at is None and wanted <= {d.event.event_id for d in out}:
                 complete_at = time.monotonic()
             if complete_at is not None and time.monotonic() > complete_at + 3:  # time for any duplicate
@@ -85,13 +104,24 @@ def _start_trainer(tmp_path, registry_root, kafka: str) -> tuple[subprocess.Pope
     it only consumes here (no round is due)."""
     state = tmp_path / "trainer-state"
     write_pretraining_data(state)
-    sets = [f"state_dir={state}", f"registry_dir={registry_root}", f"feedback.kafka_bootstrap={kafka}",
-            f"train.loop.group=test-replicas-{uuid.uuid4().hex[:8]}", "train.loop.metrics_port=0",
-            "train.loop.min_new_comparisons=1000000000", "train.loop.max_interval_s=1000000000"]
+    sets = [
+        f"state_dir={state}",
+        f"registry_dir={registry_root}",
+        f"feedback.kafka_bootstrap={kafka}",
+        f"train.loop.group=test-replicas-{uuid.uuid4().hex[:8]}",
+        "train.loop.metrics_port=0",
+        "train.loop.min_new_comparisons=1000000000",
+        "train.loop.max_interval_s=1000000000",
+    ]
     log = open(tmp_path / "trainer.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "alignloop", "trainer", *(a for s in sets for a in ("--set", s))],
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alignloop", "trainer", *(a for s in sets for a in ("--set", s))],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
     return proc, state / "trainer" / "dataset.db"
 
 
@@ -117,7 +147,9 @@ def test_feedback_crosses_replicas_and_ownership_holds_on_both(replicas, kafka_b
     # Made-up or altered ids: 404 on either replica, whoever asks.
     altered = from_a[0][:-1] + ("0" if from_a[0][-1] != "0" else "1")
     sealed_at = from_a[0].rindex(".") - 1  # the last digit of the sealed version
-    other_version = from_a[0][:sealed_at] + ("0" if from_a[0][sealed_at] != "0" else "1") + from_a[0][sealed_at + 1:]
+    other_version = (
+        from_a[0][:sealed_at] + ("0" if from_a[0][sealed_at] != "0" else "1") + from_a[0][sealed_at + 1 :]
+    )
     for gw in (a, b):
         for bad in (altered, other_version, "chatcmpl-made-up-0"):
             r = _rank(gw, [bad, from_a[1]], key=RATER_KEY)
@@ -173,8 +205,9 @@ def test_a_promotion_reaches_every_replica(replicas):
             time.sleep(0.5)
 
 
-def test_one_decision_from_both_replicas_verdicts_and_a_killed_decider_resumes_with_all(replicas, tiny_model_dir,
-                                                                                        kafka_broker, tmp_path):
+def test_one_decision_from_both_replicas_verdicts_and_a_killed_decider_resumes_with_all(
+    replicas, tiny_model_dir, kafka_broker, tmp_path
+):
     """A candidate on canary on both replicas; people's verdicts land on either. Each replica reads
     all of them back from Kafka, one (the lease holder) decides; killed mid-canary, the other takes
     over with every verdict (those given on the killed one too). The decision is the one a single
@@ -182,8 +215,9 @@ def test_one_decision_from_both_replicas_verdicts_and_a_killed_decider_resumes_w
     a, b = replicas
     registry = a.registry
     serving = registry.current()
-    candidate = registry.publish(perturbed_copy(tiny_model_dir, tmp_path / "candidate", seed=11),
-                                 source="test:pooled", parent=serving)
+    candidate = registry.publish(
+        perturbed_copy(tiny_model_dir, tmp_path / "candidate", seed=11), source="test:pooled", parent=serving
+    )
     registry.propose(candidate)
     for gw in (a, b):
         canary_running(gw, candidate)
@@ -203,8 +237,11 @@ def test_one_decision_from_both_replicas_verdicts_and_a_killed_decider_resumes_w
         with gw.client(ADMIN_KEY) as admin:
             while True:
                 s = admin.get("/admin/promotion").json()
-                if s.get("candidate") == candidate and (counted is None or s["n"] + s["ties"] == counted) \
-                        and (decider is None or s["decider"] == decider):
+                if (
+                    s.get("candidate") == candidate
+                    and (counted is None or s["n"] + s["ties"] == counted)
+                    and (decider is None or s["decider"] == decider)
+                ):
                     return s
                 assert time.monotonic() < deadline, s
                 time.sleep(0.5)
@@ -226,8 +263,12 @@ def test_one_decision_from_both_replicas_verdicts_and_a_killed_decider_resumes_w
 
     # The same verdicts, read from Kafka into a fresh store, give the same test.
     store = EvidenceStore(tmp_path / "all.db")
-    source = open_source(FeedbackConfig(kafka_bootstrap=kafka_broker.bootstrap), tmp_path,
-                         f"test-{uuid.uuid4().hex}", (FEEDBACK,))
+    source = open_source(
+        FeedbackConfig(kafka_bootstrap=kafka_broker.bootstrap),
+        tmp_path,
+        f"test-{uuid.uuid4().hex}",
+        (FEEDBACK,),
+    )
     deadline = time.monotonic() + 60
     try:
         while len(store.verdicts(candidate, serving, decision["started_at"])) < 20:
@@ -239,7 +280,8 @@ def test_one_decision_from_both_replicas_verdicts_and_a_killed_decider_resumes_w
         source.close()
     config = SequentialTestConfig(**evidence["config"])
     alone = run_test(store.verdicts(candidate, serving, decision["started_at"]), config).evidence()
-    assert {k: alone[k] for k in ("wins", "losses", "ties", "llr", "decision")} == \
-        {k: evidence[k] for k in ("wins", "losses", "ties", "llr", "decision")}
+    assert {k: alone[k] for k in ("wins", "losses", "ties", "llr", "decision")} == {
+        k: evidence[k] for k in ("wins", "losses", "ties", "llr", "decision")
+    }
     with other.client() as c:
         assert c.post("/v1/chat/completions", json={**CHAT, "n": 1}).headers["x-policy-version"] == candidate

@@ -27,13 +27,27 @@ def _load(gateway, stop: threading.Event, results: list, stream: bool) -> None:
                 if stream:
                     with c.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as r:
                         lines = [line for line in r.iter_lines() if line.startswith("data: ")]
-                        ok = r.status_code == 200 and lines[-1] == "data: [DONE]" and '"error"' not in "".join(lines)
+                        ok = (
+                            r.status_code == 200
+                            and lines[-1] == "data: [DONE]"
+                            and '"error"' not in "".join(lines)
+                        )
                         version = json.loads(lines[0][6:])["policy_version"] if ok else None
-                        results.append((started, ok, r.status_code, version, r.headers.get("x-policy-version")))
+                        results.append(
+                            (started, ok, r.status_code, version, r.headers.get("x-policy-version"))
+                        )
                 else:
                     r = c.post("/v1/chat/completions", json={**CHAT, "n": 2, "temperature": 1.0})
                     version = r.json().get("policy_version") if r.status_code == 200 else None
-                    results.append((started, r.status_code == 200, r.status_code, version, r.headers.get("x-policy-version")))
+                    results.append(
+                        (
+                            started,
+                            r.status_code == 200,
+                            r.status_code,
+                            version,
+                            r.headers.get("x-policy-version"),
+                        )
+                    )
             except Exception as exc:  # a transport failure is a failed request too
                 results.append((started, False, repr(exc), None, None))
 
@@ -48,7 +62,9 @@ def _switch_under_load(gateway, target: str, mode: str) -> None:
     with gateway.client(ADMIN_KEY) as admin:
         previous = admin.get("/admin/versions").json()["serving"]
         stop, results = threading.Event(), []
-        workers = [threading.Thread(target=_load, args=(gateway, stop, results, i % 2 == 0)) for i in range(6)]
+        workers = [
+            threading.Thread(target=_load, args=(gateway, stop, results, i % 2 == 0)) for i in range(6)
+        ]
         for w in workers:
             w.start()
         time.sleep(3)
@@ -79,8 +95,10 @@ def _assert_greedy_is(gateway, version: str) -> None:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tok_path)
-    ids = tok(tok.apply_chat_template(CHAT["messages"], add_generation_prompt=True, tokenize=False),
-              add_special_tokens=False)["input_ids"]
+    ids = tok(
+        tok.apply_chat_template(CHAT["messages"], add_generation_prompt=True, tokenize=False),
+        add_special_tokens=False,
+    )["input_ids"]
     assert r["policy_version"] == version
     assert r["choices"][0]["message"]["content"] == transformers_greedy(tok_path, ids, 24)
 
@@ -121,7 +139,8 @@ def test_blue_green_swap_under_load_fails_nothing_and_retires_the_old_engine(gat
     _switch_under_load(gateway, target, "blue_green")
     _assert_greedy_is(gateway, target)
     assert _engines_settle(gateway, [{"version": target, "role": "serving", "in_flight": 0}]) == [
-        {"version": target, "role": "serving", "in_flight": 0}], "the old engine was not shut down"
+        {"version": target, "role": "serving", "in_flight": 0}
+    ], "the old engine was not shut down"
 
     with gateway.client(ADMIN_KEY) as admin:
         r = admin.post("/admin/policy", json={"version": target, "mode": "sideways"})
@@ -140,15 +159,27 @@ def test_canary_takes_a_fraction_and_its_feedback_is_labelled(gateway, kafka_bro
         assert r.status_code == 200, r.text
         listing = admin.get("/admin/versions").json()
         assert listing["canary"] == {"version": candidate, "fraction": 0.5}
-        assert {e["role"]: e["version"] for e in listing["engines"]} == {"serving": serving, "canary": candidate}
+        assert {e["role"]: e["version"] for e in listing["engines"]} == {
+            "serving": serving,
+            "canary": candidate,
+        }
         metrics = admin.get("/metrics").text
         assert f'alignloop_canary_fraction{{version="{candidate}"}} 0.5' in metrics
 
     served = []
     with gateway.client() as c:
         for i in range(40):  # 40 end users (OpenAI's `user` field) behind one key
-            r = c.post("/v1/completions", json={"model": MODEL, "prompt": f"Say {i}.", "max_tokens": 4, "n": 2,
-                                                "temperature": 1.0, "user": f"end-user-{i}"})
+            r = c.post(
+                "/v1/completions",
+                json={
+                    "model": MODEL,
+                    "prompt": f"Say {i}.",
+                    "max_tokens": 4,
+                    "n": 2,
+                    "temperature": 1.0,
+                    "user": f"end-user-{i}",
+                },
+            )
             assert r.status_code == 200, r.text
             body = r.json()
             assert body["policy_version"] == r.headers["x-policy-version"]
@@ -159,9 +190,13 @@ def test_canary_takes_a_fraction_and_its_feedback_is_labelled(gateway, kafka_bro
         assert 8 <= len(by_version[candidate]) <= 32, {v: len(b) for v, b in by_version.items()}
         # Sticky: each user's later requests go to the version that user got first.
         for i in (0, 1, 2, 3):
-            again = {c.post("/v1/completions", json={"model": MODEL, "prompt": "Again.", "max_tokens": 2,
-                                                     "user": f"end-user-{i}"}).json()["policy_version"]
-                     for _ in range(4)}
+            again = {
+                c.post(
+                    "/v1/completions",
+                    json={"model": MODEL, "prompt": "Again.", "max_tokens": 2, "user": f"end-user-{i}"},
+                ).json()["policy_version"]
+                for _ in range(4)
+            }
             assert again == {served[i]["policy_version"]}, (i, again)
         feedback = {}
         for version, bodies in by_version.items():
@@ -180,10 +215,15 @@ def test_canary_takes_a_fraction_and_its_feedback_is_labelled(gateway, kafka_bro
         assert r.json()["method"] == "canary_promoted", "promoting a canary reuses its engine"
         assert admin.get("/admin/versions").json()["canary"] is None
     assert _engines_settle(gateway, [{"version": candidate, "role": "serving", "in_flight": 0}]) == [
-        {"version": candidate, "role": "serving", "in_flight": 0}]
+        {"version": candidate, "role": "serving", "in_flight": 0}
+    ]
     with gateway.client() as c:
-        versions = {c.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}).json()["policy_version"]
-                    for _ in range(10)}
+        versions = {
+            c.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}).json()[
+                "policy_version"
+            ]
+            for _ in range(10)
+        }
     assert versions == {candidate}
 
 
@@ -202,8 +242,10 @@ def test_rollback_restores_previous_version(gateway):
 
 
 def test_unknown_or_incompatible_version_is_refused_and_serving_continues(gateway, tmp_path):
-    other = build_tiny_model(tmp_path / "other", TinyModelConfig(hidden_size=64, num_heads=2, pretrain_steps=1,
-                                                                 corpus_examples=200))
+    other = build_tiny_model(
+        tmp_path / "other",
+        TinyModelConfig(hidden_size=64, num_heads=2, pretrain_steps=1, corpus_examples=200),
+    )
     odd = gateway.registry.publish(other, source="test:other-shape")
     with gateway.client(ADMIN_KEY) as admin:
         serving = admin.get("/admin/versions").json()["serving"]
@@ -238,7 +280,9 @@ def test_gateway_follows_the_registry_pointer(gateway, tmp_path):
     gateway.registry.set_current(target)  # what the trainer does when it promotes
     assert _serving_within(gateway, target)
 
-    other = build_tiny_model(tmp_path / "other", TinyModelConfig(hidden_size=64, pretrain_steps=1, corpus_examples=200))
+    other = build_tiny_model(
+        tmp_path / "other", TinyModelConfig(hidden_size=64, pretrain_steps=1, corpus_examples=200)
+    )
     odd = gateway.registry.publish(other, source="test:other-shape")
     gateway.registry.set_current(odd)
     deadline = time.monotonic() + 30
@@ -307,11 +351,15 @@ def test_blue_green_gateway_follows_the_pointer_and_refuses_what_it_cannot_serve
             w.join(timeout=120)
     assert results and not [r for r in results if not r[1]], [r for r in results if not r[1]][:5]
     assert _engines_settle(gw, [{"version": target, "role": "serving", "in_flight": 0}]) == [
-        {"version": target, "role": "serving", "in_flight": 0}]
+        {"version": target, "role": "serving", "in_flight": 0}
+    ]
 
     # Blue/green can change the architecture (same tokenizer); in place cannot.
-    shallow = gw.registry.publish(_fewer_layers_copy(gw.registry.path(target), tmp_path / "shallow"),
-                                  source="test:one-layer", parent=target)
+    shallow = gw.registry.publish(
+        _fewer_layers_copy(gw.registry.path(target), tmp_path / "shallow"),
+        source="test:one-layer",
+        parent=target,
+    )
     with gw.client(ADMIN_KEY) as admin:
         r = admin.post("/admin/policy", json={"version": shallow, "mode": "in_place"})
         assert r.status_code == 409 and "architecture" in r.json()["error"]["message"]
@@ -324,8 +372,12 @@ def test_blue_green_gateway_follows_the_pointer_and_refuses_what_it_cannot_serve
     weights = gw.registry.path(victim) / "model.safetensors"
     weights.chmod(0o644)
     weights.write_bytes(weights.read_bytes()[:-1000])
-    other = gw.registry.publish(build_tiny_model(tmp_path / "other", TinyModelConfig(
-        hidden_size=64, pretrain_steps=1, corpus_examples=200)), source="test:other-tokenizer")
+    other = gw.registry.publish(
+        build_tiny_model(
+            tmp_path / "other", TinyModelConfig(hidden_size=64, pretrain_steps=1, corpus_examples=200)
+        ),
+        source="test:other-tokenizer",
+    )
     for bad in (victim, other):
         (gw.registry.root / "CURRENT").write_text(bad + "\n")  # as a careless operator might
         deadline = time.monotonic() + 300
@@ -334,7 +386,8 @@ def test_blue_green_gateway_follows_the_pointer_and_refuses_what_it_cannot_serve
         assert gw.registry.current() == target, f"{bad} must not stay CURRENT"
         assert _serving_within(gw, target, timeout=2)
     assert _engines_settle(gw, [{"version": target, "role": "serving", "in_flight": 0}]) == [
-        {"version": target, "role": "serving", "in_flight": 0}], "the refused engine was not shut down"
+        {"version": target, "role": "serving", "in_flight": 0}
+    ], "the refused engine was not shut down"
     with gw.client(ADMIN_KEY) as admin:
         assert admin.get("/admin/versions").json()["swap_mode"] == "blue_green"
 
@@ -352,6 +405,9 @@ def test_a_client_that_stops_reading_does_not_hold_a_retiring_engine(embedded_ga
         with gw.client(ADMIN_KEY) as admin:
             r = admin.post("/admin/policy", json={"version": target})
             assert r.status_code == 200 and r.json()["method"] == "blue_green", r.text
-            assert _engines_settle(gw, [{"version": target, "role": "serving", "in_flight": 0}], timeout=120) == [
-                {"version": target, "role": "serving", "in_flight": 0}], "the stalled stream kept the old engine"
+            assert _engines_settle(
+                gw, [{"version": target, "role": "serving", "in_flight": 0}], timeout=120
+            ) == [{"version": target, "role": "serving", "in_flight": 0}], (
+                "the stalled stream kept the old engine"
+            )
             assert admin.get("/admin/versions").status_code == 200

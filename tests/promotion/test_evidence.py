@@ -16,15 +16,21 @@ VERSION = {"a1": "v0001", "a2": "v0001", "b1": "v0002", "b2": "v0002"}
 
 
 def _ranking(rater: str, request: str, ranking: list[list[str]], at: float, event_id: str = "") -> Comparison:
-    return Comparison(request_id=request, rater=rater, ranking=ranking, timestamp=at, event_id=event_id or f"{rater}-{at}",
-                      choice_versions={c: VERSION[c] for group in ranking for c in group})
+    return Comparison(
+        request_id=request,
+        rater=rater,
+        ranking=ranking,
+        timestamp=at,
+        event_id=event_id or f"{rater}-{at}",
+        choice_versions={c: VERSION[c] for group in ranking for c in group},
+    )
 
 
 def test_one_verdict_per_rater_and_request_the_latest_ranking_wins_and_keeps_its_place(tmp_path):
     store = EvidenceStore(tmp_path / "evidence.db")
     assert store.record(_ranking("ann", "r1", [["b1"], ["a1"], ["b2"], ["a2"]], 1.0))  # b wins 3 of 4
     assert store.record(_ranking("bob", "r2", [["a1"], ["a2"], ["b1"], ["b2"]], 2.0))  # a wins 4 of 4
-    assert store.record(_ranking("cy", "r3", [["a1"], ["b1"], ["b2"], ["a2"]], 3.0))   # 2 of 4: even
+    assert store.record(_ranking("cy", "r3", [["a1"], ["b1"], ["b2"], ["a2"]], 3.0))  # 2 of 4: even
     same_version = Comparison(request_id="r4", rater="dee", ranking=[["a1"], ["a2"]], timestamp=4.0)
     assert not store.record(same_version), "one version: says nothing about versions"
     assert [won for _, won in store.verdicts("v0002", "v0001")] == [True, False, None]
@@ -38,7 +44,9 @@ def test_one_verdict_per_rater_and_request_the_latest_ranking_wins_and_keeps_its
     # Ann changes her mind: her verdict is the latest ranking's, in its first place in the order.
     assert store.record(_ranking("ann", "r1", [["a1"], ["a2"], ["b1"], ["b2"]], 30.0))
     assert store.verdicts("v0002", "v0001")[0] == ("ann", False)
-    assert not store.record(_ranking("ann", "r1", [["b1"], ["a1"], ["b2"], ["a2"]], 20.0)), "an older one redelivered"
+    assert not store.record(_ranking("ann", "r1", [["b1"], ["a1"], ["b2"], ["a2"]], 20.0)), (
+        "an older one redelivered"
+    )
     assert store.verdicts("v0002", "v0001")[0] == ("ann", False)
     # Another rater on the same request is another person's verdict.
     assert store.record(_ranking("eve", "r1", [["b1"], ["a1"]], 31.0))
@@ -50,7 +58,9 @@ def test_one_verdict_per_rater_and_request_the_latest_ranking_wins_and_keeps_its
     reopened = EvidenceStore(tmp_path / "evidence.db")
     assert reopened.verdicts("v0002", "v0001") == store.verdicts("v0002", "v0001"), "durable"
     assert reopened.consumer_group() == store.consumer_group()
-    assert EvidenceStore(tmp_path / "new.db").consumer_group() != store.consumer_group(), "a new store rereads the log"
+    assert EvidenceStore(tmp_path / "new.db").consumer_group() != store.consumer_group(), (
+        "a new store rereads the log"
+    )
     assert reopened.prune(older_than_s=0) == 4 and reopened.verdicts("v0002", "v0001") == []
 
 
@@ -72,12 +82,12 @@ def test_the_guardrails_roll_back_a_candidate_whose_engine_fails_more_or_is_much
         for i in range(requests):
             health.observe(version, ok=i >= failures, prefill_s=prefill_s, step_s=step_s)
 
-    serve("serving", 100, failures=2, step_s=0.005)           # 2% failed, 5 ms a token
-    serve("like", 40, failures=2, step_s=0.014)               # 5%: within 2% + 5%; 2.8x: within 3x
-    serve("failing", 40, failures=3, step_s=0.005)            # 7.5% > 7%
-    serve("slow", 40, failures=0, step_s=0.016)               # 3.2x the serving time per token
+    serve("serving", 100, failures=2, step_s=0.005)  # 2% failed, 5 ms a token
+    serve("like", 40, failures=2, step_s=0.014)  # 5%: within 2% + 5%; 2.8x: within 3x
+    serve("failing", 40, failures=3, step_s=0.005)  # 7.5% > 7%
+    serve("slow", 40, failures=0, step_s=0.016)  # 3.2x the serving time per token
     serve("slow_prefill", 40, failures=0, step_s=0.005, prefill_s=0.04)
-    serve("few", 19, failures=19, step_s=9.0)                 # bad, but too few requests to judge
+    serve("few", 19, failures=19, step_s=9.0)  # bad, but too few requests to judge
     decide = lambda v: guardrail_breach(health.summary(v), health.summary("serving"), config)  # noqa: E731
     assert decide("like") is None
     assert "failed 7.5% of its requests (serving 2.0%)" in decide("failing")

@@ -100,12 +100,15 @@ def test_a_ranking_yields_only_cross_version_outcomes():
     version = {"a1": "v0001", "a2": "v0001", "b1": "v0002", "b2": "v0002"}
     ranking = [["b1"], ["a1", "b2"], ["a2"], ["forged"]]
     got = outcomes_of(ranking, version.get)
-    assert sorted(got, key=repr) == sorted([
-        Outcome("v0002", "v0001"),             # b1 over a1
-        Outcome("v0002", "v0001"),             # b1 over a2
-        Outcome("v0001", "v0002", tie=True),   # a1 tied with b2
-        Outcome("v0002", "v0001"),             # b2 over a2
-    ], key=repr)
+    assert sorted(got, key=repr) == sorted(
+        [
+            Outcome("v0002", "v0001"),  # b1 over a1
+            Outcome("v0002", "v0001"),  # b1 over a2
+            Outcome("v0001", "v0002", tie=True),  # a1 tied with b2
+            Outcome("v0002", "v0001"),  # b2 over a2
+        ],
+        key=repr,
+    )
     assert win_rate(Counter(got), "v0002", "v0001")["rate"] == 3.5 / 4
 
 
@@ -122,7 +125,7 @@ def test_no_rater_supplies_more_than_their_share_of_a_decision():
     # The same verdicts give the same decision whoever computes it, and however often it is looked at.
     looks = [run_test(verdicts[:k], config).decision for k in range(1, len(verdicts) + 1)]
     first = next(d for d in looks if d is not None)
-    assert first == test.decision and all(d == first for d in looks[looks.index(first):])
+    assert first == test.decision and all(d == first for d in looks[looks.index(first) :])
 
 
 def _false_promotions(replicas: int, seed: int, runs: int = RUNS) -> float:
@@ -140,7 +143,9 @@ def _false_promotions(replicas: int, seed: int, runs: int = RUNS) -> float:
         for tick in range(800):
             r = rng.randrange(replicas)
             shipped = (tick // pace[r] + 1) * pace[r]
-            given.append((tick, shipped, f"p{rng.randrange(40)}", None if rng.random() < 0.1 else rng.random() < 0.5))
+            given.append(
+                (tick, shipped, f"p{rng.randrange(40)}", None if rng.random() < 0.1 else rng.random() < 0.5)
+            )
         decision, now = None, 0
         while decision is None and now < 820:
             now += rng.randint(1, 10)

@@ -39,7 +39,10 @@ def test_weights_changed_after_publishing_are_refused_by_checksum(tiny_model_dir
     reg = PolicyRegistry(tmp_path / "reg")
     v1 = reg.publish(tiny_model_dir, source="t")
     sums = reg.info(v1).checksums
-    assert set(sums) == {f.name for f in tiny_model_dir.iterdir() if f.is_file()} and "alignloop-version.json" not in sums
+    assert (
+        set(sums) == {f.name for f in tiny_model_dir.iterdir() if f.is_file()}
+        and "alignloop-version.json" not in sums
+    )
     reg.verify(v1)
     weights = reg.path(v1) / "model.safetensors"
     weights.chmod(0o644)

@@ -36,8 +36,14 @@ def lora_rm(sft_model, tmp_path_factory):
     """A reward model trained with LoRA on the SFT backbone (the head trains in full)."""
     out = tmp_path_factory.mktemp("lora-rm") / "rm"
     rankings = task.rankings(240, k=4, seed=2) + task.rankings(240, k=9, seed=3)
-    metrics = train_rm(sft_model, rankings, out, RMConfig(batch_size=8, learning_rate=3e-3, eval_fraction=0.3),
-                       LORA, reference=task.demonstrations(64, seed=1))
+    metrics = train_rm(
+        sft_model,
+        rankings,
+        out,
+        RMConfig(batch_size=8, learning_rate=3e-3, eval_fraction=0.3),
+        LORA,
+        reference=task.demonstrations(64, seed=1),
+    )
     return out, metrics
 
 
@@ -78,8 +84,16 @@ def test_reference_with_the_adapter_disabled_is_exactly_sft(sft_model, lora_rm):
 @pytest.fixture(scope="module")
 def lora_ppo(sft_model, lora_rm, tmp_path_factory):
     out = tmp_path_factory.mktemp("lora-ppo") / "ppo"
-    cfg = PPOConfig(iterations=12, rollout_batch=16, minibatch=8, max_new_tokens=24, learning_rate=2e-3,
-                    rollout_engine="transformers", save_every=0, seed=3)
+    cfg = PPOConfig(
+        iterations=12,
+        rollout_batch=16,
+        minibatch=8,
+        max_new_tokens=24,
+        learning_rate=2e-3,
+        rollout_engine="transformers",
+        save_every=0,
+        seed=3,
+    )
     metrics = train_ppo(sft_model, lora_rm[0], TRAIN_PROMPTS, pretraining_texts(400, seed=11), out, cfg, LORA)
     return out, metrics
 
@@ -108,6 +122,7 @@ def test_merged_lora_and_bf16_checkpoints_serve_in_vllm(sft_model, lora_ppo, tmp
     assert '"dtype": "bfloat16"' in config
     assert {v.dtype for v in load_causal_lm(tmp_path / "bf16").state_dict().values()} == {torch.float32}
     from safetensors.torch import load_file
+
     assert {t.dtype for t in load_file(tmp_path / "bf16" / "model.safetensors").values()} == {torch.bfloat16}
 
     tok = AutoTokenizer.from_pretrained(sft_model)
@@ -116,7 +131,9 @@ def test_merged_lora_and_bf16_checkpoints_serve_in_vllm(sft_model, lora_ppo, tmp
     try:
         assert sampler.generate(prompts, 16, 0.0, 0) == hf_greedy(tmp_path / "bf16", prompts)
         merged = tmp_path / "merged"
-        shutil.copytree(lora_ppo[0], merged, ignore=shutil.ignore_patterns("adapter", "value", "training_state"))
+        shutil.copytree(
+            lora_ppo[0], merged, ignore=shutil.ignore_patterns("adapter", "value", "training_state")
+        )
         sampler.update(merged)
         assert sampler.generate(prompts, 16, 0.0, 0) == hf_greedy(merged, prompts)
     finally:
@@ -163,7 +180,9 @@ def test_a_lora_policy_is_published_as_trained_even_from_a_bf16_base(tiny_model_
             if "lora_B" in name:
                 p.copy_(2e-4 * torch.randn(p.shape, generator=gen))  # a small update, as early PPO makes
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    save_policy(model, AutoTokenizer.from_pretrained(tiny_model_dir), tmp_path / "fp32", runtime, tiny_model_dir)
+    save_policy(
+        model, AutoTokenizer.from_pretrained(tiny_model_dir), tmp_path / "fp32", runtime, tiny_model_dir
+    )
     published = load_file(tmp_path / "fp32" / "model.safetensors")
     expected = merged_state_dict(state, scaling(runtime.lora))
     adapted = [k for k in published if k.endswith("q_proj.weight")]
@@ -173,7 +192,9 @@ def test_a_lora_policy_is_published_as_trained_even_from_a_bf16_base(tiny_model_
         assert base.dtype == torch.bfloat16
         assert torch.equal(published[key], expected[key]) and not torch.equal(published[key], base.float())
     assert update_lost(state, scaling(runtime.lora), torch.float32) == 0.0
-    assert update_lost(state, scaling(runtime.lora), torch.bfloat16) > 0.1, "bf16 rounds much of a small update away"
+    assert update_lost(state, scaling(runtime.lora), torch.bfloat16) > 0.1, (
+        "bf16 rounds much of a small update away"
+    )
 
 
 def test_a_worlds_collectives_run_on_its_runtimes_device():

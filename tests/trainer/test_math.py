@@ -18,9 +18,17 @@ def test_rm_loss_k4_with_a_tie():
     # Best first: response 0, then 1 and 2 tied, then 3.
     ranking = [[0], [1, 2], [3]]
     rewards = torch.tensor([2.0, 1.0, 0.5, -1.0])
-    assert sorted(ranking_pairs(ranking)) == [(0, 1), (0, 2), (0, 3), (1, 3), (2, 3)]  # the tie gives no (1,2)
+    assert sorted(ranking_pairs(ranking)) == [
+        (0, 1),
+        (0, 2),
+        (0, 3),
+        (1, 3),
+        (2, 3),
+    ]  # the tie gives no (1,2)
     # By hand: differences 1.0, 1.5, 3.0, 2.0, 1.5 over C = 5 pairs.
-    expected = -(log_sigmoid(1.0) + log_sigmoid(1.5) + log_sigmoid(3.0) + log_sigmoid(2.0) + log_sigmoid(1.5)) / 5
+    expected = (
+        -(log_sigmoid(1.0) + log_sigmoid(1.5) + log_sigmoid(3.0) + log_sigmoid(2.0) + log_sigmoid(1.5)) / 5
+    )
     assert kwise_loss(rewards, ranking).item() == pytest.approx(expected, abs=1e-6)
     assert kwise_loss(rewards, [[0, 1, 2, 3]]).item() == 0.0
 
@@ -90,14 +98,16 @@ def test_ppo_ptx_is_ppo_plus_gamma_times_lm_loss():
     pg, vf = torch.tensor(0.3), torch.tensor(0.8)
     ppo_only = ppo.ppo_ptx_loss(pg, vf, None, vf_coef=0.1, ptx_coef=27.8)
     assert ppo_only.item() == pytest.approx(0.3 + 0.1 * 0.8)
-    assert ppo.ppo_ptx_loss(pg, vf, ptx, vf_coef=0.1, ptx_coef=27.8).item() == pytest.approx(ppo_only.item() + 27.8 * expected_lm)
+    assert ppo.ppo_ptx_loss(pg, vf, ptx, vf_coef=0.1, ptx_coef=27.8).item() == pytest.approx(
+        ppo_only.item() + 27.8 * expected_lm
+    )
     assert ppo.ppo_ptx_loss(pg, vf, ptx, vf_coef=0.1, ptx_coef=0.0).item() == pytest.approx(ppo_only.item())
 
 
 def test_adaptive_kl_controller_moves_beta_towards_target():
     ctl = ppo.AdaptiveKLController(beta=0.1, target=1.0, horizon=100)
     assert ctl.update(observed_kl=3.0, n_samples=10) == pytest.approx(0.1 * (1 + 0.2 * 0.1))  # too far: β up
-    assert ctl.update(observed_kl=0.0, n_samples=10) < 0.1 * 1.02                              # too close: β down
+    assert ctl.update(observed_kl=0.0, n_samples=10) < 0.1 * 1.02  # too close: β down
 
 
 def test_a_rollout_batch_larger_than_the_prompt_set_uses_every_prompt_about_equally():

@@ -12,15 +12,26 @@ from trainer.service import TrainerService
 
 
 def served(rid: str, caller: str, prompt: str = "Describe a fox.") -> CompletionServed:
-    return CompletionServed(request_id=rid, route="chat", messages=[{"role": "user", "content": prompt}],
-                            prompt_text=prompt, prompt_tokens=3, sampling={}, policy_version="v0001", caller=caller,
-                            choices=[ServedChoice(choice_id=f"{rid}-{k}", text=f"answer {k}", completion_tokens=2)
-                                     for k in range(3)])
+    return CompletionServed(
+        request_id=rid,
+        route="chat",
+        messages=[{"role": "user", "content": prompt}],
+        prompt_text=prompt,
+        prompt_tokens=3,
+        sampling={},
+        policy_version="v0001",
+        caller=caller,
+        choices=[
+            ServedChoice(choice_id=f"{rid}-{k}", text=f"answer {k}", completion_tokens=2) for k in range(3)
+        ],
+    )
 
 
 def ranked(rid: str, rater: str, first: int) -> Comparison:
     others = [k for k in range(3) if k != first]
-    return Comparison(request_id=rid, ranking=[[f"{rid}-{first}"], [f"{rid}-{k}" for k in others]], rater=rater)
+    return Comparison(
+        request_id=rid, ranking=[[f"{rid}-{first}"], [f"{rid}-{k}" for k in others]], rater=rater
+    )
 
 
 def delivered(events: list) -> list[Delivered]:
@@ -29,8 +40,18 @@ def delivered(events: list) -> list[Delivered]:
 
 def test_one_ranking_per_user_and_request_counts_the_latest(tmp_path):
     store = DatasetStore(tmp_path / "d.db")
-    store.store(delivered([served("r1", "mallory"), ranked("r1", "mallory", 0), ranked("r1", "mallory", 0),
-                           ranked("r1", "mallory", 0), ranked("r1", "mallory", 2), ranked("r1", "alice", 1)]))
+    store.store(
+        delivered(
+            [
+                served("r1", "mallory"),
+                ranked("r1", "mallory", 0),
+                ranked("r1", "mallory", 0),
+                ranked("r1", "mallory", 0),
+                ranked("r1", "mallory", 2),
+                ranked("r1", "alice", 1),
+            ]
+        )
+    )
     assert store.counts()["comparisons"] == 5  # everything is stored (and in the lineage) ...
     rankings = store.ranked()
     assert len(rankings) == 2 == store.joined_count()  # ... one ranking per (rater, request) counts
@@ -74,8 +95,13 @@ def test_the_gates_judge_is_held_out_by_user_and_prompt(tmp_path, tiny_model_dir
             for i, r in enumerate(task.rankings(3, k=3, seed=u)):
                 rid = f"u{u}-{i}"
                 events.append(served(rid, f"user{u}", r.prompt))
-                events.append(Comparison(request_id=rid, rater=f"user{u}",
-                                         ranking=[[f"{rid}-{k}" for k in g] for g in r.ranking]))
+                events.append(
+                    Comparison(
+                        request_id=rid,
+                        rater=f"user{u}",
+                        ranking=[[f"{rid}-{k}" for k in g] for g in r.ranking],
+                    )
+                )
         service.store.store(delivered(events))
         ranked_by = service.store.ranked()
         train, judge = service._split_for_judging(ranked_by)
@@ -89,9 +115,20 @@ def test_the_gates_judge_is_held_out_by_user_and_prompt(tmp_path, tiny_model_dir
 
     # A reward model that orders held-out comparisons no better than chance does not get to judge.
     RewardModel.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "rm")
-    result = evaluate(tiny_model_dir, tiny_model_dir, tiny_model_dir, tmp_path / "rm", ["Describe a fox."], [],
-                      margin=-1000.0, kl_budget=1000.0, ptx_regression=1.0, max_new_tokens=4, judge_set=judge,
-                      min_judge_accuracy=0.99)
+    result = evaluate(
+        tiny_model_dir,
+        tiny_model_dir,
+        tiny_model_dir,
+        tmp_path / "rm",
+        ["Describe a fox."],
+        [],
+        margin=-1000.0,
+        kl_budget=1000.0,
+        ptx_regression=1.0,
+        max_new_tokens=4,
+        judge_set=judge,
+        min_judge_accuracy=0.99,
+    )
     assert not result.passed and "held-out comparisons" in result.reasons[0], result
     assert 0.0 <= result.metrics["judge_accuracy"] < 0.99
     assert Settings().train.loop.gate_margin > 0, "a candidate must beat the serving policy by a margin"
@@ -107,9 +144,20 @@ def test_a_gain_within_the_gates_noise_is_not_promoted(tiny_model_dir, tmp_path)
     candidate = perturbed_copy(tiny_model_dir, tmp_path / "candidate", seed=3)
 
     def gate(margin: float, z: float):
-        return evaluate(candidate, tiny_model_dir, tiny_model_dir, tmp_path / "rm", ["Describe a fox.", "Describe a cat."],
-                        [], margin=margin, kl_budget=1000.0, ptx_regression=1.0, max_new_tokens=8,
-                        samples_per_prompt=16, confidence_z=z)
+        return evaluate(
+            candidate,
+            tiny_model_dir,
+            tiny_model_dir,
+            tmp_path / "rm",
+            ["Describe a fox.", "Describe a cat."],
+            [],
+            margin=margin,
+            kl_budget=1000.0,
+            ptx_regression=1.0,
+            max_new_tokens=8,
+            samples_per_prompt=16,
+            confidence_z=z,
+        )
 
     measured = gate(-1000.0, 0.0).metrics
     assert measured["reward_gain_stderr"] > 0

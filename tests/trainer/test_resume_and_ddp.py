@@ -23,7 +23,6 @@ def weights(path):
     return {**load_file(path / "model.safetensors"), **load_file(path / "reward_head.safetensors")}
 
 
-
 def test_interrupted_rm_training_resumes_exactly(tiny_model_dir, tmp_path):
     data = task.rankings(60, k=4, seed=9)
     train_rm(tiny_model_dir, data, tmp_path / "straight", CFG, max_steps=6)
@@ -38,28 +37,90 @@ def test_interrupted_rm_training_resumes_exactly(tiny_model_dir, tmp_path):
 
 
 def test_rm_and_ppo_under_torchrun_with_two_processes(tiny_model_dir, tmp_path):
-    write_jsonl(tmp_path / "rankings.jsonl", [{"prompt": r.prompt, "responses": r.responses, "ranking": r.ranking}
-                                              for r in task.rankings(40, k=4, seed=4)])
+    write_jsonl(
+        tmp_path / "rankings.jsonl",
+        [
+            {"prompt": r.prompt, "responses": r.responses, "ranking": r.ranking}
+            for r in task.rankings(40, k=4, seed=4)
+        ],
+    )
     write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in task.prompts(16, seed=5)])
-    write_jsonl(tmp_path / "pretraining.jsonl", [{"text": t} for t in ["The cat sees the dog.", "The red fox helps."] * 8])
+    write_jsonl(
+        tmp_path / "pretraining.jsonl",
+        [{"text": t} for t in ["The cat sees the dog.", "The red fox helps."] * 8],
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                "-m", "alignloop", "train"]
-    rm = subprocess.run([*torchrun, "rm", "--init", str(tiny_model_dir), "--data", str(tmp_path / "rankings.jsonl"),
-                         "--out", str(tmp_path / "rm"), "--max-steps", "3", "--set", "train.rm.batch_size=2"],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "alignloop",
+        "train",
+    ]
+    rm = subprocess.run(
+        [
+            *torchrun,
+            "rm",
+            "--init",
+            str(tiny_model_dir),
+            "--data",
+            str(tmp_path / "rankings.jsonl"),
+            "--out",
+            str(tmp_path / "rm"),
+            "--max-steps",
+            "3",
+            "--set",
+            "train.rm.batch_size=2",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rm.returncode == 0, rm.stderr[-3000:]
     assert json.loads(rm.stdout.strip().splitlines()[-1])["steps"] == 3
-    ppo = subprocess.run([*torchrun, "ppo", "--init", str(tiny_model_dir), "--rm", str(tmp_path / "rm"),
-                          "--data", str(tmp_path / "prompts.jsonl"), "--pretraining", str(tmp_path / "pretraining.jsonl"),
-                          "--out", str(tmp_path / "ppo"), "--set", "train.ppo.iterations=2",
-                          "--set", "train.ppo.rollout_batch=8", "--set", "train.ppo.minibatch=2",
-                          "--set", "train.ppo.max_new_tokens=8", "--set", "train.ppo.rollout_engine=transformers",
-                          "--set", "train.ppo.ptx_batch=2"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    ppo = subprocess.run(
+        [
+            *torchrun,
+            "ppo",
+            "--init",
+            str(tiny_model_dir),
+            "--rm",
+            str(tmp_path / "rm"),
+            "--data",
+            str(tmp_path / "prompts.jsonl"),
+            "--pretraining",
+            str(tmp_path / "pretraining.jsonl"),
+            "--out",
+            str(tmp_path / "ppo"),
+            "--set",
+            "train.ppo.iterations=2",
+            "--set",
+            "train.ppo.rollout_batch=8",
+            "--set",
+            "train.ppo.minibatch=2",
+            "--set",
+            "train.ppo.max_new_tokens=8",
+            "--set",
+            "train.ppo.rollout_engine=transformers",
+            "--set",
+            "train.ppo.ptx_batch=2",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ppo.returncode == 0, ppo.stderr[-3000:]
     assert json.loads(ppo.stdout.strip().splitlines()[-1])["iteration"] == 2
-    assert (tmp_path / "ppo" / "model.safetensors").exists() and (tmp_path / "ppo" / "value" / "reward_head.safetensors").exists()
+    assert (tmp_path / "ppo" / "model.safetensors").exists() and (
+        tmp_path / "ppo" / "value" / "reward_head.safetensors"
+    ).exists()
 
 
 def test_fsdp2_matches_one_process_and_trains_lora_ppo_under_torchrun(tiny_model_dir, tmp_path):
@@ -67,22 +128,60 @@ def test_fsdp2_matches_one_process_and_trains_lora_ppo_under_torchrun(tiny_model
     batch: the reward model's weights after a step agree; and LoRA PPO-ptx runs sharded, writing a
     merged checkpoint that loads."""
     data = task.rankings(40, k=4, seed=4)
-    write_jsonl(tmp_path / "rankings.jsonl", [{"prompt": r.prompt, "responses": r.responses, "ranking": r.ranking}
-                                              for r in data])
+    write_jsonl(
+        tmp_path / "rankings.jsonl",
+        [{"prompt": r.prompt, "responses": r.responses, "ranking": r.ranking} for r in data],
+    )
     write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in task.prompts(16, seed=5)])
-    write_jsonl(tmp_path / "pretraining.jsonl", [{"text": t} for t in ["The cat sees the dog.", "The red fox helps."] * 8])
+    write_jsonl(
+        tmp_path / "pretraining.jsonl",
+        [{"text": t} for t in ["The cat sees the dog.", "The red fox helps."] * 8],
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                "-m", "alignloop", "train"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "alignloop",
+        "train",
+    ]
     fsdp = ["--set", "train.sharding=fsdp"]
-    rm = subprocess.run([*torchrun, "rm", "--init", str(tiny_model_dir), "--data", str(tmp_path / "rankings.jsonl"),
-                         "--out", str(tmp_path / "rm"), "--max-steps", "1", "--set", "train.rm.batch_size=2",
-                         "--set", "train.rm.learning_rate=0.001", *fsdp],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    rm = subprocess.run(
+        [
+            *torchrun,
+            "rm",
+            "--init",
+            str(tiny_model_dir),
+            "--data",
+            str(tmp_path / "rankings.jsonl"),
+            "--out",
+            str(tmp_path / "rm"),
+            "--max-steps",
+            "1",
+            "--set",
+            "train.rm.batch_size=2",
+            "--set",
+            "train.rm.learning_rate=0.001",
+            *fsdp,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rm.returncode == 0, rm.stderr[-3000:]
     assert "fsdp over 2 ranks" in rm.stderr
-    train_rm(tiny_model_dir, data, tmp_path / "one", CFG.model_copy(update={"batch_size": 4, "eval_fraction": 0.1}),
-             max_steps=1)  # 4 rankings per step = 2 ranks x 2
+    train_rm(
+        tiny_model_dir,
+        data,
+        tmp_path / "one",
+        CFG.model_copy(update={"batch_size": 4, "eval_fraction": 0.1}),
+        max_steps=1,
+    )  # 4 rankings per step = 2 ranks x 2
     sharded, single = weights(tmp_path / "rm"), weights(tmp_path / "one")
     assert sharded.keys() == single.keys()
     # Adam's first step moves every weight by ±lr whatever the size of its gradient, so weights whose
@@ -92,18 +191,50 @@ def test_fsdp2_matches_one_process_and_trains_lora_ppo_under_torchrun(tiny_model
     start = load_file(tiny_model_dir / "model.safetensors")["model.embed_tokens.weight"]
     assert not torch.equal(sharded["embed_tokens.weight"], start), "training changed nothing"
 
-    ppo = subprocess.run([*torchrun, "ppo", "--init", str(tiny_model_dir), "--rm", str(tmp_path / "rm"),
-                          "--data", str(tmp_path / "prompts.jsonl"), "--pretraining", str(tmp_path / "pretraining.jsonl"),
-                          "--out", str(tmp_path / "ppo"), "--set", "train.ppo.iterations=2", *fsdp,
-                          "--set", "train.lora.enabled=true", "--set", "train.ppo.rollout_batch=8",
-                          "--set", "train.ppo.minibatch=2", "--set", "train.ppo.max_new_tokens=8",
-                          "--set", "train.ppo.rollout_engine=transformers", "--set", "train.ppo.ptx_batch=2"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    ppo = subprocess.run(
+        [
+            *torchrun,
+            "ppo",
+            "--init",
+            str(tiny_model_dir),
+            "--rm",
+            str(tmp_path / "rm"),
+            "--data",
+            str(tmp_path / "prompts.jsonl"),
+            "--pretraining",
+            str(tmp_path / "pretraining.jsonl"),
+            "--out",
+            str(tmp_path / "ppo"),
+            "--set",
+            "train.ppo.iterations=2",
+            *fsdp,
+            "--set",
+            "train.lora.enabled=true",
+            "--set",
+            "train.ppo.rollout_batch=8",
+            "--set",
+            "train.ppo.minibatch=2",
+            "--set",
+            "train.ppo.max_new_tokens=8",
+            "--set",
+            "train.ppo.rollout_engine=transformers",
+            "--set",
+            "train.ppo.ptx_batch=2",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ppo.returncode == 0, ppo.stderr[-3000:]
     assert json.loads(ppo.stdout.strip().splitlines()[-1])["iteration"] == 2
     validate_checkpoint(tmp_path / "ppo")
     merged = load_file(tmp_path / "ppo" / "model.safetensors")
-    assert not any("lora" in k for k in merged) and merged.keys() == load_file(tiny_model_dir / "model.safetensors").keys()
+    assert (
+        not any("lora" in k for k in merged)
+        and merged.keys() == load_file(tiny_model_dir / "model.safetensors").keys()
+    )
 
 
 def _agree(rank: int, init_file: str, out: str) -> None:

@@ -17,10 +17,22 @@ def events(n: int) -> list:
     out = []
     for i in range(n):
         rid = f"chatcmpl-{i}"
-        out.append(CompletionServed(request_id=rid, route="chat", messages=[{"role": "user", "content": f"Describe a fox {i}."}],
-                                    prompt_text="x", prompt_tokens=3, sampling={}, policy_version="v0001", caller="a",
-                                    choices=[ServedChoice(choice_id=f"{rid}-{k}", text=f"answer {k}", completion_tokens=2)
-                                             for k in range(3)]))
+        out.append(
+            CompletionServed(
+                request_id=rid,
+                route="chat",
+                messages=[{"role": "user", "content": f"Describe a fox {i}."}],
+                prompt_text="x",
+                prompt_tokens=3,
+                sampling={},
+                policy_version="v0001",
+                caller="a",
+                choices=[
+                    ServedChoice(choice_id=f"{rid}-{k}", text=f"answer {k}", completion_tokens=2)
+                    for k in range(3)
+                ],
+            )
+        )
         out.append(Comparison(request_id=rid, ranking=[[f"{rid}-2"], [f"{rid}-0", f"{rid}-1"]], rater="a"))
     return out
 
@@ -47,7 +59,10 @@ def test_crash_before_commit_redelivers_and_nothing_doubles(tmp_path):
     assert len(ids) == len(set(ids)) == 30
     rankings = service.store.rankings()
     assert len(rankings) == 30
-    assert rankings[0].responses == ["answer 2", "answer 0", "answer 1"] and rankings[0].ranking == [[0], [1, 2]]
+    assert rankings[0].responses == ["answer 2", "answer 0", "answer 1"] and rankings[0].ranking == [
+        [0],
+        [1, 2],
+    ]
     # More events later are picked up from the committed position, once.
     log.append([(topic_for(e), e.key(), e.to_bytes()) for e in batch[:4]])  # re-sent duplicates
     while service.consume_once(timeout_s=0.1):
@@ -83,8 +98,11 @@ def test_consumer_lag_on_kafka(kafka_broker, tmp_path):
             service.consume_once(timeout_s=0.2)
         assert service.refresh_lag() == {COMPLETIONS: 0, FEEDBACK: 0}
         exported = generate_latest(service.metrics_registry).decode()
-        partitions = {line.split('partition="')[1].split('"')[0] for line in exported.splitlines()
-                      if line.startswith('alignloop_trainer_consumer_lag{partition=') and COMPLETIONS in line}
+        partitions = {
+            line.split('partition="')[1].split('"')[0]
+            for line in exported.splitlines()
+            if line.startswith("alignloop_trainer_consumer_lag{partition=") and COMPLETIONS in line
+        }
         assert partitions == {"0", "1", "2"}, exported  # per partition: the topics have 3
     finally:
         service.close()
@@ -128,7 +146,9 @@ def test_rounds_with_lora_publish_merged_versions_and_continue_the_adapter(tiny_
         validate_checkpoint(registry.path(name))
         assert not any("lora" in k for k in load_file(registry.path(name) / "model.safetensors"))
     assert v2.extra["policy_init"] == str(registry.path("v0001")) and v2.extra["lora_adapter"]
-    assert v3.extra["policy_init"] == v2.extra["lora_adapter"], "round 2 should go on training round 1's adapter"
+    assert v3.extra["policy_init"] == v2.extra["lora_adapter"], (
+        "round 2 should go on training round 1's adapter"
+    )
 
 
 def test_no_round_starts_while_the_last_candidate_is_on_canary(tmp_path, tiny_model_dir):

@@ -32,8 +32,10 @@ def test_vllm_rollouts_follow_pushed_weights(tiny_model_dir, tmp_path):
         before = sampler.generate(prompts, 16, 0.0, 0)
         assert before == hf_greedy(live, prompts)
 
-        shutil.copy(perturbed_copy(tiny_model_dir, tmp_path / "other", seed=5) / "model.safetensors",
-                    live / "model.safetensors")
+        shutil.copy(
+            perturbed_copy(tiny_model_dir, tmp_path / "other", seed=5) / "model.safetensors",
+            live / "model.safetensors",
+        )
         sampler.update(live)
         after = sampler.generate(prompts, 16, 0.0, 0)
         assert after == hf_greedy(live, prompts)
@@ -41,10 +43,24 @@ def test_vllm_rollouts_follow_pushed_weights(tiny_model_dir, tmp_path):
 
         # Two PPO iterations sampling on this engine; afterwards it serves the trained policy.
         RewardModel.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "rm")
-        cfg = PPOConfig(iterations=2, rollout_batch=8, minibatch=4, max_new_tokens=8, ptx_coef=0.0, save_every=0,
-                        rollout_engine="vllm")
-        metrics = train_ppo(tiny_model_dir, tmp_path / "rm", task.prompts(16, seed=1), [], tmp_path / "ppo", cfg,
-                            sampler=sampler)
+        cfg = PPOConfig(
+            iterations=2,
+            rollout_batch=8,
+            minibatch=4,
+            max_new_tokens=8,
+            ptx_coef=0.0,
+            save_every=0,
+            rollout_engine="vllm",
+        )
+        metrics = train_ppo(
+            tiny_model_dir,
+            tmp_path / "rm",
+            task.prompts(16, seed=1),
+            [],
+            tmp_path / "ppo",
+            cfg,
+            sampler=sampler,
+        )
         assert metrics["iteration"] == 2 and metrics["samples_per_s"] > 0
         sampler.update(tmp_path / "ppo")
         assert sampler.generate(prompts, 16, 0.0, 0) == hf_greedy(tmp_path / "ppo", prompts)

@@ -9,15 +9,26 @@ import pytest
 
 from tests.conftest import make_gateway
 
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                  "--disable-background-networking", "--disable-component-update"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
 
 
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory, tiny_model_dir, kafka_broker):
     """A real gateway with vLLM and Kafka whose labelling queue takes every single-turn chat prompt."""
-    gw = make_gateway(tmp_path_factory.mktemp("ui-gateway"), tiny_model_dir, kafka_broker.bootstrap,
-                      labelling="sample_rate = 1.0\nk = 3\nmax_tokens = 16\noverlap = 1").start()
+    gw = make_gateway(
+        tmp_path_factory.mktemp("ui-gateway"),
+        tiny_model_dir,
+        kafka_broker.bootstrap,
+        labelling="sample_rate = 1.0\nk = 3\nmax_tokens = 16\noverlap = 1",
+    ).start()
     yield gw
     gw.stop()
 

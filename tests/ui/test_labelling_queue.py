@@ -25,8 +25,11 @@ def _wait_filled(gateway, prompt: str, timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     with gateway.client(ADMIN_KEY) as admin:
         while True:
-            items = [i for i in admin.get("/admin/labelling", params={"limit": 1000}).json()["items"]
-                     if i["prompt"] == prompt and i["filled"]]
+            items = [
+                i
+                for i in admin.get("/admin/labelling", params={"limit": 1000}).json()["items"]
+                if i["prompt"] == prompt and i["filled"]
+            ]
             if items:
                 return items[0]
             assert time.monotonic() < deadline, f"no filled item for {prompt!r}"
@@ -50,16 +53,25 @@ def test_an_item_mixes_serving_and_canary_answers_blind_while_a_canary_runs(gate
         assert r.status_code == 200, r.text
     try:
         with gateway.client(USER_KEY) as c:
-            r = c.post("/v1/chat/completions", json={"model": MODEL, "max_tokens": 4,
-                                                     "messages": [{"role": "user", "content": prompt}]})
+            r = c.post(
+                "/v1/chat/completions",
+                json={"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": prompt}]},
+            )
             assert r.status_code == 200, r.text
         item = _wait_filled(gateway, prompt)
     finally:
         with gateway.client(ADMIN_KEY) as admin:
             assert admin.delete("/admin/canary").status_code == 200
-    served = next(e for e in events_of(gateway, kafka_broker.bootstrap, item["request_id"],
-                                       lambda events: any(isinstance(e, CompletionServed) for e in events))
-                  if isinstance(e, CompletionServed))
+    served = next(
+        e
+        for e in events_of(
+            gateway,
+            kafka_broker.bootstrap,
+            item["request_id"],
+            lambda events: any(isinstance(e, CompletionServed) for e in events),
+        )
+        if isinstance(e, CompletionServed)
+    )
     # k = 3 in this gateway's queue: 2 answers from the serving version, 1 from the canary.
     assert sorted(c.policy_version for c in served.choices) == sorted([serving, serving, candidate])
     assert served.policy_version == serving and served.caller == "labelling-queue"
@@ -70,7 +82,9 @@ def test_an_item_mixes_serving_and_canary_answers_blind_while_a_canary_runs(gate
     before = _head_to_head(gateway, candidate)
     # The rater sees the answers and their ids, never their versions. This rater likes the canary:
     # the test unseals the ids with the gateway's secret to rank as such a rater would.
-    unseal = Ownership([StatePaths(gateway.state_dir).ownership_secret.read_text().strip().encode()], 86400).version_of
+    unseal = Ownership(
+        [StatePaths(gateway.state_dir).ownership_secret.read_text().strip().encode()], 86400
+    ).version_of
     canary_first = lambda ids: sorted(ids, key=lambda i: unseal(i) != candidate)  # noqa: E731
     with gateway.client(RATER_KEY) as rater:
         for _ in range(50):
@@ -78,7 +92,9 @@ def test_an_item_mixes_serving_and_canary_answers_blind_while_a_canary_runs(gate
             if body["item"] is None or body["item"]["request_id"] == item["request_id"]:
                 break
             first = [c["id"] for c in body["item"]["candidates"]]  # an older item: rank it, to reach ours
-            assert rater.post("/v1/feedback/rankings", json={"ranking": canary_first(first)}).status_code == 202
+            assert (
+                rater.post("/v1/feedback/rankings", json={"ranking": canary_first(first)}).status_code == 202
+            )
         assert body["item"] and body["item"]["request_id"] == item["request_id"], body
     shown = body["item"]["candidates"]
     assert sorted(c["id"] for c in shown) == sorted(c.choice_id for c in served.choices)
@@ -92,10 +108,16 @@ def test_an_item_mixes_serving_and_canary_answers_blind_while_a_canary_runs(gate
         assert r.status_code == 202, r.text
     # The verdicts reach the board through the feedback log; it is refitted at most every 5 s.
     deadline = time.monotonic() + 60
-    while (after := _head_to_head(gateway, candidate))[0] < before[0] + 2:  # ours: 1 canary answer x 2 serving
+    while (after := _head_to_head(gateway, candidate))[0] < before[
+        0
+    ] + 2:  # ours: 1 canary answer x 2 serving
         assert time.monotonic() < deadline, (before, after)
         time.sleep(1)
-    assert abs((after[1] - before[1]) - (after[0] - before[0])) < 1e-6, ("every new outcome is a canary win", before, after)
+    assert abs((after[1] - before[1]) - (after[0] - before[0])) < 1e-6, (
+        "every new outcome is a canary win",
+        before,
+        after,
+    )
     with gateway.client(ADMIN_KEY) as admin:
         metrics = admin.get("/metrics").text
     assert f'alignloop_version_score{{version="{candidate}"}}' in metrics

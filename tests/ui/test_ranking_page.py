@@ -31,8 +31,10 @@ def ask(page, prompt: str, k: int) -> list[str]:
     page.fill("#prompt", prompt)
     page.select_option("#k", str(k))
     page.click("#ask-button")
-    page.wait_for_function(f"document.querySelectorAll('#cards .card[data-id^=chatcmpl]').length === {k} && "
-                           "!document.getElementById('ask-button').disabled")
+    page.wait_for_function(
+        f"document.querySelectorAll('#cards .card[data-id^=chatcmpl]').length === {k} && "
+        "!document.getElementById('ask-button').disabled"
+    )
     return order(page)
 
 
@@ -47,13 +49,18 @@ def shoot(page, name: str) -> None:
 
 def events_of(gateway, kafka: str, request_id: str, until=lambda events: True, timeout: float = 60) -> list:
     """Every event of request_id read back from Kafka (as the trainer reads), once `until(events)` holds."""
-    source = open_source(FeedbackConfig(kafka_bootstrap=kafka), gateway.state_dir, f"ui-test-{uuid.uuid4().hex}")
+    source = open_source(
+        FeedbackConfig(kafka_bootstrap=kafka), gateway.state_dir, f"ui-test-{uuid.uuid4().hex}"
+    )
     events: list = []
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            events += [d.event for d in source.poll(timeout_s=0.5)
-                       if d.event is not None and d.event.request_id == request_id]
+            events += [
+                d.event
+                for d in source.poll(timeout_s=0.5)
+                if d.event is not None and d.event.request_id == request_id
+            ]
             if until(events):
                 return events
     finally:
@@ -67,10 +74,15 @@ def _has(*kinds):
 
 def submitted_ranking(gateway, kafka: str, request_id: str, rater: str) -> Comparison:
     """The ranking of request_id by rater, read back from Kafka (with the rest of the request's events)."""
+
     def ranked(events: list) -> bool:
         return any(isinstance(e, Comparison) and e.rater == rater for e in events)
 
-    return next(e for e in events_of(gateway, kafka, request_id, ranked) if isinstance(e, Comparison) and e.rater == rater)
+    return next(
+        e
+        for e in events_of(gateway, kafka, request_id, ranked)
+        if isinstance(e, Comparison) and e.rater == rater
+    )
 
 
 def test_sign_in_errors_are_shown_in_words(browser, gateway):
@@ -103,8 +115,11 @@ def test_ask_rank_by_keyboard_with_a_tie_and_submit(browser, gateway, kafka_brok
     request_id = ids[0].rsplit("-", 1)[0]
     event = submitted_ranking(gateway, kafka_broker.bootstrap, request_id, "alice")
     assert event.ranking == [[ranked[0]], [ranked[1], ranked[2]], [ranked[3]]]
-    served = next(e for e in events_of(gateway, kafka_broker.bootstrap, request_id, _has(CompletionServed))
-                  if isinstance(e, CompletionServed))
+    served = next(
+        e
+        for e in events_of(gateway, kafka_broker.bootstrap, request_id, _has(CompletionServed))
+        if isinstance(e, CompletionServed)
+    )
     assert event.policy_version == served.policy_version and [c.choice_id for c in served.choices] == ids
 
 
@@ -118,9 +133,14 @@ def test_rank_by_dragging_and_write_a_better_answer(browser, gateway, kafka_brok
     page.click("#submit")
     page.wait_for_function("document.getElementById('status').textContent.includes('recorded')")
     request_id = ids[0].rsplit("-", 1)[0]
-    assert submitted_ranking(gateway, kafka_broker.bootstrap, request_id, "alice").ranking == [[i] for i in ranked]
-    demos = [e for e in events_of(gateway, kafka_broker.bootstrap, request_id, _has(Demonstration))
-             if isinstance(e, Demonstration)]
+    assert submitted_ranking(gateway, kafka_broker.bootstrap, request_id, "alice").ranking == [
+        [i] for i in ranked
+    ]
+    demos = [
+        e
+        for e in events_of(gateway, kafka_broker.bootstrap, request_id, _has(Demonstration))
+        if isinstance(e, Demonstration)
+    ]
     assert [d.response for d in demos] == ["The bear is blue and it lives near the river."]
 
 
@@ -136,8 +156,11 @@ def test_a_submission_survives_a_reload_and_counts_once(browser, gateway, kafka_
     page.wait_for_function("document.getElementById('status').textContent.includes('before the reload')")
     request_id = ids[0].rsplit("-", 1)[0]
     submitted_ranking(gateway, kafka_broker.bootstrap, request_id, "alice")
-    rankings = [e for e in events_of(gateway, kafka_broker.bootstrap, request_id, _has(Comparison, CompletionServed))
-                if isinstance(e, Comparison)]
+    rankings = [
+        e
+        for e in events_of(gateway, kafka_broker.bootstrap, request_id, _has(Comparison, CompletionServed))
+        if isinstance(e, Comparison)
+    ]
     assert len(rankings) == 1
 
 
@@ -152,8 +175,13 @@ def test_the_page_works_on_a_phone_screen(browser, gateway):
 def test_a_rater_takes_an_item_from_the_queue_ranks_and_submits(browser, gateway, kafka_broker):
     with gateway.client() as c:  # production traffic the queue samples from
         marker = f"Describe a fox {uuid.uuid4().hex[:6]}."
-        assert c.post("/v1/chat/completions", json={"model": MODEL, "max_tokens": 8,
-                                                    "messages": [{"role": "user", "content": marker}]}).status_code == 200
+        assert (
+            c.post(
+                "/v1/chat/completions",
+                json={"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": marker}]},
+            ).status_code
+            == 200
+        )
     with gateway.client(USER_KEY) as c:
         r = c.get("/v1/labelling/next")
         assert r.status_code == 403 and r.json()["error"]["code"] == "rater_required"
@@ -177,9 +205,14 @@ def test_a_rater_takes_an_item_from_the_queue_ranks_and_submits(browser, gateway
     request_id = ranked[0].rsplit("-", 1)[0]
     event = submitted_ranking(gateway, kafka_broker.bootstrap, request_id, "rita")
     assert event.ranking == [[i] for i in ranked]
-    served = next(e for e in events_of(gateway, kafka_broker.bootstrap, request_id, _has(CompletionServed))
-                  if isinstance(e, CompletionServed))
-    assert served.messages == [{"role": "user", "content": prompt}] and sorted(c.choice_id for c in served.choices) == sorted(ids)
+    served = next(
+        e
+        for e in events_of(gateway, kafka_broker.bootstrap, request_id, _has(CompletionServed))
+        if isinstance(e, CompletionServed)
+    )
+    assert served.messages == [{"role": "user", "content": prompt}] and sorted(
+        c.choice_id for c in served.choices
+    ) == sorted(ids)
     with gateway.client(ADMIN_KEY) as admin:
         raters = admin.get("/admin/raters").json()
     assert raters["raters"]["rita"]["ranked"] >= 1
@@ -189,8 +222,13 @@ def test_an_opted_out_keys_prompts_never_reach_the_queue(gateway):
     mine, private = f"Say hello to Ada {uuid.uuid4().hex[:6]}.", f"Say hello to Bo {uuid.uuid4().hex[:6]}."
     for key, prompt in ((USER_KEY, mine), (PRIVATE_KEY, private)):
         with gateway.client(key) as c:
-            assert c.post("/v1/chat/completions", json={"model": MODEL, "max_tokens": 4,
-                                                        "messages": [{"role": "user", "content": prompt}]}).status_code == 200
+            assert (
+                c.post(
+                    "/v1/chat/completions",
+                    json={"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": prompt}]},
+                ).status_code
+                == 200
+            )
     with gateway.client(ADMIN_KEY) as admin:
         deadline = time.monotonic() + 30
         while mine not in (prompts := [i["prompt"] for i in admin.get("/admin/labelling").json()["items"]]):
@@ -209,9 +247,16 @@ def test_the_versions_tab_charts_peoples_blinded_cross_version_rankings(browser,
         assert admin.post("/admin/canary", json={"version": candidate, "fraction": 0.01}).status_code == 200
     try:
         with gateway.client(USER_KEY) as user:
-            r = user.post("/v1/chat/completions", json={
-                "model": MODEL, "n": 2, "max_tokens": 4, "compare_versions": True,
-                "messages": [{"role": "user", "content": "Describe a fox."}]})
+            r = user.post(
+                "/v1/chat/completions",
+                json={
+                    "model": MODEL,
+                    "n": 2,
+                    "max_tokens": 4,
+                    "compare_versions": True,
+                    "messages": [{"role": "user", "content": "Describe a fox."}],
+                },
+            )
             assert r.status_code == 200 and r.json()["policy_version"] == "mixed", r.text
             ids = [c["id"] for c in r.json()["choices"]]
             assert user.post("/v1/feedback/rankings", json={"ranking": ids}).status_code == 202
@@ -221,7 +266,10 @@ def test_the_versions_tab_charts_peoples_blinded_cross_version_rankings(browser,
     # The verdict reaches the board through the feedback log; the page reads the board once.
     deadline = time.monotonic() + 60
     with gateway.client(USER_KEY) as user:
-        while not any(row["version"] == "v0002" and row["vs_sft"] for row in user.get("/v1/leaderboard").json()["versions"]):
+        while not any(
+            row["version"] == "v0002" and row["vs_sft"]
+            for row in user.get("/v1/leaderboard").json()["versions"]
+        ):
             assert time.monotonic() < deadline, "the ranking never reached the leaderboard"
             time.sleep(1)
     page = open_page(browser, gateway, USER_KEY)
