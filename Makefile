@@ -1,10 +1,20 @@
 # The two commands of the README. Both install what they need first (deploy/install.sh).
 ACCEL ?= cpu
 
-.PHONY: install run serve test bench-serving bench-feedback bench-training bench-swap
+.PHONY: install lock check run serve test bench-serving bench-feedback bench-training bench-swap
 
 install:
 	ALIGNLOOP_ACCEL=$(ACCEL) bash deploy/install.sh
+
+# Re-resolve deploy/lock/ from pyproject.toml (the only way the installed versions change).
+lock:
+	bash deploy/lock.sh
+
+# The static checks, first in `make test`: lint, format, types (scope and rules: pyproject.toml).
+check: install
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
 
 run: install
 	.venv/bin/alignloop demo
@@ -12,7 +22,7 @@ run: install
 serve: install
 	.venv/bin/alignloop serve
 
-test: install
+test: install check
 	bash deploy/install-test-tools.sh
 	.venv/bin/python -m pytest tests
 
@@ -23,8 +33,7 @@ bench-feedback: install
 	bash deploy/install-bench-tools.sh
 	.venv/bin/python -m benchmarks.feedback
 
-bench-training:
-	ALIGNLOOP_ACCEL=$(ACCEL) ALIGNLOOP_EXTRAS=test,bench bash deploy/install.sh
+bench-training: install
 	.venv/bin/python -m benchmarks.training --trl
 
 bench-swap: install

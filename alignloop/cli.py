@@ -47,6 +47,8 @@ def _cmd_serve(settings: Settings, args) -> None:
         log_level=settings.gateway.log_level,
         timeout_graceful_shutdown=10,
         timeout_keep_alive=settings.gateway.keep_alive_s,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.gateway.trusted_proxies,
     )
 
 

@@ -80,14 +80,14 @@ def _log_to_file(path: Path) -> None:
 
 
 def _spawn(args: list[str], log_path: Path) -> subprocess.Popen:
-    out = open(log_path, "ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "alignloop", *args],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        start_new_session=True,
-    )
+    with open(log_path, "ab") as out:  # the child process keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "alignloop", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            start_new_session=True,
+        )
 
 
 @dataclass

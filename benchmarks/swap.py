@@ -25,8 +25,8 @@ import httpx
 import torch
 from safetensors.torch import load_file, save_file
 
-from core.config import TinyModelConfig
 from benchmarks.processes import launch_gateway, machine, stop
+from core.config import TinyModelConfig
 from registry.store import PolicyRegistry
 
 KEY = "sk-bench"

@@ -34,37 +34,37 @@ from transformers import AutoModel, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 if __package__ in (None, ""):  # run as a file on a machine without the project installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.config import LoRAConfig, PPOConfig, RMConfig, SFTConfig, TinyModelConfig, TrainConfig  # noqa: E402
-from synthetic import task  # noqa: E402
-from synthetic.corpus import pretraining_texts  # noqa: E402
-from trainer.data import Ranking, encode_responses  # noqa: E402
-from trainer.reward_model import ranking_pairs  # noqa: E402
-from trainer.runtime import Runtime  # noqa: E402
-from trainer.supervised_loop import epoch_order  # noqa: E402
+from core.config import LoRAConfig, PPOConfig, RMConfig, SFTConfig, TinyModelConfig, TrainConfig
+from feedback.events import ranking_pairs
+from synthetic import task
+from synthetic.corpus import pretraining_texts
+from trainer.data import Ranking, encode_responses
+from trainer.runtime import Runtime
+from trainer.supervised_loop import epoch_order
 
 log = logging.getLogger("bench")
 MODELS = {  # name -> LlamaConfig fields (random weights, the tiny model's tokenizer)
-    "310m": dict(
-        hidden_size=1024,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        num_key_value_heads=16,
-        intermediate_size=2816,
-    ),
-    "7b": dict(
-        hidden_size=4096,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        intermediate_size=11008,
-    ),
-    "small": dict(
-        hidden_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        intermediate_size=512,
-    ),  # to try the other presets' code paths on a CPU in seconds
+    "310m": {
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 16,
+        "intermediate_size": 2816,
+    },
+    "7b": {
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "intermediate_size": 11008,
+    },
+    "small": {
+        "hidden_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "intermediate_size": 512,
+    },  # to try the other presets' code paths on a CPU in seconds
 }
 
 

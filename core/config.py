@@ -53,7 +53,12 @@ class EngineConfig(_Section):
     dtype: str = "auto"  # "auto" = float32 on CPU, bfloat16 on GPU
     max_model_len: int = 512
     max_num_seqs: int = 64
-    enforce_eager: bool = True  # CUDA graphs buy nothing for a tiny model and cost start-up
+    # None: eager on CPU (which has no CUDA graphs), CUDA graphs on a GPU (decoding is launch-bound
+    # without them; capturing costs start-up time, so a tiny model on a GPU may set true).
+    enforce_eager: bool | None = None
+    # GPUs one engine spans (vLLM's tensor parallelism, within a node); every engine of a gateway
+    # (serving, canary, blue/green's next) takes this many.
+    tensor_parallel_size: int = Field(default=1, ge=1)
     cpu_kv_cache_gib: int = 1
     # Share of GPU memory each engine may take. None: 0.85 with in-place swaps; 0.42 with blue/green,
     # which runs two engines at once while it switches (lower it likewise to run a canary in place mode).
@@ -157,6 +162,9 @@ class GatewayConfig(_Section):
     # and a stalled event loop makes the server's timer fire late, exactly then.
     keep_alive_s: float = Field(default=75.0, gt=0)
     failed_auth_per_minute: int = Field(default=60, ge=1)  # per client address; then 429
+    # Peers whose X-Forwarded-For names the client (comma-separated addresses or networks, "*" for
+    # any): the load balancer's, so the failed-auth limit counts per client, not per balancer.
+    trusted_proxies: str = "127.0.0.1"
     labelling: LabellingConfig = LabellingConfig()
     # Signs the request and choice ids handed out, so any replica can check who may rate what with
     # no shared database. Replicas share these; the first signs, all verify (rotate by putting a new
@@ -253,6 +261,10 @@ class RMConfig(_Section):
     batch_size: int = 8  # rankings per step
     learning_rate: float = 5e-5
     max_len: int = 256
+    # Sequences forwarded at once: a step's rankings go through in micro-batches of whole rankings
+    # (at least one), their gradients summed, so a step's activation memory is one micro-batch's
+    # whatever K and batch_size are (8 rankings of K = 9 are 72 sequences).
+    micro_batch_sequences: int = Field(default=32, ge=1)
     eval_fraction: float = 0.1  # held out for pairwise accuracy
     seed: int = 0
     save_every: int = 100
@@ -348,7 +360,9 @@ class TrainConfig(_Section):
     # dtype of saved checkpoints; auto: the base checkpoint's own (a bf16 model stays bf16, the
     # tiny model stays fp32). bf16 halves the size, but rounds away updates below its resolution.
     save_dtype: Literal["auto", "fp32", "bf16"] = "auto"
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
+    # Recompute activations in backward: less memory, ~30% more compute. None: on a GPU (where
+    # memory bounds the batch), off on a CPU.
+    gradient_checkpointing: bool | None = None
     length_bucketing: bool = True  # batch items of similar length together: less padding
     sharding: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: a full copy per rank, or FSDP2 shards
     lora: LoRAConfig = LoRAConfig()

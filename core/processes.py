@@ -26,7 +26,7 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def stop_group(proc: subprocess.Popen, kill: bool = False, timeout: float = 60) -> None:
+def stop_group(proc: subprocess.Popen[bytes], kill: bool = False, timeout: float = 60) -> None:
     """Stop a process started with start_new_session=True and everything it started:
     SIGTERM (graceful) or SIGKILL (a crash), then SIGKILL if it outlives the timeout."""
     try:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the test suite needs beyond .venv, from Debian's packages: Chromium for the ranking page's
 # browser tests (driven by Playwright from PyPI, which cannot download its own browser here) and
-# Prometheus with promtool for the monitoring tests; and, built with Go from the Go module proxy,
+# Prometheus with promtool for the monitoring tests, nginx for the compose balancer's test in front of
+# two gateways; and, built with Go from the Go module proxy,
 # compose-check (deploy/compose/check: compose-go, the loader of `docker compose`) and, without
 # kubectl, kustomize, for the deployment stack's test. Idempotent: installs only what is missing.
 set -euo pipefail
@@ -19,6 +20,7 @@ fi
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
-[ ${#missing[@]} -eq 0 ] && { echo "install-test-tools: chromium, prometheus and compose-check present"; exit 0; }
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)  # the compose balancer, in front of two replicas
+[ ${#missing[@]} -eq 0 ] && { echo "install-test-tools: chromium, prometheus, nginx and compose-check present"; exit 0; }
 bash deploy/apt-install.sh "${missing[@]}"
-echo "install-test-tools: $(chromium --version 2>/dev/null | head -1); $(promtool --version 2>&1 | head -1)"
+echo "install-test-tools: $(chromium --version 2>/dev/null | head -1); $(promtool --version 2>&1 | head -1); $(/usr/sbin/nginx -v 2>&1)"

@@ -10,13 +10,15 @@ import json
 import random
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from core.limits import MAX_K, MAX_TEXT_CHARS, MIN_K
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
+T = TypeVar("T")
 
 
 class RankingError(ValueError):
@@ -25,6 +27,20 @@ class RankingError(ValueError):
     def __init__(self, message: str, code: str):
         super().__init__(message)
         self.code = code
+
+
+def ranking_pairs(ranking: Sequence[Sequence[T]]) -> list[tuple[T, T]]:
+    """(better, worse) for every pair a best-first ranking orders; the members of a tie form no pair.
+
+    The one expansion of a ranking into preference pairs (the trainer's loss and accuracy, the
+    benchmarks); on choice ids or on candidate indices alike."""
+    return [
+        (better, worse)
+        for i, group in enumerate(ranking)
+        for lower in ranking[i + 1 :]
+        for better in group
+        for worse in lower
+    ]
 
 
 def check_ranking(ranking: list[list[str]]) -> None:
@@ -120,14 +136,6 @@ class Comparison(_Event):
         check_ranking(ranking)
         return ranking
 
-    def pairs(self) -> list[tuple[str, str]]:
-        """(preferred, rejected) for every ordered pair; tied candidates form no pair."""
-        out = []
-        for i, better in enumerate(self.ranking):
-            for worse in self.ranking[i + 1 :]:
-                out.extend((w, l) for w in better for l in worse)
-        return out
-
 
 class Rating(_Event):
     """Thumbs up (+1) or down (-1) on one candidate."""
@@ -148,12 +156,13 @@ class Demonstration(_Event):
     policy_version: str | None = None  # unset since ids are signed: the completion event of request_id has it
 
 
+Event = CompletionServed | Comparison | Rating | Demonstration
 FeedbackEvent = Annotated[Comparison | Rating | Demonstration, Field(discriminator="type")]
 AnyEvent = Annotated[CompletionServed | Comparison | Rating | Demonstration, Field(discriminator="type")]
 _ANY = TypeAdapter(AnyEvent)
 
 
-def parse_event(raw: bytes | str) -> CompletionServed | Comparison | Rating | Demonstration:
+def parse_event(raw: bytes | str) -> Event:
     """Parse and validate one event from its wire form (ValueError if it is not one)."""
     try:
         data = json.loads(raw)

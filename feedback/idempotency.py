@@ -26,9 +26,9 @@ CREATE TABLE IF NOT EXISTS idempotency (
 MIGRATIONS = ["ALTER TABLE idempotency ADD COLUMN at REAL NOT NULL DEFAULT 0", "DROP TABLE IF EXISTS served"]
 _ROW_OVERHEAD = 48  # SQLite's per-row and per-index-entry bytes, roughly
 _KEY_BYTES = (
-    "SELECT COALESCE(SUM(LENGTH(scoped_key) * 2 + LENGTH(event_id) + LENGTH(digest) + {o}), 0) "
+    f"SELECT COALESCE(SUM(LENGTH(scoped_key) * 2 + LENGTH(event_id) + LENGTH(digest) + {_ROW_OVERHEAD}), 0) "
     "FROM idempotency"
-).format(o=_ROW_OVERHEAD)
+)
 
 
 class IdempotencyIndex:
@@ -42,7 +42,8 @@ class IdempotencyIndex:
     @staticmethod
     def size(cur: sqlite3.Cursor) -> int:
         """The index's bytes, counted the way key_bytes() counts them."""
-        return cur.execute(_KEY_BYTES).fetchone()[0]
+        size: int = cur.execute(_KEY_BYTES).fetchone()[0]
+        return size
 
     @staticmethod
     def prune(cur: sqlite3.Cursor, before: float) -> tuple[int, int]:
@@ -69,7 +70,9 @@ class IdempotencyIndex:
         oldest = (
             "SELECT scoped_key FROM idempotency WHERE scoped_key >= ? AND scoped_key < ? ORDER BY at LIMIT ?"
         )
-        size = cur.execute(_KEY_BYTES + f" WHERE scoped_key IN ({oldest})", (*bounds, over)).fetchone()[0]
+        size: int = cur.execute(_KEY_BYTES + f" WHERE scoped_key IN ({oldest})", (*bounds, over)).fetchone()[
+            0
+        ]
         cur.execute(f"DELETE FROM idempotency WHERE scoped_key IN ({oldest})", (*bounds, over))
         return size
 

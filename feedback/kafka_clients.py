@@ -3,14 +3,16 @@ configuration, the same for the gateway's producer and admin client and the trai
 
 from __future__ import annotations
 
+from typing import Any
+
 from core.config import FeedbackConfig
 
 
-def connection_kwargs(config: FeedbackConfig) -> dict:
+def connection_kwargs(config: FeedbackConfig) -> dict[str, Any]:
     """kafka-python keyword arguments for bootstrap and security."""
     # kafka-python backs off reconnects up to 30 s by default: after a broker restart, feedback
     # would sit in the spool that long. A second is plenty between attempts on a LAN.
-    kwargs: dict = {
+    kwargs: dict[str, Any] = {
         "bootstrap_servers": config.kafka_bootstrap,
         "security_protocol": config.security_protocol,
         "reconnect_backoff_max_ms": 1000,

@@ -10,9 +10,11 @@ broker error, a full disk) is logged, counted, and the loop starts again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from core.config import FeedbackConfig
 from core.supervision import OnFailure, SupervisedThread
@@ -21,6 +23,9 @@ from feedback.local_log import LocalLog, Record
 from feedback.metrics import FeedbackMetrics
 from feedback.spool_usage import SpoolUsage
 from feedback.topics import ALL as ALL_TOPICS
+
+if TYPE_CHECKING:
+    from kafka import KafkaProducer
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +48,7 @@ def shipped_offset(spool: LocalLog) -> int:
     return spool.committed(SHIPPER_GROUP, ANY_TOPIC)
 
 
-def connect_producer(config: FeedbackConfig):
+def connect_producer(config: FeedbackConfig) -> KafkaProducer:
     """A Kafka producer for the alignloop topics, creating the topics if they are missing."""
     from kafka import KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
@@ -61,10 +66,8 @@ def connect_producer(config: FeedbackConfig):
             NewTopic(t, config.partitions, config.replication_factor) for t in ALL_TOPICS if t not in existing
         ]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another replica made them first
                 admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         admin.close()
     return KafkaProducer(
@@ -152,8 +155,9 @@ class KafkaShipper:
         anything that may pass (the broker is down)."""
         from kafka.errors import MessageSizeTooLargeError
 
-        if self._producer is None:
-            self._producer = connect_producer(self._config)
+        producer = self._producer
+        if producer is None:
+            producer = self._producer = connect_producer(self._config)
             log.info("feedback: connected to Kafka at %s", self._config.kafka_bootstrap)
             self._metrics.kafka_up.set(1)
         refused = {
@@ -162,11 +166,9 @@ class KafkaShipper:
             if len(r.value) > self._config.max_record_bytes
         }
         futures = [
-            (r, self._producer.send(r.topic, key=r.key, value=r.value))
-            for r in batch
-            if r.offset not in refused
+            (r, producer.send(r.topic, key=r.key, value=r.value)) for r in batch if r.offset not in refused
         ]
-        self._producer.flush(timeout=self._config.kafka_timeout_s * 2)
+        producer.flush(timeout=self._config.kafka_timeout_s * 2)
         for record, future in futures:
             try:
                 future.get(timeout=0)
@@ -198,10 +200,8 @@ class KafkaShipper:
     def _close_producer(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            try:
+            with contextlib.suppress(Exception):  # a producer that cannot close is dropped all the same
                 producer.close(timeout=0)
-            except Exception:
-                pass
 
     def close(self) -> None:
         """Stop the thread."""

@@ -15,9 +15,10 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from core import durable_sqlite
 
@@ -57,9 +58,10 @@ class Transaction:
     def append(self, topic: str, key: bytes | None, value: bytes) -> int:
         """Append one record; returns its offset."""
         self.cursor.execute("INSERT INTO records (topic, key, value) VALUES (?, ?, ?)", (topic, key, value))
+        assert self.cursor.lastrowid is not None  # an INSERT sets it
         return self.cursor.lastrowid
 
-    def append_many(self, records: list[tuple[str, bytes | None, bytes]]) -> None:
+    def append_many(self, records: Sequence[tuple[str, bytes | None, bytes]]) -> None:
         """Append records in one statement (one GIL hand-off, not one per record)."""
         if records:
             self.cursor.executemany("INSERT INTO records (topic, key, value) VALUES (?, ?, ?)", records)
@@ -85,7 +87,7 @@ class LocalLog:
         self._read_lock = threading.Lock()
 
     @contextlib.contextmanager
-    def transaction(self):
+    def transaction(self) -> Iterator[Transaction]:
         """One atomic, durable write: everything done on the yielded Transaction or none of it."""
         with durable_sqlite.transaction(self._db, self._lock) as cur:
             yield Transaction(cur)
@@ -147,9 +149,10 @@ class LocalLog:
     def count(self, topic: str, from_offset: int = 0) -> int:
         """Records of one topic at or after from_offset."""
         with self._read_lock:
-            return self._reader.execute(
+            n: int = self._reader.execute(
                 "SELECT COUNT(*) FROM records WHERE topic = ? AND offset >= ?", (topic, from_offset)
             ).fetchone()[0]
+            return n
 
     def stats(self, from_offset: int = 0) -> tuple[int, int]:
         """(records, bytes) at or after from_offset."""
@@ -160,7 +163,7 @@ class LocalLog:
             ).fetchone()
         return n, size
 
-    def query(self, sql: str, args: tuple = ()) -> list[tuple]:
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Read the extra tables a user keeps beside the log (on a connection of its own, so
         readers do not wait for a writer's fsync)."""
         with self._read_lock:

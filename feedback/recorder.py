@@ -23,12 +23,12 @@ from prometheus_client import CollectorRegistry
 from core.config import FeedbackConfig
 from core.supervision import OnFailure
 from feedback.events import CompletionServed
+from feedback.idempotency import MIGRATIONS, IdempotencyIndex
+from feedback.idempotency import SCHEMA as INDEX_SCHEMA
 from feedback.kafka_shipper import DEAD_LETTER_SCHEMA, KafkaShipper, shipped_offset
 from feedback.local_log import LocalLog
 from feedback.metrics import FeedbackMetrics
 from feedback.retention import EmbeddedRetention, IndexRetention
-from feedback.idempotency import MIGRATIONS, IdempotencyIndex
-from feedback.idempotency import SCHEMA as INDEX_SCHEMA
 from feedback.spool_usage import SpoolUsage
 from feedback.spool_writer import CompletionWrite, FeedbackWrite, SpoolWriter
 from feedback.submission import Accepted, SpoolFull, SpoolUnavailable, Submission
@@ -107,7 +107,7 @@ class FeedbackRecorder:
             raise SpoolFull(f"{self.usage.bytes} bytes wait for delivery")
         if self._writer.backlog() > _MAX_BACKLOG:
             raise SpoolUnavailable(f"{self._writer.backlog()} items wait for the disk")
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        future: concurrent.futures.Future[list[Accepted]] = concurrent.futures.Future()
         self._writer.put(FeedbackWrite(items, future))
         try:
             # Bounded: a stalled disk answers 503, never a request that waits for ever. On timeout

@@ -18,8 +18,8 @@ import threading
 import time
 
 from core.supervision import OnFailure, SupervisedThread
-from feedback.local_log import LocalLog
 from feedback.idempotency import IdempotencyIndex
+from feedback.local_log import LocalLog
 from feedback.spool_usage import SpoolUsage
 from feedback.topics import ALL as ALL_TOPICS
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 from core.supervision import OnFailure, SupervisedThread
 from feedback.events import CompletionServed
+from feedback.idempotency import IdempotencyIndex
 from feedback.local_log import LocalLog, Transaction
 from feedback.metrics import FeedbackMetrics
-from feedback.idempotency import IdempotencyIndex
 from feedback.spool_usage import SpoolUsage
 from feedback.submission import Accepted, IdempotencyConflict, Submission
 from feedback.topics import topic_for
@@ -36,7 +36,7 @@ class Tally:
     bytes: int = 0
     index_bytes: int = 0
 
-    def add(self, other: "Tally") -> None:
+    def add(self, other: Tally) -> None:
         """Add another tally to this one."""
         self.events += other.events
         self.bytes += other.bytes
@@ -56,7 +56,7 @@ class FeedbackWrite:
     """Feedback submissions to accept together, and the future the API awaits."""
 
     items: list[Submission]
-    future: concurrent.futures.Future
+    future: concurrent.futures.Future[list[Accepted]]
 
 
 class SpoolWriter:
@@ -147,7 +147,7 @@ class SpoolWriter:
 
     @staticmethod
     def _append_feedback(
-        tx: Transaction, items: list[Submission], written: "Tally", max_keys: int
+        tx: Transaction, items: list[Submission], written: Tally, max_keys: int
     ) -> list[Accepted] | Exception:
         """One submission under a savepoint: all of its items, or none (and then none is counted)."""
         # A single item needs no savepoint: its only refusal (a conflicting key) comes before it

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from feedback.events import Event
+
 
 class SpoolFull(Exception):
     """The local log holds as much undelivered data as it may; try again later."""
@@ -22,7 +24,7 @@ class IdempotencyConflict(Exception):
 class Submission:
     """One feedback event to accept, with its optional (caller-scoped) idempotency key."""
 
-    event: object
+    event: Event
     idempotency_key: str | None = None
 
     def digest(self) -> str:

@@ -16,23 +16,24 @@ from core.supervision import supervise
 from feedback import topics
 from feedback.recorder import FeedbackRecorder
 from gateway.auth import KeyStore, load_or_create_keys
+from gateway.canary import CanaryController
 from gateway.dependencies import Services
 from gateway.deployment import Deployment
 from gateway.errors import SafeJSONResponse, install_error_handlers
-from promotion.evidence import EvidenceStore
-from promotion.evidence_feed import EvidenceFeed
-from gateway.heap import PauseClock
-from gateway.metrics import GatewayMetrics
-from gateway.ownership import Ownership, load_or_create_secrets
 from gateway.feedback_fast_path import FeedbackFastPath, single_event_routes
-from gateway.middleware import HTTPMetricsMiddleware
+from gateway.heap import PauseClock
 from gateway.label_filler import fill_forever
-from promotion.labelling import LabelQueue
-from gateway.canary import CanaryController
-from promotion.version_health import VersionHealth
 from gateway.loop_watch import watch_loop
+from gateway.metrics import GatewayMetrics
+from gateway.middleware import HTTPMetricsMiddleware
+from gateway.ownership import Ownership, load_or_create_secrets
 from gateway.routers import admin, feedback, health, labelling, openai
 from gateway.serving import Serving
+from inference.engine_stats import EngineMetrics
+from promotion.evidence import EvidenceStore
+from promotion.evidence_feed import EvidenceFeed
+from promotion.labelling import LabelQueue
+from promotion.version_health import VersionHealth
 from registry.store import PolicyRegistry
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ def build_services(settings: Settings) -> Services:
         )
     metrics = GatewayMetrics()
     deployment = Deployment(registry, settings.engine, metrics, settings.paths.last_served)
+    metrics.registry.register(EngineMetrics(deployment.engine.engine_stats))  # vLLM's own, per engine
     evidence = EvidenceStore(settings.paths.evidence)
     # Embedded, the log keeps events until both the trainer and this gateway's evidence feed read them.
     recorder = FeedbackRecorder(
@@ -154,6 +156,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.services = services
     install_error_handlers(app)
     app.include_router(openai.router)
+    app.include_router(openai.vllm_router)
     app.include_router(feedback.router)
     app.include_router(admin.router)
     app.include_router(health.router)

@@ -132,7 +132,7 @@ def _load_or_create_generated(state_dir: Path) -> list[ApiKeyConfig]:
 class GenerationLease:
     """One admitted generation: holds a slot of its key's concurrency and reserved tokens."""
 
-    def __init__(self, store: "KeyStore", state: _KeyState, reserved: int):
+    def __init__(self, store: KeyStore, state: _KeyState, reserved: int):
         self._store, self._state, self._reserved, self._open = store, state, reserved, True
 
     def release(self, generated: int) -> None:

@@ -25,11 +25,11 @@ import time
 from core.config import PromotionConfig
 from core.supervision import supervise
 from gateway.deployment import Deployment
+from inference.engine import SwapBusy
 from promotion.evidence import EvidenceStore
 from promotion.leader import LeaderLease
 from promotion.sequential import SequentialTest, SequentialTestConfig, run_test
 from promotion.version_health import VersionHealth, guardrail_breach
-from inference.engine import SwapBusy
 
 log = logging.getLogger(__name__)
 

@@ -18,14 +18,14 @@ from fastapi import Depends, Request
 from core.config import Settings
 from feedback.recorder import FeedbackRecorder
 from gateway.auth import Caller, KeyStore
-from gateway.errors import APIError
+from gateway.canary import CanaryController
 from gateway.deployment import Deployment
-from promotion.evidence import EvidenceStore
-from promotion.labelling import LabelQueue
+from gateway.errors import APIError
 from gateway.metrics import GatewayMetrics
 from gateway.ownership import Ownership
-from gateway.canary import CanaryController
 from gateway.serving import Serving
+from promotion.evidence import EvidenceStore
+from promotion.labelling import LabelQueue
 
 
 @dataclass

@@ -78,6 +78,12 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     if first.get("type") == "json_invalid":
         return "The request body is not valid JSON.", None
     param = ".".join(loc) or None
+    if first.get("type") == "extra_forbidden":
+        return (
+            f"Unknown parameter '{param}': neither OpenAI's API nor vLLM's server takes it here "
+            "(a misspelling?).",
+            param,
+        )
     where = f" (at '{param}')" if param else ""
     return f"{first.get('msg', 'Invalid request')}{where}", param
 

@@ -16,14 +16,14 @@ import time
 from core.config import LabellingConfig
 from feedback.events import CompletionServed, ServedChoice
 from feedback.recorder import FeedbackRecorder
-from promotion.labelling import LabelQueue
-from promotion.evidence import EvidenceStore
 from gateway.metrics import GatewayMetrics
 from gateway.ownership import Ownership
 from gateway.rendering import Accumulator, Candidate
 from inference.engine import PolicyEngine
 from inference.prompts import ChatTemplateError, chat_ids
 from inference.sampling import Sampling
+from promotion.evidence import EvidenceStore
+from promotion.labelling import LabelQueue
 
 log = logging.getLogger(__name__)
 

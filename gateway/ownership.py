@@ -38,10 +38,10 @@ log = logging.getLogger(__name__)
 _SIG_HEX = 24  # 96 bits: an online guesser gets nowhere
 _TAG_HEX = 12  # 48 bits: two callers' tags colliding is out of reach for any real number of keys
 _REQUEST = re.compile(
-    r"^([a-z]{1,16})-([0-9a-f]{16})\.([0-9a-z]{1,8})\.([0-9a-f]{%d})\.([0-9a-f]{%d})$" % (_TAG_HEX, _SIG_HEX)
+    rf"^([a-z]{{1,16}})-([0-9a-f]{{16}})\.([0-9a-z]{{1,8}})\.([0-9a-f]{{{_TAG_HEX}}})\.([0-9a-f]{{{_SIG_HEX}}})$"
 )
 _SEALED_BYTES = 12  # a version name ("v" + up to 9 digits) padded to one length: the length says nothing
-_CHOICE = re.compile(r"^(.+)-([0-9])\.([0-9a-f]{%d})\.([0-9a-f]{%d})$" % (2 * _SEALED_BYTES, _SIG_HEX))
+_CHOICE = re.compile(rf"^(.+)-([0-9])\.([0-9a-f]{{{2 * _SEALED_BYTES}}})\.([0-9a-f]{{{_SIG_HEX}}})$")
 _VERSION = re.compile(r"^v[0-9]{4,9}$")
 
 

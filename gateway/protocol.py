@@ -6,11 +6,11 @@ response a ``policy_version``; the OpenAI SDK keeps such extra fields (``choice.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from core.limits import MAX_BATCH_ITEMS, MAX_ID_CHARS, MAX_K, MAX_TEXT_CHARS, MIN_K
+from core.limits import MAX_K, MAX_TEXT_CHARS
 from inference.sampling import Sampling
 
 GREEDY_BELOW = 1e-5  # temperatures under this are greedy decoding (vLLM's rule)
@@ -28,17 +28,17 @@ def _plain_text(value: str) -> str:
 Text = Annotated[str, AfterValidator(_plain_text)]  # every string a client sends
 
 
-class _Request(BaseModel):
+class StrictRequest(BaseModel):
     # Unknown parameters are refused rather than silently ignored: a client that asks for
     # something we do not do should know.
     model_config = ConfigDict(extra="forbid")
 
 
-class StreamOptions(_Request):
+class StreamOptions(StrictRequest):
     include_usage: bool = False
 
 
-class _SamplingFields(_Request):
+class _SamplingFields(StrictRequest):
     model: Text
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
@@ -50,8 +50,18 @@ class _SamplingFields(_Request):
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     user: Text | None = Field(default=None, max_length=256)
-    # vLLM's extension, accepted by `vllm serve` too: generate exactly max_tokens.
-    ignore_eos: bool = False
+    # vLLM's sampling extras (the OpenAI SDK's `extra_body`), with the meaning and bounds `vllm serve`
+    # gives them: clients written for vLLM's server send them (a benchmark client sends
+    # repetition_penalty on every request).
+    ignore_eos: bool = False  # generate exactly max_tokens
+    top_k: int = Field(default=0, ge=-1)  # 0 or -1: every token
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
+    min_tokens: int = Field(default=0, ge=0)
+    stop_token_ids: list[int] | None = Field(default=None, max_length=64)
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
     # alignloop's: while a candidate version is on canary, half of n >= 2 candidates come from it
     # and half from the serving version, in shuffled positions (the response's policy_version says
     # "mixed", not which is which), so that ranking them compares the two versions blind.
@@ -59,14 +69,14 @@ class _SamplingFields(_Request):
 
     @field_validator("stop")
     @classmethod
-    def _bounded_stop(cls, v):
+    def _bounded_stop(cls, v: str | list[str] | None) -> str | list[str] | None:
         stops = [v] if isinstance(v, str) else (v or [])
         if len(stops) > 4 or any(len(s) > 64 or not s for s in stops):
             raise ValueError("stop takes at most 4 non-empty sequences of at most 64 characters")
         return v
 
     @model_validator(mode="after")
-    def _n_needs_sampling(self):
+    def _n_needs_sampling(self) -> Self:
         if self.n > 1 and self.temperature < GREEDY_BELOW:
             raise ValueError(
                 f"n={self.n} candidates need temperature > 0: greedy decoding gives one answer n times"
@@ -88,6 +98,14 @@ class _SamplingFields(_Request):
             logprobs=logprobs,
             ignore_eos=self.ignore_eos,
             final_only=not self.stream,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            repetition_penalty=self.repetition_penalty,
+            min_tokens=self.min_tokens,
+            stop_token_ids=tuple(self.stop_token_ids or ()),
+            include_stop_str_in_output=self.include_stop_str_in_output,
+            skip_special_tokens=self.skip_special_tokens,
+            spaces_between_special_tokens=self.spaces_between_special_tokens,
         )
 
 
@@ -101,7 +119,7 @@ class CompletionRequest(_SamplingFields):
     suffix: None = None
 
 
-class ChatMessage(_Request):
+class ChatMessage(StrictRequest):
     role: Literal["system", "user", "assistant"]
     content: Text
     name: Text | None = Field(default=None, max_length=256)
@@ -221,66 +239,42 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-# ---- Feedback API (alignloop's own, not OpenAI's) -------------------------------------------
-
-_ID = Field(min_length=1, max_length=MAX_ID_CHARS)
-_IDEMPOTENCY = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
+# ---- vLLM's tokenizer routes (/tokenize, /detokenize), as `vllm serve` answers them -----------
 
 
-class PairwiseFeedback(_Request):
-    """One choice preferred over another of the same request (or a tie)."""
+class TokenizeRequest(StrictRequest):
+    """POST /tokenize: a completions prompt, or chat messages rendered as the gateway would serve them."""
 
-    kind: Literal["pairwise"] = "pairwise"
-    chosen: Text = _ID
-    rejected: Text = _ID
-    tie: bool = False
-    idempotency_key: Text | None = _IDEMPOTENCY
+    model: Text | None = None
+    prompt: Text | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=256)
+    add_special_tokens: bool | None = (
+        None  # a prompt's default: True; messages take none (the template has them)
+    )
+    return_token_strs: bool = False
 
-
-class RankingFeedback(_Request):
-    """K = 2..9 choices of one request, best first; a nested list is a group of ties."""
-
-    kind: Literal["ranking"] = "ranking"
-    ranking: list[
-        Annotated[Text, Field(max_length=MAX_ID_CHARS)]
-        | list[Annotated[Text, Field(max_length=MAX_ID_CHARS)]]
-    ] = Field(min_length=MIN_K, max_length=MAX_K)
-    idempotency_key: Text | None = _IDEMPOTENCY
-
-
-class RatingFeedback(_Request):
-    """Thumbs up (1) or down (-1) on one choice."""
-
-    kind: Literal["rating"] = "rating"
-    choice_id: Text = _ID
-    rating: Literal[-1, 1]
-    idempotency_key: Text | None = _IDEMPOTENCY
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> Self:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give either prompt or messages")
+        if self.messages is not None and self.add_special_tokens:
+            raise ValueError("add_special_tokens applies to a prompt; the chat template adds its own")
+        return self
 
 
-class DemonstrationFeedback(_Request):
-    """A better response, written by the user, to a request they made."""
-
-    kind: Literal["demonstration"] = "demonstration"
-    request_id: Text = _ID
-    response: Text = Field(min_length=1, max_length=MAX_TEXT_CHARS)
-    idempotency_key: Text | None = _IDEMPOTENCY
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
 
 
-FeedbackItem = Annotated[
-    PairwiseFeedback | RankingFeedback | RatingFeedback | DemonstrationFeedback, Field(discriminator="kind")
-]
+class DetokenizeRequest(StrictRequest):
+    """POST /detokenize."""
+
+    model: Text | None = None
+    tokens: list[int] = Field(max_length=MAX_TEXT_CHARS)
 
 
-class BatchFeedback(_Request):
-    """Several feedback items, accepted all together or not at all."""
-
-    items: list[FeedbackItem] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
-
-
-class FeedbackAccepted(BaseModel):
-    event_id: str
-    duplicate: bool = False
-
-
-class BatchAccepted(BaseModel):
-    accepted: list[FeedbackAccepted]
+class DetokenizeResponse(BaseModel):
+    prompt: str

@@ -21,17 +21,17 @@ from gateway import protocol as p
 from gateway.auth import Caller, GenerationLease, KeyStore
 from gateway.errors import APIError, error_body
 from gateway.hang_up import HungUp, unless_hung_up
-from promotion.labelling import LabelQueue
+from gateway.job import MIXED, Job
 from gateway.metrics import GatewayMetrics
 from gateway.overhead import EngineClock, clock_of
 from gateway.ownership import Ownership
 from gateway.rendering import Accumulator, ChatRenderer, CompletionRenderer, Renderer
-from gateway.job import MIXED, Job
 from gateway.streaming import ClosingStreamingResponse, StreamEnd, sse
-from promotion.version_health import VersionHealth
 from inference.engine import PolicyEngine
 from inference.prompts import ChatTemplateError, chat_ids
 from inference.sampling import Chunk
+from promotion.labelling import LabelQueue
+from promotion.version_health import VersionHealth
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,13 @@ class Serving:
                 param="max_tokens",
                 code="context_length_exceeded",
             )
+        if req.min_tokens > max_tokens:
+            raise APIError(
+                400, f"min_tokens={req.min_tokens} is above max_tokens={max_tokens}.", param="min_tokens"
+            )
+        vocab = len(self.engine.tokenizer)
+        if any(t < 0 or t >= vocab for t in req.stop_token_ids or ()):
+            raise APIError(400, f"stop_token_ids must be token ids in [0, {vocab}).", param="stop_token_ids")
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return Job(
             route,
@@ -197,6 +204,34 @@ class Serving:
             {"prompt": prompt_text, "prompt_text": prompt_text},
         )
         return await self._run(job, request, req.model, CompletionRenderer(req.logprobs), caller)
+
+    async def tokenize(self, req: p.TokenizeRequest) -> p.TokenizeResponse:
+        """POST /tokenize: the ids the served model is given for a prompt or a chat."""
+        self._check_ready_and_model(req.model or self.config.served_model_name)
+        tok = self.engine.tokenizer
+        if req.messages is not None:
+            messages = [{"role": m.role, "content": m.content} for m in req.messages]
+            self._check_size(sum(len(m["content"]) for m in messages), "messages")
+            try:
+                _, ids = await self._off_loop(chat_ids, tok, messages)
+            except ChatTemplateError as exc:
+                raise APIError(400, str(exc), param="messages", code="chat_template_error") from None
+        else:
+            prompt, special = req.prompt or "", req.add_special_tokens is not False
+            self._check_size(len(prompt), "prompt")
+            ids = await self._off_loop(lambda t: tok(t, add_special_tokens=special)["input_ids"], prompt)
+        strs = tok.convert_ids_to_tokens(ids) if req.return_token_strs else None
+        return p.TokenizeResponse(
+            count=len(ids), max_model_len=self.engine.max_model_len, tokens=ids, token_strs=strs
+        )
+
+    async def detokenize(self, req: p.DetokenizeRequest) -> p.DetokenizeResponse:
+        """POST /detokenize: the text of token ids."""
+        self._check_ready_and_model(req.model or self.config.served_model_name)
+        tok = self.engine.tokenizer
+        if any(t < 0 or t >= len(tok) for t in req.tokens):
+            raise APIError(400, f"tokens must be token ids in [0, {len(tok)}).", param="tokens")
+        return p.DetokenizeResponse(prompt=await self._off_loop(tok.decode, req.tokens))
 
     async def chat(self, req: p.ChatCompletionRequest, caller: Caller, request: Request):
         """POST /v1/chat/completions."""

@@ -30,11 +30,12 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from core.config import EngineConfig
+from inference.engine_stats import EngineStats
+from inference.plan import Plan, stream
+from inference.sampling import Chunk, Sampling
+from inference.vllm_engine import VLLMEngine
 from registry.errors import RegistryError
 from registry.store import PolicyRegistry
-from inference.sampling import Chunk, Sampling
-from inference.plan import Plan, stream
-from inference.vllm_engine import VLLMEngine
 
 log = logging.getLogger(__name__)
 
@@ -96,15 +97,18 @@ class PolicyEngine:
         """The candidate taking a share of the traffic, if any."""
         return Canary(self._canary.version, self._canary_fraction) if self._canary else None
 
-    def engines(self) -> list[dict]:
-        """Every live engine: the version it holds, its role and its running requests."""
+    def _live(self) -> list[tuple[str, VLLMEngine]]:
         roles = [("serving", self._active), ("canary", self._canary)]
         roles += [("retiring", r) for r in self._retiring.values()]
-        return [
-            {"version": r.version, "role": role, "in_flight": r.in_flight}
-            for role, r in roles
-            if r is not None
-        ]
+        return [(role, r) for role, r in roles if r is not None]
+
+    def engines(self) -> list[dict]:
+        """Every live engine: the version it holds, its role and its running requests."""
+        return [{"version": r.version, "role": role, "in_flight": r.in_flight} for role, r in self._live()]
+
+    def engine_stats(self) -> list[tuple[str, str, EngineStats]]:
+        """(version, role, vLLM's statistics) of every live engine, for the engines' metrics."""
+        return [(r.version, role, r.stats) for role, r in self._live()]
 
     async def start(self, version: str) -> None:
         """Build the vLLM engine on a registry version and warm it up."""
@@ -113,12 +117,7 @@ class PolicyEngine:
         self._active = await VLLMEngine.launch(version, path, self.config)
         self.ready = True
 
-    def _route(self, version: str | None = None, sticky_key: str | None = None) -> VLLMEngine:
-        if version is not None:
-            for instance in (self._active, self._canary):
-                if instance is not None and instance.version == version:
-                    return instance
-            raise LookupError(f"version {version} is neither serving nor the canary")
+    def _route(self, sticky_key: str | None = None) -> VLLMEngine:
         if self._canary is None:
             return self._active
         # Sticky: one user's requests all go to one version for the whole canary (a user who saw
@@ -153,26 +152,6 @@ class PolicyEngine:
     ) -> AsyncIterator[Chunk]:
         """Stream a plan's candidates (chunk indices are the request's), interleaved as they come."""
         async with contextlib.aclosing(stream(plan, prompt_token_ids, sampling, request_id)) as chunks:
-            async for chunk in chunks:
-                yield chunk
-
-    async def generate(
-        self,
-        prompt_token_ids: list[int],
-        sampling: Sampling,
-        request_id: str | None = None,
-        version: str | None = None,
-        sticky_key: str | None = None,
-    ) -> AsyncIterator[Chunk]:
-        """Stream new output of every candidate from the engine this request is routed to: the
-        canary for its fraction of sticky keys (users; of requests without one), else the serving
-        engine; or from `version`'s engine, serving or canary (LookupError if it is neither)."""
-        # Routing happens before the first await, and the engine counts the request before its first
-        # await too, so a switch that moves traffic away sees every request already sent to it.
-        instance = self._route(version, sticky_key)
-        # aclosing: when our caller closes us (a client hung up), the instance's generator is
-        # closed at once, aborting the engine request, instead of whenever it is collected.
-        async with contextlib.aclosing(instance.generate(prompt_token_ids, sampling, request_id)) as chunks:
             async for chunk in chunks:
                 yield chunk
 

@@ -26,7 +26,7 @@ class Plan:
     candidate indices) pairs, one per engine used."""
 
     versions: list[str]
-    parts: list[tuple["VLLMEngine", list[int]]]
+    parts: list[tuple[VLLMEngine, list[int]]]
 
     @property
     def mixed(self) -> bool:

@@ -18,17 +18,17 @@ def engine_kwargs(path: Path, config: EngineConfig, **overrides) -> dict:
     if dtype == "auto" and not torch.cuda.is_available():
         # vLLM's CPU "auto" is bfloat16; float32 keeps outputs identical to transformers'.
         dtype = "float32"
-    return (
-        dict(
-            model=str(path),
-            tokenizer=str(path),
-            load_format="safetensors",
-            dtype=dtype,
-            max_model_len=config.max_model_len,
-            max_num_seqs=config.max_num_seqs,
-            enforce_eager=config.enforce_eager,
-            gpu_memory_utilization=config.gpu_memory_share(),
-            seed=config.seed,
-        )
-        | overrides
-    )
+    return {
+        "model": str(path),
+        "tokenizer": str(path),
+        "load_format": "safetensors",
+        "dtype": dtype,
+        "max_model_len": config.max_model_len,
+        "max_num_seqs": config.max_num_seqs,
+        "enforce_eager": config.enforce_eager
+        if config.enforce_eager is not None
+        else not torch.cuda.is_available(),
+        "tensor_parallel_size": config.tensor_parallel_size,
+        "gpu_memory_utilization": config.gpu_memory_share(),
+        "seed": config.seed,
+    } | overrides

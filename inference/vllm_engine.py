@@ -22,6 +22,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from core.config import EngineConfig
+from inference.engine_stats import EngineStats
 from inference.sampling import Chunk, Sampling
 from inference.vllm_args import engine_kwargs
 from registry.errors import RegistryError
@@ -79,6 +80,14 @@ def vllm_params(sampling: Sampling):
         frequency_penalty=sampling.frequency_penalty,
         logprobs=sampling.logprobs,
         ignore_eos=sampling.ignore_eos,
+        top_k=sampling.top_k,
+        min_p=sampling.min_p,
+        repetition_penalty=sampling.repetition_penalty,
+        min_tokens=sampling.min_tokens,
+        stop_token_ids=list(sampling.stop_token_ids) or None,
+        include_stop_str_in_output=sampling.include_stop_str_in_output,
+        skip_special_tokens=sampling.skip_special_tokens,
+        spaces_between_special_tokens=sampling.spaces_between_special_tokens,
         output_kind=RequestOutputKind.FINAL_ONLY if sampling.final_only else RequestOutputKind.DELTA,
     )
 
@@ -107,8 +116,9 @@ def _engine_timings(out, steps: int) -> tuple[float | None, float | None]:
 class VLLMEngine:
     """One started vLLM engine (AsyncLLM) and the version it serves; counts the requests it is working on."""
 
-    def __init__(self, llm, version: str, path: Path, tokenizer: PreTrainedTokenizerBase):
+    def __init__(self, llm, version: str, path: Path, tokenizer: PreTrainedTokenizerBase, stats: EngineStats):
         self.llm, self.version, self.path, self.tokenizer = llm, version, path, tokenizer
+        self.stats = stats  # vLLM's own statistics of this engine (inference/engine_stats.py)
         self.fingerprint = arch_fingerprint(path)
         self.tokenizer_fingerprint = tokenizer_fingerprint(path)
         self.in_flight = 0  # requests the engine is working on (see generate)
@@ -116,7 +126,7 @@ class VLLMEngine:
         self._gate = _SwapGate()
 
     @classmethod
-    async def launch(cls, version: str, path: Path, config: EngineConfig) -> "VLLMEngine":
+    async def launch(cls, version: str, path: Path, config: EngineConfig) -> VLLMEngine:
         """Build and warm up an engine on a checkpoint (validated by the caller); RegistryError if it
         cannot be started."""
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -128,12 +138,13 @@ class VLLMEngine:
         # lock that another of the gateway's threads held at that instant.
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         args = AsyncEngineArgs(**engine_kwargs(path, config))
+        stats = EngineStats()
         started = time.monotonic()
         log.info("engine: starting vLLM on %s (%s)", version, path)
         # Construction blocks for tens of seconds (process spawn, model load): off the event loop,
         # so that requests, /healthz and /readyz are answered meanwhile.
         try:
-            llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+            llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=[stats.logger()])
         except Exception as exc:
             hint = ""
             if torch.cuda.is_available():
@@ -144,7 +155,7 @@ class VLLMEngine:
             raise RegistryError(f"could not start an engine on {version}: {exc}{hint}") from exc
         try:
             tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, path)
-            engine = cls(llm, version, path, tokenizer)
+            engine = cls(llm, version, path, tokenizer, stats)
             log.info("engine: %s started in %.1fs; warming up", version, time.monotonic() - started)
             await engine._warm_up()
         except BaseException:
@@ -256,6 +267,7 @@ class VLLMEngine:
             finally:
                 await self.llm.resume_generation()
             self.version, self.path = version, path
+            self.stats.reset()  # the totals under the new version's label start from nothing
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until the engine has no request left (True), or timeout_s passed (False)."""

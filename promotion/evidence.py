@@ -18,14 +18,16 @@ gateway holds the verdicts given on all of them. State: <state_dir>/gateway/evid
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from core import durable_sqlite
 from feedback.events import Comparison
-from promotion.leaderboard import Board, outcomes_of
+from promotion.leaderboard import Board, Patterns, outcomes_of
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -71,7 +73,8 @@ class EvidenceStore:
             if row is None:
                 row = (f"alignloop-evidence-{uuid.uuid4().hex[:12]}",)
                 cur.execute("INSERT INTO meta (key, value) VALUES ('group', ?)", row)
-        return row[0]
+        group: str = row[0]
+        return group
 
     def record(self, comparison: Comparison) -> bool:
         """Keep a cross-version ranking as its rater's verdict on its request (replacing an earlier
@@ -88,7 +91,7 @@ class EvidenceStore:
             self.board.changed()
         return kept
 
-    def _keep(self, cur, comparison: Comparison) -> bool:
+    def _keep(self, cur: sqlite3.Cursor, comparison: Comparison) -> bool:
         counts = pair_counts(comparison)
         if not counts:
             return False
@@ -112,18 +115,20 @@ class EvidenceStore:
         return True
 
     @staticmethod
-    def _count(cur, pattern: str, by: int) -> None:
+    def _count(cur: sqlite3.Cursor, pattern: str, by: int) -> None:
         cur.execute(
             "INSERT INTO board (pattern, n) VALUES (?, ?) ON CONFLICT (pattern) DO UPDATE SET n = n + ?",
             (pattern, by, by),
         )
         cur.execute("DELETE FROM board WHERE n <= 0")
 
-    def leaderboard(self, sft: str | None, serving: str | None, bootstrap_rounds: int = 200) -> dict:
+    def leaderboard(
+        self, sft: str | None, serving: str | None, bootstrap_rounds: int = 200
+    ) -> dict[str, Any]:
         """The versions' leaderboard from every kept ranking (promotion/leaderboard.py; blocking)."""
         return self.board.get(sft, serving, bootstrap_rounds)
 
-    def patterns(self) -> list[tuple[list, int]]:
+    def patterns(self) -> Patterns:
         """(pattern of one ranking's outcomes, how many rankings gave it): the leaderboard's state."""
         with self._lock:
             rows = self._db.execute("SELECT pattern, n FROM board").fetchall()

@@ -14,11 +14,12 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from core.config import FeedbackConfig
 from feedback.events import Comparison
-from feedback.source import TopicMissing, open_source
+from feedback.source import EventSource, TopicMissing, open_source
 from feedback.topics import FEEDBACK
 from promotion.evidence import EvidenceStore
 
@@ -35,8 +36,8 @@ class EvidenceFeed:
         store: EvidenceStore,
         config: FeedbackConfig,
         state_dir: Path,
-        on_kept=lambda count: None,
-        on_failure=lambda: None,
+        on_kept: Callable[[int], object] = lambda count: None,
+        on_failure: Callable[[], object] = lambda: None,
     ):
         self.store, self.config, self.state_dir = store, config, state_dir
         # Verdicts on requests past the feedback window can no longer change: forget them then.
@@ -46,7 +47,7 @@ class EvidenceFeed:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="evidence-feed", daemon=True)
 
-    def start(self) -> "EvidenceFeed":
+    def start(self) -> EvidenceFeed:
         """Start reading."""
         self._thread.start()
         return self
@@ -80,7 +81,7 @@ class EvidenceFeed:
                     with contextlib.suppress(Exception):
                         source.close()
 
-    def _read(self, source) -> None:
+    def _read(self, source: EventSource) -> None:
         pruned_at = 0.0
         while not self._stop.is_set():
             if time.monotonic() - pruned_at > _PRUNE_EVERY_S:

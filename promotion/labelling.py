@@ -22,6 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from core import durable_sqlite
 from core.config import LabellingConfig
@@ -48,7 +49,7 @@ class Item:
     item_id: str
     request_id: str
     prompt: str
-    candidates: list[dict]  # [{"id": choice id, "text": ...}] in the (shuffled) order shown
+    candidates: list[dict[str, str]]  # [{"id": choice id, "text": ...}] in the (shuffled) order shown
 
 
 def agreement(a: list[list[str]], b: list[list[str]]) -> tuple[int, int]:
@@ -79,7 +80,7 @@ class LabelQueue:
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
 
-    def _rows(self, sql: str, args: tuple = ()) -> list[tuple]:
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
@@ -105,7 +106,7 @@ class LabelQueue:
             "SELECT item_id, prompt FROM items WHERE candidates IS NULL ORDER BY created LIMIT ?", (limit,)
         )
 
-    def fill(self, item_id: str, request_id: str, candidates: list[dict]) -> None:
+    def fill(self, item_id: str, request_id: str, candidates: list[dict[str, str]]) -> None:
         """Attach the generated candidates (already recorded as request_id's completion)."""
         shown = [{"id": c["id"], "text": c["text"]} for c in candidates]
         self._rng.shuffle(shown)  # blind: no position tells which version wrote what
@@ -130,7 +131,7 @@ class LabelQueue:
         with durable_sqlite.transaction(self._db, self._lock) as cur:
             cur.execute("DELETE FROM items WHERE item_id = ?", (item_id,))
 
-    def items(self, limit: int = 100) -> list[dict]:
+    def items(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest items: prompt, request, whether candidates exist, rankings given (admin view)."""
         rows = self._rows(
             "SELECT i.item_id, i.prompt, i.request_id, i.candidates IS NOT NULL, (SELECT COUNT(*) FROM "
@@ -207,21 +208,23 @@ class LabelQueue:
 
     def waiting(self) -> int:
         """Items that still need a rater (or candidates)."""
-        return self._rows(
+        n: int = self._rows(
             "SELECT COUNT(*) FROM items i WHERE (SELECT COUNT(*) FROM assignments a WHERE "
             "a.item_id = i.item_id AND a.done_at IS NOT NULL) < ?",
             (self.config.overlap,),
         )[0][0]
+        return n
 
     def done_today(self, rater: str) -> int:
         """Items the rater ranked in the last 24 hours."""
-        return self._rows(
+        n: int = self._rows(
             "SELECT COUNT(*) FROM assignments WHERE rater = ? AND done_at > ?", (rater, time.time() - _DAY)
         )[0][0]
+        return n
 
-    def raters(self) -> dict:
+    def raters(self) -> dict[str, Any]:
         """Per rater: items ranked, and agreement with the other raters of the same items; overall."""
-        by_item: dict[str, list[tuple[str, list]]] = {}
+        by_item: dict[str, list[tuple[str, list[list[str]]]]] = {}
         counts: dict[str, int] = {}
         for item, rater, ranking in self._rows(
             "SELECT item_id, rater, ranking FROM assignments WHERE done_at IS NOT NULL"

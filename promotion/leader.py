@@ -16,6 +16,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 
 class LeaderLease:
@@ -41,10 +42,11 @@ class LeaderLease:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def holder(self) -> dict | None:
+    def holder(self) -> dict[str, Any] | None:
         """Who holds the lease and until when (None: nobody yet)."""
         try:
-            return json.loads(self.path.read_text())
+            held: dict[str, Any] = json.loads(self.path.read_text())
+            return held
         except (FileNotFoundError, ValueError):
             return None
 

@@ -22,8 +22,9 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -39,12 +40,12 @@ class Outcome:
     tie: bool = False
 
 
-def outcomes_of(ranking: list[list[str]], version_of) -> list[Outcome]:
+def outcomes_of(ranking: list[list[str]], version_of: Callable[[str], str | None]) -> list[Outcome]:
     """The cross-version pairwise outcomes of one ranking (choice ids best first, inner lists tied);
     `version_of(choice_id)` names the version of each (None: not counted). Same-version pairs
     say nothing about versions and are skipped."""
     groups = [[v for v in map(version_of, group) if v] for group in ranking]
-    out = []
+    out: list[Outcome] = []
     for i, better in enumerate(groups):
         for j, a in enumerate(better):
             out += [Outcome(a, b, tie=True) for b in better[j + 1 :] if b != a]
@@ -55,12 +56,12 @@ def outcomes_of(ranking: list[list[str]], version_of) -> list[Outcome]:
 
 # A pattern: one ranking's outcomes as [[a, b, a's wins, b's wins, ties], ...] (a < b), and how many
 # rankings gave it.
-Patterns = list[tuple[list, int]]
+Patterns = list[tuple[list[list[Any]], int]]
 
 
-def outcome_counts(patterns: Patterns, weights=None) -> Counter:
+def outcome_counts(patterns: Patterns, weights: Sequence[int] | np.ndarray | None = None) -> Counter[Outcome]:
     """Outcome -> how often, over rankings of the given patterns (each counted `weights[i]` times)."""
-    counts: Counter = Counter()
+    counts: Counter[Outcome] = Counter()
     for i, (pattern, n) in enumerate(patterns):
         n = n if weights is None else int(weights[i])
         if not n:
@@ -73,14 +74,14 @@ def outcome_counts(patterns: Patterns, weights=None) -> Counter:
 
 
 def bradley_terry(
-    counts: Counter, steps: int = 300, lr: float = 0.5, ridge: float = 0.01
+    counts: Counter[Outcome], steps: int = 300, lr: float = 0.5, ridge: float = 0.01
 ) -> dict[str, float]:
     """Maximum-likelihood Bradley–Terry scores from outcome counts, centred on 0."""
     versions = sorted({v for o in counts for v in (o.winner, o.loser)})
     if not versions:
         return {}
     total = sum(counts.values())
-    score = {v: 0.0 for v in versions}
+    score = dict.fromkeys(versions, 0.0)
     for _ in range(steps):
         grad = {v: -ridge * score[v] for v in versions}
         for o, n in counts.items():
@@ -95,7 +96,7 @@ def bradley_terry(
     return score
 
 
-def win_rate(counts: Counter, version: str, against: str) -> dict:
+def win_rate(counts: Counter[Outcome], version: str, against: str) -> dict[str, Any]:
     """How often `version`'s answer was preferred to `against`'s (ties half); the interval here is
     Wilson's over outcomes (leaderboard() replaces it with the ranking bootstrap's)."""
     wins = n = 0.0
@@ -121,13 +122,13 @@ def _percentiles(values: list[float]) -> tuple[float, float] | None:
 
 def leaderboard(
     patterns: Patterns, sft: str | None, serving: str | None, bootstrap_rounds: int = 200, seed: int = 0
-) -> dict:
+) -> dict[str, Any]:
     """Every version's score and win rates against SFT and the serving version, with intervals
     from resampled rankings."""
     counts = outcome_counts(patterns)
     scores = bradley_terry(counts)
     refs = {"sft": sft, "serving": serving}
-    draws: dict[tuple, list[float]] = {}
+    draws: dict[tuple[str, ...], list[float]] = {}
     rankings = sum(n for _, n in patterns)
     if rankings:
         rng = np.random.default_rng(seed)
@@ -140,7 +141,7 @@ def leaderboard(
                     if ref and v != ref and (r := win_rate(sample, v, ref)["rate"]) is not None:
                         draws.setdefault((name, v), []).append(r)
     rows = []
-    for v in sorted(scores, key=scores.get, reverse=True):
+    for v in sorted(scores, key=lambda v: scores[v], reverse=True):
         row = {"version": v, "score": scores[v], "interval_95": _percentiles(draws.get(("score", v), []))}
         for name, ref in refs.items():
             rate = win_rate(counts, v, ref) if ref and v != ref else None
@@ -165,14 +166,16 @@ class Board:
         self._patterns, self.min_interval_s = patterns, min_interval_s
         self._fitting = threading.Lock()
         self._version = 0  # bumped by changed()
-        self._last: tuple[tuple, float, dict] | None = None  # (what it was fitted from, when, board)
+        self._last: tuple[tuple[Any, ...], float, dict[str, Any]] | None = (
+            None  # (what it was fitted from, when, board)
+        )
         self.fits = 0
 
     def changed(self) -> None:
         """New rankings were kept."""
         self._version += 1
 
-    def get(self, sft: str | None, serving: str | None, bootstrap_rounds: int = 200) -> dict:
+    def get(self, sft: str | None, serving: str | None, bootstrap_rounds: int = 200) -> dict[str, Any]:
         """The board (blocking: run it off the event loop)."""
         key = (self._version, sft, serving, bootstrap_rounds)
         last = self._last
@@ -181,6 +184,7 @@ class Board:
         ):
             return last[2]
         if not self._fitting.acquire(blocking=last is None):
+            assert last is not None  # only a call with a board to show does not wait
             return last[2]  # a fit is running: the previous board until it ends
         try:
             if self._last is not None and self._last[0] == key:

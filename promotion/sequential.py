@@ -22,7 +22,9 @@ test_sequential.py checks the error rates by simulation.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -101,17 +103,18 @@ class SequentialTest:
     def time_out(self, seconds: float) -> str:
         """End an undecided test (time limit): a roll back."""
         if self.decision is None:
-            self._decide("roll_back", f"no decision within {seconds:g} s")
+            return self._decide("roll_back", f"no decision within {seconds:g} s")
         return self.decision
 
     def stop(self, decision: str, reason: str) -> str:
         """End an undecided test for a reason outside it (a guardrail)."""
         if self.decision is None:
-            self._decide(decision, reason)
+            return self._decide(decision, reason)
         return self.decision
 
-    def _decide(self, decision: str, reason: str) -> None:
+    def _decide(self, decision: str, reason: str) -> str:
         self.decision, self.reason = decision, reason
+        return decision
 
     def add_from(self, rater: str, candidate_won: bool | None) -> str | None:
         """Count one rater's verdict unless that rater has their share already."""
@@ -124,7 +127,7 @@ class SequentialTest:
         self.per_rater[rater] = self.per_rater.get(rater, 0) + 1
         return self.add(candidate_won)
 
-    def evidence(self) -> dict:
+    def evidence(self) -> dict[str, Any]:
         """What the decision rests on, for the lineage."""
         c = self.config
         counted = sum(self.per_rater.values())
@@ -147,7 +150,7 @@ class SequentialTest:
         }
 
 
-def run_test(verdicts, config: SequentialTestConfig) -> SequentialTest:
+def run_test(verdicts: Iterable[tuple[str, bool | None]], config: SequentialTestConfig) -> SequentialTest:
     """The test over (rater, candidate won / lost / None for a tie) verdicts in their order,
     stopped at the first decision."""
     test = SequentialTest(config)

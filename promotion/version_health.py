@@ -55,7 +55,7 @@ class VersionHealth:
             seen = list(self._seen.get(version, ()))
 
         def median(i: int) -> float | None:
-            values = [s[i] for s in seen if s[0] and s[i] is not None]
+            values = [float(v) for s in seen if s[0] and (v := s[i]) is not None]
             return statistics.median(values) if values else None
 
         return HealthSummary(len(seen), sum(not ok for ok, _, _ in seen), median(1), median(2))

@@ -6,6 +6,7 @@ import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from registry.store import PolicyRegistry
 
@@ -13,7 +14,9 @@ log = logging.getLogger(__name__)
 
 
 def ensure_base_policy(
-    registry: PolicyRegistry, base_model: Path | None, build_default: Callable[[Path], dict] | None = None
+    registry: PolicyRegistry,
+    base_model: Path | None,
+    build_default: Callable[[Path], dict[str, Any]] | None = None,
 ) -> str:
     """The registry's current version, creating v0001 on first use: imported from base_model, or
     else made by build_default(dir), which writes a checkpoint into dir and returns metadata."""

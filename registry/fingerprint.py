@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 # config.json keys that may differ between checkpoints of the same architecture.
 _VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures"}
@@ -34,7 +35,7 @@ _CONFIG_KEYS = (
 _RAW_FILES = ("tokenizer.model", "vocab.json", "merges.txt", "special_tokens_map.json")
 
 
-def _json(path: Path) -> dict:
+def _json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
         return data if isinstance(data, dict) else {}

@@ -30,6 +30,7 @@ import socket
 import stat
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,16 @@ from registry.errors import UnknownVersion
 from registry.validation import validate_checkpoint
 
 VERSION_RE = re.compile(r"^v(\d{4,9})$")  # bounded: a name from a request never makes an over-long path
+
+
+def _number(name: str) -> int:
+    """The number of a version name (which names() has matched)."""
+    match = VERSION_RE.match(name)
+    if match is None:
+        raise UnknownVersion(f"{name!r} is not a version name")
+    return int(match.group(1))
+
+
 META_FILE = "alignloop-version.json"
 
 
@@ -103,7 +114,7 @@ class PolicyRegistry:
     def names(self) -> list[str]:
         """All complete versions, oldest first."""
         found = [p.name for p in self.versions_dir.iterdir() if p.is_dir() and VERSION_RE.match(p.name)]
-        return sorted(found, key=lambda n: int(VERSION_RE.match(n).group(1)))
+        return sorted(found, key=_number)
 
     def path(self, name: str) -> Path:
         """The checkpoint directory of a version."""
@@ -138,7 +149,7 @@ class PolicyRegistry:
             return None, 0
 
     @contextlib.contextmanager
-    def _pointer_lock(self):
+    def _pointer_lock(self) -> Iterator[None]:
         # Serialises pointer moves across processes (the trainer promoting, each gateway reverting).
         with open(self.root / ".current.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -194,14 +205,17 @@ class PolicyRegistry:
             fsync_dir(self.root)
             return True
 
-    def decision(self, name: str) -> dict | None:
+    def decision(self, name: str) -> dict[str, Any] | None:
         """How a proposed version was decided, with its evidence, or None while undecided."""
         try:
-            return json.loads((self.root / "decisions" / f"{self.path(name).name}.json").read_text())
+            record: dict[str, Any] = json.loads(
+                (self.root / "decisions" / f"{self.path(name).name}.json").read_text()
+            )
         except FileNotFoundError:
             return None
+        return record
 
-    def record_decision(self, name: str, record: dict) -> bool:
+    def record_decision(self, name: str, record: dict[str, Any]) -> bool:
         """Keep the decision on a proposed version (the first one kept wins: with several gateways,
         one decides); False if it was decided already."""
         folder = self.root / "decisions"
@@ -237,7 +251,7 @@ class PolicyRegistry:
             # Numbering races between two publishers are settled by rename: it fails if taken.
             while True:
                 existing = self.names()
-                number = int(VERSION_RE.match(existing[-1]).group(1)) + 1 if existing else 1
+                number = _number(existing[-1]) + 1 if existing else 1
                 name = f"v{number:04d}"
                 info = VersionInfo(
                     name=name,

@@ -127,7 +127,7 @@ class Population:
                     else:
                         self.tally.errors.append(f.text[:200])
 
-    def start(self) -> "Population":
+    def start(self) -> Population:
         """Start the user threads."""
         self._threads = [
             threading.Thread(target=self._user, args=(i,), daemon=True) for i in range(self.users)

@@ -85,12 +85,12 @@ class Gateway:
         """An HTTP client with this key's bearer header."""
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=120, **kw)
 
-    def start(self, wait_ready: bool = True) -> "Gateway":
+    def start(self, wait_ready: bool = True) -> Gateway:
         """Start `alignloop serve`; wait for /readyz (engine warm) or only /healthz."""
         self.launch()
         return self.wait(ready=wait_ready)
 
-    def launch(self) -> "Gateway":
+    def launch(self) -> Gateway:
         """Start `alignloop serve` without waiting for it."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(self.log, "ab") as out:
@@ -104,7 +104,7 @@ class Gateway:
             )
         return self
 
-    def wait(self, ready: bool = True) -> "Gateway":
+    def wait(self, ready: bool = True) -> Gateway:
         """Wait for /readyz (engine warm) or only /healthz of a launched gateway."""
         path = "/readyz" if ready else "/healthz"
         deadline = time.monotonic() + 600

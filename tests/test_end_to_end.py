@@ -13,9 +13,10 @@ import time
 
 import httpx
 import pytest
+
 from deploy.prometheus.server import PrometheusServer
-from synthetic.users import Population, win_rate
 from synthetic.corpus import ANIMALS
+from synthetic.users import Population, win_rate
 from tests.conftest import ADMIN_KEY, PEOPLE_KEYS, REPO, free_port, make_gateway
 from trainer.evaluate import sampled_responses
 
@@ -132,14 +133,14 @@ def test_the_loop_improves_the_served_policy(loop_gateway, gateway, tmp_path):
     ).start()
     sets = [*LOOP_SETTINGS, f"train.loop.metrics_port={metrics_port}"]
     args = [a for s in sets for a in ("--set", s)]
-    log = open(tmp_path / "trainer.log", "wb")
-    trainer = subprocess.Popen(
-        [sys.executable, "-m", "alignloop", "trainer", "--config", str(gw.config), *args],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )
+    with open(tmp_path / "trainer.log", "wb") as log:  # the child process keeps its own descriptor
+        trainer = subprocess.Popen(
+            [sys.executable, "-m", "alignloop", "trainer", "--config", str(gw.config), *args],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
     users = Population(gw.url, PEOPLE_KEYS, TRAIN_PROMPTS, users=4, k=4, pause_s=1.3, compare_every=2).start()
     try:
         # Until people promoted a version of round 2 or later (trained on hundreds of rankings: round

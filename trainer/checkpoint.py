@@ -26,7 +26,6 @@ from core.durable_files import fsync_dir, fsync_tree
 from core.failpoints import failpoint
 from trainer.runtime import Runtime
 
-
 # In a folder of its own: vLLM's loader (and the registry's copy) take every top-level
 # *.safetensors of a checkpoint as model weights.
 STATE_DIR = "training_state"

@@ -77,7 +77,7 @@ def prompt_ids(tok: PreTrainedTokenizerBase, prompt: str) -> list[int]:
 
 def response_ids(tok: PreTrainedTokenizerBase, response: str) -> list[int]:
     """A response's token ids (as text), ending in EOS as a finished reply does."""
-    return text_ids(tok, response) + [tok.eos_token_id]
+    return [*text_ids(tok, response), tok.eos_token_id]
 
 
 def pad_batch(
@@ -121,5 +121,5 @@ def pretraining_batch(
     tok: PreTrainedTokenizerBase, texts: list[str], n: int, rng: random.Random, max_len: int = 128
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """n pretraining texts drawn with rng as (ids, attention, loss mask over every real token)."""
-    seqs = [text_ids(tok, t) + [tok.eos_token_id] for t in rng.sample(texts, n)]
+    seqs = [[*text_ids(tok, t), tok.eos_token_id] for t in rng.sample(texts, n)]
     return pad_batch(seqs, tok.pad_token_id, max_len=max_len)

@@ -26,5 +26,12 @@ def optimizer_step(
     """Backward, clip the gradient norm, step."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    apply_gradients(optimizer, params, max_grad_norm)
+
+
+def apply_gradients(
+    optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], max_grad_norm: float = 1.0
+) -> None:
+    """Clip the gradient norm and step, on gradients already accumulated (micro-batches)."""
     torch.nn.utils.clip_grad_norm_([p for p in params if p.requires_grad], max_grad_norm)
     optimizer.step()

@@ -184,7 +184,7 @@ def train_ppo(
     out_dir: Path,
     cfg: PPOConfig,
     runtime: Runtime | None = None,
-    engine: EngineConfig = EngineConfig(),
+    engine: EngineConfig | None = None,
     sampler: Sampler | None = None,
     init: Path | None = None,
     init_adapter: Path | None = None,
@@ -214,7 +214,7 @@ def train_ppo(
 
     weights_dir = world.agreed_path(lambda: tempfile.mkdtemp(prefix="alignloop-ppo-weights-"))
     owns_sampler = sampler is None
-    sampler = _open_sampler(models, tok, cfg, engine, sampler, weights_dir, runtime, base)
+    sampler = _open_sampler(models, tok, cfg, engine or EngineConfig(), sampler, weights_dir, runtime, base)
     metrics: dict[str, float] = {}
     started, samples, tokens = time.monotonic(), 0, 0
     runtime.reset_peak_memory()
@@ -289,7 +289,7 @@ def train_ppo(
                 world.barrier()
                 sampler.update(weights_dir)
             state.step = iteration + 1
-            if cfg.save_every and state.step % cfg.save_every == 0 or state.step == cfg.iterations:
+            if (cfg.save_every and state.step % cfg.save_every == 0) or state.step == cfg.iterations:
                 save_checkpoint(
                     out_dir, optimizer, state, lambda d: models.save(d, tok, runtime, base), runtime
                 )

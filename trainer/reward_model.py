@@ -19,6 +19,7 @@ from torch import nn
 from transformers import AutoModel
 
 from core.config import LoRAConfig
+from feedback.events import ranking_pairs
 from trainer import lora
 from trainer.runtime import Runtime
 
@@ -26,25 +27,14 @@ HEAD_FILE = "reward_head.safetensors"
 META_FILE = "reward_model.json"
 
 
-def ranking_pairs(ranking: list[list[int]]) -> list[tuple[int, int]]:
-    """(better, worse) index pairs of a best-first ranking whose inner lists are ties."""
-    return [
-        (w, l)
-        for i, better in enumerate(ranking)
-        for worse in ranking[i + 1 :]
-        for w in better
-        for l in worse
-    ]
-
-
 def kwise_loss(rewards: torch.Tensor, ranking: list[list[int]]) -> torch.Tensor:
     """The loss of one ranking element, given the K rewards of its responses."""
     pairs = ranking_pairs(ranking)
     if not pairs:  # everything tied: no signal
         return rewards.sum() * 0.0
-    w = torch.tensor([p[0] for p in pairs], device=rewards.device)
-    l = torch.tensor([p[1] for p in pairs], device=rewards.device)
-    return -F.logsigmoid(rewards[w] - rewards[l]).mean()
+    better = torch.tensor([p[0] for p in pairs], device=rewards.device)
+    worse = torch.tensor([p[1] for p in pairs], device=rewards.device)
+    return -F.logsigmoid(rewards[better] - rewards[worse]).mean()
 
 
 class RewardModel(nn.Module):
@@ -91,8 +81,8 @@ class RewardModel(nn.Module):
 
     @classmethod
     def with_shared_backbone(
-        cls, reward_model: "RewardModel", cfg: LoRAConfig, resume: Path | None = None
-    ) -> "RewardModel":
+        cls, reward_model: RewardModel, cfg: LoRAConfig, resume: Path | None = None
+    ) -> RewardModel:
         """A value model that is an adapter on reward_model's frozen backbone, with a head of its own
         initialised from the reward model's (or both resumed from `resume`). The reward model scores
         with the adapter disabled."""
@@ -117,7 +107,7 @@ class RewardModel(nn.Module):
     @classmethod
     def from_pretrained(
         cls, path: Path, runtime: Runtime | None = None, *, frozen: bool = False
-    ) -> "RewardModel":
+    ) -> RewardModel:
         """Load a saved reward model, or start one from a causal-LM checkpoint (fresh head): fp32 to
         train, or frozen in the runtime's compute dtype."""
         path, runtime = Path(path), runtime or Runtime()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import torch
 from transformers import AutoTokenizer
 
 from core.config import RMConfig, TrainConfig
+from feedback.events import ranking_pairs
 from trainer import supervised_loop as loop
 from trainer.checkpoint import resumable, save_checkpoint
 from trainer.data import Ranking, encode_responses, held_out
@@ -16,8 +18,8 @@ from trainer.distributed import full_state_dict, unwrap, wrap
 from trainer.evaluate import score
 from trainer.lora import scaling
 from trainer.models import save_dtype
-from trainer.optim import adamw, optimizer_step
-from trainer.reward_model import RewardModel, kwise_loss, ranking_pairs
+from trainer.optim import adamw, apply_gradients
+from trainer.reward_model import RewardModel, kwise_loss
 from trainer.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -36,10 +38,21 @@ def pairwise_accuracy(
     right = total = 0
     for r in rankings:
         rewards = score(model, tok, [r.prompt] * len(r.responses), r.responses, max_len, runtime=runtime)
-        for w, l in ranking_pairs(r.ranking):
-            right += int(rewards[w] > rewards[l])
+        for better, worse in ranking_pairs(r.ranking):
+            right += int(rewards[better] > rewards[worse])
             total += 1
     return right / max(total, 1)
+
+
+def micro_batches(batch: list[Ranking], max_sequences: int) -> list[list[Ranking]]:
+    """The step's rankings in order, in parts of at most max_sequences responses (a ranking is never
+    split: its loss needs all K rewards; one longer than that is a part of its own)."""
+    parts: list[list[Ranking]] = [[]]
+    for r in batch:
+        if parts[-1] and sum(len(x.responses) for x in parts[-1]) + len(r.responses) > max_sequences:
+            parts.append([])
+        parts[-1].append(r)
+    return parts
 
 
 def _load(init: Path, out_dir: Path, runtime: Runtime) -> RewardModel:
@@ -80,18 +93,27 @@ def train_rm(
 
     def step(indices: list[int]) -> dict[str, float]:
         batch = [train[i] for i in indices]
-        prompts = [r.prompt for r in batch for _ in r.responses]
-        responses = [y for r in batch for y in r.responses]
-        ids, attn = runtime.to(*encode_responses(tok, prompts, responses, cfg.max_len))
-        with runtime.autocast():
-            rewards = ddp(ids, attn)
-        losses, start = [], 0
-        for r in batch:
-            losses.append(kwise_loss(rewards[start : start + len(r.responses)], r.ranking))
-            start += len(r.responses)
-        loss = torch.stack(losses).mean()
-        optimizer_step(loss, optimizer, list(model.parameters()))
-        return {"loss": runtime.world.mean(loss.item()), "tokens": int(attn.sum())}
+        parts = micro_batches(batch, cfg.micro_batch_sequences)
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum, tokens = 0.0, 0
+        for i, part in enumerate(parts):
+            prompts = [r.prompt for r in part for _ in r.responses]
+            responses = [y for r in part for y in r.responses]
+            ids, attn = runtime.to(*encode_responses(tok, prompts, responses, cfg.max_len))
+            # DDP reduces the gradients once, with the last micro-batch's backward.
+            last = i == len(parts) - 1
+            with contextlib.nullcontext() if last or not hasattr(ddp, "no_sync") else ddp.no_sync():
+                with runtime.autocast():
+                    rewards = ddp(ids, attn)
+                losses, start = [], 0
+                for r in part:
+                    losses.append(kwise_loss(rewards[start : start + len(r.responses)], r.ranking))
+                    start += len(r.responses)
+                loss = torch.stack(losses).sum() / len(batch)  # the step's mean over rankings, in parts
+                loss.backward()
+            loss_sum, tokens = loss_sum + loss.item(), tokens + int(attn.sum())
+        apply_gradients(optimizer, list(model.parameters()))
+        return {"loss": runtime.world.mean(loss_sum), "tokens": tokens}
 
     def save(d: Path) -> None:
         state = full_state_dict(ddp)

@@ -90,7 +90,7 @@ class VLLMSampler:
     has the memory; it wakes before the next rollout. Written for GPUs but not yet run on one (the
     GPU machine available for measurements cannot install vLLM); CPU engines have no sleep mode."""
 
-    def __init__(self, model_dir: Path, config: EngineConfig = EngineConfig(), gpu_memory: float = 0.3):
+    def __init__(self, model_dir: Path, config: EngineConfig | None = None, gpu_memory: float = 0.3):
         from vllm import LLM
 
         self.sleeps = torch.cuda.is_available()
@@ -98,8 +98,9 @@ class VLLMSampler:
         self.llm = LLM(
             **engine_kwargs(
                 model_dir,
-                config,
+                config or EngineConfig(),
                 gpu_memory_utilization=gpu_memory,
+                tensor_parallel_size=1,  # one engine per rank, on the rank's own GPU
                 **({"enable_sleep_mode": True} if self.sleeps else {}),
             )
         )

@@ -37,7 +37,7 @@ class Runtime:
     sharding: str = "ddp"
 
     @classmethod
-    def resolve(cls, cfg: TrainConfig, world: World = World()) -> "Runtime":
+    def resolve(cls, cfg: TrainConfig, world: World = World()) -> Runtime:
         """The runtime for these settings on this machine (and this rank)."""
         device = _device(cfg.device, world)
         world = dataclasses.replace(world, device=device)  # collectives on the device the stage computes on
@@ -50,7 +50,7 @@ class Runtime:
             cfg.save_dtype,
             world,
             cfg.lora,
-            cfg.gradient_checkpointing,
+            cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else device.type == "cuda",
             cfg.length_bucketing,
             cfg.sharding,
         )

@@ -21,9 +21,9 @@ from core.failpoints import failpoint
 from feedback.source import open_source
 from registry.store import PolicyRegistry
 from trainer.data import held_out, read_texts, stable_subset
-from trainer.lora import ADAPTER_DIR
 from trainer.dataset_store import DatasetStore
 from trainer.gate import evaluate
+from trainer.lora import ADAPTER_DIR
 from trainer.ppo_training import train_ppo
 from trainer.reward_training import train_rm
 from trainer.runtime import Runtime

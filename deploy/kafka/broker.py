@@ -149,7 +149,7 @@ class KafkaBroker:
             *args,
         ]
 
-    def start(self, timeout: float = 120) -> "KafkaBroker":
+    def start(self, timeout: float = 120) -> KafkaBroker:
         """Start (or restart) the broker and wait until it answers."""
         props = self._write_config()
         if not (self.data_dir / "logs" / "meta.properties").exists():
@@ -168,13 +168,13 @@ class KafkaBroker:
                     f"formatting Kafka's storage in {self.data_dir} failed (exit {formatted.returncode}):\n"
                     f"{formatted.stdout[-2000:]}\n{formatted.stderr[-2000:]}"
                 )
-        out = open(self.data_dir / "broker.log", "ab")
-        self.process = subprocess.Popen(
-            self._java("kafka.Kafka", str(props)),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(self.data_dir / "broker.log", "ab") as out:  # the child process keeps its own descriptor
+            self.process = subprocess.Popen(
+                self._java("kafka.Kafka", str(props)),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

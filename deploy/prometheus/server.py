@@ -60,7 +60,7 @@ class PrometheusServer:
         """Where its web UI and HTTP API answer."""
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60) -> "PrometheusServer":
+    def start(self, timeout: float = 60) -> PrometheusServer:
         """Start it and wait until it is ready to answer queries."""
         binary = shutil.which("prometheus")
         if binary is None:
@@ -71,19 +71,21 @@ class PrometheusServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config_file = self.data_dir / "prometheus.yml"
         config_file.write_text(yaml.safe_dump(self.config, sort_keys=False))
-        out = open(self.data_dir / "prometheus.log", "ab")
-        self.process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config_file}",
-                f"--storage.tsdb.path={self.data_dir / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--web.enable-lifecycle",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(
+            self.data_dir / "prometheus.log", "ab"
+        ) as out:  # the child process keeps its own descriptor
+            self.process = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config_file}",
+                    f"--storage.tsdb.path={self.data_dir / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--web.enable-lifecycle",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

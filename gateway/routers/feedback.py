@@ -17,12 +17,12 @@ from fastapi.responses import JSONResponse
 
 from feedback.events import Comparison, Demonstration, RankingError, Rating, check_ranking, keyed_event_id
 from feedback.submission import IdempotencyConflict, SpoolFull, SpoolUnavailable, Submission
-from gateway import protocol as p
+from gateway import feedback_protocol as fp
 from gateway.auth import Caller
 from gateway.dependencies import ClientDep, Services, ServicesDep
 from gateway.errors import APIError
-from promotion.labelling import LabelQueue
 from gateway.ownership import NeverServed, NotServedToCaller, Owned, Ownership
+from promotion.labelling import LabelQueue
 
 router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
 _PARAM = {"pairwise": "chosen", "ranking": "ranking", "rating": "choice_id", "demonstration": "request_id"}
@@ -86,14 +86,14 @@ def _comparison(ownership: Ownership, ranking: list[list[str]], caller: Caller, 
 
 def _submission(item, caller: Caller, ownership: Ownership, at: str) -> Submission:
     """The event for one item; `at` prefixes error params ("items.3." inside a batch)."""
-    if isinstance(item, p.PairwiseFeedback):
+    if isinstance(item, fp.PairwiseFeedback):
         ranking = [[item.chosen, item.rejected]] if item.tie else [[item.chosen], [item.rejected]]
         event = _comparison(ownership, ranking, caller, f"{at}chosen")
-    elif isinstance(item, p.RankingFeedback):
+    elif isinstance(item, fp.RankingFeedback):
         event = _comparison(
             ownership, [[g] if isinstance(g, str) else g for g in item.ranking], caller, f"{at}ranking"
         )
-    elif isinstance(item, p.RatingFeedback):
+    elif isinstance(item, fp.RatingFeedback):
         served = _owned_choice(ownership, item.choice_id, caller, f"{at}choice_id")
         event = Rating(
             request_id=served.request_id,
@@ -146,7 +146,7 @@ async def _count_labelling(
 
 async def _accept(
     services: Services, items: list, caller: Caller, batch: bool
-) -> tuple[int, list[p.FeedbackAccepted]]:
+) -> tuple[int, list[fp.FeedbackAccepted]]:
     recorder, labels, metrics = services.recorder, services.labels, services.metrics
     kinds = [i.kind for i in items]
     try:
@@ -187,7 +187,7 @@ async def _accept(
     fresh = [s for s, a in zip(submissions, accepted) if not a.duplicate]
     await _count_labelling(labels, fresh, caller, metrics)
     status = 200 if all(a.duplicate for a in accepted) else 202
-    return status, [p.FeedbackAccepted(event_id=a.event_id, duplicate=a.duplicate) for a in accepted]
+    return status, [fp.FeedbackAccepted(event_id=a.event_id, duplicate=a.duplicate) for a in accepted]
 
 
 async def single(services: Services, item, caller: Caller) -> JSONResponse:
@@ -196,26 +196,26 @@ async def single(services: Services, item, caller: Caller) -> JSONResponse:
     return JSONResponse(accepted[0].model_dump(), status_code=status)
 
 
-@router.post("/pairwise", status_code=202, response_model=p.FeedbackAccepted)
-async def pairwise(body: p.PairwiseFeedback, caller: ClientDep, services: ServicesDep):
+@router.post("/pairwise", status_code=202, response_model=fp.FeedbackAccepted)
+async def pairwise(body: fp.PairwiseFeedback, caller: ClientDep, services: ServicesDep):
     """Prefer one choice over another (or record a tie)."""
     return await single(services, body, caller)
 
 
-@router.post("/rankings", status_code=202, response_model=p.FeedbackAccepted)
-async def rankings(body: p.RankingFeedback, caller: ClientDep, services: ServicesDep):
+@router.post("/rankings", status_code=202, response_model=fp.FeedbackAccepted)
+async def rankings(body: fp.RankingFeedback, caller: ClientDep, services: ServicesDep):
     """Rank K = 2..9 choices of one request, best first."""
     return await single(services, body, caller)
 
 
-@router.post("/ratings", status_code=202, response_model=p.FeedbackAccepted)
-async def ratings(body: p.RatingFeedback, caller: ClientDep, services: ServicesDep):
+@router.post("/ratings", status_code=202, response_model=fp.FeedbackAccepted)
+async def ratings(body: fp.RatingFeedback, caller: ClientDep, services: ServicesDep):
     """Thumbs up or down on one choice."""
     return await single(services, body, caller)
 
 
-@router.post("/demonstrations", status_code=202, response_model=p.FeedbackAccepted)
-async def demonstrations(body: p.DemonstrationFeedback, caller: ClientDep, services: ServicesDep):
+@router.post("/demonstrations", status_code=202, response_model=fp.FeedbackAccepted)
+async def demonstrations(body: fp.DemonstrationFeedback, caller: ClientDep, services: ServicesDep):
     """A better response to one of your requests."""
     return await single(services, body, caller)
 
@@ -223,16 +223,16 @@ async def demonstrations(body: p.DemonstrationFeedback, caller: ClientDep, servi
 # The body model of each single-event route: gateway/feedback_fast_path.py serves these without FastAPI's
 # routing and dependency solving (same handler, same checks).
 SINGLE_EVENT_ROUTES = {
-    pairwise: p.PairwiseFeedback,
-    rankings: p.RankingFeedback,
-    ratings: p.RatingFeedback,
-    demonstrations: p.DemonstrationFeedback,
+    pairwise: fp.PairwiseFeedback,
+    rankings: fp.RankingFeedback,
+    ratings: fp.RatingFeedback,
+    demonstrations: fp.DemonstrationFeedback,
 }
 
 
-@router.post("/batch", status_code=202, response_model=p.BatchAccepted)
-async def batch(body: p.BatchFeedback, caller: ClientDep, services: ServicesDep):
+@router.post("/batch", status_code=202, response_model=fp.BatchAccepted)
+async def batch(body: fp.BatchFeedback, caller: ClientDep, services: ServicesDep):
     """Many feedback items, all accepted or none; each item counts against the key's request rate."""
     services.keys.charge_caller(caller, len(body.items) - 1)  # the request itself paid for one
     status, accepted = await _accept(services, body.items, caller, True)
-    return JSONResponse(p.BatchAccepted(accepted=accepted).model_dump(), status_code=status)
+    return JSONResponse(fp.BatchAccepted(accepted=accepted).model_dump(), status_code=status)

@@ -7,8 +7,8 @@ from PIL import Image
 from alignloop import report
 from core.config import load_settings
 from feedback.events import Comparison
-from promotion.evidence import EvidenceStore
 from gateway.ownership import Ownership, load_or_create_secrets
+from promotion.evidence import EvidenceStore
 from registry.store import PolicyRegistry
 
 

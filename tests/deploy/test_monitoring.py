@@ -3,9 +3,9 @@ gateway and the trainer really export (a renamed metric would otherwise leave a 
 alert that never fires)."""
 
 import json
+import re
 import shutil
 import subprocess
-import re
 from pathlib import Path
 
 import httpx

@@ -6,11 +6,12 @@ config loader, every command they run by our CLI's parser, the Prometheus config
 import secrets
 import shutil
 import subprocess
+import tomllib
 
 import pytest
 import yaml
-from pydantic import ValidationError
 from kubernetes_validate import utils as k8s
+from pydantic import ValidationError
 
 from alignloop.cli import build_parser
 from core.config import load_settings
@@ -24,7 +25,7 @@ def _env_file(path) -> dict[str, str]:
     pairs = (
         line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#")
     )
-    return {k: v for k, v in pairs}
+    return dict(pairs)
 
 
 def _alignloop_command(argv: list[str]) -> None:
@@ -60,7 +61,12 @@ def test_compose_runs_two_gateways_behind_a_balancer_with_the_trainer_and_monito
         _alignloop_command(services[name]["command"])
     for name in ("gateway-a", "gateway-b", "trainer"):
         assert services[name]["depends_on"]["init"]["condition"] == "service_completed_successfully"
+        assert services[name]["depends_on"]["kafka"]["condition"] == "service_healthy"
         assert "registry:/registry" in services[name]["volumes"]
+    # Every long-running service says when it is healthy, and what waits on one waits for that.
+    assert {n for n, s in services.items() if "healthcheck" in s} == set(services) - {"init"}
+    assert all(d["condition"] == "service_healthy" for d in services["lb"]["depends_on"].values())
+    assert "/readyz" in " ".join(services["gateway-a"]["healthcheck"]["test"])
     assert services["gateway-a"]["volumes"] != services["gateway-b"]["volumes"], (
         "each replica has its own spool"
     )
@@ -70,6 +76,10 @@ def test_compose_runs_two_gateways_behind_a_balancer_with_the_trainer_and_monito
         and "server gateway-b:8000" in nginx
         and "proxy_buffering off" in nginx
     )
+    # One key, one replica (its limits hold once), and the client's address passed on.
+    assert "hash $http_authorization consistent" in nginx
+    assert "X-Forwarded-For $remote_addr" in nginx
+    assert services["gateway-a"]["environment"]["ALIGNLOOP_GATEWAY__TRUSTED_PROXIES"] == "*"
 
     # Every alignloop setting the stack sets is a real one, with a valid value.
     env = {
@@ -111,26 +121,20 @@ def test_compose_runs_two_gateways_behind_a_balancer_with_the_trainer_and_monito
     board = yaml.safe_load(
         (DEPLOY / "grafana" / "provisioning" / "dashboards" / "alignloop.yaml").read_text()
     )
-    mounted = [v for v in compose["services"]["grafana"]["volumes"] if "alignloop.json" in v][0]
+    mounted = next(v for v in compose["services"]["grafana"]["volumes"] if "alignloop.json" in v)
     assert mounted.split(":")[1].startswith(board["providers"][0]["options"]["path"])
 
 
 def test_the_image_copies_every_package_and_runs_the_cli():
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     copied = {line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ")}
-    packages = {
-        "core",
-        "registry",
-        "inference",
-        "gateway",
-        "feedback",
-        "trainer",
-        "synthetic",
-        "alignloop",
-        "deploy",
-    }
+    # Every package pyproject.toml installs (a package added later must be copied too).
+    found = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = {p.rstrip("*") for p in found["include"]} | {"deploy"}
     assert packages <= copied and all((REPO / p).exists() for p in copied)
     assert 'ENTRYPOINT ["alignloop"]' in dockerfile and "deploy/install.sh" in dockerfile
+    assert "ALIGNLOOP_PROFILE=runtime" in dockerfile  # the locked runtime set: no test tools
+    assert "\nUSER 10001" in dockerfile and "HEALTHCHECK" not in dockerfile  # not root; each service probes
 
 
 def _manifests() -> list[dict]:
@@ -148,16 +152,36 @@ def test_kubernetes_manifests_are_valid_and_say_what_a_gpu_cluster_needs():
     for doc in docs:  # the API's own OpenAPI schemas, strict: an unknown field is an error
         k8s.validate(doc, k8s.latest_version(), strict=True)
     by_kind = {(d["kind"], d["metadata"]["name"]): d for d in docs}
-    gateway = by_kind[("Deployment", "alignloop-gateway")]["spec"]
+    gateway = by_kind[("StatefulSet", "alignloop-gateway")]["spec"]
     pod = gateway["template"]
     container = pod["spec"]["containers"][0]
-    assert gateway["replicas"] >= 2 and gateway["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert gateway["replicas"] >= 2 and gateway["updateStrategy"]["type"] == "RollingUpdate"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # The spool outlives the pod: /state is a claim per replica, kept when a pod goes.
+    state = next(m for m in container["volumeMounts"] if m["mountPath"] == "/state")
+    assert state["name"] in {t["metadata"]["name"] for t in gateway["volumeClaimTemplates"]}
+    assert state["name"] not in {v["name"] for v in pod["spec"]["volumes"]}
+    assert gateway["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Retain"
+    assert by_kind[("PodDisruptionBudget", "alignloop-gateway")]["spec"]["maxUnavailable"] == 1
+    # Nobody runs as root, and the trainer has probes.
+    pods = [
+        d["spec"].get("jobTemplate", d)["spec"]["template"]["spec"]
+        for d in docs
+        if "template" in d.get("spec", {})
+    ]
+    assert len(pods) == 3
+    for spec in pods:
+        assert spec["securityContext"]["runAsNonRoot"] and spec["securityContext"]["runAsUser"] != 0
+        assert all(c["securityContext"]["allowPrivilegeEscalation"] is False for c in spec["containers"])
     assert container["resources"]["requests"]["nvidia.com/gpu"] == 1
     assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
     _alignloop_command(container["args"])
     trainer = by_kind[("Deployment", "alignloop-trainer")]["spec"]
     assert trainer["replicas"] == 1 and trainer["strategy"]["type"] == "Recreate"
+    probes = trainer["template"]["spec"]["containers"][0]
+    assert (
+        probes["startupProbe"]["httpGet"]["port"] == probes["livenessProbe"]["httpGet"]["port"] == "metrics"
+    )
     _alignloop_command(trainer["template"]["spec"]["containers"][0]["args"])
     assert by_kind[("PersistentVolumeClaim", "alignloop-registry")]["spec"]["accessModes"] == [
         "ReadWriteMany"

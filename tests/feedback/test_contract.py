@@ -3,7 +3,7 @@ schema-valid and keyed by request, on Kafka and on the embedded log alike."""
 
 import pytest
 
-from feedback.events import Comparison, CompletionServed, Demonstration, Rating, parse_event
+from feedback.events import Comparison, CompletionServed, Demonstration, Rating, parse_event, ranking_pairs
 from feedback.topics import COMPLETIONS, FEEDBACK
 from tests.conftest import MODEL
 from tests.feedback.helpers import read_all_kafka, wait_for_events
@@ -56,7 +56,7 @@ def test_completion_and_feedback_round_trip(backend):
     ranking, pairwise, rating, demo = (found[i] for i in feedback_ids)
     assert all(d.topic == FEEDBACK and d.key == rid.encode() for d in (ranking, pairwise, rating, demo))
     assert isinstance(ranking.event, Comparison) and ranking.event.ranking == [[ids[0]], [ids[1], ids[2]]]
-    assert ranking.event.pairs() == [(ids[0], ids[1]), (ids[0], ids[2])]
+    assert ranking_pairs(ranking.event.ranking) == [(ids[0], ids[1]), (ids[0], ids[2])]
     assert pairwise.event.ranking == [[ids[2]], [ids[0]]] and pairwise.event.rater == "alice"
     assert isinstance(rating.event, Rating) and rating.event.rating == -1
     assert isinstance(demo.event, Demonstration) and demo.event.response == "A cat is small."

@@ -5,15 +5,21 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from feedback.events import Comparison, CompletionServed, Demonstration, Rating, ServedChoice, parse_event
+from feedback.events import (
+    Comparison,
+    CompletionServed,
+    Demonstration,
+    Rating,
+    ServedChoice,
+    parse_event,
+    ranking_pairs,
+)
 
 
 def test_ranking_with_a_tie_expands_to_ordered_pairs():
     c = Comparison(request_id="r", ranking=[["a"], ["b", "c"], ["d"]], rater="u")
-    assert sorted(c.pairs()) == sorted([("a", "b"), ("a", "c"), ("a", "d"), ("b", "d"), ("c", "d")])
-    assert (
-        Comparison(request_id="r", ranking=[["a", "b"]], rater="u").pairs() == []
-    )  # all tied: recorded, no pair
+    assert sorted(ranking_pairs(c.ranking)) == [("a", "b"), ("a", "c"), ("a", "d"), ("b", "d"), ("c", "d")]
+    assert ranking_pairs([[0, 1]]) == []  # all tied: recorded, no pair
 
 
 @pytest.mark.parametrize(

@@ -23,10 +23,9 @@ def test_append_read_commit_and_reopen(tmp_path):
 
 def test_a_failed_transaction_leaves_nothing(tmp_path):
     log = LocalLog(tmp_path / "log.db")
-    with pytest.raises(RuntimeError):
-        with log.transaction() as tx:
-            tx.append("t", None, b"x")
-            raise RuntimeError("crash mid-write")
+    with pytest.raises(RuntimeError), log.transaction() as tx:
+        tx.append("t", None, b"x")
+        raise RuntimeError("crash mid-write")
     assert log.read(0) == []
 
 

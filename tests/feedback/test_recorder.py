@@ -8,11 +8,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from core.config import FeedbackConfig
-from feedback.events import CompletionServed, Rating, ServedChoice, keyed_event_id
 from core.paths import StatePaths
+from feedback.events import CompletionServed, Rating, ServedChoice, keyed_event_id
 from feedback.recorder import FeedbackRecorder
-from feedback.topics import ALL as ALL_TOPICS, FEEDBACK
 from feedback.submission import Accepted, SpoolFull, Submission
+from feedback.topics import ALL as ALL_TOPICS
+from feedback.topics import FEEDBACK
 from tests.conftest import free_port
 from tests.feedback.helpers import read_all_kafka
 

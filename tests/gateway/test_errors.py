@@ -34,6 +34,12 @@ def assert_error(r, status: int, param: str | None = None, code: str | None = No
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"logprobs": 50}, "logprobs"),
         ({"not_a_parameter": 1}, "not_a_parameter"),
+        ({"top_k": -2}, "top_k"),
+        ({"min_p": 1.5}, "min_p"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"min_tokens": 5}, "min_tokens"),  # above max_tokens (4)
+        ({"stop_token_ids": [10**9]}, "stop_token_ids"),
+        ({"stop_token_ids": [-1]}, "stop_token_ids"),
     ],
 )
 def test_invalid_parameters_are_400(gateway, change, param):
@@ -41,6 +47,33 @@ def test_invalid_parameters_are_400(gateway, change, param):
         err = assert_error(c.post("/v1/completions", json={**OK, **change}), 400)
     assert err["type"] == "invalid_request_error"
     assert err["param"] is not None and err["param"].startswith(param)
+
+
+def test_unknown_parameter_is_named(gateway):
+    with gateway.client() as c:
+        err = assert_error(c.post("/v1/completions", json={**OK, "top_kk": 3}), 400, param="top_kk")
+    assert "Unknown parameter 'top_kk'" in err["message"]
+
+
+@pytest.mark.parametrize(
+    "path, body, param",
+    [
+        ("/tokenize", {"prompt": "a", "messages": [{"role": "user", "content": "b"}]}, None),
+        ("/tokenize", {}, None),
+        ("/tokenize", {"prompt": "a", "model": "other"}, "model"),
+        ("/detokenize", {"tokens": [10**9]}, "tokens"),
+        ("/detokenize", {"tokens": "abc"}, "tokens"),
+    ],
+)
+def test_bad_tokenizer_requests_are_4xx(gateway, path, body, param):
+    with gateway.client() as c:
+        r = c.post(path, json=body)
+        assert (
+            c.post(path, json={"prompt": "a"} if path == "/tokenize" else {"tokens": [1]}).status_code == 200
+        )
+    assert r.status_code in (400, 404), r.text
+    err = r.json()["error"]
+    assert param is None or (err["param"] or "").startswith(param)
 
 
 def test_missing_required_fields(gateway):

@@ -37,7 +37,7 @@ def test_metrics_count_what_was_served(gateway):
     served = r.json()
     after = scrape(gateway)
 
-    route = dict(route="/v1/completions", method="POST")
+    route = {"route": "/v1/completions", "method": "POST"}
     assert (
         value(after, "alignloop_http_requests_total", **route, status="200")
         - value(before, "alignloop_http_requests_total", **route, status="200")
@@ -226,7 +226,7 @@ def test_the_gateways_own_time_outside_the_engine_is_measured(gateway):
     # The engine's generation is not counted: what is left is part of the request's time.
     assert 0 <= overhead_ms < total_ms
     after = scrape(gateway)
-    label = dict(route="/v1/chat/completions")
+    label = {"route": "/v1/chat/completions"}
     assert (
         value(after, "alignloop_gateway_overhead_seconds_count", **label)
         - value(before, "alignloop_gateway_overhead_seconds_count", **label)
@@ -237,7 +237,7 @@ def test_the_gateways_own_time_outside_the_engine_is_measured(gateway):
 def test_a_streams_own_time_is_measured_to_its_end(gateway):
     # While a stream is sent, the framework listens for the client's hang-up with receive(); that
     # wait once counted as "waiting for the body" and zeroed some streams' measured overhead.
-    label = dict(route="/v1/completions")
+    label = {"route": "/v1/completions"}
     streams = 8
     before = scrape(gateway)
     with gateway.client() as c:
@@ -289,3 +289,29 @@ def test_a_client_slow_to_send_its_body_does_not_count_as_the_gateways_time(gate
     assert lines[0].startswith("HTTP/1.1 200"), lines
     headers = dict(line.lower().split(": ", 1) for line in lines[1:])
     assert float(headers["x-alignloop-overhead-ms"]) < 1000, headers
+
+
+def test_engine_metrics_are_vllms_own_labelled_by_version(gateway):
+    """Each engine's vLLM statistics reach /metrics under vLLM's names, with the version it serves."""
+    before = scrape(gateway)
+    with gateway.client() as c:
+        r = c.post(
+            "/v1/completions",
+            json={"model": MODEL, "prompt": "The cat", "max_tokens": 6, "temperature": 0, "ignore_eos": True},
+        )
+    assert r.status_code == 200
+    body = r.json()
+    after = scrape(gateway)
+    engine = {"version": body["policy_version"], "role": "serving"}
+
+    def grew(name: str, **labels) -> float:
+        return value(after, name, **engine, **labels) - value(before, name, **engine, **labels)
+
+    # The gateway's label filler may have used the engine meanwhile: at least this request's share.
+    assert grew("vllm:generation_tokens_total") >= 6
+    assert grew("vllm:prompt_tokens_total") >= body["usage"]["prompt_tokens"]
+    assert grew("vllm:request_success_total", finished_reason="length") >= 1
+    assert grew("vllm:time_to_first_token_seconds_count") >= 1
+    assert grew("vllm:inter_token_latency_seconds_count") >= 5
+    assert ("vllm:num_requests_running", tuple(sorted(engine.items()))) in after
+    assert 0.0 <= value(after, "vllm:kv_cache_usage_perc", **engine) <= 1.0

@@ -76,3 +76,56 @@ def test_streamed_chat(sdk):
 def test_models_list(sdk):
     models = sdk.models.list()
     assert [m.id for m in models.data] == [MODEL]
+    assert sdk.models.retrieve(MODEL).id == MODEL  # GET /v1/models/{id}, as vLLM's server answers
+    with pytest.raises(openai.NotFoundError):
+        sdk.models.retrieve("no-such-model")
+
+
+COUNT = "<|user|>Count to 4.<|end|><|assistant|>"
+
+
+def test_vllm_sampling_extras_keep_their_meaning(sdk, gateway):
+    """What clients written for `vllm serve` send in extra_body is accepted and does what vLLM does."""
+    greedy = sdk.completions.create(model=MODEL, prompt=COUNT, max_tokens=20, temperature=0)
+    assert greedy.choices[0].text == "1 2 3 4."
+    # top_k=1 keeps only the likeliest token: sampling at temperature 1 becomes the greedy answer.
+    top1 = sdk.completions.create(
+        model=MODEL, prompt=COUNT, max_tokens=20, temperature=1.0, seed=5, extra_body={"top_k": 1}
+    )
+    assert top1.choices[0].text == greedy.choices[0].text
+    # A vLLM benchmark client's request: repetition_penalty 1.0 (off), min_p 0, ignore_eos.
+    bench = sdk.completions.create(
+        model=MODEL,
+        prompt=COUNT,
+        max_tokens=12,
+        temperature=0,
+        extra_body={"repetition_penalty": 1.0, "min_p": 0.0, "ignore_eos": True},
+    )
+    assert bench.usage.completion_tokens == 12 and bench.choices[0].text.startswith("1 2 3 4.")
+    # stop_token_ids: the generation stops at the token " 3" (the answer's third).
+    with gateway.client() as c:
+        three = c.post("/tokenize", json={"prompt": " 3", "add_special_tokens": False}).json()["tokens"]
+    assert len(three) == 1
+    stopped = sdk.completions.create(
+        model=MODEL, prompt=COUNT, max_tokens=20, temperature=0, extra_body={"stop_token_ids": three}
+    )
+    assert stopped.choices[0].finish_reason == "stop" and stopped.usage.completion_tokens == 3
+    assert stopped.choices[0].text.startswith("1 2") and "4" not in stopped.choices[0].text
+    # min_tokens: the end-of-answer token cannot come before 12 tokens.
+    longer = sdk.completions.create(
+        model=MODEL, prompt=COUNT, max_tokens=20, temperature=0, extra_body={"min_tokens": 12}
+    )
+    assert longer.usage.completion_tokens >= 12 and longer.choices[0].text.startswith("1 2 3 4.")
+
+
+def test_tokenize_and_detokenize_as_vllm_serves_them(sdk, gateway):
+    with gateway.client() as c:
+        prompt = c.post("/tokenize", json={"model": MODEL, "prompt": COUNT, "return_token_strs": True}).json()
+        chat = c.post("/tokenize", json={"messages": [{"role": "user", "content": "Count to 4."}]}).json()
+        back = c.post("/detokenize", json={"model": MODEL, "tokens": prompt["tokens"]}).json()
+    served = sdk.completions.create(model=MODEL, prompt=COUNT, max_tokens=1, temperature=0)
+    assert prompt["count"] == len(prompt["tokens"]) == served.usage.prompt_tokens
+    assert len(prompt["token_strs"]) == prompt["count"] and prompt["max_model_len"] > prompt["count"]
+    assert back["prompt"].endswith(COUNT)
+    # The chat form is the prompt the chat route gives the model: the same ids as the completions form.
+    assert chat["tokens"] == prompt["tokens"][-len(chat["tokens"]) :]

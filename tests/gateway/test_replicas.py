@@ -6,6 +6,7 @@ once, on both replicas' verdicts, through a kill of its decider."""
 
 import os
 import secrets
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import httpx
 import pytest
 
 from core.config import FeedbackConfig
-from core.processes import stop_group
+from core.processes import free_port, stop_group
 from feedback.events import Comparison
 from feedback.source import open_source
 from feedback.topics import FEEDBACK
@@ -26,6 +27,7 @@ from promotion.evidence import EvidenceStore
 from promotion.sequential import SequentialTestConfig, run_test
 from tests.conftest import (
     ADMIN_KEY,
+    FEW_REQUESTS_KEY,
     MODEL,
     PEOPLE_KEYS,
     RATER_KEY,
@@ -64,6 +66,81 @@ def replicas(tmp_path_factory, tiny_model_dir, kafka_broker):
     finally:
         for gw in (a, b):
             gw.stop()
+
+
+@pytest.fixture(scope="module")
+def balancer(replicas, tmp_path_factory):
+    """The compose stack's nginx.conf, unchanged but for addresses, in front of the two replicas."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    assert os.path.exists(nginx), (
+        "run `bash deploy/install-test-tools.sh` (make test does) for Debian's nginx"
+    )
+    a, b = replicas
+    root, port = tmp_path_factory.mktemp("nginx"), free_port()
+    conf = (REPO / "deploy" / "compose" / "nginx.conf").read_text()
+    for name, gw in (("gateway-a:8000", a), ("gateway-b:8000", b)):
+        assert f"server {name}" in conf
+        conf = conf.replace(f"server {name}", f"server {gw.url.removeprefix('http://')}")
+    assert "listen 8080;" in conf
+    (root / "nginx.conf").write_text(conf.replace("listen 8080;", f"listen 127.0.0.1:{port};"))
+    with open(root / "nginx.log", "wb") as log:
+        proc = subprocess.Popen(
+            [
+                nginx,
+                "-p",
+                str(root),
+                "-c",
+                "nginx.conf",
+                "-g",
+                f"daemon off; pid {root}/nginx.pid; error_log stderr;",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/lb-health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (root / "nginx.log").read_text()
+            time.sleep(0.2)
+        yield url
+    finally:
+        stop_group(proc)
+
+
+def _through(url: str, key: str, source: str = "127.0.0.1") -> int:
+    """The status of GET /v1/models sent to url from the loopback address `source`."""
+    transport = httpx.HTTPTransport(local_address=source)
+    with httpx.Client(transport=transport, timeout=30) as c:
+        return c.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code
+
+
+def test_a_keys_limit_holds_once_behind_the_balancer(balancer):
+    """The shipped balancer sends one key to one replica: 10 requests a minute is 10 in all, not
+    10 per replica (round robin would let about 20 of these 24 through)."""
+    statuses = [_through(balancer, FEW_REQUESTS_KEY) for _ in range(24)]
+    assert set(statuses) == {200, 429}
+    assert 10 <= statuses.count(200) <= 11  # the bucket refills a little while they are sent
+
+
+def test_the_client_address_reaches_the_gateway_through_the_balancer(balancer):
+    """Failed authentications are throttled per client behind the balancer: the one that guessed
+    is refused (429), another client is still answered (401); a forged X-Forwarded-For is replaced."""
+    guesser, other = "127.0.0.7", "127.0.0.8"
+    statuses = []
+    with httpx.Client(transport=httpx.HTTPTransport(local_address=guesser), timeout=30) as c:
+        for i in range(40):  # 30 a minute per address (tests/conftest.py); one key, so one replica
+            forged = {"X-Forwarded-For": f"10.9.{i}.1"}  # a new "address" each time: must not help
+            headers = {"Authorization": "Bearer sk-guess", **forged}
+            statuses.append(c.get(f"{balancer}/v1/models", headers=headers).status_code)
+    assert statuses[0] == 401 and statuses[-1] == 429
+    assert _through(balancer, "sk-guess", source=other) == 401
 
 
 def _served(gw, key: str = USER_KEY) -> list[str]:
@@ -113,15 +190,15 @@ def _start_trainer(tmp_path, registry_root, kafka: str) -> tuple[subprocess.Pope
         "train.loop.min_new_comparisons=1000000000",
         "train.loop.max_interval_s=1000000000",
     ]
-    log = open(tmp_path / "trainer.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "alignloop", "trainer", *(a for s in sets for a in ("--set", s))],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )
+    with open(tmp_path / "trainer.log", "wb") as log:  # the child process keeps its own descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "alignloop", "trainer", *(a for s in sets for a in ("--set", s))],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
     return proc, state / "trainer" / "dataset.db"
 
 

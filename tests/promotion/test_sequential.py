@@ -3,7 +3,6 @@
 statistics recover a known ordering."""
 
 import random
-
 from collections import Counter
 
 from promotion.leaderboard import Outcome, bradley_terry, leaderboard, outcome_counts, outcomes_of, win_rate

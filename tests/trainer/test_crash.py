@@ -15,8 +15,8 @@ from feedback.topics import topic_for
 from registry.store import PolicyRegistry
 from registry.validation import validate_checkpoint
 from synthetic import task
-from trainer.dataset_store import DatasetStore
 from tests.conftest import REPO, write_pretraining_data
+from trainer.dataset_store import DatasetStore
 
 
 def logged_feedback(n: int) -> list:
@@ -45,18 +45,18 @@ def logged_feedback(n: int) -> list:
 
 
 def start_trainer(config, log, failpoint: str | None = None):
-    out = open(log, "ab")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("ALIGNLOOP_FAILPOINT", None)
     if failpoint:
         env["ALIGNLOOP_FAILPOINT"] = failpoint
-    return subprocess.Popen(
-        [sys.executable, "-m", "alignloop", "trainer", "--config", str(config)],
-        cwd=REPO,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
+    with open(log, "ab") as out:  # the child process keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "alignloop", "trainer", "--config", str(config)],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
 
 
 def wait_for(predicate, timeout, what):
@@ -227,7 +227,7 @@ def test_a_second_trainer_waits_for_the_leader_and_takes_over_when_it_dies(tiny_
     """Issue 14: two trainers on one registry (a rolling restart): only the leader consumes and
     trains; the other joins no consumer group until the leader's process is gone, then finishes
     the work once: every comparison stored once, one round."""
-    state, registry, events, config = prepare(
+    state, _registry, events, config = prepare(
         tmp_path,
         tiny_model_dir,
         24,

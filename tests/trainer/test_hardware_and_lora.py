@@ -14,9 +14,9 @@ from core.config import LoRAConfig, PPOConfig, RMConfig, SFTConfig, TrainConfig
 from synthetic import task
 from synthetic.corpus import ANIMALS, pretraining_texts
 from trainer.data import pad_batch, prompt_ids, response_ids
+from trainer.distributed import World
 from trainer.evaluate import greedy_responses, mean_reward, pretraining_loss, score, sequence_logprobs
 from trainer.lm import token_logprobs
-from trainer.distributed import World
 from trainer.lora import ADAPTER_DIR, merged_state_dict, scaling, update_lost
 from trainer.models import load_causal_lm, save_policy, trainable_policy
 from trainer.ppo_models import load_ppo_models

@@ -6,13 +6,13 @@ import pytest
 from transformers import AutoTokenizer
 
 from core.config import PPOConfig, RMConfig
-from synthetic.corpus import ANIMALS, pretraining_texts
 from synthetic import task
+from synthetic.corpus import ANIMALS, pretraining_texts
 from trainer.evaluate import mean_reward, pretraining_loss
+from trainer.models import load_causal_lm
 from trainer.ppo_training import train_ppo
 from trainer.reward_model import RewardModel
 from trainer.reward_training import train_rm
-from trainer.models import load_causal_lm
 
 TRAIN_PROMPTS = [f"Describe a {a}." for a in ANIMALS[:7]] * 4
 HELDOUT_PROMPTS = [f"Describe a {a}." for a in ANIMALS[7:]]

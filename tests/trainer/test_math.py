@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
+from feedback.events import ranking_pairs
 from trainer import ppo
 from trainer.lm import lm_loss
-from trainer.reward_model import kwise_loss, ranking_pairs
+from trainer.reward_model import kwise_loss
 
 
 def log_sigmoid(x: float) -> float:
@@ -141,4 +142,4 @@ def test_the_gates_prompt_subset_is_bounded_and_stable():
     picked = stable_subset(prompts, 64)
     assert len(picked) == 64 and set(picked) <= set(prompts)
     assert stable_subset(list(reversed(prompts)), 64) == picked  # arrival order does not matter
-    assert set(stable_subset(prompts + ["a new one"], 64)) - set(picked) <= {"a new one"}
+    assert set(stable_subset([*prompts, "a new one"], 64)) - set(picked) <= {"a new one"}

@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 from core.config import RMConfig
-from synthetic import task
-from trainer.data import write_jsonl
 from registry.validation import validate_checkpoint
-from trainer.reward_training import train_rm
+from synthetic import task
 from tests.conftest import REPO
+from trainer.data import write_jsonl
+from trainer.reward_training import train_rm
 
 CFG = RMConfig(batch_size=4, learning_rate=1e-3, eval_fraction=0.2, save_every=0)
 
@@ -260,3 +260,28 @@ def test_every_rank_reads_the_rollout_weights_rank_0_writes(tmp_path):
     paths = [(tmp_path / f"path.{r}").read_text() for r in (0, 1)]
     assert paths[0] == paths[1] and os.path.isdir(paths[0])
     os.rmdir(paths[0])
+
+
+def test_rm_steps_in_micro_batches_train_the_same_with_one_micro_batch_in_memory(tiny_model_dir, tmp_path):
+    """A step of 4 rankings of K = 9 (36 sequences) forwarded in micro-batches of at most 9
+    sequences trains what one forward of all 36 does, and no forward holds more than one ranking."""
+    data = task.rankings(40, k=9, seed=3)
+    whole = RMConfig(**{**CFG.model_dump(), "micro_batch_sequences": 1000})
+    parts = RMConfig(**{**CFG.model_dump(), "micro_batch_sequences": 9})
+    seen: list[int] = []  # the batch of every training forward of the reward model
+
+    def count(module, args):
+        if type(module).__name__ == "RewardModel" and module.training:
+            seen.append(args[0].shape[0])
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(count)
+    try:
+        train_rm(tiny_model_dir, data, tmp_path / "parts", parts, max_steps=2)
+        in_parts, seen[:] = max(seen), []
+        train_rm(tiny_model_dir, data, tmp_path / "whole", whole, max_steps=2)
+        at_once = max(seen)
+    finally:
+        handle.remove()
+    assert in_parts == 9 and at_once == 4 * 9
+    a, b = weights(tmp_path / "parts"), weights(tmp_path / "whole")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

@@ -111,10 +111,11 @@ def test_consumer_lag_on_kafka(kafka_broker, tmp_path):
 def test_rounds_with_lora_publish_merged_versions_and_continue_the_adapter(tiny_model_dir, tmp_path):
     """The trainer service with train.lora on: each round's policy is published merged (an ordinary
     checkpoint), and the next round goes on training the promoted round's adapter on the SFT base."""
-    from tests.trainer.test_crash import logged_feedback
+    from safetensors.torch import load_file
+
     from registry.store import PolicyRegistry
     from registry.validation import validate_checkpoint
-    from safetensors.torch import load_file
+    from tests.trainer.test_crash import logged_feedback
 
     settings = Settings(state_dir=tmp_path)
     settings.train.loop.metrics_port = 0

@@ -5,13 +5,13 @@ import shutil
 from transformers import AutoTokenizer
 
 from core.config import PPOConfig
-from tests.conftest import perturbed_copy
 from synthetic import task
+from tests.conftest import perturbed_copy
 from trainer.data import prompt_ids
+from trainer.models import load_causal_lm
 from trainer.ppo_training import train_ppo
 from trainer.reward_model import RewardModel
 from trainer.rollout import TransformersSampler, VLLMSampler
-from trainer.models import load_causal_lm
 
 QUESTIONS = ["Describe a fox.", "What is 2 plus 3?", "Count to 4."]
 

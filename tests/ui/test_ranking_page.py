@@ -9,10 +9,10 @@ import uuid
 
 import httpx
 
-from feedback.events import Comparison, CompletionServed, Demonstration
 from core.config import FeedbackConfig
+from feedback.events import Comparison, CompletionServed, Demonstration
 from feedback.source import open_source
-from tests.conftest import MODEL, PRIVATE_KEY, RATER_KEY, REPO, USER_KEY, ADMIN_KEY
+from tests.conftest import ADMIN_KEY, MODEL, PRIVATE_KEY, RATER_KEY, REPO, USER_KEY
 
 SHOTS = REPO / "docs" / "ui"
 
