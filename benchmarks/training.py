@@ -2,7 +2,9 @@
 
 1. Reward model on K = 9 rankings: `train_rm` vs a plain-PyTorch loop of the same K-wise loss on
    the same model, batches (same order, same max_len), device and precision (bf16 autocast and
-   fused AdamW on a GPU). Reported: comparisons/s of each, their ratio, peak memory. Optionally TRL's
+   fused AdamW on a GPU), both in this process, over rounds that alternate which goes first, each
+   with warm-up steps left out of its timing. Reported: pairs trained per second (ties form none)
+   of each (median over rounds), their ratio, peak memory. Optionally TRL's
    RewardTrainer on the same comparisons as pairs (--trl; needs the `bench` extra).
 2. PPO-ptx: samples/s and peak memory of an iteration, transformers rollouts (and vLLM rollouts
    where vLLM is installed), full weights and LoRA.
@@ -22,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -140,8 +144,10 @@ def plain_pytorch_rm(
     lr: float,
     max_len: int,
     steps: int,
+    warmup: int,
 ) -> dict:
-    """The reference: the same K-wise loss, batches and device, written directly in PyTorch."""
+    """The reference: the same K-wise loss, batches and device, written directly in PyTorch; its
+    first `warmup` steps are not timed."""
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(model_dir)
     device = runtime.device
@@ -149,12 +155,14 @@ def plain_pytorch_rm(
     head = torch.nn.Linear(backbone.config.hidden_size, 1).to(device)
     params = list(backbone.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, fused=device.type == "cuda")
-    order = epoch_order(
-        len(train), 0, 0, [len(r.prompt) + max(map(len, r.responses)) for r in train], per_step
-    )
+    order = _order(train, per_step)
     runtime.reset_peak_memory()
-    comparisons, started = 0, time.perf_counter()
-    for step in range(steps):
+    started = time.perf_counter()
+    for step in range(warmup + steps):
+        if step == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
         batch = [train[i] for i in order[step * per_step : (step + 1) * per_step]]
         ids, attn = encode_responses(
             tok,
@@ -173,7 +181,6 @@ def plain_pytorch_rm(
             w = torch.tensor([p[0] for p in pairs], device=device) + start
             lo = torch.tensor([p[1] for p in pairs], device=device) + start
             losses.append(-F.logsigmoid(rewards[w] - rewards[lo]).mean())
-            comparisons += len(pairs)
             start += len(r.responses)
         loss = torch.stack(losses).mean()
         opt.zero_grad(set_to_none=True)
@@ -183,11 +190,24 @@ def plain_pytorch_rm(
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
+    comparisons = timed_pairs(train, per_step, warmup, steps)
     return {
         "seconds": seconds,
         "comparisons_per_s": comparisons / seconds,
         "peak_gib": runtime.peak_memory_gib(),
     }
+
+
+def _order(train: list[Ranking], per_step: int) -> list[int]:
+    return epoch_order(
+        len(train), 0, 0, [len(r.prompt) + max(map(len, r.responses)) for r in train], per_step
+    )
+
+
+def timed_pairs(train: list[Ranking], per_step: int, first: int, steps: int) -> int:
+    """The pairs trained in steps first .. first + steps (tied candidates form none)."""
+    order = _order(train, per_step)[first * per_step : (first + steps) * per_step]
+    return sum(len(ranking_pairs(train[i].ranking)) for i in order)
 
 
 def ours_rm(
@@ -199,23 +219,25 @@ def ours_rm(
     lr: float,
     max_len: int,
     steps: int,
+    warmup: int,
+    micro_batch: int | None = None,
 ) -> dict:
-    """This trainer's train_rm on the same data (its training loop timed, as the reference's is)."""
+    """This trainer's train_rm on the same data: `warmup` steps, then (resumed in this process) the
+    timed steps, its training loop timed as the reference's is."""
     from trainer.reward_training import train_rm
 
+    cfg = RMConfig(batch_size=per_step, learning_rate=lr, max_len=max_len, eval_fraction=0.0, save_every=0)
+    if micro_batch:
+        cfg = cfg.model_copy(update={"micro_batch_sequences": micro_batch})
     runtime.reset_peak_memory()
-    metrics = train_rm(
-        model_dir,
-        train,
-        work / "ours",
-        RMConfig(batch_size=per_step, learning_rate=lr, max_len=max_len, eval_fraction=0.0, save_every=0),
-        runtime,
-        max_steps=steps,
-    )
-    comparisons = sum(len(ranking_pairs(train[i].ranking)) for i in range(steps * per_step))
+    if warmup:
+        train_rm(model_dir, train, work, cfg, runtime, max_steps=warmup)
+    metrics = train_rm(model_dir, train, work, cfg, runtime, max_steps=warmup + steps)
+    seconds = metrics["train_seconds"]
+    comparisons = timed_pairs(train, per_step, warmup, steps)
     return {
-        "seconds": metrics["train_seconds"],
-        "comparisons_per_s": comparisons / metrics["train_seconds"],
+        "seconds": seconds,
+        "comparisons_per_s": comparisons / seconds,
         "peak_gib": runtime.peak_memory_gib(),
     }
 
@@ -271,34 +293,53 @@ def ppo_rates(
     variants: tuple[bool, ...] = (False, True),
     shape: dict | None = None,
 ) -> dict:
-    """samples/s and peak memory of PPO-ptx iterations, per rollout engine, full weights and/or LoRA."""
+    """samples/s, peak memory and the time to sync the trained weights into the rollout engine
+    (last iteration) of PPO-ptx, per rollout engine, full weights and/or LoRA; with LoRA on vLLM,
+    both ways of syncing: the adapter alone, and a merged checkpoint reloaded."""
     from trainer.ppo_training import train_ppo
 
     out = {}
     shape = shape or {"rollout_batch": 32, "minibatch": 8, "max_new_tokens": 32, "ptx_batch": 16}
     prompts = task.prompts(64, seed=31)
-    for engine in engines:
-        for lora in variants:
-            rt = Runtime(
-                runtime.device,
-                runtime.precision,
-                lora=LoRAConfig(enabled=lora),
-                gradient_checkpointing=runtime.gradient_checkpointing,
-            )
-            cfg = PPOConfig(iterations=iterations, ptx_coef=1.0, rollout_engine=engine, save_every=0, **shape)
-            rt.reset_peak_memory()
-            name = f"{engine}, {'LoRA' if lora else 'full weights'}"
-            metrics = train_ppo(
-                model_dir,
-                rm_dir,
-                prompts,
-                pretraining_texts(256, seed=3),
-                work / f"ppo-{engine}-{lora}",
-                cfg,
-                rt,
-            )
-            out[name] = {"samples_per_s": metrics["samples_per_s"], "peak_gib": metrics["peak_memory_gib"]}
-            log.info("ppo (%s): %s", name, out[name])
+    runs = [
+        (engine, lora, weights)
+        for engine in engines
+        for lora in variants
+        for weights in (("adapter", "merged") if engine == "vllm" and lora else ("merged",))
+    ]
+    for engine, lora, weights in runs:
+        rt = Runtime(
+            runtime.device,
+            runtime.precision,
+            lora=LoRAConfig(enabled=lora),
+            gradient_checkpointing=runtime.gradient_checkpointing,
+        )
+        cfg = PPOConfig(
+            iterations=iterations,
+            ptx_coef=1.0,
+            rollout_engine=engine,
+            rollout_weights=weights,
+            save_every=0,
+            **shape,
+        )
+        rt.reset_peak_memory()
+        name = f"{engine}, {'LoRA' if lora else 'full weights'}"
+        name += f", {weights} into the engine" if engine == "vllm" and lora else ""
+        metrics = train_ppo(
+            model_dir,
+            rm_dir,
+            prompts,
+            pretraining_texts(256, seed=3),
+            work / f"ppo-{engine}-{lora}-{weights}",
+            cfg,
+            rt,
+        )
+        out[name] = {
+            "samples_per_s": metrics["samples_per_s"],
+            "peak_gib": metrics["peak_memory_gib"],
+            "sync_s": metrics["sync_s"] if engine == "vllm" else None,
+        }
+        log.info("ppo (%s): %s", name, out[name])
     return out
 
 
@@ -329,6 +370,11 @@ def main() -> None:
         default="32,8,32,16",
         help="rollout prompts, minibatch, new tokens, pretraining batch (7B reference: 16,8,64,8)",
     )
+    parser.add_argument("--rounds", type=int, default=4, help="RM rounds, alternating who goes first")
+    parser.add_argument("--warmup-steps", type=int, default=3, help="RM steps not timed, on both sides")
+    parser.add_argument(
+        "--rm-micro-batch", type=int, help="rm.micro_batch_sequences for train_rm (default: the setting's)"
+    )
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -339,17 +385,29 @@ def main() -> None:
     )
     train = task.rankings(args.rankings, k=9, seed=21)
     per_step = args.rankings_per_step
-    steps = args.steps or len(train) // per_step
+    steps = args.steps or len(train) // per_step - args.warmup_steps
     results: dict = {"machine": machine(), "runtime": runtime.describe(), "model": args.model, "steps": steps}
     with tempfile.TemporaryDirectory(prefix="alignloop-tbench-") as tmp:
         work = Path(tmp)
         model_dir, _ = build_models(args.model, work)
         if args.only in ("all", "rm"):
-            # Reference first, then ours, so that neither profits from a warmer cache.
-            results["plain_pytorch"] = plain_pytorch_rm(
-                model_dir, train, runtime, per_step, args.lr, args.max_len, steps
-            )
-            results["ours"] = ours_rm(model_dir, train, work, runtime, per_step, args.lr, args.max_len, steps)
+            # Both in this process, in alternating order over rounds, warm-up steps untimed on both
+            # sides: neither profits from going second (a warm allocator, loaded kernels).
+            runs: dict[str, list[dict]] = {"plain_pytorch": [], "ours": []}
+            for i in range(args.rounds):
+                for who in ("plain_pytorch", "ours") if i % 2 == 0 else ("ours", "plain_pytorch"):
+                    shape = (per_step, args.lr, args.max_len, steps, args.warmup_steps)
+                    runs[who].append(
+                        plain_pytorch_rm(model_dir, train, runtime, *shape)
+                        if who == "plain_pytorch"
+                        else ours_rm(
+                            model_dir, train, work / f"ours-{i}", runtime, *shape, args.rm_micro_batch
+                        )
+                    )
+                    log.info("rm round %d, %s: %s", i + 1, who, runs[who][-1])
+            for who, rs in runs.items():
+                results[who] = {k: statistics.median(r[k] for r in rs) for k in rs[0]} | {"rounds": rs}
+            shutil.copytree(work / "ours-0", work / "ours")  # PPO below scores with it
         if args.trl:
             results["trl"] = trl_rm(model_dir, train, work, args.lr, per_step * 9 // 2)
         if args.only in ("all", "ppo"):
@@ -388,18 +446,23 @@ def report(r: dict, args, per_step: int) -> None:
     if "ppo" in r:
         print(
             f"\n| PPO-ptx ({args.ppo_iterations} iterations; rollout, minibatch, new tokens, ptx batch = "
-            f"{args.ppo_shape}) | samples/s | peak memory GiB |\n|---|---|---|"
+            f"{args.ppo_shape}) | samples/s | peak memory GiB | weights into the rollout engine, s/iteration |"
+            "\n|---|---|---|---|"
         )
         for name, x in r["ppo"].items():
-            print(f"| {name} | {x['samples_per_s']:.1f} | {x['peak_gib']:.2f} |")
+            sync = f"{x['sync_s']:.3f}" if x["sync_s"] is not None else "(same model)"
+            print(f"| {name} | {x['samples_per_s']:.1f} | {x['peak_gib']:.2f} | {sync} |")
 
 
 def report_rm(r: dict, args, per_step: int) -> None:
     """The reward-model table."""
-    comparisons = r["ours"]["comparisons_per_s"] * r["ours"]["seconds"]
+    comparisons = timed_pairs(
+        task.rankings(args.rankings, k=9, seed=21), per_step, args.warmup_steps, r["steps"]
+    )
     print(
-        f"Model: {args.model}; {r['steps']} steps of {per_step} rankings x K = 9 ({comparisons:.0f} comparisons), "
-        f"max_len {args.max_len}, lr {args.lr}\n"
+        f"Model: {args.model}; {r['steps']} timed steps of {per_step} rankings x K = 9 ({comparisons} pairs "
+        f"trained, ties forming none) after {args.warmup_steps} untimed, max_len {args.max_len}, lr {args.lr}; "
+        f"median of {args.rounds} rounds, alternating which goes first\n"
     )
     print("| reward model step | seconds | comparisons/s | peak memory GiB |\n|---|---|---|---|")
     for name, key in (("plain PyTorch (reference)", "plain_pytorch"), ("alignloop train_rm", "ours")):

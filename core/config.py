@@ -263,8 +263,9 @@ class RMConfig(_Section):
     max_len: int = 256
     # Sequences forwarded at once: a step's rankings go through in micro-batches of whole rankings
     # (at least one), their gradients summed, so a step's activation memory is one micro-batch's
-    # whatever K and batch_size are (8 rankings of K = 9 are 72 sequences).
-    micro_batch_sequences: int = Field(default=32, ge=1)
+    # whatever K and batch_size are (8 rankings of K = 9 are 72 sequences). None: the whole step at
+    # once, the faster where it fits (a 7B model does not: set 8-16 there).
+    micro_batch_sequences: int | None = Field(default=None, ge=1)
     eval_fraction: float = 0.1  # held out for pairwise accuracy
     seed: int = 0
     save_every: int = 100
@@ -293,6 +294,9 @@ class PPOConfig(_Section):
     # Share of GPU memory the vLLM rollout engine may take beside the training models (GPU only);
     # the engine sleeps (frees its KV cache) while the trainer updates.
     rollout_gpu_memory: float = 0.3
+    # With LoRA and vLLM rollouts: "adapter" hands the engine only the new adapter each iteration
+    # (its base stays loaded); "merged" writes and reloads the whole merged checkpoint.
+    rollout_weights: Literal["adapter", "merged"] = "adapter"
     seed: int = 0
     save_every: int = 5
 

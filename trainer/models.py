@@ -83,6 +83,15 @@ def save_policy(
     tok.save_pretrained(out_dir)
 
 
+def save_adapter(model: torch.nn.Module, out_dir: Path, runtime: Runtime) -> None:
+    """Only the policy's LoRA adapter (what a rollout engine on the base needs). A collective under
+    FSDP, like save_policy."""
+    model = unwrap(model)
+    state = full_state_dict(model)
+    if runtime.world.main:
+        model.save_pretrained(out_dir, state_dict=state)
+
+
 def _mark_dtype(config_file: Path, dtype: torch.dtype) -> None:
     # save_pretrained writes the dtype the model was loaded in; the file holds `dtype`.
     config = json.loads(config_file.read_text())

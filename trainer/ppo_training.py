@@ -22,11 +22,12 @@ import torch
 from transformers import AutoTokenizer
 
 from core.config import EngineConfig, PPOConfig, TrainConfig
-from trainer import ppo
+from trainer import lora, ppo
 from trainer.checkpoint import TrainState, load_training_state, resumable, save_checkpoint
 from trainer.data import pad_batch, pretraining_batch, prompt_ids
+from trainer.distributed import unwrap
 from trainer.lm import lm_loss, token_logprobs
-from trainer.models import save_policy
+from trainer.models import save_adapter, save_policy
 from trainer.optim import adamw, optimizer_step
 from trainer.ppo_models import PPOModels, load_ppo_models
 from trainer.rollout import Sampler, TransformersSampler, VLLMSampler
@@ -168,12 +169,34 @@ def _open_sampler(
 ) -> Sampler:
     if cfg.rollout_engine != "vllm":
         return TransformersSampler(models.policy, tok.pad_token_id, tok.eos_token_id, runtime.autocast)
-    save_policy(models.policy_train, tok, weights_dir, runtime, base)
-    runtime.world.barrier()  # rank 0 wrote the weights every rank's engine starts on
     if sampler is None:
-        return VLLMSampler(weights_dir, engine, cfg.rollout_gpu_memory)
-    sampler.update(weights_dir)
+        if _adapter_rollouts(models, cfg):  # the engine holds the base; the adapter comes below
+            sampler = VLLMSampler(base, engine, cfg.rollout_gpu_memory, lora_rank=runtime.lora.r)
+        else:
+            save_policy(models.policy_train, tok, weights_dir, runtime, base)
+            runtime.world.barrier()  # rank 0 wrote the weights every rank's engine starts on
+            return VLLMSampler(weights_dir, engine, cfg.rollout_gpu_memory)
+    _sync_rollouts(models, tok, cfg, sampler, weights_dir, runtime, base)
     return sampler
+
+
+def _adapter_rollouts(models: PPOModels, cfg: PPOConfig) -> bool:
+    return cfg.rollout_weights == "adapter" and lora.is_lora(unwrap(models.policy_train))
+
+
+def _sync_rollouts(
+    models: PPOModels, tok, cfg: PPOConfig, sampler, weights_dir: Path, runtime: Runtime, base: Path
+) -> None:
+    """Hand the rollout engine the policy as trained now: the adapter alone (LoRA), or the merged
+    weights through a checkpoint. Every rank's engine reads what rank 0 wrote."""
+    if _adapter_rollouts(models, cfg):
+        save_adapter(models.policy_train, weights_dir / lora.ADAPTER_DIR, runtime)
+        runtime.world.barrier()
+        sampler.update_adapter(weights_dir / lora.ADAPTER_DIR)
+    else:
+        save_policy(models.policy_train, tok, weights_dir, runtime, base)
+        runtime.world.barrier()
+        sampler.update(weights_dir)
 
 
 def train_ppo(
@@ -248,6 +271,9 @@ def train_ppo(
                 runtime,
                 ptx_rng(cfg.seed, iteration, world.rank),
             )
+            t2 = time.monotonic()
+            if cfg.rollout_engine == "vllm":
+                _sync_rollouts(models, tok, cfg, sampler, weights_dir, runtime, base)
             samples += len(exp) * world.size
             tokens += int(exp.mask.sum()) * world.size
             elapsed = time.monotonic() - started
@@ -260,13 +286,15 @@ def train_ppo(
                 "samples_per_s": samples / elapsed,
                 "tokens_per_s": tokens / elapsed,
                 "rollout_s": t1 - t0,
-                "update_s": time.monotonic() - t1,
+                "update_s": t2 - t1,
+                "sync_s": time.monotonic() - t2,  # the trained weights into the rollout engine
                 "peak_memory_gib": runtime.peak_memory_gib(),
             }
             if world.main:
                 log.info(
                     "ppo: iter %d/%d reward %.3f kl %.3f beta %.4f pg %.4f vf %.4f ptx %.4f clip %.3f "
-                    "(%.1f samples/s, %.0f response tokens/s, rollout %.1fs, update %.1fs, peak memory %.2f GiB)",
+                    "(%.1f samples/s, %.0f response tokens/s, rollout %.1fs, update %.1fs, sync %.2fs, "
+                    "peak memory %.2f GiB)",
                     iteration + 1,
                     cfg.iterations,
                     metrics["reward"],
@@ -280,14 +308,11 @@ def train_ppo(
                     metrics["tokens_per_s"],
                     metrics["rollout_s"],
                     metrics["update_s"],
+                    metrics["sync_s"],
                     metrics["peak_memory_gib"],
                 )
             if kl_control is not None:
                 state.extra["beta"] = kl_control.update(metrics["kl"], len(exp) * world.size)
-            if cfg.rollout_engine == "vllm":
-                save_policy(models.policy_train, tok, weights_dir, runtime, base)
-                world.barrier()
-                sampler.update(weights_dir)
             state.step = iteration + 1
             if (cfg.save_every and state.step % cfg.save_every == 0) or state.step == cfg.iterations:
                 save_checkpoint(

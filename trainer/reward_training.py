@@ -44,9 +44,11 @@ def pairwise_accuracy(
     return right / max(total, 1)
 
 
-def micro_batches(batch: list[Ranking], max_sequences: int) -> list[list[Ranking]]:
+def micro_batches(batch: list[Ranking], max_sequences: int | None) -> list[list[Ranking]]:
     """The step's rankings in order, in parts of at most max_sequences responses (a ranking is never
-    split: its loss needs all K rewards; one longer than that is a part of its own)."""
+    split: its loss needs all K rewards; one longer than that is a part of its own); None: one part."""
+    if max_sequences is None:
+        return [batch]
     parts: list[list[Ranking]] = [[]]
     for r in batch:
         if parts[-1] and sum(len(x.responses) for x in parts[-1]) + len(r.responses) > max_sequences:

@@ -83,17 +83,28 @@ class TransformersSampler:
 
 
 class VLLMSampler:
-    """Samples with vLLM's offline engine; update() reloads weights in place (no restart).
+    """Samples with vLLM's offline engine; update() reloads weights in place (no restart), or, for
+    a LoRA policy, update_adapter() hands the engine the new adapter: the base stays loaded and
+    only the adapter (a few MB) moves, applied unmerged as the trainer applies it.
 
     On a GPU the engine shares the card with training: it takes `gpu_memory` of it, and sleeps
     (vLLM's sleep mode frees its KV cache and offloads its weights) between rollouts so the update
     has the memory; it wakes before the next rollout. Written for GPUs but not yet run on one (the
     GPU machine available for measurements cannot install vLLM); CPU engines have no sleep mode."""
 
-    def __init__(self, model_dir: Path, config: EngineConfig | None = None, gpu_memory: float = 0.3):
+    def __init__(
+        self,
+        model_dir: Path,
+        config: EngineConfig | None = None,
+        gpu_memory: float = 0.3,
+        lora_rank: int | None = None,
+    ):
         from vllm import LLM
 
         self.sleeps = torch.cuda.is_available()
+        self._lora = None  # what requests name, once update_adapter() gave an adapter
+        self.adapter_updates = 0
+        lora = {"enable_lora": True, "max_lora_rank": lora_rank, "max_loras": 1} if lora_rank else {}
         # A training process also holds the policy, reference, RM and value models: leave room.
         self.llm = LLM(
             **engine_kwargs(
@@ -102,6 +113,7 @@ class VLLMSampler:
                 gpu_memory_utilization=gpu_memory,
                 tensor_parallel_size=1,  # one engine per rank, on the rank's own GPU
                 **({"enable_sleep_mode": True} if self.sleeps else {}),
+                **lora,
             )
         )
         self.eos_id = self.llm.get_tokenizer().eos_token_id
@@ -119,7 +131,9 @@ class VLLMSampler:
             )
             for i in range(len(prompts))
         ]
-        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        outs = self.llm.generate(
+            [{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False, lora_request=self._lora
+        )
         if self.sleeps:  # give the training step the engine's memory
             self.llm.sleep(level=1)
             self.asleep = True
@@ -131,8 +145,24 @@ class VLLMSampler:
             self.asleep = False
 
     def update(self, model_dir: Path) -> None:
+        """Load a whole checkpoint's weights into the running engine."""
         self._wake()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(model_dir)})
+
+    def update_adapter(self, adapter_dir: Path) -> None:
+        """Load this adapter into the engine now (the folder may go once this returns) and sample
+        with it from the next call on; the previous one is dropped. A new id each time, so the
+        engine takes the new weights rather than the ones it cached."""
+        from vllm.lora.request import LoRARequest
+
+        self._wake()
+        previous = self._lora
+        self.adapter_updates += 1
+        n = self.adapter_updates
+        self._lora = LoRARequest(f"policy-{n}", n, str(adapter_dir))
+        self.llm.llm_engine.add_lora(self._lora)
+        if previous is not None:
+            self.llm.llm_engine.remove_lora(previous.lora_int_id)
 
     def close(self) -> None:
         # Stop the engine's processes now, not in an exit-time finalizer (which would log into

@@ -202,3 +202,39 @@ def test_a_worlds_collectives_run_on_its_runtimes_device():
     runtime = Runtime.resolve(TrainConfig(device="cpu"), World(rank=0, size=2))
     assert runtime.world.device == runtime.device
     assert World(size=2, device=torch.device("meta")).collective_tensor([1.0]).device.type == "meta"
+
+
+def test_lora_rollouts_move_only_the_adapter_and_sample_what_the_merge_does(
+    sft_model, lora_rm, lora_ppo, tmp_path
+):
+    """A vLLM engine on the base, handed the trained adapter (no merged checkpoint), gives the greedy
+    text of the merged checkpoint; LoRA PPO then syncs each iteration's adapter into that engine."""
+    from tests.trainer.test_vllm_rollout import hf_greedy
+    from trainer.rollout import VLLMSampler
+
+    tok = AutoTokenizer.from_pretrained(sft_model)
+    prompts = [prompt_ids(tok, q) for q in ["Describe a fox.", "Count to 4.", "Describe a cat."]]
+    merged = tmp_path / "merged"
+    shutil.copytree(lora_ppo[0], merged, ignore=shutil.ignore_patterns("adapter", "value", "training_state"))
+    sampler = VLLMSampler(sft_model, lora_rank=LORA.lora.r)
+    try:
+        sampler.update_adapter(lora_ppo[0] / ADAPTER_DIR)
+        assert sampler.generate(prompts, 16, 0.0, 0) == hf_greedy(merged, prompts)
+        cfg = PPOConfig(
+            iterations=2,
+            rollout_batch=8,
+            minibatch=4,
+            max_new_tokens=8,
+            ptx_coef=0.0,
+            save_every=0,
+            rollout_engine="vllm",
+            seed=4,
+        )
+        out = tmp_path / "ppo"
+        metrics = train_ppo(sft_model, lora_rm[0], TRAIN_PROMPTS, [], out, cfg, LORA, sampler=sampler)
+        assert metrics["iteration"] == 2 and metrics["sync_s"] > 0
+        assert sampler.adapter_updates == 1 + 1 + 2  # ours, the run's start, each iteration's end
+        # The engine now samples the trained policy: the published merge's greedy text.
+        assert sampler.generate(prompts, 16, 0.0, 0) == hf_greedy(out, prompts)
+    finally:
+        sampler.close()
