@@ -99,7 +99,8 @@ class EngineStats:
 
 
 class EngineMetrics(Collector):
-    """A Prometheus collector over the live engines: (version, role, stats) from `engines()`."""
+    """A Prometheus collector over the live engines, given (version, role, stats) of each by
+    `engines` (PolicyEngine.engine_stats)."""
 
     def __init__(self, engines: Callable[[], list[tuple[str, str, EngineStats]]]):
         self._engines = engines

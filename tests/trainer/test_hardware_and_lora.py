@@ -209,7 +209,7 @@ def test_lora_rollouts_move_only_the_adapter_and_sample_what_the_merge_does(
 ):
     """A vLLM engine on the base, handed the trained adapter (no merged checkpoint), gives the greedy
     text of the merged checkpoint; LoRA PPO then syncs each iteration's adapter into that engine."""
-    from tests.trainer.test_vllm_rollout import hf_greedy
+    from tests.trainer.test_vllm_rollout import TWO_VLLM_ITERATIONS, hf_greedy
     from trainer.rollout import VLLMSampler
 
     tok = AutoTokenizer.from_pretrained(sft_model)
@@ -220,16 +220,7 @@ def test_lora_rollouts_move_only_the_adapter_and_sample_what_the_merge_does(
     try:
         sampler.update_adapter(lora_ppo[0] / ADAPTER_DIR)
         assert sampler.generate(prompts, 16, 0.0, 0) == hf_greedy(merged, prompts)
-        cfg = PPOConfig(
-            iterations=2,
-            rollout_batch=8,
-            minibatch=4,
-            max_new_tokens=8,
-            ptx_coef=0.0,
-            save_every=0,
-            rollout_engine="vllm",
-            seed=4,
-        )
+        cfg = TWO_VLLM_ITERATIONS.model_copy(update={"seed": 4})
         out = tmp_path / "ppo"
         metrics = train_ppo(sft_model, lora_rm[0], TRAIN_PROMPTS, [], out, cfg, LORA, sampler=sampler)
         assert metrics["iteration"] == 2 and metrics["sync_s"] > 0

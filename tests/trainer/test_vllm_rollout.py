@@ -14,6 +14,16 @@ from trainer.reward_model import RewardModel
 from trainer.rollout import TransformersSampler, VLLMSampler
 
 QUESTIONS = ["Describe a fox.", "What is 2 plus 3?", "Count to 4."]
+# Two short PPO iterations sampling on a caller's vLLM engine (tests/trainer/test_hardware_and_lora.py too).
+TWO_VLLM_ITERATIONS = PPOConfig(
+    iterations=2,
+    rollout_batch=8,
+    minibatch=4,
+    max_new_tokens=8,
+    ptx_coef=0.0,
+    save_every=0,
+    rollout_engine="vllm",
+)
 
 
 def hf_greedy(path, prompts):
@@ -43,22 +53,13 @@ def test_vllm_rollouts_follow_pushed_weights(tiny_model_dir, tmp_path):
 
         # Two PPO iterations sampling on this engine; afterwards it serves the trained policy.
         RewardModel.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "rm")
-        cfg = PPOConfig(
-            iterations=2,
-            rollout_batch=8,
-            minibatch=4,
-            max_new_tokens=8,
-            ptx_coef=0.0,
-            save_every=0,
-            rollout_engine="vllm",
-        )
         metrics = train_ppo(
             tiny_model_dir,
             tmp_path / "rm",
             task.prompts(16, seed=1),
             [],
             tmp_path / "ppo",
-            cfg,
+            TWO_VLLM_ITERATIONS,
             sampler=sampler,
         )
         assert metrics["iteration"] == 2 and metrics["samples_per_s"] > 0
