@@ -35,9 +35,10 @@ def unread_stream(url: str, key: str, body: dict) -> socket.socket:
 
 
 def decided(gw, version: str, timeout_s: float = 900) -> dict:
-    """Wait for the registry's decision on a proposed version."""
+    """Wait until a proposed version is settled: its decision recorded and its proposal withdrawn (the
+    controller writes the one, then the other)."""
     deadline = time.monotonic() + timeout_s
-    while (decision := gw.registry.decision(version)) is None:
+    while (decision := gw.registry.decision(version)) is None or gw.registry.candidate() == version:
         assert time.monotonic() < deadline, httpx.get(
             f"{gw.url}/admin/promotion", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
         ).json()

@@ -73,7 +73,7 @@ def test_client_hangup_cancels_generation(gateway):
     for _ in range(3):
         before = scrape(gateway)
         unread_stream(gateway.url, USER_KEY, body).close()  # the head, then hang up mid-stream
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a loaded machine can take tens of seconds to get there
         while time.monotonic() < deadline:
             after = scrape(gateway)
             cancelled = value(after, "alignloop_requests_cancelled_total", route="completions") - value(
@@ -113,7 +113,7 @@ def test_a_hang_up_during_a_non_streamed_request_aborts_its_generation(gateway):
                 deadline = time.monotonic() + 10
                 while not engine_requests() and time.monotonic() < deadline:
                     time.sleep(0.01)  # hang up once the engine works on it (or it was too quick to see)
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 120  # a loaded machine can take tens of seconds to get there
             while engine_requests():
                 assert time.monotonic() < deadline, "the engine kept working on a request nobody waits for"
                 time.sleep(0.1)
