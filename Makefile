@@ -1,7 +1,7 @@
 # The two commands of the README. Both install what they need first (deploy/install.sh).
 ACCEL ?= cpu
 
-.PHONY: install lock check run serve test bench-serving bench-feedback bench-training bench-swap
+.PHONY: install lock check run serve test bench-serving bench-feedback bench-training bench-swap bench-learning
 
 install:
 	ALIGNLOOP_ACCEL=$(ACCEL) bash deploy/install.sh
@@ -35,6 +35,9 @@ bench-feedback: install
 
 bench-training: install
 	.venv/bin/python -m benchmarks.training --trl
+
+bench-learning: install
+	.venv/bin/python -m benchmarks.learning
 
 bench-swap: install
 	.venv/bin/python -m benchmarks.swap

@@ -98,6 +98,25 @@ def _cmd_demo(settings: Settings, args) -> None:
     sys.exit(demo.run(settings, common, args.rounds, args.users, args.minutes))
 
 
+def _cmd_experiment(settings: Settings, args) -> None:
+    from alignloop import demo, experiment
+
+    # The demo's training settings by default, so that the runner measures what `make run` does;
+    # --set overrides them.
+    settings = load_settings(
+        args.config, [*demo.DEMO_SETTINGS, *args.overrides, f"state_dir={settings.state_dir}"]
+    )
+    plan = experiment.Plan(
+        seeds=args.seeds,
+        rounds=args.rounds,
+        rankings_per_prompt=args.rankings_per_prompt,
+        k=args.k,
+        out=args.out or settings.state_dir / "experiment",
+    )
+    page, _ = experiment.run(settings, plan)
+    print(page.read_text())
+
+
 def _cmd_report(settings: Settings, args) -> None:
     from alignloop import report
 
@@ -165,11 +184,28 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="the whole loop on embedded defaults: gateway, trainer, simulated users",
     )
-    p.add_argument("--rounds", type=int, default=2, help="stop after this many promoted versions")
+    p.add_argument("--rounds", type=int, default=3, help="stop after this many promoted versions")
     p.add_argument("--minutes", type=float, default=30.0, help="... or after this long")
     p.add_argument("--users", type=int, default=4)
     p.add_argument("--port", type=int)
     p.set_defaults(run=_cmd_demo)
+
+    p = sub.add_parser(
+        "experiment",
+        parents=[common],
+        help="the trainer's rounds on simulated raters (no gateway, no broker): a learning curve per seed",
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--rankings-per-prompt",
+        type=int,
+        default=6,
+        help="per round and users' prompt (7 prompts: 42 rankings)",
+    )
+    p.add_argument("--k", type=int, default=4, help="candidates per ranking")
+    p.add_argument("--out", type=Path, help="where the table and plot go (default: <state_dir>/experiment)")
+    p.set_defaults(run=_cmd_experiment)
 
     p = sub.add_parser(
         "trainer",

@@ -13,7 +13,6 @@ goes to <state_dir>/logs/.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -30,32 +29,28 @@ from alignloop.bootstrap import ensure_base_policy
 from core.config import Settings
 from core.processes import free_port, stop_group
 from gateway.auth import load_or_create_keys
-from promotion.sequential import wilson
 from registry.store import PolicyRegistry
-from synthetic.corpus import ANIMALS
-from synthetic.users import Population, win_rate
+from synthetic.judge import TRAIN_PROMPTS, HiddenRuleJudge
+from synthetic.users import Population
 
 # Small rounds so that a 2-core machine shows several of them within minutes. The tiny model's
 # answers move far from SFT's (always one colour is ~10-20 nats per answer), hence the KL budget.
-# PPO's iterations are the cheap part of a round here (~15 s each, the RM's 60 steps ~160 s), and
-# the policy's reward was still climbing after 6 of them: 12.
+# PPO's iterations: 30, the best of 12/20/30/40 in `alignloop experiment`'s ablation (docs/learning.md).
 DEMO_SETTINGS = [
     "train.loop.min_new_comparisons=40",
     "train.loop.max_interval_s=3600",
     "train.loop.rm_max_steps=60",
     "train.loop.kl_budget=25",
     "train.rm.learning_rate=0.001",
-    "train.ppo.iterations=12",
+    "train.ppo.iterations=30",
     "train.ppo.rollout_batch=12",
     "train.ppo.minibatch=6",
     "train.ppo.max_new_tokens=24",
     "train.ppo.learning_rate=0.0002",
     "train.ppo.save_every=0",
     "train.ppo.rollout_engine=transformers",
+    "train.cpu_threads=1",  # the trainer shares the cores with the gateway's CPU vLLM engine
 ]
-TRAIN_PROMPTS = [f"Describe a {a}." for a in ANIMALS[:7]]
-HELDOUT_PROMPTS = [f"Describe a {a}." for a in ANIMALS[7:]]
-_REPORT_SAMPLES = 64  # answers per held-out prompt in the final win rate (3 prompts: 192 pairs)
 
 
 def say(message: str) -> None:
@@ -175,22 +170,9 @@ def _wait_ready(gateway: subprocess.Popen, url: str, log: Path) -> bool:
 
 
 def _hidden_rule_judge(registry: PolicyRegistry, base: str):
-    """A version's win rate against `base` by the simulated users' hidden rule, on prompts no user
-    asked, with its 95% interval (the report's judge)."""
-    from trainer.evaluate import sampled_responses
-
-    pairs = _REPORT_SAMPLES * len(HELDOUT_PROMPTS)
-    base_answers = sampled_responses(registry.path(base), HELDOUT_PROMPTS, per_prompt=_REPORT_SAMPLES)
-
-    @functools.cache
-    def judge(version: str) -> dict:
-        rate = win_rate(
-            sampled_responses(registry.path(version), HELDOUT_PROMPTS, per_prompt=_REPORT_SAMPLES),
-            base_answers,
-        )
-        return {"rate": rate, "interval_95": wilson(rate * pairs, pairs), "pairs": pairs}
-
-    return judge
+    """A version's win rate against `base` by the simulated users' hidden rule (the report's judge)."""
+    judge = HiddenRuleJudge(registry.path(base))
+    return lambda version: judge(registry.path(version))
 
 
 def _report(

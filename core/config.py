@@ -369,6 +369,10 @@ class TrainConfig(_Section):
     gradient_checkpointing: bool | None = None
     length_bucketing: bool = True  # batch items of similar length together: less padding
     sharding: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: a full copy per rank, or FSDP2 shards
+    # torch's threads when computing on the CPU (None: torch's default, one per core). Beside a CPU
+    # vLLM engine on the same cores, set 1: both sides' OpenMP threads spin waiting for cores the
+    # other holds, and every step slows by far more than the cores' fair share.
+    cpu_threads: int | None = Field(default=None, ge=1)
     lora: LoRAConfig = LoRAConfig()
     sft: SFTConfig = SFTConfig()
     rm: RMConfig = RMConfig()

@@ -1,8 +1,10 @@
 """A synthetic preference task with a hidden rule, for the learning tests and benchmarks.
 
 The prompts are the tiny model's own ("Describe a fox."); responses vary the colour and the place.
-The hidden rule that decides which response is better: blue things are best, then green, and
-among equals the shorter answer wins. The trainer never sees the rule, only rankings it produced.
+The hidden rule that decides which response is better: blue things are best, then green, then any
+other colour; an answer that names no colour does not describe the thing asked about and is worst
+(a person asked for a description, not for "."); among equals the shorter answer wins. The
+trainer never sees the rule, only rankings it produced.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import random
 from synthetic.corpus import ANIMALS, COLORS, PLACES
 from trainer.data import Ranking
 
-COLOR_VALUE = {"blue": 2.0, "green": 1.0}
+COLOR_VALUE = dict.fromkeys(COLORS, 0.0) | {"blue": 2.0, "green": 1.0}
+NO_COLOR = -1.0
 
 
 def hidden_score(response: str) -> float:
     """The rule behind every synthetic ranking (and the simulated users' taste)."""
     words = response.lower().replace(".", " ").replace(",", " ").split()
-    return max((COLOR_VALUE.get(w, 0.0) for w in words), default=0.0) - len(response) / 1000.0
+    return max((COLOR_VALUE[w] for w in words if w in COLOR_VALUE), default=NO_COLOR) - len(response) / 1000.0
 
 
 def prompts(n: int, seed: int) -> list[str]:

@@ -1,7 +1,7 @@
 """A simulated user population: clients that ask for K candidates and rank them by a hidden taste.
 
 They talk to the gateway over HTTP like any client (completions, then the feedback API); their
-rule (trainer/synthetic.py: hidden_score, blue things first) is never given to the trainer, which
+rule (synthetic/task.py: hidden_score, blue things first) is never given to the trainer, which
 sees only the rankings.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from synthetic.task import hidden_score, rank
+from synthetic.task import rank
 
 log = logging.getLogger(__name__)
 
@@ -142,12 +142,3 @@ class Population:
         for t in self._threads:
             t.join(timeout=120)
         return self.tally
-
-
-def win_rate(answers_a: list[str], answers_b: list[str]) -> float:
-    """How often the hidden rule prefers a's answer over b's (ties count half)."""
-    wins = sum(
-        1.0 if hidden_score(a) > hidden_score(b) else 0.5 if hidden_score(a) == hidden_score(b) else 0.0
-        for a, b in zip(answers_a, answers_b)
-    )
-    return wins / len(answers_a)

@@ -14,28 +14,11 @@ import time
 import httpx
 import pytest
 
+from alignloop.demo import DEMO_SETTINGS
 from deploy.prometheus.server import PrometheusServer
-from synthetic.corpus import ANIMALS
-from synthetic.users import Population, win_rate
+from synthetic.judge import TRAIN_PROMPTS, HiddenRuleJudge
+from synthetic.users import Population
 from tests.conftest import ADMIN_KEY, PEOPLE_KEYS, REPO, free_port, make_gateway
-from trainer.evaluate import sampled_responses
-
-TRAIN_PROMPTS = [f"Describe a {a}." for a in ANIMALS[:7]]
-HELDOUT_PROMPTS = [f"Describe a {a}." for a in ANIMALS[7:]]
-LOOP_SETTINGS = [
-    "train.loop.min_new_comparisons=40",
-    "train.loop.max_interval_s=3600",
-    "train.loop.rm_max_steps=60",
-    "train.loop.kl_budget=25",
-    "train.rm.learning_rate=0.001",
-    "train.ppo.iterations=6",
-    "train.ppo.rollout_batch=12",
-    "train.ppo.minibatch=6",
-    "train.ppo.max_new_tokens=24",
-    "train.ppo.learning_rate=0.0002",
-    "train.ppo.rollout_engine=transformers",
-    "train.ppo.save_every=0",
-]
 
 
 @pytest.fixture
@@ -131,7 +114,7 @@ def test_the_loop_improves_the_served_policy(loop_gateway, gateway, tmp_path):
         [f"127.0.0.1:{metrics_port}"],
         scrape_s=1,
     ).start()
-    sets = [*LOOP_SETTINGS, f"train.loop.metrics_port={metrics_port}"]
+    sets = [*DEMO_SETTINGS, f"train.loop.metrics_port={metrics_port}"]
     args = [a for s in sets for a in ("--set", s)]
     with open(tmp_path / "trainer.log", "wb") as log:  # the child process keeps its own descriptor
         trainer = subprocess.Popen(
@@ -200,10 +183,7 @@ def test_the_loop_improves_the_served_policy(loop_gateway, gateway, tmp_path):
         assert seen and all(len(v) == 1 for v in seen.values()), (decision["decision"], seen)
 
     # 3 held-out prompts x 64 sampled answers per policy: 192 pairs (standard error under 0.04).
-    rate = win_rate(
-        sampled_responses(gw.registry.path(final), HELDOUT_PROMPTS, per_prompt=64),
-        sampled_responses(gw.registry.path("v0001"), HELDOUT_PROMPTS, per_prompt=64),
-    )
+    rate = HiddenRuleJudge(gw.registry.path("v0001"))(gw.registry.path(final))["rate"]
     print(
         f"\nversions served: {dict(tally.versions)} (+{tally.mixed} mixed); promoted by people {promoted}; "
         f"decisions {_gate_decisions(gw.registry)}; "

@@ -59,15 +59,17 @@ def sampled_responses(
     per_prompt: int = 16,
     max_new_tokens: int = 24,
     runtime: Runtime | None = None,
+    seed: int = 1000,
 ) -> list[str]:
-    """per_prompt answers sampled at temperature 1 from the checkpoint at path, for each prompt."""
+    """per_prompt answers sampled at temperature 1 from the checkpoint at path, for each prompt
+    (the same ones for the same seed: policies are compared on equal draws)."""
     tok = AutoTokenizer.from_pretrained(path)
     sampler = TransformersSampler(
         load_causal_lm(path, runtime, frozen=True), tok.pad_token_id, tok.eos_token_id
     )
     out = []
     for i, p in enumerate(prompts):
-        ids = sampler.generate([prompt_ids(tok, p)] * per_prompt, max_new_tokens, 1.0, seed=1000 + i)
+        ids = sampler.generate([prompt_ids(tok, p)] * per_prompt, max_new_tokens, 1.0, seed=seed + i)
         out += [tok.decode(x, skip_special_tokens=True) for x in ids]
     return out
 

@@ -44,6 +44,8 @@ class Runtime:
         precision = (
             cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
         )
+        if cfg.cpu_threads is not None and device.type == "cpu":
+            torch.set_num_threads(cfg.cpu_threads)
         return cls(
             device,
             precision,

@@ -10,7 +10,6 @@ round: RM (warm start from the last) on all comparisons -> PPO-ptx from the serv
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -20,12 +19,10 @@ from core.config import Settings
 from core.failpoints import failpoint
 from feedback.source import open_source
 from registry.store import PolicyRegistry
-from trainer.data import held_out, read_texts, stable_subset
+from trainer.data import held_out, read_texts
 from trainer.dataset_store import DatasetStore
-from trainer.gate import evaluate
 from trainer.lora import ADAPTER_DIR
-from trainer.ppo_training import train_ppo
-from trainer.reward_training import train_rm
+from trainer.round import RoundInputs, split_for_judging, train_candidate
 from trainer.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -194,7 +191,7 @@ class TrainerService:
         counts = self.store.counts()
         joined, seq = self.store.joined_count(), self.store.last_seq()
         ranked = self.store.ranked()
-        rankings, judge_set = self._split_for_judging(ranked)
+        rankings, judge_set = split_for_judging(ranked, self.cfg)
         prompts = self.store.prompts()
         if not rankings:
             log.info("round %d: no trainable rankings yet; waiting", number)
@@ -203,67 +200,38 @@ class TrainerService:
         published = self._published(number)
         if published is not None:
             return self._finish_published_round(number, published, started, joined, seq)
-        train_prompts = [p for p in prompts if not held_out(p, self.cfg.eval_fraction)] or prompts
-        # Bounded: the gate's time must not grow with all the traffic ever collected.
-        eval_prompts = stable_subset(
-            [p for p in prompts if held_out(p, self.cfg.eval_fraction)] or prompts, self.cfg.gate_max_prompts
-        )
         serving = self.registry.current()
         sft = self.registry.path(self.cfg.sft_version)
         round_dir = self.settings.paths.round_dir(number)
         log.info(
-            "round %d: %d rankings, %d prompts (%d held out); serving %s",
+            "round %d: %d rankings (%d judge the reward model), %d prompts; serving %s",
             number,
             len(rankings),
+            len(judge_set),
             len(prompts),
-            len(eval_prompts),
             serving,
         )
-
         rm_init = Path(last["rm_dir"]) if last and last["rm_dir"] and Path(last["rm_dir"]).exists() else sft
-        rm_metrics = train_rm(
-            rm_init,
-            rankings,
-            round_dir / "rm",
-            self.settings.train.rm,
-            self.runtime,
-            max_steps=self.cfg.rm_max_steps,
-        )
-        self.metrics.rm_accuracy.set(rm_metrics["heldout_accuracy"])
         init, adapter = self._policy_start(serving, sft)
-        ppo_metrics = train_ppo(
-            sft,
-            round_dir / "rm",
-            train_prompts,
-            self.pretraining,
-            round_dir / "policy",
-            self.settings.train.ppo,
-            self.runtime,
-            engine=self.settings.engine,
-            init=init,
-            init_adapter=adapter,
-        )
-        gate = evaluate(
-            round_dir / "policy",
-            self.registry.path(serving),
-            sft,
-            round_dir / "rm",
-            eval_prompts,
-            self.gate_pretraining,
-            margin=self.cfg.gate_margin,
-            kl_budget=self.cfg.kl_budget,
-            ptx_regression=self.cfg.ptx_regression,
-            max_new_tokens=self.settings.train.ppo.max_new_tokens,
-            runtime=self.runtime,
-            batch=self.cfg.eval_batch,
-            judge_set=judge_set,
-            samples_per_prompt=max(
-                self.cfg.gate_samples_per_prompt,
-                math.ceil(self.cfg.gate_min_answers / max(1, len(eval_prompts))),
+        trained = train_candidate(
+            RoundInputs(
+                rankings,
+                judge_set,
+                prompts,
+                sft=sft,
+                serving=self.registry.path(serving),
+                rm_init=rm_init,
+                policy_init=init,
+                policy_adapter=adapter,
             ),
-            confidence_z=self.cfg.gate_confidence_z,
-            min_judge_accuracy=self.cfg.min_judge_accuracy,
+            round_dir,
+            self.settings,
+            self.runtime,
+            self.pretraining,
+            self.gate_pretraining,
         )
+        rm_metrics, ppo_metrics, gate = trained.rm, trained.ppo, trained.gate
+        self.metrics.rm_accuracy.set(rm_metrics["heldout_accuracy"])
         # Passing the offline gate promotes at once (promotion.mode = direct) or proposes the
         # candidate to the gateway's canary, where people's comparisons decide (canary).
         decision = (
@@ -306,20 +274,6 @@ class TrainerService:
             extra=lineage,
         )
         return self._finish_published_round(number, version, started, joined, seq)
-
-    def _split_for_judging(self, ranked: list) -> tuple[list, list]:
-        """(rankings to train the RM on, rankings that judge it): the held-out prompts' and, once
-        there are enough raters, the held-out raters' rankings judge; the RM never trains on them."""
-        raters = {r.rater for r in ranked}
-        by_user = len(raters) >= self.cfg.min_raters_to_hold_out
-        judge = [
-            held_out(r.ranking.prompt, self.cfg.eval_fraction)
-            or (by_user and held_out("rater:" + r.rater, self.cfg.eval_user_fraction))
-            for r in ranked
-        ]
-        return [r.ranking for r, j in zip(ranked, judge) if not j], [
-            r.ranking for r, j in zip(ranked, judge) if j
-        ]
 
     def _policy_start(self, serving: str, sft: Path) -> tuple[Path | None, Path | None]:
         """Where PPO starts: (checkpoint, adapter). With LoRA, a serving version that this trainer made

@@ -1,0 +1,49 @@
+"""`alignloop experiment`: the trainer's own rounds on simulated raters, from the command line, with
+the table, the per-round records and the learning curve it promises."""
+
+import json
+
+from PIL import Image
+
+from alignloop.cli import main
+from synthetic.corpus import pretraining_texts
+from synthetic.judge import TRAIN_PROMPTS
+from trainer.data import write_jsonl
+
+
+def test_the_experiment_runs_rounds_and_draws_a_learning_curve(tmp_path, tiny_model_dir):
+    pretraining = tmp_path / "pretraining.jsonl"
+    write_jsonl(pretraining, ({"text": t} for t in pretraining_texts(200, seed=5)))
+    out = tmp_path / "out"
+    small = [
+        f"base_model={tiny_model_dir}",
+        f"train.loop.pretraining_data={pretraining}",
+        "train.ppo.iterations=2",
+        "train.loop.rm_max_steps=5",
+    ]
+    args = ["experiment", "--state-dir", str(tmp_path / "state"), "--seeds", "3", "--rounds", "2"]
+    args += ["--rankings-per-prompt", "2", "--out", str(out), *[a for s in small for a in ("--set", s)]]
+    assert main(args) == 0
+
+    rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [(r["seed"], r["round"]) for r in rows] == [(3, 1), (3, 2)]
+    # Rankings accumulate across rounds; a set of K answers the rule finds all equal is not one.
+    assert 0 < rows[0]["rankings"] < rows[1]["rankings"] <= 2 * 2 * len(TRAIN_PROMPTS)
+    promoted_yet = False
+    for r in rows:
+        assert 0.0 <= r["rm_accuracy"] <= 1.0 and r["kl_from_sft"] == r["kl_from_sft"]  # not NaN
+        assert r["gate"] == "passed" or not r["promoted"]
+        promoted_yet |= r["promoted"]
+        if r["promoted"]:
+            assert r["serving_win"] == r["candidate_win"]
+        elif not promoted_yet:
+            assert r["serving_win"] == 0.5  # still SFT: no change by definition
+        assert 0.0 <= r["best_of_k_win"] <= 1.0 and r["serving_answer_chars"] > 0
+        low, high = r["serving_interval_95"]
+        assert low <= r["serving_win"] <= high
+        assert (out / "seed3" / f"round{r['round']:02d}" / "policy" / "model.safetensors").exists()
+
+    page = (out / "experiment.md").read_text()
+    assert page.count("\n| 3 | ") == 2 and "win rate vs SFT" in page
+    with Image.open(out / "learning_curve.png") as png:
+        assert png.size[0] > 300
