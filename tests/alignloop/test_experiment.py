@@ -3,6 +3,7 @@ the table, the per-round records and the learning curve it promises."""
 
 import json
 
+import torch
 from PIL import Image
 
 from alignloop.cli import main
@@ -20,10 +21,15 @@ def test_the_experiment_runs_rounds_and_draws_a_learning_curve(tmp_path, tiny_mo
         f"train.loop.pretraining_data={pretraining}",
         "train.ppo.iterations=2",
         "train.loop.rm_max_steps=5",
+        # The demo's settings set torch's threads to 1, and in this process that would hold for every
+        # later test of the session (torch's thread count is process-wide): keep torch's default.
+        "train.cpu_threads=null",
     ]
     args = ["experiment", "--state-dir", str(tmp_path / "state"), "--seeds", "3", "--rounds", "2"]
     args += ["--rankings-per-prompt", "2", "--out", str(out), *[a for s in small for a in ("--set", s)]]
+    threads = torch.get_num_threads()
     assert main(args) == 0
+    assert torch.get_num_threads() == threads
 
     rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert [(r["seed"], r["round"]) for r in rows] == [(3, 1), (3, 2)]

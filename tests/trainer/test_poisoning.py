@@ -8,6 +8,7 @@ from synthetic import task
 from trainer.dataset_store import DatasetStore
 from trainer.gate import evaluate
 from trainer.reward_model import RewardModel
+from trainer.round import split_for_judging
 from trainer.service import TrainerService
 
 
@@ -104,7 +105,7 @@ def test_the_gates_judge_is_held_out_by_user_and_prompt(tmp_path, tiny_model_dir
                 )
         service.store.store(delivered(events))
         ranked_by = service.store.ranked()
-        train, judge = service._split_for_judging(ranked_by)
+        train, judge = split_for_judging(ranked_by, settings.train.loop)
         assert train and judge and len(train) + len(judge) == len(ranked_by)
         judged = {id(r) for r in judge}
         judge_raters = {r.rater for r in ranked_by if id(r.ranking) in judged}
