@@ -35,9 +35,8 @@ from trainer.dataset_store import RankedBy
 from trainer.evaluate import sampled_responses, score
 from trainer.lora import ADAPTER_DIR
 from trainer.reward_model import RewardModel
-from trainer.round import RoundInputs, split_for_judging, train_candidate
+from trainer.round import RoundInputs, load_pretraining, split_for_judging, train_candidate
 from trainer.runtime import Runtime
-from trainer.service import load_pretraining
 
 log = logging.getLogger("alignloop.experiment")
 
@@ -93,16 +92,32 @@ def _collect(policy: Path, plan: Plan, seed: int, number: int) -> list[RankedBy]
     return out
 
 
-def best_of_k(sft: Path, rm: Path, judge: HiddenRuleJudge, k: int, runtime: Runtime) -> dict:
+@dataclass
+class Shared:
+    """What every seed starts from and is judged by: sampled, loaded and read once per experiment."""
+
+    sft: Path
+    judge: HiddenRuleJudge  # the hidden rule's verdicts against SFT, on prompts no user asks
+    pretraining: tuple[list[str], list[str]]  # PPO-ptx's texts, the gate's held-out texts
+    sft_pool: list[str]  # K answers of SFT per judged answer, for the best-of-K baseline
+
+
+def shared(settings: Settings, k: int) -> Shared:
+    """SFT, its judge, the pretraining text and SFT's best-of-K answer pool."""
+    sft = PolicyRegistry(settings.paths.registry).path(settings.train.loop.sft_version)
+    judge = HiddenRuleJudge(sft)
+    pool = sampled_responses(sft, judge.prompts, per_prompt=judge.per_prompt * k, seed=7_000)
+    return Shared(sft, judge, load_pretraining(settings), pool)
+
+
+def best_of_k(common: Shared, rm: Path, k: int, runtime: Runtime) -> dict:
     """The judge's verdict on SFT answers picked best of k by the reward model: what the RM is worth
     without any policy training (PPO has to beat it)."""
-    answers = sampled_responses(
-        sft, judge.prompts, per_prompt=judge.per_prompt * k, seed=7_000, runtime=runtime
-    )
+    answers, judge = common.sft_pool, common.judge
     prompts = [p for p in judge.prompts for _ in range(judge.per_prompt * k)]
     rewards = score(
         RewardModel.from_pretrained(rm, runtime, frozen=True),
-        AutoTokenizer.from_pretrained(sft),
+        AutoTokenizer.from_pretrained(common.sft),
         prompts,
         answers,
         runtime=runtime,
@@ -113,7 +128,7 @@ def best_of_k(sft: Path, rm: Path, judge: HiddenRuleJudge, k: int, runtime: Runt
     return judge.answers(picked)
 
 
-def run_seed(settings: Settings, plan: Plan, seed: int, sft: Path, judge: HiddenRuleJudge) -> list[RoundRow]:
+def run_seed(settings: Settings, plan: Plan, seed: int, common: Shared) -> list[RoundRow]:
     """Every round of one seed; its checkpoints go under plan.out/seed<seed>."""
     settings = settings.model_copy(
         update={
@@ -126,7 +141,7 @@ def run_seed(settings: Settings, plan: Plan, seed: int, sft: Path, judge: Hidden
         }
     )
     runtime = Runtime.resolve(settings.train)
-    pretraining, gate_pretraining = load_pretraining(settings)
+    sft, judge = common.sft, common.judge
     serving, serving_adapter, rm_init = sft, None, sft
     ranked: list[RankedBy] = []
     rows: list[RoundRow] = []
@@ -149,8 +164,7 @@ def run_seed(settings: Settings, plan: Plan, seed: int, sft: Path, judge: Hidden
             round_dir,
             settings,
             runtime,
-            pretraining,
-            gate_pretraining,
+            *common.pretraining,
         )
         rm_init, candidate = round_dir / "rm", round_dir / "policy"
         promoted = False
@@ -175,7 +189,7 @@ def run_seed(settings: Settings, plan: Plan, seed: int, sft: Path, judge: Hidden
             serving_win=served["rate"],
             serving_interval_95=tuple(served["interval_95"]),
             serving_answer_chars=served["answer_chars"],
-            best_of_k_win=best_of_k(sft, rm_init, judge, plan.k, runtime)["rate"],
+            best_of_k_win=best_of_k(common, rm_init, plan.k, runtime)["rate"],
             seconds=time.time() - started,
         )
         rows.append(row)
@@ -250,7 +264,6 @@ def run(settings: Settings, plan: Plan) -> tuple[Path, list[RoundRow]]:
     return the page and the rows."""
     plan.out.mkdir(parents=True, exist_ok=True)
     base = ensure_base_policy(settings)
-    sft = PolicyRegistry(settings.paths.registry).path(settings.train.loop.sft_version)
     log.info(
         "experiment: %d seeds x %d rounds, %d rankings of %d per round, from %s (%s); results in %s",
         len(plan.seeds),
@@ -261,12 +274,12 @@ def run(settings: Settings, plan: Plan) -> tuple[Path, list[RoundRow]]:
         base,
         plan.out,
     )
-    judge = HiddenRuleJudge(sft)
+    common = shared(settings, plan.k)
     rows: list[RoundRow] = []
     started = time.time()
     with open(plan.out / "rounds.jsonl", "w") as f:
         for seed in plan.seeds:
-            for row in run_seed(settings, plan, seed, sft, judge):
+            for row in run_seed(settings, plan, seed, common):
                 rows.append(row)
                 f.write(json.dumps(asdict(row)) + "\n")
                 f.flush()
@@ -280,7 +293,7 @@ def run(settings: Settings, plan: Plan) -> tuple[Path, list[RoundRow]]:
     page = plan.out / "experiment.md"
     page.write_text(
         f"# Experiment: {len(plan.seeds)} seeds x {plan.rounds} rounds\n\n{summary} SFT's answers: "
-        f"{judge.base['answer_chars']:.0f} characters on average.\n\n{_table(rows)}\n\n"
+        f"{common.judge.base['answer_chars']:.0f} characters on average.\n\n{_table(rows)}\n\n"
         "![learning curve](learning_curve.png)\n"
     )
     log.info("experiment: %s Table: %s", summary, page)

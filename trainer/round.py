@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import LoopConfig, Settings
-from trainer.data import Ranking, held_out, stable_subset
+from trainer.data import Ranking, held_out, read_texts, stable_subset
 from trainer.dataset_store import RankedBy
 from trainer.gate import GateResult, evaluate
 from trainer.ppo_training import train_ppo
@@ -40,6 +40,25 @@ class RoundOutputs:
     rm: dict[str, float]
     ppo: dict[str, float]
     gate: GateResult
+
+
+_GATE_PTX_TEXTS = 64  # held-out pretraining texts the gate measures the alignment tax on
+
+
+def load_pretraining(settings: Settings) -> tuple[list[str], list[str]]:
+    """(texts to train on, held-out texts for the gate) from train.loop.pretraining_data."""
+    path = settings.train.loop.pretraining_data or settings.paths.pretraining_data
+    if not path.exists():
+        if settings.train.ppo.ptx_coef:
+            raise RuntimeError(
+                f"PPO-ptx needs pretraining text and there is none at {path}: write JSON lines of "
+                '{"text": ...} there, point train.loop.pretraining_data at such a file, or set '
+                "train.ppo.ptx_coef=0 for plain PPO"
+            )
+        return [], []
+    texts = list(dict.fromkeys(read_texts(path)))  # distinct, in file order
+    train = [t for t in texts if not held_out(t, 0.05)]
+    return train, [t for t in texts if held_out(t, 0.05)][:_GATE_PTX_TEXTS]
 
 
 def split_for_judging(ranked: list[RankedBy], cfg: LoopConfig) -> tuple[list[Ranking], list[Ranking]]:

@@ -19,10 +19,9 @@ from core.config import Settings
 from core.failpoints import failpoint
 from feedback.source import open_source
 from registry.store import PolicyRegistry
-from trainer.data import held_out, read_texts
 from trainer.dataset_store import DatasetStore
 from trainer.lora import ADAPTER_DIR
-from trainer.round import RoundInputs, split_for_judging, train_candidate
+from trainer.round import RoundInputs, load_pretraining, split_for_judging, train_candidate
 from trainer.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -83,25 +82,6 @@ class _Metrics:
             "(kept with their offsets in the dataset's dead_letters table)",
             registry=registry,
         )
-
-
-_GATE_PTX_TEXTS = 64  # held-out pretraining texts the gate measures the alignment tax on
-
-
-def load_pretraining(settings: Settings) -> tuple[list[str], list[str]]:
-    """(texts to train on, held-out texts for the gate) from train.loop.pretraining_data."""
-    path = settings.train.loop.pretraining_data or settings.paths.pretraining_data
-    if not path.exists():
-        if settings.train.ppo.ptx_coef:
-            raise RuntimeError(
-                f"PPO-ptx needs pretraining text and there is none at {path}: write JSON lines of "
-                '{"text": ...} there, point train.loop.pretraining_data at such a file, or set '
-                "train.ppo.ptx_coef=0 for plain PPO"
-            )
-        return [], []
-    texts = list(dict.fromkeys(read_texts(path)))  # distinct, in file order
-    train = [t for t in texts if not held_out(t, 0.05)]
-    return train, [t for t in texts if held_out(t, 0.05)][:_GATE_PTX_TEXTS]
 
 
 class TrainerService:
