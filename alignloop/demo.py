@@ -32,6 +32,7 @@ from gateway.auth import load_or_create_keys
 from registry.store import PolicyRegistry
 from synthetic.judge import TRAIN_PROMPTS, HiddenRuleJudge
 from synthetic.users import Population
+from trainer.lora import full_checkpoint
 
 # Small rounds so that a 2-core machine shows several of them within minutes. The tiny model's
 # answers move far from SFT's (always one colour is ~10-20 nats per answer), hence the KL budget.
@@ -169,10 +170,10 @@ def _wait_ready(gateway: subprocess.Popen, url: str, log: Path) -> bool:
     return False
 
 
-def _hidden_rule_judge(registry: PolicyRegistry, base: str):
+def _hidden_rule_judge(registry: PolicyRegistry, base: str, scratch: Path):
     """A version's win rate against `base` by the simulated users' hidden rule (the report's judge)."""
-    judge = HiddenRuleJudge(registry.path(base))
-    return lambda version: judge(registry.path(version))
+    judge = HiddenRuleJudge(full_checkpoint(registry, base, scratch))
+    return lambda version: judge(full_checkpoint(registry, version, scratch))
 
 
 def _report(
@@ -180,7 +181,7 @@ def _report(
 ) -> int:
     from alignloop import report
 
-    judge = _hidden_rule_judge(registry, base)
+    judge = _hidden_rule_judge(registry, base, settings.paths.trainer / "merged")
     final = promoted[-1]
     result = judge(final)
     low, high = result["interval_95"]

@@ -88,16 +88,19 @@ def launch_gateway(
     extra_toml: str = "",
     gateway_toml: str = "",
     code: Path | None = None,
+    admin_key: str | None = None,
 ) -> tuple[subprocess.Popen, str]:
-    """`alignloop serve` on the given model with one unthrottled key; returns (process, url).
-    extra_toml holds other sections; gateway_toml lines go into [gateway]; `code` is another
-    checkout to run instead of this one (see checkout())."""
+    """`alignloop serve` on the given model with one unthrottled key (and `admin_key`, an admin
+    credential, if given); returns (process, url). extra_toml holds other sections; gateway_toml
+    lines go into [gateway]; `code` is another checkout to run instead of this one (see checkout())."""
     port = free_port()
     config = work / "gateway.toml"
     config.write_text(
         f'state_dir = "{work / "state"}"\nbase_model = "{model_dir}"\n{extra_toml}\n'
         f'[gateway]\nport = {port}\nlog_level = "warning"\n{gateway_toml}\n'
-        f'api_keys = [{{ key = "{key}", name = "bench", requests_per_minute = 100000000, max_concurrent_requests = 100000, generated_tokens_per_minute = 1000000000000 }}]\n'
+        f'api_keys = [{{ key = "{key}", name = "bench", requests_per_minute = 100000000, max_concurrent_requests = 100000, generated_tokens_per_minute = 1000000000000 }}'
+        + (f', {{ key = "{admin_key}", name = "ops", role = "admin" }}' if admin_key else "")
+        + "]\n"
     )
     url = f"http://127.0.0.1:{port}"
     proc = launch(

@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from core.failpoints import ENV as FAILPOINT_ENV  # shares the prefix but is not a setting
 from core.limits import MAX_K
@@ -70,6 +70,16 @@ class EngineConfig(_Section):
     drain_timeout_s: float = Field(default=120.0, gt=0)
     # The longest an admin call (or the CURRENT watcher) waits behind another switch: then 503.
     swap_wait_s: float = Field(default=30.0, gt=0)
+    # LoRA adapter versions (registry/store.py) are served by the engine holding their base. None:
+    # an engine starts with LoRA support when it is started for an adapter version or the registry
+    # holds adapters of its version; true: always (the first adapter then needs no engine start);
+    # false: never (adapter versions are refused).
+    enable_lora: bool | None = None
+    # Adapters one engine holds at once (the serving version and a canary need 2).
+    max_loras: int = Field(default=2, ge=1)
+    # The least rank an engine with LoRA accepts; raised to the largest adapter rank in the registry
+    # on that base at start. A later adapter of a higher rank is refused (restart to serve it).
+    max_lora_rank: int = Field(default=16, ge=1)
 
     def gpu_memory_share(self) -> float:
         """The GPU memory fraction one engine is given (see gpu_memory_utilization)."""
@@ -353,6 +363,9 @@ class LoRAConfig(_Section):
     alpha: int = 32
     dropout: float = 0.0
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    # How the trainer publishes a policy trained with LoRA: merged into full weights, or as the
+    # adapter alone, a version on its base that the gateway serves without starting an engine.
+    publish: Literal["merged", "adapter"] = "merged"
 
 
 class TrainConfig(_Section):
@@ -430,6 +443,17 @@ class Settings(_Section):
     feedback: FeedbackConfig = FeedbackConfig()
     train: TrainConfig = TrainConfig()
     promotion: PromotionConfig = PromotionConfig()
+
+    @model_validator(mode="after")
+    def _serve_published_adapters(self) -> Settings:
+        # A trainer that publishes adapters: every engine holds LoRA from its start, so the first
+        # adapter needs no second engine (which on a GPU at the in-place memory share does not fit).
+        lora = self.train.lora
+        if self.engine.enable_lora is None and lora.enabled and lora.publish == "adapter":
+            self.engine = self.engine.model_copy(
+                update={"enable_lora": True, "max_lora_rank": max(self.engine.max_lora_rank, lora.r)}
+            )
+        return self
 
     @property
     def paths(self) -> StatePaths:

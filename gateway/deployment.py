@@ -59,8 +59,20 @@ class Deployment:
         self.start_error = None
         self.metrics.ready.set(1)
         self.metrics.set_version(version)
+        self._show_adapters()
         self._remember(version)
         heap.settle(self.metrics.heap_frozen)
+
+    def _show_adapters(self) -> None:
+        self.metrics.adapters_loaded.set(self.engine.adapters())
+        while self.engine.adapter_loaded:
+            self.metrics.adapter_load_seconds.observe(self.engine.adapter_loaded.pop())
+
+    def _settle_if_engines_changed(self, before: frozenset[int]) -> None:
+        # A full collection stalls the event loop (~0.6 s here): worth it only when an engine came or
+        # went, not for a switch between adapters of one engine.
+        if self.engine.engine_ids() != before:
+            heap.settle(self.metrics.heap_frozen)
 
     async def start_with_fallback(self, wanted: str | None) -> None:
         """Start on CURRENT; if it cannot be served (a corrupt or unloadable version), start on the
@@ -118,11 +130,13 @@ class Deployment:
             await self.start(version)
             self.registry.set_current(version)
             return Switch("started", 0.0)
+        engines = self.engine.engine_ids()
         try:
             switch = await self.engine.switch_to(version, mode or self.swap_mode)
             self.registry.set_current(version)
         except RegistryError:
             self.metrics.swaps.labels("refused").inc()
+            self._show_adapters()
             raise
         if previous != version:
             if remember:
@@ -133,7 +147,7 @@ class Deployment:
             self._show_canary()
             self._remember(version)
             self._observe_feedback_to_deployment(version)
-            heap.settle(self.metrics.heap_frozen)
+            self._settle_if_engines_changed(engines)
         return switch
 
     def _observe_feedback_to_deployment(self, version: str) -> None:
@@ -158,24 +172,27 @@ class Deployment:
 
     async def start_canary(self, version: str, fraction: float) -> None:
         """Send a fraction of new requests to `version`; RegistryError if it cannot be loaded."""
+        engines = self.engine.engine_ids()
         try:
             await self.engine.start_canary(version, fraction)
         except RegistryError:
             self.metrics.swaps.labels("canary_refused").inc()
             raise
         self._show_canary()
-        heap.settle(self.metrics.heap_frozen)
+        self._settle_if_engines_changed(engines)
 
     async def stop_canary(self) -> str | None:
         """Send every request to the serving version again; returns the stopped canary's version."""
+        engines = self.engine.engine_ids()
         version = await self.engine.stop_canary()
         self._show_canary()
-        heap.settle(self.metrics.heap_frozen)
+        self._settle_if_engines_changed(engines)
         return version
 
     def _show_canary(self) -> None:
         canary = self.engine.canary
         self.metrics.set_canary(canary.version if canary else None, canary.fraction if canary else 0.0)
+        self._show_adapters()
 
     async def follow_registry(self, poll_s: float) -> None:
         """Follow the registry's CURRENT pointer: whoever moves it (the trainer promoting a version, an

@@ -72,6 +72,17 @@ class GatewayMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.adapters_loaded = Gauge(
+            "alignloop_adapters_loaded",
+            "LoRA adapter versions the engines serve now (the serving version's and a canary's)",
+            registry=r,
+        )
+        self.adapter_load_seconds = Histogram(
+            "alignloop_adapter_load_seconds",
+            "Time to load a LoRA adapter version into a running engine",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.cancelled = Counter(
             "alignloop_requests_cancelled",
             "Generations aborted because the client went away",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from inference.sampling import Chunk, Sampling
 
 if TYPE_CHECKING:
+    from inference.adapters import AdapterRoute
     from inference.vllm_engine import VLLMEngine
 
 
@@ -26,7 +27,7 @@ class Plan:
     candidate indices) pairs, one per engine used."""
 
     versions: list[str]
-    parts: list[tuple[VLLMEngine, list[int]]]
+    parts: list[tuple[VLLMEngine | AdapterRoute, list[int]]]
 
     @property
     def mixed(self) -> bool:
@@ -48,7 +49,7 @@ async def stream(
     queue: asyncio.Queue = asyncio.Queue()
     done = object()
 
-    async def pump(instance: VLLMEngine, where: list[int], part: int) -> None:
+    async def pump(instance: VLLMEngine | AdapterRoute, where: list[int], part: int) -> None:
         try:
             part_sampling = dataclasses.replace(sampling, n=len(where))
             async with contextlib.aclosing(

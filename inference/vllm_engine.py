@@ -1,4 +1,5 @@
-"""One vLLM engine (AsyncLLM, in process) serving one policy version, with in-place weight reload.
+"""One vLLM engine (AsyncLLM, in process) serving one policy version, with in-place weight reload,
+and, when started with LoRA support, the adapter versions on that version (inference/adapters.py).
 
 A weight reload must fail no request and must never let a request be served partly by one version
 and partly by another. Requests therefore hold a shared lease on the weights while the engine
@@ -16,7 +17,9 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -113,6 +116,26 @@ def _engine_timings(out, steps: int) -> tuple[float | None, float | None]:
     return prefill, step
 
 
+# The ranks vLLM accepts as max_lora_rank.
+_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_rank_bucket(rank: int) -> int:
+    """The least max_lora_rank vLLM accepts that holds adapters of `rank`."""
+    for bucket in _LORA_RANKS:
+        if bucket >= rank:
+            return bucket
+    raise RegistryError(f"a LoRA rank of {rank} is above the {_LORA_RANKS[-1]} vLLM serves")
+
+
+@dataclass(frozen=True)
+class LoRA:
+    """An adapter loaded on an engine: vLLM's LoRARequest, for the weights of one weights_epoch."""
+
+    request: Any  # vLLM's LoRARequest; its lora_name is the adapter's version
+    epoch: int
+
+
 class VLLMEngine:
     """One started vLLM engine (AsyncLLM) and the version it serves; counts the requests it is working on."""
 
@@ -122,13 +145,24 @@ class VLLMEngine:
         self.fingerprint = arch_fingerprint(path)
         self.tokenizer_fingerprint = tokenizer_fingerprint(path)
         self.in_flight = 0  # requests the engine is working on (see generate)
+        self.max_lora_rank: int | None = None  # None: started without LoRA support
+        # Bumped by every weight reload: an adapter loaded before one was made for other weights.
+        self.weights_epoch = 0
+        self._lora_ids = 0
         self._running: set[str] = set()
         self._gate = _SwapGate()
 
+    @property
+    def engine(self) -> VLLMEngine:
+        """The engine that runs this route's requests: itself (an AdapterRoute names its engine)."""
+        return self
+
     @classmethod
-    async def launch(cls, version: str, path: Path, config: EngineConfig) -> VLLMEngine:
-        """Build and warm up an engine on a checkpoint (validated by the caller); RegistryError if it
-        cannot be started."""
+    async def launch(
+        cls, version: str, path: Path, config: EngineConfig, lora_rank: int | None = None
+    ) -> VLLMEngine:
+        """Build and warm up an engine on a checkpoint (validated by the caller), with LoRA support for
+        adapters up to `lora_rank` if given; RegistryError if it cannot be started."""
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -137,7 +171,11 @@ class VLLMEngine:
         # is reset when that engine retires: "server disconnected" for whoever reused it) and any
         # lock that another of the gateway's threads held at that instant.
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
-        args = AsyncEngineArgs(**engine_kwargs(path, config))
+        lora = {}
+        if lora_rank is not None:
+            lora_rank = lora_rank_bucket(lora_rank)
+            lora = {"enable_lora": True, "max_lora_rank": lora_rank, "max_loras": config.max_loras}
+        args = AsyncEngineArgs(**engine_kwargs(path, config, **lora))
         stats = EngineStats()
         started = time.monotonic()
         log.info("engine: starting vLLM on %s (%s)", version, path)
@@ -156,6 +194,7 @@ class VLLMEngine:
         try:
             tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, path)
             engine = cls(llm, version, path, tokenizer, stats)
+            engine.max_lora_rank = lora_rank
             log.info("engine: %s started in %.1fs; warming up", version, time.monotonic() - started)
             await engine._warm_up()
         except BaseException:
@@ -169,10 +208,45 @@ class VLLMEngine:
         async for _ in self.generate(ids, Sampling(max_tokens=4, temperature=0.0)):
             pass
 
+    async def add_lora(self, version: str, path: Path, rank: int) -> LoRA:
+        """Load a LoRA adapter version (verified by the caller) for this engine's weights and run it
+        once, so that an adapter vLLM cannot apply fails here and not on a request; RegistryError
+        (nothing changed) if this engine cannot hold it or vLLM refuses it."""
+        from vllm.lora.request import LoRARequest
+
+        if self.max_lora_rank is None:
+            raise RegistryError(f"the engine on {self.version} was started without LoRA support")
+        if rank > self.max_lora_rank:
+            raise RegistryError(
+                f"{version} has LoRA rank {rank}; the engine on {self.version} holds ranks up to "
+                f"{self.max_lora_rank}"
+            )
+        self._lora_ids += 1  # a fresh id per load: vLLM caches adapters by id
+        lora = LoRA(LoRARequest(version, self._lora_ids, str(path)), self.weights_epoch)
+        try:
+            await self.llm.add_lora(lora.request)
+            async for _ in self.generate([0], Sampling(max_tokens=1, temperature=0.0), adapter=lora):
+                pass
+        except Exception as exc:
+            await self.remove_lora(lora)
+            raise RegistryError(f"could not load the adapter {version}: {exc}"[:500]) from exc
+        return lora
+
+    async def remove_lora(self, lora: LoRA) -> None:
+        """Unload an adapter nobody routes to any more (its requests have finished)."""
+        if self.llm is not None:
+            with contextlib.suppress(Exception):  # already evicted, or the engine is stopping
+                await self.llm.remove_lora(lora.request.lora_int_id)
+
     async def generate(
-        self, prompt_token_ids: list[int], sampling: Sampling, request_id: str | None = None
+        self,
+        prompt_token_ids: list[int],
+        sampling: Sampling,
+        request_id: str | None = None,
+        adapter: LoRA | None = None,
     ) -> AsyncIterator[Chunk]:
-        """Stream new output of every candidate; aborts the engine request if the caller stops."""
+        """Stream new output of every candidate (with `adapter`, by that adapter version); aborts the
+        engine request if the caller stops."""
         params = vllm_params(sampling)
         request_id = request_id or uuid.uuid4().hex
         queue: asyncio.Queue = asyncio.Queue()
@@ -187,14 +261,18 @@ class VLLMEngine:
         except BaseException:
             self.in_flight -= 1
             raise
-        version = self.version
+        # A reload that ran while this request waited made the adapter stale (it was trained on the
+        # old weights): the request is then served by the new weights alone, and labelled so, as an
+        # in-place swap serves every request planned before it.
+        lora = adapter.request if adapter is not None and adapter.epoch == self.weights_epoch else None
+        version = lora.lora_name if lora is not None else self.version
         self._running.add(request_id)
 
         async def pump() -> None:
             steps: dict[int, int] = {}  # tokens per candidate so far: the longest is the decoding steps
             try:
                 async for out in self.llm.generate(
-                    {"prompt_token_ids": prompt_token_ids}, params, request_id
+                    {"prompt_token_ids": prompt_token_ids}, params, request_id, lora_request=lora
                 ):
                     first_token_at = _first_token_at(out)
                     for c in out.outputs:
@@ -267,6 +345,7 @@ class VLLMEngine:
             finally:
                 await self.llm.resume_generation()
             self.version, self.path = version, path
+            self.weights_epoch += 1
             self.stats.reset()  # the totals under the new version's label start from nothing
 
     async def drain(self, timeout_s: float) -> bool:

@@ -4,6 +4,7 @@ Layout under the registry root::
 
     versions/v0001/{config.json, model.safetensors, tokenizer files, ...}
     versions/v0001/alignloop-version.json   metadata: parent, created, source, metrics, checksums, ...
+    versions/v0002/{adapter_config.json, adapter_model.safetensors}   a LoRA adapter version on v0001
     CURRENT                    the name of the version to serve, e.g. "v0003"
     CANDIDATE                  a version the trainer proposes, for the gateway's canary to decide on
     decisions/v0004.json       how a proposed version was decided (promoted, rolled back), with the evidence
@@ -13,6 +14,10 @@ and renamed into place, so a reader (the gateway) never sees a half-written chec
 is replaced with an atomic rename. Only safetensors weights are accepted: pickle-based formats
 can execute code on load. Every file's SHA-256 is recorded at publishing and checked before an
 engine loads the version (`verify`).
+
+A version is either full weights or a LoRA adapter on a full-weight version, its `base` (recorded
+with the adapter's rank). One engine on the base serves every adapter version of it: a canary and a
+promotion between adapters start no engine.
 
 Several gateways may share one registry: put its root on a shared filesystem or volume (NFS, a
 ReadWriteMany volume) that every gateway and the trainer mount at the same path.
@@ -38,8 +43,8 @@ from typing import Any
 from core.durable_files import fsync_dir
 from core.failpoints import failpoint
 from registry import checksums
-from registry.errors import UnknownVersion
-from registry.validation import validate_checkpoint
+from registry.errors import RegistryError, UnknownVersion
+from registry.validation import adapter_rank, is_adapter, validate_adapter, validate_version
 
 VERSION_RE = re.compile(r"^v(\d{4,9})$")  # bounded: a name from a request never makes an over-long path
 
@@ -80,6 +85,13 @@ class VersionInfo:
     metrics: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     checksums: dict[str, str] = field(default_factory=dict)  # file name -> sha256, taken at publishing
+    base: str | None = None  # for a LoRA adapter version: the full-weight version it adapts
+    lora_rank: int | None = None  # for a LoRA adapter version: its rank (r)
+
+    @property
+    def is_adapter(self) -> bool:
+        """Whether this version is a LoRA adapter on its base rather than full weights."""
+        return self.base is not None
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -130,7 +142,7 @@ class PolicyRegistry:
         """Refuse (RegistryError) a version that is not a valid checkpoint or whose files differ
         from those published; reads every byte, so call it off the event loop."""
         path = self.path(name)
-        validate_checkpoint(path)
+        validate_version(path)
         expected = self.info(name).checksums
         if expected:  # versions published before checksums were recorded have none to check
             checksums.verify(path, expected, skip=(META_FILE,))
@@ -160,7 +172,7 @@ class PolicyRegistry:
 
     def set_current(self, name: str) -> None:
         """Point CURRENT at an existing version (atomic)."""
-        validate_checkpoint(self.path(name))
+        validate_version(self.path(name))
         with self._pointer_lock():
             _write_atomic(self.root / "CURRENT", name + "\n")
 
@@ -168,7 +180,7 @@ class PolicyRegistry:
         """Point CURRENT at `name` only if it still names `expected`; False (nothing written) if
         somebody moved it meanwhile. A gateway reverting a version it refused must not undo a newer
         promotion."""
-        validate_checkpoint(self.path(name))
+        validate_version(self.path(name))
         with self._pointer_lock():
             if self.current() != expected:
                 return False
@@ -192,7 +204,7 @@ class PolicyRegistry:
 
     def propose(self, name: str) -> None:
         """Offer a version to the gateway's canary (replacing an undecided earlier proposal)."""
-        validate_checkpoint(self.path(name))
+        validate_version(self.path(name))
         with self._pointer_lock():
             _write_atomic(self.root / "CANDIDATE", name + "\n")
 
@@ -236,10 +248,21 @@ class PolicyRegistry:
         metrics: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
         make_current: bool = False,
+        base: str | None = None,
     ) -> str:
-        """Copy a checkpoint in as the next version; returns its name."""
+        """Copy a checkpoint in as the next version, or (with `base`, a full-weight version) a LoRA
+        adapter for that base; returns its name."""
         src = Path(src)
-        validate_checkpoint(src)
+        rank = None
+        if base is not None:
+            validate_adapter(src)
+            rank = adapter_rank(src)
+            if self.info(base).is_adapter:
+                raise RegistryError(f"{base} is an adapter itself; an adapter's base has full weights")
+        elif is_adapter(src):
+            raise RegistryError(f"{src} is a LoRA adapter: publish it with the version of its base")
+        else:
+            validate_version(src)
         self._remove_abandoned_staging()
         staging = Path(tempfile.mkdtemp(dir=self.versions_dir, prefix=f"{_STAGING}{_HOST}-{os.getpid()}-"))
         try:
@@ -261,6 +284,8 @@ class PolicyRegistry:
                     metrics=metrics or {},
                     extra=extra or {},
                     checksums=sums,
+                    base=base,
+                    lora_rank=rank,
                 )
                 meta = staging / META_FILE
                 if meta.exists():

@@ -1,16 +1,20 @@
-"""What a checkpoint must be to enter the registry or be served: a complete Hugging Face directory
-whose weights are safetensors only (pickle formats can execute code on load) and not corrupt."""
+"""What a version must be to enter the registry or be served: a complete Hugging Face checkpoint, or
+a LoRA adapter (peft's layout) for one, whose weights are safetensors only (pickle formats can
+execute code on load) and not corrupt."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from registry.errors import RegistryError
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 _MAX_HEADER = 100 * 2**20  # safetensors' own limit on a header
 REQUIRED_FILES = ("config.json",)
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def check_safetensors(path: Path) -> None:
@@ -43,6 +47,56 @@ def check_safetensors(path: Path) -> None:
         ) from exc
 
 
+def is_adapter(path: Path) -> bool:
+    """Whether a directory holds a LoRA adapter (peft's layout) rather than full weights."""
+    return (path / ADAPTER_CONFIG).is_file() and not (path / "config.json").is_file()
+
+
+def validate_version(path: Path) -> None:
+    """Refuse a directory that is neither a valid checkpoint nor a valid adapter."""
+    if is_adapter(path):
+        validate_adapter(path)
+    else:
+        validate_checkpoint(path)
+
+
+def _read_object(path: Path, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise RegistryError(f"{what} has an unreadable {path.name}: {exc}"[:500]) from exc
+    if not isinstance(value, dict):
+        raise RegistryError(f"{what} has a {path.name} that is not an object")
+    return value
+
+
+def adapter_rank(path: Path) -> int:
+    """The rank (r) of a LoRA adapter directory; RegistryError if its config does not say."""
+    rank = _read_object(path / ADAPTER_CONFIG, f"adapter {path}").get("r")
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise RegistryError(f"adapter {path} has no positive integer rank (r) in {ADAPTER_CONFIG}")
+    return rank
+
+
+def validate_adapter(path: Path) -> None:
+    """Refuse a directory that is not a LoRA adapter with safetensors weights and a rank."""
+    if not path.is_dir():
+        raise RegistryError(f"adapter {path} is not a directory")
+    _refuse_pickle(path)
+    if not (path / ADAPTER_WEIGHTS).is_file():
+        raise RegistryError(f"adapter {path} has no {ADAPTER_WEIGHTS}")
+    check_safetensors(path / ADAPTER_WEIGHTS)
+    adapter_rank(path)
+
+
+def _refuse_pickle(path: Path) -> list[Path]:
+    files = [p for p in path.rglob("*") if p.is_file()]
+    pickled = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
+    if pickled:
+        raise RegistryError(f"{path} holds pickle-format files {pickled}; only safetensors is accepted")
+    return files
+
+
 def validate_checkpoint(path: Path) -> None:
     """Refuse a directory that is not a complete safetensors-only HF checkpoint."""
     if not path.is_dir():
@@ -50,19 +104,10 @@ def validate_checkpoint(path: Path) -> None:
     for name in REQUIRED_FILES:
         if not (path / name).is_file():
             raise RegistryError(f"checkpoint {path} has no {name}")
-    files = [p for p in path.rglob("*") if p.is_file()]
-    pickled = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
-    if pickled:
-        raise RegistryError(
-            f"checkpoint {path} holds pickle-format files {pickled}; only safetensors is accepted"
-        )
+    files = _refuse_pickle(path)
     weights = [p for p in files if p.suffix == ".safetensors"]
     if not weights:
         raise RegistryError(f"checkpoint {path} has no .safetensors weights")
     for w in weights:
         check_safetensors(w)
-    try:
-        if not isinstance(json.loads((path / "config.json").read_text()), dict):
-            raise RegistryError(f"checkpoint {path} has a config.json that is not an object")
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise RegistryError(f"checkpoint {path} has an unreadable config.json: {exc}") from exc
+    _read_object(path / "config.json", f"checkpoint {path}")

@@ -142,6 +142,7 @@ def _write_config(
     secret: str | None = None,
     extra: str = "",
     feedback_lines: str = "",
+    engine_lines: str = "",
 ) -> None:
     feedback = f'[feedback]\nkafka_bootstrap = "{kafka}"\nkafka_timeout_s = 3\n' if kafka else "[feedback]\n"
     feedback += feedback_lines
@@ -176,6 +177,7 @@ failed_auth_per_minute = 30
 [engine]
 max_model_len = 256
 swap_mode = "{swap_mode}"
+{engine_lines}
 {feedback}
 [gateway.labelling]
 {labelling}
@@ -198,13 +200,14 @@ def make_gateway(
     secret: str | None = None,
     extra: str = "",
     feedback: str = "",
+    engine: str = "",
 ) -> Gateway:
     """A configured, not yet started gateway whose registry holds v0001 (current) and v0002
     (same shapes, other weights). Labelling sampling is off unless asked for (TOML lines of the
     [gateway.labelling] table): the queue's extra generations would otherwise share the engine
     with tests that count its requests. A `replica_of` another gateway shares that one's registry
     (give both the same ownership `secret`). `extra`: more TOML tables (e.g. "[promotion]...");
-    `feedback`: more lines of the [feedback] table."""
+    `feedback`, `engine`: more lines of the [feedback] and [engine] tables."""
     state_dir = root / "state"
     write_pretraining_data(state_dir)
     if replica_of is not None:
@@ -227,6 +230,7 @@ def make_gateway(
         secret,
         extra,
         feedback,
+        engine,
     )
     port = int(
         next(line for line in config.read_text().splitlines() if line.startswith("port")).split("=")[1]

@@ -1,8 +1,9 @@
 """LoRA adapters (peft) on the models the stages train, and their weights merged for serving.
 
 A version trained with LoRA is published merged: base weights + (B·A)·alpha/r, as an ordinary
-checkpoint vLLM and transformers load. The adapter itself is kept beside it (`adapter/`) so a run
-can resume and the next round can go on training it.
+checkpoint vLLM and transformers load; or (train.lora.publish = adapter) as the adapter alone, a
+registry version on its base that the gateway serves from the base's engine. The adapter is kept
+beside the merged weights (`adapter/`) so a run can resume and the next round can go on training it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from core.config import LoRAConfig
+from registry.store import PolicyRegistry
 
 ADAPTER_DIR = "adapter"
 _PEFT_PREFIX = "base_model.model."
@@ -93,3 +95,31 @@ def update_lost(state: dict[str, torch.Tensor], scaling: float, dtype: torch.dty
 def scaling(cfg: LoRAConfig) -> float:
     """How much an adapter's product B·A adds to its weight (peft's alpha / r)."""
     return cfg.alpha / cfg.r
+
+
+def merge_adapter(base: Path, adapter: Path, out: Path) -> Path:
+    """Write `base` with `adapter` merged in to `out` as an ordinary checkpoint (safetensors)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype="auto"), adapter)
+    staging = out.with_name(out.name + ".partial")
+    model.merge_and_unload().save_pretrained(staging, safe_serialization=True)
+    AutoTokenizer.from_pretrained(base).save_pretrained(staging)
+    staging.rename(out)  # complete or absent: a crash mid-write leaves no half checkpoint at `out`
+    return out
+
+
+def full_checkpoint(registry: PolicyRegistry, version: str, scratch: Path) -> Path:
+    """A full-weight checkpoint of any registry version, for transformers: the version itself, or for
+    an adapter version the merged checkpoint its round kept (merged anew under `scratch` if gone)."""
+    info = registry.info(version)
+    if info.base is None:
+        return registry.path(version)
+    kept = info.extra.get("merged")
+    if kept and (Path(kept) / "config.json").is_file():
+        return Path(kept)
+    out = scratch / version
+    if not (out / "config.json").is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        merge_adapter(registry.path(info.base), registry.path(version), out)
+    return out

@@ -20,7 +20,7 @@ from core.failpoints import failpoint
 from feedback.source import open_source
 from registry.store import PolicyRegistry
 from trainer.dataset_store import DatasetStore
-from trainer.lora import ADAPTER_DIR
+from trainer.lora import ADAPTER_DIR, full_checkpoint
 from trainer.round import RoundInputs, load_pretraining, split_for_judging, train_candidate
 from trainer.runtime import Runtime
 
@@ -199,7 +199,7 @@ class TrainerService:
                 judge_set,
                 prompts,
                 sft=sft,
-                serving=self.registry.path(serving),
+                serving=full_checkpoint(self.registry, serving, self.work / "merged"),
                 rm_init=rm_init,
                 policy_init=init,
                 policy_adapter=adapter,
@@ -228,6 +228,7 @@ class TrainerService:
             "sft": self.cfg.sft_version,
             "policy_init": str(adapter or init or sft),
             "lora_adapter": str(round_dir / "policy" / ADAPTER_DIR) if self.runtime.lora.enabled else None,
+            "merged": str(round_dir / "policy"),
             "data": {
                 **counts,
                 "rankings": len(rankings),
@@ -242,8 +243,17 @@ class TrainerService:
             "config": self.settings.train.model_dump(),
             "gate": {"decision": decision, "reasons": gate.reasons, **gate.metrics},
         }
+        # An adapter is published on the full-weight version it was trained on: SFT, or the serving
+        # version PPO started from.
+        base = (
+            self.cfg.sft_version
+            if init is None
+            else (None if self.registry.info(serving).is_adapter else serving)
+        )
+        as_adapter = self.runtime.lora.enabled and self.runtime.lora.publish == "adapter" and base is not None
         version = self.registry.publish(
-            round_dir / "policy",
+            round_dir / "policy" / ADAPTER_DIR if as_adapter else round_dir / "policy",
+            base=base if as_adapter else None,
             source="trainer",
             parent=serving,
             metrics={
@@ -259,15 +269,14 @@ class TrainerService:
         """Where PPO starts: (checkpoint, adapter). With LoRA, a serving version that this trainer made
         with LoRA goes on training its adapter on the SFT base (so the reference is that base with
         the adapter off); anything else starts from the serving checkpoint."""
+        info = self.registry.info(serving)
+        if self.runtime.lora.enabled and info.base == self.cfg.sft_version:
+            return None, self.registry.path(serving)  # a published adapter on SFT: train it on
         if self.runtime.lora.enabled:
-            adapter = self.registry.info(serving).extra.get("lora_adapter")
-            if (
-                adapter
-                and Path(adapter).is_dir()
-                and self.registry.info(serving).extra.get("sft") == self.cfg.sft_version
-            ):
+            adapter = info.extra.get("lora_adapter")
+            if adapter and Path(adapter).is_dir() and info.extra.get("sft") == self.cfg.sft_version:
                 return None, Path(adapter)
-        path = self.registry.path(serving)
+        path = full_checkpoint(self.registry, serving, self.work / "merged")
         return (None if path.resolve() == sft.resolve() else path), None
 
     def _published(self, number: int) -> str | None:

@@ -138,9 +138,11 @@ def test_blue_green_swap_under_load_fails_nothing_and_retires_the_old_engine(gat
     target = "v0002" if serving != "v0002" else "v0001"
     _switch_under_load(gateway, target, "blue_green")
     _assert_greedy_is(gateway, target)
-    assert _engines_settle(gateway, [{"version": target, "role": "serving", "in_flight": 0}]) == [
-        {"version": target, "role": "serving", "in_flight": 0}
-    ], "the old engine was not shut down"
+    assert _engines_settle(
+        gateway, [{"version": target, "role": "serving", "in_flight": 0, "adapters": {}}]
+    ) == [{"version": target, "role": "serving", "in_flight": 0, "adapters": {}}], (
+        "the old engine was not shut down"
+    )
 
     with gateway.client(ADMIN_KEY) as admin:
         r = admin.post("/admin/policy", json={"version": target, "mode": "sideways"})
@@ -214,9 +216,9 @@ def test_canary_takes_a_fraction_and_its_feedback_is_labelled(gateway, kafka_bro
         assert r.status_code == 200 and r.json()["serving"] == candidate, r.text
         assert r.json()["method"] == "canary_promoted", "promoting a canary reuses its engine"
         assert admin.get("/admin/versions").json()["canary"] is None
-    assert _engines_settle(gateway, [{"version": candidate, "role": "serving", "in_flight": 0}]) == [
-        {"version": candidate, "role": "serving", "in_flight": 0}
-    ]
+    assert _engines_settle(
+        gateway, [{"version": candidate, "role": "serving", "in_flight": 0, "adapters": {}}]
+    ) == [{"version": candidate, "role": "serving", "in_flight": 0, "adapters": {}}]
     with gateway.client() as c:
         versions = {
             c.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}).json()[
@@ -350,8 +352,8 @@ def test_blue_green_gateway_follows_the_pointer_and_refuses_what_it_cannot_serve
         for w in workers:
             w.join(timeout=120)
     assert results and not [r for r in results if not r[1]], [r for r in results if not r[1]][:5]
-    assert _engines_settle(gw, [{"version": target, "role": "serving", "in_flight": 0}]) == [
-        {"version": target, "role": "serving", "in_flight": 0}
+    assert _engines_settle(gw, [{"version": target, "role": "serving", "in_flight": 0, "adapters": {}}]) == [
+        {"version": target, "role": "serving", "in_flight": 0, "adapters": {}}
     ]
 
     # Blue/green can change the architecture (same tokenizer); in place cannot.
@@ -385,8 +387,8 @@ def test_blue_green_gateway_follows_the_pointer_and_refuses_what_it_cannot_serve
             time.sleep(0.5)
         assert gw.registry.current() == target, f"{bad} must not stay CURRENT"
         assert _serving_within(gw, target, timeout=2)
-    assert _engines_settle(gw, [{"version": target, "role": "serving", "in_flight": 0}]) == [
-        {"version": target, "role": "serving", "in_flight": 0}
+    assert _engines_settle(gw, [{"version": target, "role": "serving", "in_flight": 0, "adapters": {}}]) == [
+        {"version": target, "role": "serving", "in_flight": 0, "adapters": {}}
     ], "the refused engine was not shut down"
     with gw.client(ADMIN_KEY) as admin:
         assert admin.get("/admin/versions").json()["swap_mode"] == "blue_green"
@@ -406,8 +408,8 @@ def test_a_client_that_stops_reading_does_not_hold_a_retiring_engine(embedded_ga
             r = admin.post("/admin/policy", json={"version": target})
             assert r.status_code == 200 and r.json()["method"] == "blue_green", r.text
             assert _engines_settle(
-                gw, [{"version": target, "role": "serving", "in_flight": 0}], timeout=120
-            ) == [{"version": target, "role": "serving", "in_flight": 0}], (
+                gw, [{"version": target, "role": "serving", "in_flight": 0, "adapters": {}}], timeout=120
+            ) == [{"version": target, "role": "serving", "in_flight": 0, "adapters": {}}], (
                 "the stalled stream kept the old engine"
             )
             assert admin.get("/admin/versions").status_code == 200

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import stat
 
 import pytest
@@ -169,3 +170,68 @@ def test_a_proposed_candidate_and_its_decision(tiny_model_dir, tmp_path):
     assert registry.clear_candidate(v3) and registry.candidate() is None
     with pytest.raises(RegistryError, match="unknown"):
         registry.propose("v9999")
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tiny_model_dir, tmp_path_factory):
+    """A LoRA adapter (peft's layout) of rank 8 on the tiny model."""
+    from transformers import AutoModelForCausalLM
+
+    from core.config import LoRAConfig
+    from trainer.lora import add_adapter
+
+    out = tmp_path_factory.mktemp("adapter") / "adapter"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    add_adapter(model, LoRAConfig(enabled=True, r=8), "CAUSAL_LM").save_pretrained(out)
+    return out
+
+
+def test_an_adapter_version_records_its_base_and_rank_and_is_verified(tiny_model_dir, tiny_adapter, tmp_path):
+    reg = PolicyRegistry(tmp_path / "reg")
+    v1 = reg.publish(tiny_model_dir, source="t", make_current=True)
+    v2 = reg.publish(tiny_adapter, source="trainer", parent=v1, base=v1)
+    info = reg.info(v2)
+    assert (info.base, info.lora_rank, info.is_adapter) == (v1, 8, True)
+    assert not reg.info(v1).is_adapter
+    assert "adapter_model.safetensors" in info.checksums
+    reg.verify(v2)
+    reg.propose(v2)
+    reg.set_current(v2)
+    assert reg.current() == v2
+    weights = reg.path(v2) / "adapter_model.safetensors"
+    weights.chmod(0o644)
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(RegistryError, match=re.escape("adapter_model.safetensors changed")):
+        reg.verify(v2)
+
+
+def test_adapters_are_published_only_on_a_full_weight_base(tiny_model_dir, tiny_adapter, tmp_path):
+    reg = PolicyRegistry(tmp_path / "reg")
+    v1 = reg.publish(tiny_model_dir, source="t")
+    with pytest.raises(RegistryError, match="publish it with the version of its base"):
+        reg.publish(tiny_adapter, source="t")
+    v2 = reg.publish(tiny_adapter, source="t", base=v1)
+    with pytest.raises(RegistryError, match="an adapter itself"):
+        reg.publish(tiny_adapter, source="t", base=v2)
+    with pytest.raises(RegistryError, match="no adapter_model"):
+        reg.publish(tiny_model_dir, source="t", base=v1)
+    assert reg.names() == [v1, v2]
+
+
+def test_an_adapter_with_pickled_weights_or_no_rank_is_refused(tiny_model_dir, tiny_adapter, tmp_path):
+    reg = PolicyRegistry(tmp_path / "reg")
+    v1 = reg.publish(tiny_model_dir, source="t")
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_adapter, pickled)
+    (pickled / "adapter_model.safetensors").rename(pickled / "adapter_model.bin")
+    with pytest.raises(RegistryError, match="pickle-format"):
+        reg.publish(pickled, source="t", base=v1)
+    rankless = tmp_path / "rankless"
+    shutil.copytree(tiny_adapter, rankless)
+    config = json.loads((rankless / "adapter_config.json").read_text())
+    (rankless / "adapter_config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "r"}))
+    with pytest.raises(RegistryError, match="rank"):
+        reg.publish(rankless, source="t", base=v1)
+    assert reg.names() == [v1]

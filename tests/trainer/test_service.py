@@ -4,6 +4,7 @@ consumer lag is measured on the embedded log and on Kafka."""
 import time
 import uuid
 
+import pytest
 from prometheus_client import generate_latest
 
 from core.config import Settings
@@ -108,18 +109,21 @@ def test_consumer_lag_on_kafka(kafka_broker, tmp_path):
         service.close()
 
 
-def test_rounds_with_lora_publish_merged_versions_and_continue_the_adapter(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("publish", ["merged", "adapter"])
+def test_rounds_with_lora_publish_versions_and_continue_the_adapter(tiny_model_dir, tmp_path, publish):
     """The trainer service with train.lora on: each round's policy is published merged (an ordinary
-    checkpoint), and the next round goes on training the promoted round's adapter on the SFT base."""
+    checkpoint) or as its adapter on the SFT version, and the next round goes on training the
+    promoted round's adapter on the SFT base."""
     from safetensors.torch import load_file
 
     from registry.store import PolicyRegistry
-    from registry.validation import validate_checkpoint
+    from registry.validation import validate_adapter, validate_checkpoint
     from tests.trainer.test_crash import logged_feedback
 
     settings = Settings(state_dir=tmp_path)
     settings.train.loop.metrics_port = 0
     settings.train.lora.enabled = True
+    settings.train.lora.publish = publish
     settings.train.ppo.ptx_coef = 0.0
     settings.promotion.mode = "direct"  # round 2 goes on from round 1's version only once it serves
     loop, ppo, rm = settings.train.loop, settings.train.ppo, settings.train.rm
@@ -143,13 +147,23 @@ def test_rounds_with_lora_publish_merged_versions_and_continue_the_adapter(tiny_
         service.close()
     assert (first["decision"], second["decision"]) == ("promoted", "promoted")
     v2, v3 = registry.info(first["version"]), registry.info(second["version"])
-    for name in (first["version"], second["version"]):
-        validate_checkpoint(registry.path(name))
-        assert not any("lora" in k for k in load_file(registry.path(name) / "model.safetensors"))
     assert v2.extra["policy_init"] == str(registry.path("v0001")) and v2.extra["lora_adapter"]
-    assert v3.extra["policy_init"] == v2.extra["lora_adapter"], (
-        "round 2 should go on training round 1's adapter"
-    )
+    if publish == "merged":
+        for name in (first["version"], second["version"]):
+            validate_checkpoint(registry.path(name))
+            assert not any("lora" in k for k in load_file(registry.path(name) / "model.safetensors"))
+            assert registry.info(name).base is None
+        continued = v2.extra["lora_adapter"]
+    else:
+        for info in (v2, v3):
+            validate_adapter(registry.path(info.name))
+            assert (info.base, info.lora_rank) == ("v0001", settings.train.lora.r)
+            assert (
+                "adapter_model.safetensors" in info.checksums
+                and not (registry.path(info.name) / "config.json").exists()
+            )
+        continued = str(registry.path(v2.name))  # the published adapter itself
+    assert v3.extra["policy_init"] == continued, "round 2 should go on training round 1's adapter"
 
 
 def test_no_round_starts_while_the_last_candidate_is_on_canary(tmp_path, tiny_model_dir):
