@@ -157,7 +157,7 @@ def run_mode(mode: str, base: Path, pairs: list[tuple[Path, Path]], work: Path, 
         stop(proc)
     to_full = []
     for i, (t, target) in enumerate(swaps):
-        later = swaps[i + 1][0] if i + 1 < len(swaps) else float("inf")
+        later = swaps[i + 1][0] if i + 1 < len(swaps) else asked  # the canary serves both after that
         between = [r for r in rows if t <= r[0] and r[1] < later]
         last_old = max((r[0] for r in between if r[3] != target), default=t)
         to_full.append(last_old - t)

@@ -175,31 +175,44 @@ def test_a_non_streamed_request_reports_its_first_tokens_time_not_its_last(gatew
     assert 0 < ttft < took / 2, (ttft, took)
 
 
+def _holding_the_only_slot(gateway, host: str, port: int, body: str) -> socket.socket:
+    """A raw connection whose streamed request holds ONE_AT_A_TIME_KEY's only slot: a probe with
+    that key is refused (429) only while it does. A probe admitted first refuses the request
+    instead (its 429 is on the connection): then it is sent again."""
+    deadline = time.monotonic() + 120
+    with gateway.client(ONE_AT_A_TIME_KEY) as probe:
+        while True:
+            s = socket.create_connection((host, port))
+            s.sendall(
+                f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {ONE_AT_A_TIME_KEY}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
+            )
+            while time.monotonic() < deadline:
+                r = probe.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 1})
+                if r.status_code == 429 and r.json()["error"]["code"] == "concurrency_limit":
+                    return s
+                s.settimeout(0.2)
+                try:
+                    if s.recv(64, socket.MSG_PEEK).startswith(b"HTTP/1.1 429"):
+                        break  # refused because the probe held the slot: send it again
+                except TimeoutError:
+                    pass
+            s.close()
+            assert time.monotonic() < deadline, "the request never held its key's slot"
+
+
 def test_a_hang_up_as_the_stream_starts_gives_the_reservation_back(gateway):
-    # The client sends a streamed request and closes as soon as the gateway has routed it, around
-    # when its response starts (if before, the response's event generator never runs). The key may
-    # run one generation at a time; a reservation left behind would refuse it (429) for ever.
-    # Closing any sooner races the gateway's read of the body: a request whose body was never read
-    # is refused before it reserves anything, and would test nothing. The engine's own count of
-    # running requests cannot say it is ours (an earlier test's aborted work may still be there);
-    # the count of routed generations can, as nothing else is sent meanwhile.
+    # The client sends a streamed request and closes once the gateway has admitted it, around when
+    # its response starts (if before, the response's event generator never runs). The key may run
+    # one generation at a time; a reservation left behind would refuse it (429) for ever. Closing
+    # before it is admitted would race the gateway's read of the body: a request whose body was
+    # never read is refused before it reserves anything, and would test nothing.
     body = json.dumps(
         {"model": MODEL, "prompt": "The", "max_tokens": 200, "n": 9, "ignore_eos": True, "stream": True}
     )
     host, port = gateway.url.removeprefix("http://").split(":")
     before = scrape(gateway)
-    routed = lambda samples: sum(  # noqa: E731
-        v for (name, _), v in samples.items() if name == "alignloop_generations_by_policy_version_total"
-    )
-    with socket.create_connection((host, int(port))) as s:
-        s.sendall(
-            f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {ONE_AT_A_TIME_KEY}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
-        )
-        deadline = time.monotonic() + 60
-        while routed(scrape(gateway)) == routed(before):
-            assert time.monotonic() < deadline, "the gateway never routed the request"
-            time.sleep(0.005)
+    _holding_the_only_slot(gateway, host, int(port), body).close()
     deadline = time.monotonic() + 120  # a loaded machine can take tens of seconds to get there
     with gateway.client(ONE_AT_A_TIME_KEY) as c:
         while (
