@@ -16,8 +16,9 @@ check: install
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
 
+# RUN_ARGS: the demo's options, e.g. RUN_ARGS="--rounds 1" (deploy/fresh-debian.sh's short demo).
 run: install
-	.venv/bin/alignloop demo
+	.venv/bin/alignloop demo $(RUN_ARGS)
 
 serve: install
 	.venv/bin/alignloop serve

@@ -32,4 +32,6 @@ def ensure_base_policy(settings: Settings) -> str:
         )
         return {"source": "tiny-model", "tiny_model": settings.tiny_model.model_dump()}
 
-    return ensure_in_registry(PolicyRegistry(paths.registry), settings.base_model, build_tiny)
+    return ensure_in_registry(
+        PolicyRegistry(paths.registry), settings.base_model, build_tiny, hub_cache=paths.hub_cache
+    )

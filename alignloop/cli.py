@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from alignloop.bootstrap import ensure_base_policy
 from core.config import Settings, load_settings
 from core.paths import UnsafeStateFile
+from registry.hub import ModelUnavailable
 
 log = logging.getLogger("alignloop")
 
@@ -133,6 +134,7 @@ def _cmd_trainer(settings: Settings, args) -> None:
     lease = LeaderLease(settings.paths.registry / "trainer.lease")
     try:
         lease.acquire()
+        ensure_base_policy(settings)  # a trainer started before any gateway finds its base too
         service = TrainerService(settings)
         try:
             service.run_forever()
@@ -157,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a setting, e.g. --set gateway.port=9000 (repeatable)",
     )
     common.add_argument("--state-dir", type=Path, help="where the registry, keys and data live")
+    common.add_argument(
+        "--base-model",
+        help="the base policy (v0001) when the registry is empty: a Hugging Face checkpoint folder or "
+        "model id (e.g. Qwen/Qwen2.5-0.5B-Instruct); default: the tiny model built locally",
+    )
 
     parser = argparse.ArgumentParser(prog="alignloop", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -170,7 +177,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", parents=[common], help="run the OpenAI-compatible gateway")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
-    p.add_argument("--base-model", type=Path, help="a HF checkpoint directory to serve as v0001")
     p.set_defaults(run=_cmd_serve)
 
     p = sub.add_parser("train", parents=[common], help="train a stage: sft, rm or ppo (torchrun works too)")
@@ -263,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         args.run(settings, args)
-    except UnsafeStateFile as exc:
+    except (UnsafeStateFile, ModelUnavailable) as exc:
         print(f"alignloop: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -10,6 +10,11 @@ comparisons, as a markdown page with PNG plots.
   candidate, against SFT's (PPO-ptx exists to keep this near 1x).
 - The reward model's accuracy on held-out comparisons (the gate's judge set: prompts and raters it
   was not trained on), per round, and each round's gate decision.
+- Reward-hacking signals: each version's answer length (sampled answers to the gate's held-out
+  prompts, in tokens) and KL from SFT, and the drift of the reward model's score between rounds
+  (the new RM's score of the serving version's answers less the score that version had at its own
+  gate): answers growing, KL climbing or the RM's scale sliding while people's win rate stalls is
+  the reward model being optimised against rather than people's taste.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ class VersionRow:
     ptx_loss: float | None = None
     sft_ptx_loss: float | None = None
     kl_from_sft: float | None = None
+    answer_tokens: float | None = None  # mean sampled answer length at the gate
+    rm_drift: float | None = None  # this round's RM score of the serving version less its own gate's
     people: dict | None = None  # win rate against SFT from people's comparisons
     judged: dict | None = None  # win rate against SFT from the judge
 
@@ -58,9 +65,14 @@ def _finite(value) -> float | None:
 def versions(registry: PolicyRegistry) -> list[VersionRow]:
     """Every version with what its lineage says (trainer versions carry a round and a gate)."""
     rows = []
+    gates = {name: registry.info(name).extra.get("gate", {}) for name in registry.names()}
+    # A version with no gate of its own (SFT, an import) was measured as the serving side of a round.
+    served_length = {
+        registry.info(name).parent: gate.get("serving_answer_tokens") for name, gate in gates.items() if gate
+    }
     for name in registry.names():
         info = registry.info(name)
-        gate = info.extra.get("gate", {})
+        gate = gates[name]
         # The gate's judge set (held-out prompts and raters) first; the RM's own split where there is none.
         accuracy = _finite(gate.get("judge_accuracy"))
         accuracy = accuracy if accuracy is not None else _finite(info.metrics.get("rm_heldout_accuracy"))
@@ -75,6 +87,8 @@ def versions(registry: PolicyRegistry) -> list[VersionRow]:
                 _finite(gate.get("candidate_ptx_loss")),
                 _finite(gate.get("sft_ptx_loss")),
                 _finite(gate.get("kl_from_sft")),
+                _finite(gate.get("candidate_answer_tokens", served_length.get(name))),
+                _finite(gate.get("rm_score_drift")),
             )
         )
     return rows
@@ -187,13 +201,14 @@ def write(
         "ties count half; intervals are 95% (people's: bootstrap over rankings; the others: Wilson).",
         "",
         f"| version | source | round | gate | canary: people's verdicts | RM held-out accuracy | KL from SFT | "
-        f"alignment tax | vs SFT, people | vs SFT, {judge_name} |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"answer tokens | RM score drift | alignment tax | vs SFT, people | vs SFT, {judge_name} |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r.version}{' (serving)' if r.version == serving else ''} | {r.source} | {r.round or ''} | "
             f"{r.decision or ''} | {_canary(r.canary)} | {_num(r.rm_accuracy, '.2f')} | {_num(r.kl_from_sft, '.2f')} | "
+            f"{_num(r.answer_tokens, '.1f')} | {_num(r.rm_drift, '+.2f')} | "
             f"{_num(r.alignment_tax, '.3f')} | {_rate(r.people)} | {_rate(r.judged)} |"
         )
     if board and board.get("versions"):

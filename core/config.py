@@ -33,10 +33,14 @@ class _Section(BaseModel):
 class TinyModelConfig(_Section):
     """Shape and pre-training budget of the locally built default policy."""
 
+    # The architecture: llama (the default), qwen2 (grouped-query attention, q/k/v biases, tied
+    # embeddings) or gemma (GeGLU, scaled embeddings, tied), so the loop is tried on more than one.
+    family: Literal["llama", "qwen2", "gemma"] = "llama"
     vocab_size: int = 512
     hidden_size: int = 128
     num_layers: int = 2
     num_heads: int = 2  # head_dim = hidden_size / num_heads; vLLM's CPU kernels need >= 32
+    num_kv_heads: int | None = None  # None: num_heads (qwen2: 1, grouped-query attention)
     intermediate_size: int = 512
     max_position_embeddings: int = 512
     corpus_examples: int = 6000
@@ -346,9 +350,12 @@ class LoopConfig(_Section):
     # Caps a round's RM training; it still draws from all comparisons so far, warm-starting from
     # the last RM, so learning accumulates across rounds. None: full epochs every round.
     rm_max_steps: int | None = None
-    # Pretraining text for PPO-ptx's LM term and the gate's alignment-tax check (JSON lines of
-    # {"text": ...}); None: <state_dir>/data/pretraining.jsonl, which the tiny model's build writes.
+    # Pretraining text for PPO-ptx's LM term and the gate's alignment-tax check: JSON lines of
+    # {"text": ...}, a .txt file (paragraphs), or a folder of either. A real model's user gives text
+    # like its pretraining mix (e.g. a slice of a web or book corpus). None:
+    # <state_dir>/data/pretraining.jsonl, which the tiny model's build writes.
     pretraining_data: Path | None = None
+    pretraining_max_texts: int = Field(default=50_000, ge=1)  # read at most this many documents
 
 
 class LoRAConfig(_Section):
@@ -362,7 +369,9 @@ class LoRAConfig(_Section):
     r: int = 16
     alpha: int = 32
     dropout: float = 0.0
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    # Module names the adapters wrap. None: derived from the model's architecture (every linear
+    # projection inside its attention blocks: q/k/v/o on Llama, Qwen2, Mistral and Gemma).
+    target_modules: list[str] | None = None
     # How the trainer publishes a policy trained with LoRA: merged into full weights, or as the
     # adapter alone, a version on its base that the gateway serves without starting an engine.
     publish: Literal["merged", "adapter"] = "merged"
@@ -435,8 +444,9 @@ class Settings(_Section):
     # The policy registry, when several gateways and the trainer share one (a shared filesystem or
     # volume mounted at the same path everywhere); None: <state_dir>/registry.
     registry_dir: Path | None = None
-    # A Hugging Face checkpoint directory to serve as v1; empty builds the tiny model instead.
-    base_model: Path | None = None
+    # The base policy (v0001): a Hugging Face checkpoint folder or a model id on the hub (fetched once,
+    # safetensors only, into <state_dir>/hub); empty builds the tiny model instead.
+    base_model: str | None = None
     tiny_model: TinyModelConfig = TinyModelConfig()
     engine: EngineConfig = EngineConfig()
     gateway: GatewayConfig = GatewayConfig()

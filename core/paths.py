@@ -91,6 +91,11 @@ class StatePaths:
         return self.root / "data" / "pretraining.jsonl"
 
     @property
+    def hub_cache(self) -> Path:
+        """Models fetched from the Hugging Face hub (base_model given as a model id)."""
+        return self.root / "hub"
+
+    @property
     def logs(self) -> Path:
         """Process logs of the demo."""
         return self.root / "logs"

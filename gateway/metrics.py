@@ -56,6 +56,13 @@ class GatewayMetrics:
             ["version"],
             registry=r,
         )
+        self.answer_tokens = Histogram(
+            "alignloop_answer_tokens",
+            "Tokens per served answer, by the version that wrote it (a reward-hacking signal: length)",
+            ["version"],
+            buckets=(4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
+            registry=r,
+        )
         self.served_by = Counter(
             "alignloop_generations_by_policy_version",
             "Generation requests by the version that served them",

@@ -1,4 +1,5 @@
-"""Build the default base policy: a byte-level BPE tokenizer and a small Llama, trained locally.
+"""Build the default base policy: a byte-level BPE tokenizer and a small Llama (or Qwen2- or
+Gemma-style) model, trained locally.
 
 No weights can be downloaded on the project's machines, so the default policy is made here from
 generated text (inference/corpus.py). The result is an ordinary Hugging Face checkpoint
@@ -15,7 +16,15 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    GemmaConfig,
+    GenerationConfig,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
 
 from core.config import TinyModelConfig
 from synthetic.corpus import dialogues, pretraining_texts
@@ -64,6 +73,31 @@ def _batches(ids: torch.Tensor, cfg: TinyModelConfig, gen: torch.Generator):
         yield torch.stack([ids[s : s + cfg.seq_len] for s in starts.tolist()])
 
 
+def model_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> PretrainedConfig:
+    """The transformers config of the tiny model's family, shaped by cfg."""
+    head_dim = cfg.hidden_size // cfg.num_heads
+    shape: dict = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads or (1 if cfg.family == "qwen2" else cfg.num_heads),
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "torch_dtype": "float32",
+    }
+    if cfg.family == "qwen2":
+        return Qwen2Config(**shape, tie_word_embeddings=True)
+    if cfg.family == "gemma":
+        return GemmaConfig(
+            **shape, head_dim=head_dim, hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True
+        )
+    return LlamaConfig(**shape, tie_word_embeddings=False)
+
+
 def build_tiny_model(out_dir: Path, cfg: TinyModelConfig) -> Path:
     """Generate the corpus, train tokenizer and model, and save both to out_dir."""
     if cfg.hidden_size // cfg.num_heads < 32:
@@ -73,21 +107,7 @@ def build_tiny_model(out_dir: Path, cfg: TinyModelConfig) -> Path:
     texts += pretraining_texts(cfg.corpus_examples // 3, cfg.seed)
     tokenizer = build_tokenizer(texts, cfg.vocab_size)
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_heads,
-        max_position_embeddings=cfg.max_position_embeddings,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-        torch_dtype="float32",
-    )
-    model = LlamaForCausalLM(config)
+    model = AutoModelForCausalLM.from_config(model_config(cfg, tokenizer))
 
     # One token stream, documents separated by EOS; random windows of it are the batches.
     stream: list[int] = []

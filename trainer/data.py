@@ -12,9 +12,10 @@ gateway renders it, so what is trained is what is served.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,9 +53,27 @@ def load_rankings(path: Path) -> list[Ranking]:
     return [Ranking(r["prompt"], r["responses"], r["ranking"]) for r in read_jsonl(path)]
 
 
-def read_texts(path: Path) -> list[str]:
-    """The texts of a pretraining.jsonl file."""
-    return [r["text"] for r in read_jsonl(path)]
+def read_texts(path: Path, limit: int | None = None) -> list[str]:
+    """Pretraining documents, at most `limit`: a JSON-lines file's {"text": ...} records, a text
+    file's paragraphs (split at blank lines), or those of every .jsonl/.txt file under a folder
+    (in name order, so the same folder gives the same texts)."""
+    files = sorted(p for p in path.rglob("*") if p.suffix in (".jsonl", ".txt")) if path.is_dir() else [path]
+    documents = (text for file in files for text in _documents(file))
+    return list(itertools.islice(documents, limit))
+
+
+def _documents(file: Path) -> Iterator[str]:
+    with open(file) as f:  # read as consumed: a corpus may be far larger than what is kept
+        if file.suffix == ".txt":
+            paragraph: list[str] = []
+            for line in itertools.chain(f, [""]):
+                if line.strip():
+                    paragraph.append(line.rstrip("\n"))
+                elif paragraph:
+                    yield "\n".join(paragraph).strip()
+                    paragraph = []
+        else:
+            yield from (json.loads(line)["text"] for line in f if line.strip())
 
 
 def held_out(key: str, fraction: float) -> bool:

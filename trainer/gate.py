@@ -96,6 +96,7 @@ def evaluate(
     _free()
     cand_rewards = score(reward_model, tok, asked, answers, runtime=runtime)
     metrics["candidate_reward"] = cand_rewards.mean().item()
+    metrics["candidate_answer_tokens"] = _mean_tokens(tok, answers)  # length is what an RM is hacked by first
 
     serv = load_causal_lm(serving, runtime, frozen=True)
     with runtime.autocast():
@@ -104,6 +105,7 @@ def evaluate(
     _free()
     serv_rewards = score(reward_model, tok, asked, serv_answers, runtime=runtime)
     metrics["serving_reward"] = serv_rewards.mean().item()
+    metrics["serving_answer_tokens"] = _mean_tokens(tok, serv_answers)
     gain = cand_rewards - serv_rewards  # paired: same prompt, same random numbers
     metrics["reward_gain"] = gain.mean().item()
     metrics["reward_gain_stderr"] = (gain.std() / math.sqrt(len(gain))).item() if len(gain) > 1 else 0.0
@@ -135,3 +137,8 @@ def evaluate(
             f"{metrics['sft_ptx_loss']:.3f} x {1 + ptx_regression}"
         )
     return GateResult(not reasons, reasons, metrics)
+
+
+def _mean_tokens(tok, answers: list[str]) -> float:
+    """Mean length of the answers in tokens."""
+    return sum(len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers) / max(len(answers), 1)

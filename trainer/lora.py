@@ -20,13 +20,33 @@ ADAPTER_DIR = "adapter"
 _PEFT_PREFIX = "base_model.model."
 
 
+def attention_projections(model: torch.nn.Module) -> list[str]:
+    """The names of the linear projections inside the model's attention blocks (q_proj, k_proj,
+    v_proj, o_proj on Llama, Qwen2, Mistral, Gemma; query_key_value, dense on GPT-NeoX): LoRA's
+    targets for any architecture transformers builds, found in the model rather than a table."""
+    from transformers.pytorch_utils import Conv1D  # GPT-2's projections are Conv1D, not Linear
+
+    names = {
+        child_name
+        for module in model.modules()
+        if type(module).__name__.endswith("Attention")
+        for child_name, child in module.named_children()
+        if isinstance(child, torch.nn.Linear | Conv1D)
+    }
+    if not names:
+        raise ValueError(
+            f"no attention projections found in {type(model).__name__}: set train.lora.target_modules"
+        )
+    return sorted(names)
+
+
 def add_adapter(model: torch.nn.Module, cfg: LoRAConfig, task_type: str) -> PeftModel:
     """The model with a fresh adapter (only the adapter trains; the base is frozen)."""
     config = LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=list(cfg.target_modules),
+        target_modules=list(cfg.target_modules or attention_projections(model)),
         task_type=task_type,
     )
     return get_peft_model(model, config)

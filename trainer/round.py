@@ -52,11 +52,11 @@ def load_pretraining(settings: Settings) -> tuple[list[str], list[str]]:
         if settings.train.ppo.ptx_coef:
             raise RuntimeError(
                 f"PPO-ptx needs pretraining text and there is none at {path}: write JSON lines of "
-                '{"text": ...} there, point train.loop.pretraining_data at such a file, or set '
-                "train.ppo.ptx_coef=0 for plain PPO"
+                '{"text": ...} there, point train.loop.pretraining_data at such a file or at a folder '
+                "of .jsonl/.txt files, or set train.ppo.ptx_coef=0 for plain PPO"
             )
         return [], []
-    texts = list(dict.fromkeys(read_texts(path)))  # distinct, in file order
+    texts = list(dict.fromkeys(read_texts(path, settings.train.loop.pretraining_max_texts)))  # distinct
     train = [t for t in texts if not held_out(t, 0.05)]
     return train, [t for t in texts if held_out(t, 0.05)][:_GATE_PTX_TEXTS]
 

@@ -81,7 +81,7 @@ class Runtime:
             else f"{self.precision} mixed (fp32 weights, {self.precision} compute)"
         )
         extras = [
-            f"LoRA r={self.lora.r} on {','.join(self.lora.target_modules)}"
+            f"LoRA r={self.lora.r} on {','.join(self.lora.target_modules or ['attention projections'])}"
             if self.lora.enabled
             else "full weights"
         ]

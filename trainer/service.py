@@ -64,6 +64,25 @@ class _Metrics:
             "alignloop_trainer_kl_from_sft", "Candidate's KL from SFT on held-out prompts", registry=registry
         )
         self.ptx = Gauge("alignloop_trainer_ptx_loss", "Candidate's pretraining LM loss", registry=registry)
+        # Reward-hacking signals, per version the trainer made: KL from SFT and answer length
+        # (sampled answers to held-out prompts), and the reward model's drift between rounds.
+        self.version_kl = Gauge(
+            "alignloop_trainer_version_kl_from_sft",
+            "KL from SFT per answer (nats) of each version at its gate",
+            ["version"],
+            registry=registry,
+        )
+        self.version_answer_tokens = Gauge(
+            "alignloop_trainer_version_answer_tokens",
+            "Mean sampled answer length (tokens) of each version at its gate",
+            ["version"],
+            registry=registry,
+        )
+        self.rm_drift = Gauge(
+            "alignloop_trainer_rm_score_drift",
+            "This round's RM score of the serving version's answers minus the score it had at its own gate",
+            registry=registry,
+        )
         self.promoted = Gauge(
             "alignloop_trainer_last_promoted_info",
             "1 for the last promoted version",
@@ -211,6 +230,13 @@ class TrainerService:
             self.gate_pretraining,
         )
         rm_metrics, ppo_metrics, gate = trained.rm, trained.ppo, trained.gate
+        # The new reward model's score of the serving version's answers less what the RM of the round
+        # that made it gave the same version: a reward model whose scale drifts makes rewards and
+        # gate margins incomparable between rounds, and a rising score on an unchanged policy is a
+        # sign the RM is being learned around rather than with.
+        scored_then = self.registry.info(serving).extra.get("gate", {}).get("candidate_reward")
+        if scored_then is not None and "serving_reward" in gate.metrics:
+            gate.metrics["rm_score_drift"] = gate.metrics["serving_reward"] - scored_then
         self.metrics.rm_accuracy.set(rm_metrics["heldout_accuracy"])
         # Passing the offline gate promotes at once (promotion.mode = direct) or proposes the
         # candidate to the gateway's canary, where people's comparisons decide (canary).
@@ -315,6 +341,11 @@ class TrainerService:
             self.metrics.reward.labels(policy).set(metrics.get(f"{policy}_reward", float("nan")))
         self.metrics.kl.set(metrics.get("kl_from_sft", float("nan")))
         self.metrics.ptx.set(metrics.get("candidate_ptx_loss", float("nan")))
+        self.metrics.version_kl.labels(version).set(metrics.get("kl_from_sft", float("nan")))
+        self.metrics.version_answer_tokens.labels(version).set(
+            metrics.get("candidate_answer_tokens", float("nan"))
+        )
+        self.metrics.rm_drift.set(metrics.get("rm_score_drift", float("nan")))
         self.metrics.rounds.labels(decision).inc()
         self.metrics.round_seconds.observe(time.time() - started)
         record = {

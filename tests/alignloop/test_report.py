@@ -12,7 +12,7 @@ from promotion.evidence import EvidenceStore
 from registry.store import PolicyRegistry
 
 
-def test_the_report_shows_people_judge_tax_and_rm_accuracy(tmp_path, tiny_model_dir):
+def test_the_report_shows_people_judge_tax_rm_accuracy_and_reward_hacking_signals(tmp_path, tiny_model_dir):
     settings = load_settings(None, [f"state_dir={tmp_path / 'state'}"], environ={})
     registry = PolicyRegistry(settings.paths.registry)
     registry.publish(tiny_model_dir, source="tiny-model", make_current=True)
@@ -29,7 +29,10 @@ def test_the_report_shows_people_judge_tax_and_rm_accuracy(tmp_path, tiny_model_
                     "decision": "proposed" if n == 2 else "rejected",
                     "candidate_ptx_loss": ptx,
                     "sft_ptx_loss": 1.0,
-                    "kl_from_sft": 2.5,
+                    "kl_from_sft": 2.5 * n,
+                    "candidate_answer_tokens": 10.0 * n,
+                    "serving_answer_tokens": 9.0,
+                    **({"rm_score_drift": 0.75} if n == 2 else {}),
                     # the gate's held-out judge set, when it had one
                     **({"judge_accuracy": 0.9} if n == 2 else {}),
                 },
@@ -79,7 +82,10 @@ def test_the_report_shows_people_judge_tax_and_rm_accuracy(tmp_path, tiny_model_
         judged_versions=["v0003"],
     )
     text = page.read_text()
-    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| v")}
+    rows: dict[str, str] = {}
+    for line in text.splitlines():  # the versions table's rows (the leaderboard's come after them)
+        if line.startswith("| v"):
+            rows.setdefault(line.split("|")[1].strip(), line)
     assert "v0003 (serving)" in rows and "v0002" in rows and "v0001" in rows
     serving = rows["v0003 (serving)"]
     assert "proposed" in serving and "0.90" in serving and "1.050" in serving  # gate, RM accuracy, tax
@@ -88,6 +94,15 @@ def test_the_report_shows_people_judge_tax_and_rm_accuracy(tmp_path, tiny_model_
     assert "90% (80%-95%, n=192)" in serving and "vs SFT, hidden rule" in text
     assert "rejected" in rows["v0002"] and "0.70" in rows["v0002"] and "1.100" in rows["v0002"]
     assert "n=" not in rows["v0002"]
+    # Reward-hacking signals, in the table's order: KL from SFT, answer tokens, RM score drift.
+    columns = [c.strip() for c in serving.split("|")]
+    kl = columns.index("5.00")
+    assert columns[kl : kl + 3] == ["5.00", "20.0", "+0.75"], columns
+    first = [c.strip() for c in rows["v0002"].split("|")]
+    assert first[kl : kl + 3] == ["2.50", "10.0", ""], first  # round 1 had no RM before it
+    assert [c.strip() for c in rows["v0001"].split("|")][
+        kl + 1
+    ] == "9.0"  # measured as round 1's serving side
     assert "People's leaderboard (10 pairwise outcomes" in text
     for png in ("win_rate.png", "training.png"):
         assert f"]({png})" in text

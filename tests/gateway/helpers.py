@@ -1,12 +1,13 @@
-"""Clients that misbehave on purpose, for the gateway's tests."""
+"""Clients that misbehave on purpose, and what the gateway's tests ask of a running gateway."""
 
 import json
 import socket
 import time
 
 import httpx
+import psutil
 
-from tests.conftest import ADMIN_KEY
+from tests.conftest import ADMIN_KEY, MODEL
 
 # 9 x 240 tokens with their top-5 log-probabilities: ~1.3 MB of events, ~4 s of the tiny engine's work.
 BIG_STREAM = {"max_tokens": 240, "n": 9, "logprobs": 5, "ignore_eos": True, "stream": True}
@@ -53,3 +54,19 @@ def canary_running(gw, version: str, timeout_s: float = 300) -> None:
         while (state := admin.get("/admin/promotion").json())["candidate"] != version:
             assert time.monotonic() < deadline, state
             time.sleep(0.5)
+
+
+def engine_processes(gw) -> set[int]:
+    """The gateway's child processes (its vLLM engines run in processes of their own)."""
+    return {p.pid for p in psutil.Process(gw.process.pid).children(recursive=True)}
+
+
+def greedy(gw, prompt: str, max_tokens: int = 16) -> tuple[str, str]:
+    """(the version that served it, the text) of a greedy completion of `prompt`."""
+    with gw.client() as c:
+        r = c.post(
+            "/v1/completions",
+            json={"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0},
+        )
+    assert r.status_code == 200, r.text
+    return r.headers["x-policy-version"], r.json()["choices"][0]["text"]

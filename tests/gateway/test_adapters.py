@@ -8,7 +8,6 @@ import random
 import shutil
 
 import httpx
-import psutil
 import pytest
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -16,8 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from core.config import LoRAConfig, SFTConfig, TrainConfig
 from synthetic.corpus import PLACES
 from synthetic.users import Population
-from tests.conftest import ADMIN_KEY, MODEL, PEOPLE_KEYS, make_gateway
-from tests.gateway.helpers import decided
+from tests.conftest import ADMIN_KEY, PEOPLE_KEYS, make_gateway
+from tests.gateway.helpers import decided, engine_processes, greedy
 from tests.gateway.test_parity import transformers_greedy
 from tests.gateway.test_promotion import PROMOTION, PROMPTS
 from trainer.lora import ADAPTER_DIR, add_adapter
@@ -41,10 +40,6 @@ def _colour_adapter(base, out, colour: str):
     return train_sft(base, demos, out, SFTConfig(batch_size=16, learning_rate=3e-3, save_every=0), runtime)
 
 
-def _engine_processes(gw) -> set[int]:
-    return {p.pid for p in psutil.Process(gw.process.pid).children(recursive=True)}
-
-
 @pytest.fixture(scope="module")
 def adapter_gateway(tmp_path_factory, tiny_model_dir, kafka_broker):
     """A gateway of its own whose engine holds LoRA adapters from its start."""
@@ -59,15 +54,6 @@ def adapter_gateway(tmp_path_factory, tiny_model_dir, kafka_broker):
     gw.stop()
 
 
-def _greedy(gw, prompt: str) -> tuple[str, str]:
-    with gw.client() as c:
-        r = c.post(
-            "/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 16, "temperature": 0}
-        )
-    assert r.status_code == 200, r.text
-    return r.headers["x-policy-version"], r.json()["choices"][0]["text"]
-
-
 def test_adapter_versions_are_canaried_promoted_and_rolled_back_on_one_engine(
     adapter_gateway, tiny_model_dir, tmp_path
 ):
@@ -75,7 +61,7 @@ def test_adapter_versions_are_canaried_promoted_and_rolled_back_on_one_engine(
     blue = _colour_adapter(tiny_model_dir, tmp_path / "blue", "blue")
     red = _colour_adapter(tiny_model_dir, tmp_path / "red", "red")
     base = gw.registry.current()
-    engines = _engine_processes(gw)
+    engines = engine_processes(gw)
     assert engines, "the engine runs in processes of its own"
     users = Population(
         gw.url, PEOPLE_KEYS, PROMPTS, users=4, k=4, max_tokens=16, pause_s=0.2, compare_every=2
@@ -84,7 +70,7 @@ def test_adapter_versions_are_canaried_promoted_and_rolled_back_on_one_engine(
         better = gw.registry.publish(blue / ADAPTER_DIR, base=base, source="test:blue-adapter", parent=base)
         gw.registry.propose(better)
         promoted = decided(gw, better)
-        assert _engine_processes(gw) == engines
+        assert engine_processes(gw) == engines
         worse = gw.registry.publish(red / ADAPTER_DIR, base=base, source="test:red-adapter", parent=better)
         gw.registry.propose(worse)
         rolled_back = decided(gw, worse)
@@ -95,7 +81,7 @@ def test_adapter_versions_are_canaried_promoted_and_rolled_back_on_one_engine(
     assert promoted["decision"] == "promoted" and promoted["against"] == base, promoted
     assert rolled_back["decision"] == "rolled_back" and rolled_back["against"] == better, rolled_back
     assert gw.registry.current() == better and tally.mixed > 0
-    assert _engine_processes(gw) == engines, "a canary or promotion of an adapter started an engine"
+    assert engine_processes(gw) == engines, "a canary or promotion of an adapter started an engine"
     with gw.client(ADMIN_KEY) as admin:
         listing = admin.get("/admin/versions").json()
     assert [(e["version"], e["adapters"]) for e in listing["engines"]] == [(base, {better: "serving"})]
@@ -112,11 +98,11 @@ def test_adapter_versions_are_canaried_promoted_and_rolled_back_on_one_engine(
             r = admin.post("/admin/policy", json={"version": version})
         assert r.status_code == 200 and r.json()["serving"] == version, r.text
         for prompt in PROMPTS[:3]:
-            served_by, text = _greedy(gw, prompt)
+            served_by, text = greedy(gw, prompt)
             ids = tok(prompt, add_special_tokens=False)["input_ids"]
             assert (served_by, text) == (version, transformers_greedy(merged, ids, 16))
     assert 'alignloop_policy_swap_seconds_count{mode="adapter"} 2.0' in httpx.get(f"{gw.url}/metrics").text
-    assert _engine_processes(gw) == engines
+    assert engine_processes(gw) == engines
 
 
 def test_an_adapter_changed_after_publishing_or_that_cannot_load_is_refused_and_changes_nothing(
@@ -125,7 +111,7 @@ def test_an_adapter_changed_after_publishing_or_that_cannot_load_is_refused_and_
     gw = adapter_gateway
     serving = gw.registry.current()
     base = gw.registry.info(serving).base or serving
-    engines = _engine_processes(gw)
+    engines = engine_processes(gw)
     good = tmp_path / "good"
     add_adapter(
         AutoModelForCausalLM.from_pretrained(gw.registry.path(base)), LORA, "CAUSAL_LM"
@@ -150,6 +136,6 @@ def test_an_adapter_changed_after_publishing_or_that_cannot_load_is_refused_and_
             r = admin.post("/admin/policy", json={"version": version})
             assert r.status_code == 409 and reason in r.json()["error"]["message"], r.text
             assert admin.get("/admin/versions").json()["serving"] == serving
-        assert _greedy(gw, PROMPTS[0])[0] == serving
+        assert greedy(gw, PROMPTS[0])[0] == serving
     assert gw.registry.current() == serving
-    assert _engine_processes(gw) == engines
+    assert engine_processes(gw) == engines

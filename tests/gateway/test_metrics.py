@@ -52,6 +52,13 @@ def test_metrics_count_what_was_served(gateway):
         before, "alignloop_generation_tokens_total"
     )
     assert gen == 3 * served["usage"]["completion_tokens"]
+    version = served["policy_version"]  # answer length by the version that wrote it
+    length = {
+        k: value(after, f"alignloop_answer_tokens_{k}", version=version)
+        - value(before, f"alignloop_answer_tokens_{k}", version=version)
+        for k in ("count", "sum")
+    }
+    assert length == {"count": 3, "sum": gen}
     prompt = value(after, "alignloop_prompt_tokens_total") - value(before, "alignloop_prompt_tokens_total")
     assert prompt == 3 * served["usage"]["prompt_tokens"]
     ttft = value(after, "alignloop_time_to_first_token_seconds_count", route="completions") - value(

@@ -229,3 +229,33 @@ def test_lora_rollouts_move_only_the_adapter_and_sample_what_the_merge_does(
         assert sampler.generate(prompts, 16, 0.0, 0) == hf_greedy(out, prompts)
     finally:
         sampler.close()
+
+
+def test_lora_targets_are_found_in_each_architecture():
+    """With no target_modules set, adapters go on the attention projections the model has, whatever
+    its family calls them, in the causal LM and in the reward model's backbone alike."""
+    from transformers import (
+        AutoModel,
+        AutoModelForCausalLM,
+        GemmaConfig,
+        GPTNeoXConfig,
+        LlamaConfig,
+        Qwen2Config,
+    )
+
+    from trainer.lora import add_adapter, attention_projections
+
+    shape = {"hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    projections = ["k_proj", "o_proj", "q_proj", "v_proj"]
+    for config, names in (
+        (LlamaConfig(**shape, vocab_size=64), projections),
+        (Qwen2Config(**shape, vocab_size=64, num_key_value_heads=1), projections),
+        (GemmaConfig(**shape, vocab_size=64, head_dim=32), projections),
+        (GPTNeoXConfig(**shape, vocab_size=64), ["dense", "query_key_value"]),
+    ):
+        assert attention_projections(AutoModelForCausalLM.from_config(config)) == names
+        adapted = add_adapter(
+            AutoModel.from_config(config), LoRAConfig(enabled=True, r=4), "FEATURE_EXTRACTION"
+        )
+        wrapped = {name.rsplit(".", 1)[-1] for name, m in adapted.named_modules() if hasattr(m, "lora_A")}
+        assert wrapped == set(names), type(config).__name__

@@ -147,6 +147,18 @@ def test_rounds_with_lora_publish_versions_and_continue_the_adapter(tiny_model_d
         service.close()
     assert (first["decision"], second["decision"]) == ("promoted", "promoted")
     v2, v3 = registry.info(first["version"]), registry.info(second["version"])
+    # Reward-hacking signals: round 2's RM scores v2's answers against what round 1's RM gave them.
+    gate = v3.extra["gate"]
+    assert gate["rm_score_drift"] == pytest.approx(
+        gate["serving_reward"] - v2.extra["gate"]["candidate_reward"]
+    )
+    assert "rm_score_drift" not in v2.extra["gate"]  # SFT had no gate of its own
+    exported = generate_latest(service.metrics_registry).decode()
+    for version in (v2.name, v3.name):
+        assert f'alignloop_trainer_version_kl_from_sft{{version="{version}"}}' in exported
+        tokens = registry.info(version).extra["gate"]["candidate_answer_tokens"]
+        assert 0 < tokens <= 2 * settings.train.ppo.max_new_tokens  # re-tokenised text: about the same
+        assert f'alignloop_trainer_version_answer_tokens{{version="{version}"}} {tokens}' in exported
     assert v2.extra["policy_init"] == str(registry.path("v0001")) and v2.extra["lora_adapter"]
     if publish == "merged":
         for name in (first["version"], second["version"]):
