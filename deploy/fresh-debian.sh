@@ -36,13 +36,25 @@ mount --rbind /sys "$root/sys"
 mount --bind /dev "$root/dev"
 mount --bind /dev/pts "$root/dev/pts"
 mount --bind /dev/shm "$root/dev/shm"
+# The host's own local CAs, if it has any: a network whose egress re-signs TLS (this project's
+# machines) needs them inside the root too, and uv and pip are told to read the system's store. A
+# host on a plain network has none, and the root stays as debootstrap made it.
+tls_env=""
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+  cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+  chroot "$root" update-ca-certificates >>"$log" 2>&1
+  bundle=/etc/ssl/certs/ca-certificates.crt
+  tls_env="SSL_CERT_FILE=$bundle PIP_CERT=$bundle REQUESTS_CA_BUNDLE=$bundle"
+  echo "fresh-debian: the host's local CAs are trusted in the root too ($(ls /usr/local/share/ca-certificates))"
+fi
 git clone --quiet "$repo" "$root/root/alignloop"
 git -C "$root/root/alignloop" checkout --quiet "$(git -C "$repo" rev-parse HEAD)"
 echo "fresh-debian: Debian 12 root ready in $(($(date +%s) - started)) s; $(chroot "$root" python3 --version)"
 
 # A login-like environment: nothing of the host's PATH, caches or Python leaks in.
 in_root() {
-  chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
+  # shellcheck disable=SC2086  # tls_env is several assignments, or none
+  chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb $tls_env \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     bash -c "cd /root/alignloop && $1"
 }
