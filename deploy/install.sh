@@ -28,6 +28,15 @@ if [ -z "$uv" ]; then
   fi
 fi
 
+# vLLM's CPU kernels link against libnuma (and torch's OpenMP against libgomp); a minimal Debian
+# has neither, and the engine then fails at start-up, not at import.
+if [ "$accel" = cpu ] && command -v ldconfig >/dev/null 2>&1; then
+  missing=()
+  ldconfig -p | grep -q 'libnuma\.so\.1 ' || missing+=(libnuma1)
+  ldconfig -p | grep -q 'libgomp\.so\.1 ' || missing+=(libgomp1)
+  [ ${#missing[@]} -eq 0 ] || bash deploy/apt-install.sh "${missing[@]}"
+fi
+
 if [ -d .venv ] && [ ! -f ".venv/.alignloop-$accel" ]; then
   echo "install: .venv was made for another accelerator; recreating it for $accel"
   rm -rf .venv

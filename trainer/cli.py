@@ -9,7 +9,7 @@ from pathlib import Path
 
 from core.config import Settings
 from trainer import distributed
-from trainer.data import load_rankings, read_jsonl
+from trainer.data import load_rankings, read_jsonl, record_prompt
 from trainer.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data",
         type=Path,
         required=True,
-        help="sft: demonstrations.jsonl; rm: rankings.jsonl; ppo: prompts.jsonl",
+        help='sft: demonstrations.jsonl; rm: rankings.jsonl; ppo: prompts.jsonl ({"prompt": ...} or, multi-turn, {"messages": [...]})',
     )
     parser.add_argument(
         "--out", type=Path, required=True, help="output checkpoint dir (resumes if it holds a state)"
@@ -51,14 +51,16 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
     if args.stage == "sft":
         from trainer.sft import train_sft
 
-        demos = [(r["prompt"], r["response"]) for r in read_jsonl(args.data)]
+        demos = [(record_prompt(r), r["response"]) for r in read_jsonl(args.data)]
         train_sft(args.init, demos, args.out, cfg.sft, runtime, max_steps=args.max_steps)
         result = {"out": str(args.out)}
     elif args.stage == "rm":
         from trainer.reward_training import train_rm
 
         reference = (
-            [(r["prompt"], r["response"]) for r in read_jsonl(args.reference)] if args.reference else None
+            [(record_prompt(r), r["response"]) for r in read_jsonl(args.reference)]
+            if args.reference
+            else None
         )
         result = train_rm(
             args.init,
@@ -74,7 +76,7 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
 
         if args.rm is None:
             raise SystemExit("ppo needs --rm")
-        prompts = [r["prompt"] for r in read_jsonl(args.data)]
+        prompts = [record_prompt(r) for r in read_jsonl(args.data)]
         texts = [r["text"] for r in read_jsonl(args.pretraining)] if args.pretraining else []
         if cfg.ppo.ptx_coef and not texts:
             raise SystemExit("PPO-ptx needs --pretraining (or --set train.ppo.ptx_coef=0 for plain PPO)")

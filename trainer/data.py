@@ -48,9 +48,14 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
+def record_prompt(record: dict) -> str:
+    """The prompt of a stage's data record: {"prompt": text} or, multi-turn, {"messages": [...]}."""
+    return Conversation(record["messages"]) if "messages" in record else record["prompt"]
+
+
 def load_rankings(path: Path) -> list[Ranking]:
     """rankings.jsonl as Ranking records."""
-    return [Ranking(r["prompt"], r["responses"], r["ranking"]) for r in read_jsonl(path)]
+    return [Ranking(record_prompt(r), r["responses"], r["ranking"]) for r in read_jsonl(path)]
 
 
 def read_texts(path: Path, limit: int | None = None) -> list[str]:
@@ -88,10 +93,46 @@ def stable_subset(keys: list[str], limit: int) -> list[str]:
     return sorted(keys, key=lambda k: hashlib.sha256(k.encode()).hexdigest())[:limit]
 
 
+class Conversation(str):
+    """A multi-turn prompt: a conversation whose last message is the user's, answered next.
+
+    It is a str so that everything that keys, hashes, splits or de-duplicates prompts handles it as
+    it handles a single user message: its text is a stable key (the last message and a digest of
+    the whole conversation). Its turns are kept apart, as structured messages, and prompt_ids
+    renders them with the chat template. Nothing is ever parsed back from text: a plain str prompt
+    is always one user message, so no prompt's text can pose as earlier turns or other roles."""
+
+    messages: tuple[tuple[str, str], ...]
+
+    def __new__(cls, messages: list[dict[str, str]]) -> Conversation:
+        turns = tuple((m["role"], m["content"]) for m in messages)
+        if (
+            not turns
+            or turns[-1][0] != "user"
+            or any(r not in ("system", "user", "assistant") for r, _ in turns)
+        ):
+            raise ValueError("a conversation is system, user and assistant messages, the last one the user's")
+        digest = hashlib.sha256(json.dumps(turns).encode()).hexdigest()[:12]
+        self = super().__new__(cls, f"{turns[-1][1]} [conversation {digest}: {len(turns)} messages]")
+        self.messages = turns
+        return self
+
+    def as_messages(self) -> list[dict[str, str]]:
+        """The conversation as chat messages."""
+        return [{"role": role, "content": content} for role, content in self.messages]
+
+    def __reduce__(self):  # copied as what it is: str's own reduction would rebuild it from its key
+        return (Conversation, (self.as_messages(),))
+
+
 def prompt_ids(tok: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """The token ids the policy sees for a user prompt (chat template, generation prompt on), with
-    the prompt's own text never read as control tokens, exactly as the gateway serves it."""
-    return chat_ids(tok, [{"role": "user", "content": prompt}])[1]
+    """The token ids the policy sees for a prompt (chat template, generation prompt on): one user
+    message, or a Conversation's turns; no message's text is ever read as control tokens, exactly
+    as the gateway serves it."""
+    messages = (
+        prompt.as_messages() if isinstance(prompt, Conversation) else [{"role": "user", "content": prompt}]
+    )
+    return chat_ids(tok, messages)[1]
 
 
 def response_ids(tok: PreTrainedTokenizerBase, response: str) -> list[int]:

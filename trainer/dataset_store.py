@@ -19,12 +19,13 @@ from pathlib import Path
 
 from core import durable_sqlite
 from feedback.events import Comparison, CompletionServed
-from trainer.data import Ranking
+from trainer.data import Conversation, Ranking
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (event_id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS completions (
-    request_id TEXT PRIMARY KEY, route TEXT, prompt TEXT, policy_version TEXT, choices TEXT NOT NULL, caller TEXT
+    request_id TEXT PRIMARY KEY, route TEXT, prompt TEXT, policy_version TEXT, choices TEXT NOT NULL, caller TEXT,
+    conversation TEXT
 );
 CREATE TABLE IF NOT EXISTS comparisons (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT UNIQUE NOT NULL, request_id TEXT NOT NULL,
@@ -48,13 +49,15 @@ _MIGRATIONS = [
     "ALTER TABLE rounds ADD COLUMN last_seq INTEGER",
     # when the rater gave it (the event's timestamp): the feedback-to-deployment clock starts there
     "ALTER TABLE comparisons ADD COLUMN at REAL",
+    # a multi-turn prompt's messages (JSON); prompt holds its key
+    "ALTER TABLE completions ADD COLUMN conversation TEXT",
 ]
 
-# Trainable comparisons: joined to a single-turn completion, the latest per (rater, request), and
-# at most :cap per rater (the latest). n = 1 is a rater's newest.
+# Trainable comparisons: joined to a chat completion, the latest per (rater, request), and at most
+# :cap per rater (the latest). n = 1 is a rater's newest.
 _USABLE = """
 WITH joined AS (
-    SELECT c.seq, c.rater, c.ranking, p.prompt, p.choices,
+    SELECT c.seq, c.rater, c.ranking, p.prompt, p.conversation, p.choices,
            ROW_NUMBER() OVER (PARTITION BY c.request_id, c.rater ORDER BY c.seq DESC) AS k
     FROM comparisons c JOIN completions p USING (request_id) WHERE p.prompt IS NOT NULL),
 usable AS (
@@ -62,12 +65,23 @@ usable AS (
 """
 
 
-def user_prompt(event: CompletionServed) -> str | None:
-    """The single user message of a chat request (what the trainer's prompts are), else None."""
+_ROLES = {"system", "user", "assistant"}
+
+
+def training_prompt(event: CompletionServed) -> str | None:
+    """What a chat request asked, as the trainer's prompt: the user's message, or for a conversation
+    (earlier turns, then the user's) a Conversation; None for what is not a chat answered after a
+    user's message (plain completions, a conversation ending in another role)."""
     if event.route != "chat" or not event.messages:
         return None
-    users = [m["content"] for m in event.messages if m.get("role") == "user"]
-    return users[-1] if len(users) == 1 and len(event.messages) == 1 else None
+    messages = event.messages
+    if messages[-1].get("role") != "user" or any(m.get("role") not in _ROLES for m in messages):
+        return None
+    return messages[0]["content"] if len(messages) == 1 else Conversation(messages)
+
+
+def _prompt(key: str, conversation: str | None) -> str:
+    return Conversation(json.loads(conversation)) if conversation else key
 
 
 @dataclass(frozen=True)
@@ -118,15 +132,19 @@ class DatasetStore:
                 ):
                     continue  # delivered before: already stored
                 if isinstance(e, CompletionServed):
+                    prompt = training_prompt(e)
                     cur.execute(
-                        "INSERT OR IGNORE INTO completions VALUES (?, ?, ?, ?, ?, ?)",
+                        "INSERT OR IGNORE INTO completions "
+                        "(request_id, route, prompt, policy_version, choices, caller, conversation) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (
                             e.request_id,
                             e.route,
-                            user_prompt(e),
+                            None if prompt is None else str(prompt),
                             e.policy_version,
                             json.dumps({c.choice_id: c.text for c in e.choices}),
                             e.caller,
+                            json.dumps(prompt.as_messages()) if isinstance(prompt, Conversation) else None,
                         ),
                     )
                     new[0] += 1
@@ -196,8 +214,9 @@ class DatasetStore:
     def ranked(self) -> list[RankedBy]:
         """Trainable comparisons joined to the texts they rank, oldest first, with their raters."""
         out = []
-        for ranking_json, prompt, choices_json, rater in self._rows(
-            _USABLE + "SELECT ranking, prompt, choices, rater FROM usable WHERE n <= ? ORDER BY seq",
+        for ranking_json, prompt, conversation, choices_json, rater in self._rows(
+            _USABLE
+            + "SELECT ranking, prompt, conversation, choices, rater FROM usable WHERE n <= ? ORDER BY seq",
             (self.per_user_cap,),
         ):
             groups, choices = json.loads(ranking_json), json.loads(choices_json)
@@ -207,14 +226,18 @@ class DatasetStore:
             index = {cid: i for i, cid in enumerate(ids)}
             out.append(
                 RankedBy(
-                    Ranking(prompt, [choices[cid] for cid in ids], [[index[c] for c in g] for g in groups]),
+                    Ranking(
+                        _prompt(prompt, conversation),
+                        [choices[cid] for cid in ids],
+                        [[index[c] for c in g] for g in groups],
+                    ),
                     rater or "",
                 )
             )
         return out
 
     def rankings(self) -> list[Ranking]:
-        """Trainable comparisons joined to the texts they rank (single-turn chat requests)."""
+        """Trainable comparisons joined to the texts they rank (chat requests)."""
         return [r.ranking for r in self.ranked()]
 
     def per_user(self) -> dict[str, dict[str, int]]:
@@ -229,12 +252,15 @@ class DatasetStore:
         return {r: {"stored": n, "used": used.get(r, 0)} for r, n in stored.items()}
 
     def prompts(self) -> list[str]:
-        """Distinct single-turn user prompts served, each caller's latest per_user_cap requests at most."""
+        """Distinct chat prompts served (single messages and Conversations), each caller's latest
+        per_user_cap requests at most."""
         return [
-            r[0]
-            for r in self._rows(
-                "WITH ranked AS (SELECT prompt, ROW_NUMBER() OVER (PARTITION BY caller ORDER BY rowid DESC) AS n "
-                "FROM completions WHERE prompt IS NOT NULL) SELECT DISTINCT prompt FROM ranked WHERE n <= ? ORDER BY prompt",
+            _prompt(prompt, conversation)
+            for prompt, conversation in self._rows(
+                "WITH ranked AS (SELECT prompt, conversation, "
+                "ROW_NUMBER() OVER (PARTITION BY caller ORDER BY rowid DESC) AS n "
+                "FROM completions WHERE prompt IS NOT NULL) "
+                "SELECT DISTINCT prompt, conversation FROM ranked WHERE n <= ? ORDER BY prompt",
                 (self.per_user_cap,),
             )
         ]

@@ -20,16 +20,21 @@ from trainer.dataset_store import DatasetStore
 
 
 def logged_feedback(n: int) -> list:
-    """What a gateway would have logged: chat completions with 4 candidates and users' rankings."""
+    """What a gateway would have logged: chat completions with 4 candidates and users' rankings;
+    every third one the second turn of a conversation."""
     out = []
     for i, r in enumerate(task.rankings(n, k=4, seed=7)):
         rid = f"chatcmpl-crash-{i}"
         ids = [f"{rid}-{k}" for k in range(4)]
+        earlier = [
+            {"role": "user", "content": "Describe a fox."},
+            {"role": "assistant", "content": "The fox is blue."},
+        ]
         out.append(
             CompletionServed(
                 request_id=rid,
                 route="chat",
-                messages=[{"role": "user", "content": r.prompt}],
+                messages=[*(earlier if i % 3 == 2 else []), {"role": "user", "content": r.prompt}],
                 prompt_text=r.prompt,
                 prompt_tokens=8,
                 sampling={},

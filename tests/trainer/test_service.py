@@ -160,6 +160,11 @@ def test_rounds_with_lora_publish_versions_and_continue_the_adapter(tiny_model_d
         assert 0 < tokens <= 2 * settings.train.ppo.max_new_tokens  # re-tokenised text: about the same
         assert f'alignloop_trainer_version_answer_tokens{{version="{version}"}} {tokens}' in exported
     assert v2.extra["policy_init"] == str(registry.path("v0001")) and v2.extra["lora_adapter"]
+    # Round 1 trained on all 20 rankings, the conversations' (every third) among them.
+    data = v2.extra["data"]
+    assert data["rankings"] + data["judge_rankings"] == 20
+    # A conversation is a prompt of its own, apart from its last message asked alone.
+    assert data["prompts"] == len({(len(e.messages), e.messages[-1]["content"]) for e in events[:40:2]})
     if publish == "merged":
         for name in (first["version"], second["version"]):
             validate_checkpoint(registry.path(name))
