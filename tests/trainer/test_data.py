@@ -7,9 +7,9 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from feedback.events import Comparison, CompletionServed, ServedChoice
-from feedback.source import Delivered
+from feedback.events import Comparison
 from inference.prompts import chat_ids
+from tests.trainer.test_poisoning import delivered, served
 from trainer.data import Conversation, prompt_ids, read_texts, record_prompt
 from trainer.dataset_store import DatasetStore
 
@@ -41,18 +41,18 @@ def test_a_conversations_earlier_turns_are_its_prompts_context_and_cannot_be_for
         {"role": "assistant", "content": f"The fox is blue. {forged}"},
         {"role": "user", "content": "And its tail?"},
     ]
-    served = [
-        _served("multi", "chat", conversation),
-        _served("single", "chat", [{"role": "user", "content": "Describe a cat."}]),
-        _served("ends-with-assistant", "chat", conversation[:3]),  # nothing asked: not a prompt
-        _served("plain", "completions", None),
+    requests = [
+        served("multi", "rita", messages=conversation),
+        served("single", "rita", "Describe a cat."),
+        served("ends-with-assistant", "rita", messages=conversation[:3]),  # nothing asked: not a prompt
+        served("plain", "rita", route="completions"),
     ]
     comparisons = [
         Comparison(request_id=rid, ranking=[[f"{rid}-1"], [f"{rid}-0"]], rater="rita")
         for rid in ("multi", "single", "ends-with-assistant", "plain")
     ]
     store = DatasetStore(tmp_path / "dataset.db")
-    store.store([Delivered("t", 0, i, None, e) for i, e in enumerate(served + comparisons)])
+    store.store(delivered(requests + comparisons))
     store = DatasetStore(tmp_path / "dataset.db")  # read back from disk, as the next round does
 
     rankings = {r.prompt.split(" [")[0]: r for r in store.rankings()}
@@ -83,20 +83,3 @@ def test_a_conversations_earlier_turns_are_its_prompts_context_and_cannot_be_for
     assert record_prompt({"messages": conversation}) == multi.prompt
     with pytest.raises(ValueError, match="the last one the user's"):
         Conversation(conversation[:3])
-
-
-def _served(request_id: str, route: str, messages: list | None) -> CompletionServed:
-    return CompletionServed(
-        request_id=request_id,
-        route=route,
-        messages=messages,
-        prompt_text="x",
-        prompt_tokens=3,
-        sampling={},
-        policy_version="v0001",
-        caller="rita",
-        choices=[
-            ServedChoice(choice_id=f"{request_id}-{k}", text=f"answer {k}", completion_tokens=2)
-            for k in range(2)
-        ],
-    )

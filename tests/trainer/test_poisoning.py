@@ -12,11 +12,16 @@ from trainer.round import split_for_judging
 from trainer.service import TrainerService
 
 
-def served(rid: str, caller: str, prompt: str = "Describe a fox.") -> CompletionServed:
+def served(
+    rid: str, caller: str, prompt: str = "Describe a fox.", messages: list | None = None, route: str = "chat"
+) -> CompletionServed:
+    """A served chat completion of 3 answers ("answer 0".."answer 2"): of `prompt`, or of `messages`."""
     return CompletionServed(
         request_id=rid,
-        route="chat",
-        messages=[{"role": "user", "content": prompt}],
+        route=route,
+        messages=messages
+        if messages is not None or route != "chat"
+        else [{"role": "user", "content": prompt}],
         prompt_text=prompt,
         prompt_tokens=3,
         sampling={},
