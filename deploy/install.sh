@@ -31,9 +31,9 @@ fi
 # vLLM's CPU kernels link against libnuma (and torch's OpenMP against libgomp); a minimal Debian
 # has neither, and the engine then fails at start-up, not at import.
 if [ "$accel" = cpu ] && command -v ldconfig >/dev/null 2>&1; then
-  missing=()
-  ldconfig -p | grep -q 'libnuma\.so\.1 ' || missing+=(libnuma1)
-  ldconfig -p | grep -q 'libgomp\.so\.1 ' || missing+=(libgomp1)
+  missing=() libs=$(ldconfig -p)  # read whole: `ldconfig -p | grep -q` fails under pipefail on a match
+  grep -q 'libnuma\.so\.1 ' <<<"$libs" || missing+=(libnuma1)
+  grep -q 'libgomp\.so\.1 ' <<<"$libs" || missing+=(libgomp1)
   [ ${#missing[@]} -eq 0 ] || bash deploy/apt-install.sh "${missing[@]}"
 fi
 
