@@ -28,20 +28,25 @@ if [ -z "$uv" ]; then
   fi
 fi
 
-# vLLM's CPU kernels link against libnuma (and torch's OpenMP against libgomp); a minimal Debian
-# has neither, and the engine then fails at start-up, not at import.
-if [ "$accel" = cpu ] && command -v ldconfig >/dev/null 2>&1; then
-  missing=() libs=$(ldconfig -p)  # read whole: `ldconfig -p | grep -q` fails under pipefail on a match
-  grep -q 'libnuma\.so\.1 ' <<<"$libs" || missing+=(libnuma1)
-  grep -q 'libgomp\.so\.1 ' <<<"$libs" || missing+=(libgomp1)
-  [ ${#missing[@]} -eq 0 ] || bash deploy/apt-install.sh "${missing[@]}"
-fi
-
 if [ -d .venv ] && [ ! -f ".venv/.alignloop-$accel" ]; then
   echo "install: .venv was made for another accelerator; recreating it for $accel"
   rm -rf .venv
 fi
 [ -d .venv ] || "$uv" venv --quiet .venv --python 3.11
+
+# What the CPU engine needs from the system, which a minimal Debian lacks: vLLM's CPU kernels link
+# against libnuma (torch's OpenMP against libgomp), and its sampler is compiled by torch's inductor
+# at run time, which needs a C++ compiler and the interpreter's Python.h. Without them the engine
+# fails at start-up, or at the first request that needs a compiled kernel.
+if [ "$accel" = cpu ] && command -v ldconfig >/dev/null 2>&1; then
+  missing=() libs=$(ldconfig -p)  # read whole: `ldconfig -p | grep -q` fails under pipefail on a match
+  grep -q 'libnuma\.so\.1 ' <<<"$libs" || missing+=(libnuma1)
+  grep -q 'libgomp\.so\.1 ' <<<"$libs" || missing+=(libgomp1)
+  command -v g++ >/dev/null 2>&1 || missing+=(g++)
+  include=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+  [ -f "$include/Python.h" ] || missing+=(python3-dev)
+  [ ${#missing[@]} -eq 0 ] || bash deploy/apt-install.sh "${missing[@]}"
+fi
 
 # sync: installs what the lock names, at its versions and hashes, and removes everything else.
 "$uv" pip sync --quiet --python .venv --require-hashes "$lock"
