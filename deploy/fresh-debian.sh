@@ -18,6 +18,10 @@ command -v debootstrap >/dev/null 2>&1 || bash "$repo/deploy/apt-install.sh" deb
 
 mounts=(proc sys dev dev/pts dev/shm)
 unmount() {
+  # Whatever still runs inside the root (an interrupted run's servers and brokers) goes first.
+  for proc in /proc/[0-9]*; do
+    [ "$(readlink "$proc/root" 2>/dev/null)" = "$root" ] && kill -9 "${proc#/proc/}" 2>/dev/null
+  done
   for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do
     mountpoint -q "$root/${mounts[i]}" && umount -l "$root/${mounts[i]}"
   done
@@ -31,6 +35,9 @@ started=$(date +%s)
 echo "fresh-debian: debootstrap bookworm into $root ($mirror)"
 debootstrap --variant=minbase --include=git,make,python3,ca-certificates bookworm "$root" "$mirror" >"$log" 2>&1
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# What Debian's installer writes and debootstrap does not: /etc/hosts naming localhost and this host
+# (the root shares the host's name; torchrun's rendezvous resolves both).
+printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$(hostname)" >"$root/etc/hosts"
 mount -t proc proc "$root/proc"
 mount --rbind /sys "$root/sys"
 mount --bind /dev "$root/dev"
@@ -45,7 +52,7 @@ if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
   chroot "$root" update-ca-certificates >>"$log" 2>&1
   bundle=/etc/ssl/certs/ca-certificates.crt
   tls_env="SSL_CERT_FILE=$bundle PIP_CERT=$bundle REQUESTS_CA_BUNDLE=$bundle"
-  echo "fresh-debian: the host's local CAs are trusted in the root too ($(ls /usr/local/share/ca-certificates))"
+  echo "fresh-debian: the host's local CAs are trusted in the root too: $(ls /usr/local/share/ca-certificates | tr '\n' ' ')"
 fi
 git clone --quiet "$repo" "$root/root/alignloop"
 git -C "$root/root/alignloop" checkout --quiet "$(git -C "$repo" rev-parse HEAD)"

@@ -184,11 +184,21 @@ def test_a_non_streamed_request_reports_its_first_tokens_time_not_its_last(gatew
 
 def _holding_the_only_slot(gateway, host: str, port: int, body: str) -> socket.socket:
     """A raw connection whose streamed request holds ONE_AT_A_TIME_KEY's only slot: a probe with
-    that key is refused (429) only while it does. A probe admitted first refuses the request
+    that key is refused (429) only while it does. The slot is free before the request is sent (an
+    earlier test's aborted request may still hold it for a moment: the probe would then be refused
+    for that one while this request was refused too). A probe admitted first refuses the request
     instead (its 429 is on the connection): then it is sent again."""
     deadline = time.monotonic() + 120
     with gateway.client(ONE_AT_A_TIME_KEY) as probe:
         while True:
+            while (
+                probe.post(
+                    "/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 1}
+                ).status_code
+                != 200
+            ):
+                assert time.monotonic() < deadline, "the key's slot never came free"
+                time.sleep(0.2)
             s = socket.create_connection((host, port))
             s.sendall(
                 f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {ONE_AT_A_TIME_KEY}\r\n"
@@ -200,8 +210,10 @@ def _holding_the_only_slot(gateway, host: str, port: int, body: str) -> socket.s
                     return s
                 s.settimeout(0.2)
                 try:
-                    if s.recv(64, socket.MSG_PEEK).startswith(b"HTTP/1.1 429"):
+                    head = s.recv(64, socket.MSG_PEEK)
+                    if head.startswith(b"HTTP/1.1 429"):
                         break  # refused because the probe held the slot: send it again
+                    assert head.startswith(b"HTTP/1.1 200"), head  # any other answer: the test is wrong
                 except TimeoutError:
                     pass
             s.close()
@@ -214,9 +226,9 @@ def test_a_hang_up_as_the_stream_starts_gives_the_reservation_back(gateway):
     # one generation at a time; a reservation left behind would refuse it (429) for ever. Closing
     # before it is admitted would race the gateway's read of the body: a request whose body was
     # never read is refused before it reserves anything, and would test nothing.
-    body = json.dumps(
-        {"model": MODEL, "prompt": "The", "max_tokens": 200, "n": 9, "ignore_eos": True, "stream": True}
-    )
+    # Seconds of engine work: a stream the engine finishes before the hang-up is heard (loopback
+    # buffers all of it for a client that does not read) ends finished, with nothing to cancel.
+    body = json.dumps({"model": MODEL, "prompt": "The", **BIG_STREAM})
     host, port = gateway.url.removeprefix("http://").split(":")
     before = scrape(gateway)
     _holding_the_only_slot(gateway, host, int(port), body).close()
@@ -235,7 +247,7 @@ def test_a_hang_up_as_the_stream_starts_gives_the_reservation_back(gateway):
     )
     assert (
         value(after, "alignloop_generation_tokens_total") - value(before, "alignloop_generation_tokens_total")
-        < 9 * 200
+        < BIG_STREAM["n"] * BIG_STREAM["max_tokens"]
     )
 
 
