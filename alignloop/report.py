@@ -65,14 +65,16 @@ def _finite(value) -> float | None:
 def versions(registry: PolicyRegistry) -> list[VersionRow]:
     """Every version with what its lineage says (trainer versions carry a round and a gate)."""
     rows = []
-    gates = {name: registry.info(name).extra.get("gate", {}) for name in registry.names()}
+    infos = [registry.info(name) for name in registry.names()]
     # A version with no gate of its own (SFT, an import) was measured as the serving side of a round.
     served_length = {
-        registry.info(name).parent: gate.get("serving_answer_tokens") for name, gate in gates.items() if gate
+        info.parent: info.extra["gate"].get("serving_answer_tokens")
+        for info in infos
+        if info.extra.get("gate")
     }
-    for name in registry.names():
-        info = registry.info(name)
-        gate = gates[name]
+    for info in infos:
+        name = info.name
+        gate = info.extra.get("gate", {})
         # The gate's judge set (held-out prompts and raters) first; the RM's own split where there is none.
         accuracy = _finite(gate.get("judge_accuracy"))
         accuracy = accuracy if accuracy is not None else _finite(info.metrics.get("rm_heldout_accuracy"))

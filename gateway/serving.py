@@ -270,9 +270,8 @@ class Serving:
     def _record(self, job: Job, version: str, result: Accumulator) -> None:
         """Hand the served completion to the feedback recorder (never waits); maybe sample its prompt
         into the labelling queue."""
-        mixed = version == MIXED
         for i, c in enumerate(result.candidates):
-            self.metrics.answer_tokens.labels(job.versions[i] if mixed else version).observe(len(c.token_ids))
+            self.metrics.answer_tokens.labels(job.versions[i]).observe(len(c.token_ids))
         messages = job.served.get("messages")
         if (
             self.labels is not None
@@ -285,6 +284,7 @@ class Serving:
             asyncio.get_running_loop().run_in_executor(None, self.labels.offer, messages[0]["content"])
         if self.recorder is None:
             return
+        mixed = version == MIXED
         self.recorder.record_completion(
             CompletionServed(
                 request_id=job.response_id,

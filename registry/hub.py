@@ -6,7 +6,6 @@ pickled weights (`*.bin`, `*.pt`) are never downloaded, so nothing here can run 
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -33,10 +32,10 @@ def resolve_checkpoint(ref: str, cache_dir: Path) -> Path:
         raise ModelUnavailable(
             f"base_model {ref!r}: no checkpoint folder there, and it is not a Hugging Face model id (owner/name)"
         )
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
 
     repo_id, _, revision = ref.partition("@")
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    endpoint = constants.ENDPOINT  # HF_ENDPOINT, as the client itself reads it
     log.info(
         "fetching %s from %s into %s (safetensors, configs and tokenizer only)", ref, endpoint, cache_dir
     )

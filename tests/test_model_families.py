@@ -7,6 +7,8 @@ finds in the architecture) and publishes the policy as an adapter, which the gat
 the serving engine until the people's blinded verdicts decide it. Nothing in the code path names
 the family."""
 
+import time
+
 import pytest
 from transformers import AutoTokenizer
 
@@ -56,13 +58,22 @@ def test_serve_train_with_lora_and_canary_on_another_model_family(family, tmp_pa
     gw = make_gateway(
         tmp_path / "gw", base, None, extra=CANARY, engine="enable_lora = true\nmax_lora_rank = 8"
     ).start()
+    try:
+        _serve_train_and_canary(gw, base, tmp_path)
+    finally:
+        gw.stop()
+
+
+def _serve_train_and_canary(gw, base, tmp_path) -> None:
+    engines = engine_processes(gw)
     users = Population(
         gw.url, PEOPLE_KEYS, PROMPTS, users=4, k=4, max_tokens=16, pause_s=0.2, compare_every=2
     ).start()
     trainer = TrainerService(load_settings(gw.config, ROUND))
     try:
-        engines = engine_processes(gw)
+        deadline = time.monotonic() + 600
         while not trainer.due():
+            assert time.monotonic() < deadline, f"too few rankings came in: {users.tally}"
             trainer.catch_up()
         record = trainer.run_round()
         candidate = record["version"]
@@ -71,19 +82,16 @@ def test_serve_train_with_lora_and_canary_on_another_model_family(family, tmp_pa
     finally:
         tally = users.stop()
         trainer.close()
-    try:
-        info = gw.registry.info(candidate)
-        assert (info.base, info.lora_rank) == ("v0001", 8)
-        assert verdict["decision"] in ("promoted", "rolled_back") and verdict["against"] == "v0001", verdict
-        assert tally.failed == 0 and tally.mixed > 0, tally.errors[:3]
-        assert engine_processes(gw) == engines, "the canary of an adapter started an engine"
+    info = gw.registry.info(candidate)
+    assert (info.base, info.lora_rank) == ("v0001", 8)
+    assert verdict["decision"] in ("promoted", "rolled_back") and verdict["against"] == "v0001", verdict
+    assert tally.failed == 0 and tally.mixed > 0, tally.errors[:3]
+    assert engine_processes(gw) == engines, "the canary of an adapter started an engine"
 
-        # The adapter the gateway serves writes what the round's merged policy writes.
-        with gw.client(ADMIN_KEY) as admin:
-            r = admin.post("/admin/policy", json={"version": candidate})
-            assert r.status_code == 200, r.text
-        merged = full_checkpoint(gw.registry, candidate, tmp_path / "merged")
-        prompt_ids = AutoTokenizer.from_pretrained(base)(PROMPTS[0], add_special_tokens=False)["input_ids"]
-        assert greedy(gw, PROMPTS[0]) == (candidate, transformers_greedy(merged, prompt_ids, 16))
-    finally:
-        gw.stop()
+    # The adapter the gateway serves writes what the round's merged policy writes.
+    with gw.client(ADMIN_KEY) as admin:
+        r = admin.post("/admin/policy", json={"version": candidate})
+        assert r.status_code == 200, r.text
+    merged = full_checkpoint(gw.registry, candidate, tmp_path / "merged")
+    prompt_ids = AutoTokenizer.from_pretrained(base)(PROMPTS[0], add_special_tokens=False)["input_ids"]
+    assert greedy(gw, PROMPTS[0]) == (candidate, transformers_greedy(merged, prompt_ids, 16))

@@ -65,9 +65,6 @@ usable AS (
 """
 
 
-_ROLES = {"system", "user", "assistant"}
-
-
 def training_prompt(event: CompletionServed) -> str | None:
     """What a chat request asked, as the trainer's prompt: the user's message, or for a conversation
     (earlier turns, then the user's) a Conversation; None for what is not a chat answered after a
@@ -75,9 +72,12 @@ def training_prompt(event: CompletionServed) -> str | None:
     if event.route != "chat" or not event.messages:
         return None
     messages = event.messages
-    if messages[-1].get("role") != "user" or any(m.get("role") not in _ROLES for m in messages):
+    if len(messages) == 1:
+        return messages[0]["content"] if messages[0].get("role") == "user" else None
+    try:
+        return Conversation(messages)  # which turns make a conversation is Conversation's rule
+    except ValueError:
         return None
-    return messages[0]["content"] if len(messages) == 1 else Conversation(messages)
 
 
 def _prompt(key: str, conversation: str | None) -> str:
