@@ -147,6 +147,10 @@ class LabellingConfig(_Section):
     k: int = Field(default=4, ge=2, le=MAX_K)  # candidates generated per item
     overlap: int = Field(default=2, ge=1)  # raters per item (agreement needs >= 2)
     lease_s: float = Field(default=900.0, gt=0)  # an item held longer returns to the queue
+    # Share of leases that draw an item uniformly at random instead of the most informative one
+    # (reward model least sure, versions most different): only these (and mixed user requests) are
+    # verdicts between versions, so the canary's evidence stays a random sample of the traffic.
+    random_share: float = Field(default=0.25, ge=0.0, le=1.0)
     max_tokens: int = Field(default=64, ge=1)  # per candidate
     temperature: float = Field(default=1.0, ge=0.0)
     max_waiting: int = Field(default=500, ge=1)  # items waiting for candidates; past it, none taken
@@ -356,6 +360,9 @@ class LoopConfig(_Section):
     # <state_dir>/data/pretraining.jsonl, which the tiny model's build writes.
     pretraining_data: Path | None = None
     pretraining_max_texts: int = Field(default=50_000, ge=1)  # read at most this many documents
+    # After each round the new reward model scores the candidates of the newest labelling items still
+    # waiting for raters, and the gateways' queues lease the ones it is least sure of first. 0: none.
+    labelling_items_scored: int = Field(default=512, ge=0)
 
 
 class LoRAConfig(_Section):

@@ -45,3 +45,14 @@ def transaction(db: sqlite3.Connection, lock: threading.Lock) -> Iterator[sqlite
         except BaseException:
             cur.execute("ROLLBACK")
             raise
+
+
+def add_columns(db: sqlite3.Connection, statements: list[str]) -> None:
+    """Run `ALTER TABLE ... ADD COLUMN` statements, skipping columns an existing file already has:
+    how a database written by an older version gains what a newer one records."""
+    for sql in statements:
+        try:
+            db.execute(sql)
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):
+                raise

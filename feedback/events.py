@@ -103,6 +103,11 @@ class ServedChoice(BaseModel):
     policy_version: str | None = None
 
 
+# The caller of the completions the gateway generates for its labelling queue (raters rank them;
+# the trainer scores the ones still waiting, trainer/acquisition.py).
+LABELLING_CALLER = "labelling-queue"
+
+
 class CompletionServed(_Event):
     """A request the gateway answered, with every candidate it returned."""
 

@@ -14,7 +14,7 @@ import logging
 import time
 
 from core.config import LabellingConfig
-from feedback.events import CompletionServed, ServedChoice
+from feedback.events import LABELLING_CALLER, CompletionServed, ServedChoice
 from feedback.recorder import FeedbackRecorder
 from gateway.metrics import GatewayMetrics
 from gateway.ownership import Ownership
@@ -23,11 +23,10 @@ from inference.engine import PolicyEngine
 from inference.prompts import ChatTemplateError, chat_ids
 from inference.sampling import Sampling
 from promotion.evidence import EvidenceStore
-from promotion.labelling import LabelQueue
+from promotion.labelling import LabelQueue, disagreement
 
 log = logging.getLogger(__name__)
 
-CALLER = "labelling-queue"  # the owner of generated items' completions; raters may rank them
 _IDLE_S = 1.0
 _COUNT_EVERY_S = 10.0
 _AGREEMENT_EVERY_S = 30.0  # agreement reads every ranking: not on every idle tick
@@ -91,7 +90,7 @@ async def fill_once(
             await asyncio.to_thread(queue.drop, item_id)
             continue
         max_tokens = min(config.max_tokens, room)
-        request_id = ownership.request_id("chatcmpl", CALLER)
+        request_id = ownership.request_id("chatcmpl", LABELLING_CALLER)
         written = await _candidates(engine, prompt_ids, config, max_tokens, request_id)
         generated = sum(len(c.token_ids) for _, c in written)
         budget.spent += generated
@@ -118,13 +117,17 @@ async def fill_once(
                     n=config.k, max_tokens=max_tokens, temperature=config.temperature
                 ).describe(),
                 policy_version=engine.version if mixed else written[0][0],
-                caller=CALLER,
+                caller=LABELLING_CALLER,
                 messages=messages,
                 prompt_text=prompt,
             )
         )
         await asyncio.to_thread(
-            queue.fill, item_id, request_id, [{"id": c.choice_id, "text": c.text} for c in choices]
+            queue.fill,
+            item_id,
+            request_id,
+            [{"id": c.choice_id, "text": c.text} for c in choices],
+            disagreement([(v, c.text) for v, c in written]),
         )
         filled += 1
     return filled
@@ -135,6 +138,14 @@ def versions_board(evidence: EvidenceStore, engine: PolicyEngine, bootstrap_roun
     against SFT (the registry's first version) and the serving version (blocking: reads SQLite)."""
     names = engine.registry.names()
     return evidence.leaderboard(names[0] if names else None, engine.version, bootstrap_rounds)
+
+
+def _take_uncertainty(queue: LabelQueue, engine: PolicyEngine) -> None:
+    """Put the trainer's newest reward-model uncertainty (published through the registry) on the
+    items it scored, so the next leases prefer the ones it is least sure of (blocking)."""
+    scores = engine.registry.uncertainty()
+    if scores:
+        log.debug("labelling: reward-model uncertainty on %d items", queue.score(scores))
 
 
 async def fill_forever(
@@ -156,6 +167,7 @@ async def fill_forever(
         ):  # a count over all items: not every idle tick
             counted = time.monotonic()
             metrics.labelling_waiting.set(await asyncio.to_thread(queue.waiting))
+            await asyncio.to_thread(_take_uncertainty, queue, engine)
         if time.monotonic() - measured > _AGREEMENT_EVERY_S:
             measured = time.monotonic()
             agreement = (await asyncio.to_thread(queue.raters))["agreement"]

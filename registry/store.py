@@ -8,6 +8,8 @@ Layout under the registry root::
     CURRENT                    the name of the version to serve, e.g. "v0003"
     CANDIDATE                  a version the trainer proposes, for the gateway's canary to decide on
     decisions/v0004.json       how a proposed version was decided (promoted, rolled back), with the evidence
+    labelling-uncertainty.json the newest reward model's uncertainty about labelling items waiting for
+                               raters (request id -> 0..1), for the gateways' labelling queues
 
 A version becomes visible only once complete: it is written into a hidden temporary directory
 and renamed into place, so a reader (the gateway) never sees a half-written checkpoint. CURRENT
@@ -46,6 +48,8 @@ from registry import checksums
 from registry.errors import RegistryError, UnknownVersion
 from registry.validation import adapter_rank, is_adapter, validate_adapter, validate_version
 
+_UNCERTAINTY = "labelling-uncertainty.json"
+_MAX_UNCERTAINTY_BYTES = 8 << 20  # a bounded read: the trainer writes at most a few thousand items
 VERSION_RE = re.compile(r"^v(\d{4,9})$")  # bounded: a name from a request never makes an over-long path
 
 
@@ -226,6 +230,26 @@ class PolicyRegistry:
         except FileNotFoundError:
             return None
         return record
+
+    def publish_uncertainty(self, uncertainty: dict[str, float]) -> None:
+        """Replace the published reward-model uncertainty about labelling items (request id -> 0..1)."""
+        _write_atomic(self.root / _UNCERTAINTY, json.dumps(uncertainty))
+
+    def uncertainty(self) -> dict[str, float]:
+        """The published reward-model uncertainty about labelling items; empty when there is none or
+        it is not a mapping of request ids to numbers."""
+        try:
+            with open(self.root / _UNCERTAINTY, "rb") as f:
+                data = json.loads(f.read(_MAX_UNCERTAINTY_BYTES + 1)[:_MAX_UNCERTAINTY_BYTES])
+        except (FileNotFoundError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {
+            k: float(v)
+            for k, v in data.items()
+            if isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+        }
 
     def record_decision(self, name: str, record: dict[str, Any]) -> bool:
         """Keep the decision on a proposed version (the first one kept wins: with several gateways,

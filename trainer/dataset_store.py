@@ -99,12 +99,7 @@ class DatasetStore:
         self.per_user_cap = per_user_cap
         self._db = durable_sqlite.connect(Path(path))
         self._db.executescript(_SCHEMA)
-        for sql in _MIGRATIONS:
-            try:
-                self._db.execute(sql)
-            except Exception as exc:  # already there
-                if "duplicate column" not in str(exc):
-                    raise
+        durable_sqlite.add_columns(self._db, _MIGRATIONS)
         self._lock = threading.Lock()
 
     def store(self, delivered: list) -> tuple[int, int]:
@@ -264,6 +259,17 @@ class DatasetStore:
                 (self.per_user_cap,),
             )
         ]
+
+    def waiting_items(self, caller: str, raters: int, limit: int) -> list[tuple[str, str, list[str]]]:
+        """(request id, prompt, candidate texts) of the newest `limit` chat completions served to
+        `caller` that fewer than `raters` people ranked: the labelling queue's items still waiting."""
+        rows = self._rows(
+            "SELECT p.request_id, p.prompt, p.conversation, p.choices FROM completions p "
+            "WHERE p.caller = ? AND p.prompt IS NOT NULL AND (SELECT COUNT(DISTINCT c.rater) "
+            "FROM comparisons c WHERE c.request_id = p.request_id) < ? ORDER BY p.rowid DESC LIMIT ?",
+            (caller, raters, limit),
+        )
+        return [(rid, _prompt(p, conv), list(json.loads(choices).values())) for rid, p, conv, choices in rows]
 
     def consumed(self) -> list[dict]:
         """The offset ranges consumed, per topic and partition (lineage)."""

@@ -19,6 +19,7 @@ from core.config import Settings
 from core.failpoints import failpoint
 from feedback.source import open_source
 from registry.store import PolicyRegistry
+from trainer.acquisition import labelling_uncertainty
 from trainer.dataset_store import DatasetStore
 from trainer.lora import ADAPTER_DIR, full_checkpoint
 from trainer.round import RoundInputs, load_pretraining, split_for_judging, train_candidate
@@ -230,6 +231,18 @@ class TrainerService:
             self.gate_pretraining,
         )
         rm_metrics, ppo_metrics, gate = trained.rm, trained.ppo, trained.gate
+        # The gateways' labelling queues lease first the items this reward model is least sure of.
+        if self.cfg.labelling_items_scored:
+            self.registry.publish_uncertainty(
+                labelling_uncertainty(
+                    self.store,
+                    round_dir / "rm",
+                    sft,
+                    self.runtime,
+                    raters=self.settings.gateway.labelling.overlap,
+                    limit=self.cfg.labelling_items_scored,
+                )
+            )
         # The new reward model's score of the serving version's answers less what the RM of the round
         # that made it gave the same version: a reward model whose scale drifts makes rewards and
         # gate margins incomparable between rounds, and a rising score on an unchanged policy is a

@@ -5,12 +5,14 @@ rater role on a labelling item leased to it: the ids carry a signature (gateway/
 any replica checks them with no lookup. All candidates of one ranking must come from the same
 request. Feedback is answered 202 once it is durable on local disk, never before. A ranking of
 answers from several versions carries their versions into the log, where every gateway reads it
-back as a verdict (promotion/evidence_feed.py); nothing here counts it.
+back as a verdict (promotion/evidence_feed.py); nothing here counts it. A labelling item a rater
+was given for being informative, not at random, carries none (promotion/labelling.py says why).
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -22,7 +24,7 @@ from gateway.auth import Caller
 from gateway.dependencies import ClientDep, Services, ServicesDep
 from gateway.errors import APIError
 from gateway.ownership import NeverServed, NotServedToCaller, Owned, Ownership
-from promotion.labelling import LabelQueue
+from promotion.labelling import INFORMATIVE, LabelQueue
 
 router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
 _PARAM = {"pairwise": "chosen", "ranking": "ranking", "rating": "choice_id", "demonstration": "request_id"}
@@ -131,6 +133,28 @@ async def _check_leases(
             )
 
 
+async def _informative_items_are_no_verdicts(
+    labels: LabelQueue, submissions: list[Submission], caller: Caller
+) -> list[Submission]:
+    """A rater's ranking of a labelling item leased for being informative trains the reward model
+    but is no verdict between versions (its versions are left out): the canary's test and the
+    leaderboard need prompts sampled as people send them, not chosen where versions differ most
+    (promotion/labelling.py)."""
+    if caller.role != "rater":
+        return submissions
+    kept = []
+    for s in submissions:
+        event = s.event
+        if (
+            isinstance(event, Comparison)
+            and event.choice_versions
+            and await asyncio.to_thread(labels.picked, event.request_id, caller.name) == INFORMATIVE
+        ):
+            s = replace(s, event=event.model_copy(update={"choice_versions": None}))
+        kept.append(s)
+    return kept
+
+
 async def _count_labelling(
     labels: LabelQueue, submissions: list[Submission], caller: Caller, metrics
 ) -> None:
@@ -157,6 +181,7 @@ async def _accept(
         await _check_leases(
             services, submissions, caller, [f"{prefix}{_PARAM[i.kind]}" for i, prefix in zip(items, at)]
         )
+        submissions = await _informative_items_are_no_verdicts(labels, submissions, caller)
         accepted = await recorder.submit(submissions)
     except APIError:
         for kind in kinds:

@@ -27,7 +27,9 @@ def gateway(tmp_path_factory, tiny_model_dir, kafka_broker):
         tmp_path_factory.mktemp("ui-gateway"),
         tiny_model_dir,
         kafka_broker.bootstrap,
-        labelling="sample_rate = 1.0\nk = 3\nmax_tokens = 16\noverlap = 1",
+        # Every lease drawn at random: each ranking of a canary's item is a verdict, as the
+        # leaderboard's test needs (leases for being informative: tests/gateway/test_labelling_verdicts.py).
+        labelling="sample_rate = 1.0\nk = 3\nmax_tokens = 16\noverlap = 1\nrandom_share = 1.0",
     ).start()
     yield gw
     gw.stop()

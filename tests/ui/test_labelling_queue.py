@@ -9,7 +9,7 @@ import time
 import uuid
 
 from core.paths import StatePaths
-from feedback.events import CompletionServed
+from feedback.events import LABELLING_CALLER, CompletionServed
 from gateway.ownership import Ownership
 from promotion.leaderboard import Board
 from tests.conftest import ADMIN_KEY, MODEL, RATER_KEY, USER_KEY
@@ -21,14 +21,14 @@ def _serving(gateway) -> str:
         return admin.get("/admin/versions").json()["serving"]
 
 
-def _wait_filled(gateway, prompt: str, timeout: float = 120) -> dict:
+def _wait_filled(gateway, prompt: str, until=lambda item: True, timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     with gateway.client(ADMIN_KEY) as admin:
         while True:
             items = [
                 i
                 for i in admin.get("/admin/labelling", params={"limit": 1000}).json()["items"]
-                if i["prompt"] == prompt and i["filled"]
+                if i["prompt"] == prompt and i["filled"] and until(i)
             ]
             if items:
                 return items[0]
@@ -74,7 +74,12 @@ def test_an_item_mixes_serving_and_canary_answers_blind_while_a_canary_runs(gate
     )
     # k = 3 in this gateway's queue: 2 answers from the serving version, 1 from the canary.
     assert sorted(c.policy_version for c in served.choices) == sorted([serving, serving, candidate])
-    assert served.policy_version == serving and served.caller == "labelling-queue"
+    assert served.policy_version == serving and served.caller == LABELLING_CALLER
+    assert 0.0 <= item["disagreement"] <= 1.0  # how differently the two versions answered
+
+    # The trainer's reward model's uncertainty, published through the registry, reaches the item.
+    gateway.registry.publish_uncertainty({item["request_id"]: 0.625})
+    assert _wait_filled(gateway, prompt, lambda i: i["uncertainty"] == 0.625)["uncertainty"] == 0.625
 
     # What the board said of the two versions before this rater's rankings (earlier tests' verdicts
     # on the same two versions are on it too).
