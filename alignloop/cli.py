@@ -113,6 +113,7 @@ def _cmd_experiment(settings: Settings, args) -> None:
         rankings_per_prompt=args.rankings_per_prompt,
         k=args.k,
         out=args.out or settings.state_dir / "experiment",
+        pool=args.pool,
     )
     page, _ = experiment.run(settings, plan)
     print(page.read_text())
@@ -210,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="per round and users' prompt (7 prompts: 42 rankings)",
     )
     p.add_argument("--k", type=int, default=4, help="candidates per ranking")
+    p.add_argument(
+        "--pool",
+        type=int,
+        default=1,
+        help="candidate sets drawn per set ranked: above 1, the last reward model's least certain sets "
+        "are ranked (a share at random), as the labelling queue picks items",
+    )
     p.add_argument("--out", type=Path, help="where the table and plot go (default: <state_dir>/experiment)")
     p.set_defaults(run=_cmd_experiment)
 

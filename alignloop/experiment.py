@@ -30,6 +30,7 @@ from core.config import Settings
 from registry.store import PolicyRegistry
 from synthetic.judge import TRAIN_PROMPTS, HiddenRuleJudge
 from synthetic.task import rank
+from trainer.acquisition import uncertainty
 from trainer.data import Ranking
 from trainer.dataset_store import RankedBy
 from trainer.evaluate import sampled_responses, score
@@ -53,6 +54,9 @@ class Plan:
     rankings_per_prompt: int  # per round, per users' prompt
     k: int  # candidates per ranking
     out: Path
+    # Candidate sets drawn per set ranked. Above 1, the last round's reward model picks the sets it
+    # is least sure of (gateway.labelling.random_share of them at random), as the labelling queue does.
+    pool: int = 1
 
 
 @dataclass
@@ -75,21 +79,55 @@ class RoundRow:
     seconds: float
 
 
-def _collect(policy: Path, plan: Plan, seed: int, number: int) -> list[RankedBy]:
-    """One round's rankings: K answers of the serving policy per ranking, ordered by the hidden rule."""
+def _collect(
+    policy: Path, plan: Plan, seed: int, number: int, rm: Path | None, runtime: Runtime, random_share: float
+) -> list[RankedBy]:
+    """One round's rankings: K answers of the serving policy per ranking, ordered by the hidden rule;
+    with a pool, of the candidate sets the reward model `rm` is least sure of."""
     draw_seed = 10_000 * seed + 100 * number
-    per_prompt = plan.rankings_per_prompt * plan.k
+    sets_per_prompt = plan.rankings_per_prompt * (plan.pool if rm is not None else 1)
+    per_prompt = sets_per_prompt * plan.k
     answers = sampled_responses(policy, TRAIN_PROMPTS, per_prompt=per_prompt, seed=draw_seed)
+    sets = [
+        (prompt, answers[start : start + plan.k])
+        for i, prompt in enumerate(TRAIN_PROMPTS)
+        for start in range(i * per_prompt, (i + 1) * per_prompt, plan.k)
+    ]
     raters = random.Random(draw_seed)
+    if rm is not None and plan.pool > 1:
+        keep = plan.rankings_per_prompt * len(TRAIN_PROMPTS)
+        sets = _least_certain(sets, keep, (rm, policy), runtime, round(keep * random_share), raters)
     out = []
-    for i, prompt in enumerate(TRAIN_PROMPTS):
-        mine = answers[i * per_prompt : (i + 1) * per_prompt]
-        for j in range(0, per_prompt, plan.k):
-            candidates = mine[j : j + plan.k]
-            order = rank(candidates)
-            if len(order) > 1:  # all equally good to the rater: nothing to say (as the demo's users)
-                out.append(RankedBy(Ranking(prompt, candidates, order), f"user-{raters.randrange(_USERS)}"))
+    for prompt, candidates in sets:
+        order = rank(candidates)
+        if len(order) > 1:  # all equally good to the rater: nothing to say (as the demo's users)
+            out.append(RankedBy(Ranking(prompt, candidates, order), f"user-{raters.randrange(_USERS)}"))
     return out
+
+
+def _least_certain(
+    sets: list[tuple[str, list[str]]],
+    keep: int,
+    model: tuple[Path, Path],
+    runtime: Runtime,
+    at_random: int,
+    rng: random.Random,
+) -> list[tuple[str, list[str]]]:
+    """`keep` of the candidate sets: `at_random` of them drawn uniformly, the rest those the reward
+    model (model: its folder, a tokenizer's) is least sure of (trainer/acquisition.py's measure)."""
+    rm, tokenizer = model
+    rewards = score(
+        RewardModel.from_pretrained(rm, runtime, frozen=True),
+        AutoTokenizer.from_pretrained(tokenizer),
+        [p for p, candidates in sets for _ in candidates],
+        [c for _, candidates in sets for c in candidates],
+        runtime=runtime,
+    ).tolist()
+    k = len(sets[0][1])
+    unsure = [uncertainty(rewards[i * k : (i + 1) * k]) for i in range(len(sets))]
+    drawn = set(rng.sample(range(len(sets)), at_random))
+    rest = sorted((i for i in range(len(sets)) if i not in drawn), key=lambda i: -unsure[i])
+    return [sets[i] for i in sorted(drawn | set(rest[: keep - len(drawn)]))]
 
 
 @dataclass
@@ -148,7 +186,9 @@ def run_seed(settings: Settings, plan: Plan, seed: int, common: Shared) -> list[
     for number in range(1, plan.rounds + 1):
         started = time.time()
         round_dir = plan.out / f"seed{seed}" / f"round{number:02d}"
-        ranked += _collect(serving, plan, seed, number)
+        last_rm = None if rm_init == sft else rm_init
+        share = settings.gateway.labelling.random_share
+        ranked += _collect(serving, plan, seed, number, last_rm, runtime, share)
         rankings, judge_set = split_for_judging(ranked, settings.train.loop)
         trained = train_candidate(
             RoundInputs(

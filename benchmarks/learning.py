@@ -28,6 +28,7 @@ class Variant:
 
     overrides: list[str] = field(default_factory=list)
     k: int = 4
+    pool: int = 1  # candidate sets drawn per set ranked (alignloop experiment --pool)
 
 
 VARIANTS = {
@@ -40,6 +41,10 @@ VARIANTS = {
     "K = 9 candidates per ranking": Variant(k=9),
     "RM: full epochs each round": Variant(["train.loop.rm_max_steps=null"]),
     "PPO learning rate 1e-4 (from 2e-4)": Variant(["train.ppo.learning_rate=0.0001"]),
+    "PPO batch 24 prompts (from 12)": Variant(["train.ppo.rollout_batch=24", "train.ppo.minibatch=12"]),
+    "LoRA, adapter continued across rounds": Variant(["train.lora.enabled=true"]),
+    "LoRA, PPO learning rate 1e-3": Variant(["train.lora.enabled=true", "train.ppo.learning_rate=0.001"]),
+    "rank the RM's least certain half of twice the sets": Variant(pool=2),
 }
 
 
@@ -79,6 +84,7 @@ def main() -> None:
         slug = "".join(c if c.isalnum() else "-" for c in name.lower())
         command = [sys.executable, "-m", "alignloop", "experiment", "--state-dir", str(args.state_dir)]
         command += ["--seeds", *map(str, args.seeds), "--rounds", str(args.rounds), "--k", str(variant.k)]
+        command += ["--pool", str(variant.pool)]
         command += ["--out", str(out / slug), *[a for o in variant.overrides for a in ("--set", o)]]
         print(f"[learning] {name}: {' '.join(command[1:])}", flush=True)
         started = time.time()

@@ -140,12 +140,14 @@ def versions_board(evidence: EvidenceStore, engine: PolicyEngine, bootstrap_roun
     return evidence.leaderboard(names[0] if names else None, engine.version, bootstrap_rounds)
 
 
-def _take_uncertainty(queue: LabelQueue, engine: PolicyEngine) -> None:
+def _take_uncertainty(queue: LabelQueue, engine: PolicyEngine, taken: dict[str, float]) -> dict[str, float]:
     """Put the trainer's newest reward-model uncertainty (published through the registry) on the
-    items it scored, so the next leases prefer the ones it is least sure of (blocking)."""
+    items it scored, so the next leases prefer the ones it is least sure of; returns what is now
+    taken (blocking)."""
     scores = engine.registry.uncertainty()
-    if scores:
-        log.debug("labelling: reward-model uncertainty on %d items", queue.score(scores))
+    if scores and scores != taken:
+        log.info("labelling: reward-model uncertainty on %d items", queue.score(scores))
+    return scores
 
 
 async def fill_forever(
@@ -159,6 +161,7 @@ async def fill_forever(
 ) -> None:
     """fill_once in a loop, idling when nothing waits; keeps the queue's gauges current."""
     measured = counted = 0.0
+    uncertainty: dict[str, float] = {}
     budget = TokenBudget(config.tokens_per_hour)
     while True:
         filled = await fill_once(queue, engine, recorder, ownership, config, budget, metrics)
@@ -167,7 +170,7 @@ async def fill_forever(
         ):  # a count over all items: not every idle tick
             counted = time.monotonic()
             metrics.labelling_waiting.set(await asyncio.to_thread(queue.waiting))
-            await asyncio.to_thread(_take_uncertainty, queue, engine)
+            uncertainty = await asyncio.to_thread(_take_uncertainty, queue, engine, uncertainty)
         if time.monotonic() - measured > _AGREEMENT_EVERY_S:
             measured = time.monotonic()
             agreement = (await asyncio.to_thread(queue.raters))["agreement"]

@@ -128,7 +128,8 @@ class Population:
                         self.tally.errors.append(f.text[:200])
 
     def start(self) -> Population:
-        """Start the user threads."""
+        """Start (or, after stop, resume) the user threads; the tally goes on counting."""
+        self._stop.clear()
         self._threads = [
             threading.Thread(target=self._user, args=(i,), daemon=True) for i in range(self.users)
         ]

@@ -139,6 +139,9 @@ async function nextItem() {
       $("rank").hidden = true;
       return;
     }
+    // The item already on screen (a second click, or a slow answer to an earlier one) keeps the
+    // order the rater has made so far.
+    if (current && current.source === "label" && current.requestId === next.item.request_id && !$("rank").hidden) return;
     $("label-prompt").textContent = next.item.prompt;
     current = { source: "label", requestId: next.item.request_id, itemId: next.item.item_id };
     cards = next.item.candidates.map((c) => ({ id: c.id, text: c.text, tie: false }));

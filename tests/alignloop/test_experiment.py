@@ -25,7 +25,18 @@ def test_the_experiment_runs_rounds_and_draws_a_learning_curve(tmp_path, tiny_mo
         # later test of the session (torch's thread count is process-wide): keep torch's default.
         "train.cpu_threads=null",
     ]
-    args = ["experiment", "--state-dir", str(tmp_path / "state"), "--seeds", "3", "--rounds", "2"]
+    # --pool 2: round 2 draws twice the candidate sets and ranks those round 1's RM is least sure of.
+    args = [
+        "experiment",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--seeds",
+        "3",
+        "--rounds",
+        "2",
+        "--pool",
+        "2",
+    ]
     args += ["--rankings-per-prompt", "2", "--out", str(out), *[a for s in small for a in ("--set", s)]]
     threads = torch.get_num_threads()
     assert main(args) == 0
@@ -33,7 +44,8 @@ def test_the_experiment_runs_rounds_and_draws_a_learning_curve(tmp_path, tiny_mo
 
     rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert [(r["seed"], r["round"]) for r in rows] == [(3, 1), (3, 2)]
-    # Rankings accumulate across rounds; a set of K answers the rule finds all equal is not one.
+    # Rankings accumulate across rounds; a set of K answers the rule finds all equal is not one; a
+    # pool ranks no more sets than without one.
     assert 0 < rows[0]["rankings"] < rows[1]["rankings"] <= 2 * 2 * len(TRAIN_PROMPTS)
     promoted_yet = False
     for r in rows:
