@@ -30,7 +30,7 @@ from core.config import Settings
 from registry.store import PolicyRegistry
 from synthetic.judge import TRAIN_PROMPTS, HiddenRuleJudge
 from synthetic.task import rank
-from trainer.acquisition import uncertainty
+from trainer.acquisition import uncertainties
 from trainer.data import Ranking
 from trainer.dataset_store import RankedBy
 from trainer.evaluate import sampled_responses, score
@@ -115,16 +115,7 @@ def _least_certain(
 ) -> list[tuple[str, list[str]]]:
     """`keep` of the candidate sets: `at_random` of them drawn uniformly, the rest those the reward
     model (model: its folder, a tokenizer's) is least sure of (trainer/acquisition.py's measure)."""
-    rm, tokenizer = model
-    rewards = score(
-        RewardModel.from_pretrained(rm, runtime, frozen=True),
-        AutoTokenizer.from_pretrained(tokenizer),
-        [p for p, candidates in sets for _ in candidates],
-        [c for _, candidates in sets for c in candidates],
-        runtime=runtime,
-    ).tolist()
-    k = len(sets[0][1])
-    unsure = [uncertainty(rewards[i * k : (i + 1) * k]) for i in range(len(sets))]
+    unsure = uncertainties(sets, *model, runtime)
     drawn = set(rng.sample(range(len(sets)), at_random))
     rest = sorted((i for i in range(len(sets)) if i not in drawn), key=lambda i: -unsure[i])
     return [sets[i] for i in sorted(drawn | set(rest[: keep - len(drawn)]))]

@@ -39,6 +39,25 @@ def _p(margin: float) -> float:
     return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, margin))))
 
 
+def uncertainties(
+    sets: list[tuple[str, list[str]]], rm: Path, tokenizer: Path, runtime: Runtime
+) -> list[float]:
+    """The reward model's uncertainty about each (prompt, candidates) set; each candidate is
+    forwarded once."""
+    rewards = score(
+        RewardModel.from_pretrained(rm, runtime, frozen=True),
+        AutoTokenizer.from_pretrained(tokenizer),
+        [prompt for prompt, texts in sets for _ in texts],
+        [t for _, texts in sets for t in texts],
+        runtime=runtime,
+    ).tolist()
+    out, at = [], 0
+    for _, texts in sets:
+        out.append(uncertainty(rewards[at : at + len(texts)]))
+        at += len(texts)
+    return out
+
+
 def labelling_uncertainty(
     store: DatasetStore, rm: Path, tokenizer: Path, runtime: Runtime, *, raters: int, limit: int
 ) -> dict[str, float]:
@@ -47,14 +66,8 @@ def labelling_uncertainty(
     items = [i for i in store.waiting_items(LABELLING_CALLER, raters, limit) if len(i[2]) >= 2]
     if not items:
         return {}
-    tok = AutoTokenizer.from_pretrained(tokenizer)
-    model = RewardModel.from_pretrained(rm, runtime, frozen=True)
-    prompts = [prompt for _, prompt, texts in items for _ in texts]
-    rewards = score(model, tok, prompts, [t for _, _, texts in items for t in texts], runtime=runtime)
-    out, at = {}, 0
-    for request_id, _, texts in items:
-        out[request_id] = uncertainty(rewards[at : at + len(texts)].tolist())
-        at += len(texts)
+    scores = uncertainties([(prompt, texts) for _, prompt, texts in items], rm, tokenizer, runtime)
+    out = {request_id: u for (request_id, _, _), u in zip(items, scores)}
     log.info(
         "labelling: the reward model scored %d waiting items, mean uncertainty %.2f",
         len(out),
