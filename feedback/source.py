@@ -7,6 +7,7 @@ re-delivers rather than loses; consumers de-duplicate by event id.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -115,6 +116,9 @@ class KafkaSource:
         self._consumer.close()
 
 
+_QUIET_POLL_S = 0.05  # how often a waiting poll looks again at the local log (one indexed read)
+
+
 class LocalLogSource:
     """A consumer group on the embedded local log."""
 
@@ -126,6 +130,14 @@ class LocalLogSource:
         self._polled = dict(self._next)
 
     def poll(self, timeout_s: float = 1.0, max_records: int = 500) -> list[Delivered]:
+        """The next events, waiting up to timeout_s for some as Kafka's poll does: a reader that
+        loops on poll must not spin a core while the log is quiet."""
+        deadline = time.monotonic() + timeout_s
+        while not (out := self._read(max_records)) and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(_QUIET_POLL_S, left))
+        return out
+
+    def _read(self, max_records: int) -> list[Delivered]:
         out = []
         for topic in self._topics:
             for r in self._log.read(self._polled[topic], limit=max_records, topic=topic):
