@@ -65,8 +65,10 @@ class RoundRow:
 
     seed: int
     round: int
-    rankings: int  # collected so far (all of them train or judge this round's RM)
+    rankings: int  # collected so far (they train or judge this round's RM)
+    rm_trained_on: int  # of them, the rankings this round's RM trained on (train.loop.rm_window: the newest)
     rm_accuracy: float  # on rankings it never trained on (the gate's judge set, else the RM's own split)
+    rm_calibration_error: float  # on the judge set: how far its confidence is from its accuracy
     kl_from_sft: float
     alignment_tax: float | None  # the candidate's pretraining loss / SFT's
     gate: str  # passed, or the gate's reasons
@@ -211,7 +213,9 @@ def run_seed(settings: Settings, plan: Plan, seed: int, common: Shared) -> list[
             seed=seed,
             round=number,
             rankings=len(ranked),
+            rm_trained_on=int(trained.rm["train_rankings"]),
             rm_accuracy=g.get("judge_accuracy", trained.rm["heldout_accuracy"]),
+            rm_calibration_error=g.get("judge_calibration_error", float("nan")),
             kl_from_sft=g.get("kl_from_sft", float("nan")),
             alignment_tax=(g["candidate_ptx_loss"] / g["sft_ptx_loss"]) if g.get("sft_ptx_loss") else None,
             gate="passed" if trained.gate.passed else "; ".join(trained.gate.reasons),
@@ -245,16 +249,17 @@ def run_seed(settings: Settings, plan: Plan, seed: int, common: Shared) -> list[
 
 def _table(rows: list[RoundRow]) -> str:
     lines = [
-        "| seed | round | rankings | RM accuracy (held out) | KL from SFT | alignment tax | gate | promoted "
+        "| seed | round | rankings | RM accuracy (held out) | RM calibration error | KL from SFT | alignment tax | gate | promoted "
         "| candidate vs SFT | serving vs SFT (95%) | serving's answer chars | best-of-K SFT by the RM vs SFT "
         "| seconds |",
-        "|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         low, high = r.serving_interval_95
         tax = f"{r.alignment_tax:.3f}" if r.alignment_tax is not None else "-"
         lines.append(
-            f"| {r.seed} | {r.round} | {r.rankings} | {r.rm_accuracy:.2f} | {r.kl_from_sft:.1f} | {tax} "
+            f"| {r.seed} | {r.round} | {r.rankings} | {r.rm_accuracy:.2f} | {r.rm_calibration_error:.2f} "
+            f"| {r.kl_from_sft:.1f} | {tax} "
             f"| {r.gate} | {'yes' if r.promoted else 'no'} | {r.candidate_win:.0%} "
             f"| {r.serving_win:.0%} ({low:.0%}-{high:.0%}) | {r.serving_answer_chars:.0f} "
             f"| {r.best_of_k_win:.0%} | {r.seconds:.0f} |"

@@ -45,6 +45,8 @@ VARIANTS = {
     "LoRA, adapter continued across rounds": Variant(["train.lora.enabled=true"]),
     "LoRA, PPO learning rate 1e-3": Variant(["train.lora.enabled=true", "train.ppo.learning_rate=0.001"]),
     "rank the RM's least certain half of twice the sets": Variant(pool=2),
+    "RM calibrated (temperature on the judge set)": Variant(["train.rm.calibrate=true"]),
+    "RM on the newest 42 rankings only (one round's)": Variant(["train.loop.rm_window=42"]),
 }
 
 
@@ -56,6 +58,7 @@ def _row(name: str, rows: list[dict], rounds: int, seconds: float) -> str:
         f"| {min(r['serving_interval_95'][0] for r in final):.0%} "
         f"| {sum(r['promoted'] for r in rows)} of {len(rows)} "
         f"| {statistics.median(r['kl_from_sft'] for r in final):.1f} "
+        f"| {statistics.median(r['rm_calibration_error'] for r in final):.2f} "
         f"| {statistics.median(r['serving_answer_chars'] for r in final):.0f} "
         f"| {statistics.median(r['best_of_k_win'] for r in final):.0%} | {seconds:.0f} |"
     )
@@ -76,8 +79,8 @@ def main() -> None:
         f"Final serving version's win rate vs SFT by the hidden rule after {args.rounds} rounds, "
         f"seeds {' '.join(map(str, args.seeds))}; each variant changes one thing against the defaults.\n",
         "| variant | median | per seed | lowest 95% bound | rounds promoted | KL (median) "
-        "| answer chars | best-of-K SFT by the RM | seconds |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| RM calibration error (median) | answer chars | best-of-K SFT by the RM | seconds |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in args.only or VARIANTS:
         variant = VARIANTS[name]

@@ -287,6 +287,10 @@ class RMConfig(_Section):
     eval_fraction: float = 0.1  # held out for pairwise accuracy
     seed: int = 0
     save_every: int = 100
+    # After training, fit a temperature on the round's judge set (rankings it never trained on) and
+    # divide its rewards by it (trainer/calibration.py): same orderings, rewards as sure as the RM is
+    # right. Off: the raw Bradley-Terry scale.
+    calibrate: bool = False
 
 
 class PPOConfig(_Section):
@@ -354,6 +358,9 @@ class LoopConfig(_Section):
     # Caps a round's RM training; it still draws from all comparisons so far, warm-starting from
     # the last RM, so learning accumulates across rounds. None: full epochs every round.
     rm_max_steps: int | None = None
+    # The reward model trains on the newest this-many rankings only (warm-starting from the last RM
+    # still), so that old rankings of old policies' answers fall away. None: every ranking so far.
+    rm_window: int | None = Field(default=None, ge=1)
     # Pretraining text for PPO-ptx's LM term and the gate's alignment-tax check: JSON lines of
     # {"text": ...}, a .txt file (paragraphs), or a folder of either. A real model's user gives text
     # like its pretraining mix (e.g. a slice of a web or book corpus). None:

@@ -25,10 +25,11 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from trainer.calibration import calibration_error
 from trainer.evaluate import BATCH, pretraining_loss, sampled_answers, score, sequence_logprobs
 from trainer.models import load_causal_lm
 from trainer.reward_model import RewardModel
-from trainer.reward_training import pairwise_accuracy
+from trainer.reward_training import accuracy, pair_margins
 from trainer.runtime import Runtime
 
 
@@ -74,7 +75,9 @@ def evaluate(
     metrics: dict[str, float] = {"eval_prompts": len(prompts), "judge_rankings": len(judge_set or [])}
     reasons: list[str] = []
     if judge_set:
-        metrics["judge_accuracy"] = pairwise_accuracy(reward_model, tok, judge_set, runtime=runtime)
+        margins = pair_margins(reward_model, tok, judge_set, runtime=runtime)
+        metrics["judge_accuracy"] = accuracy(margins)
+        metrics["judge_calibration_error"] = calibration_error(margins)
         if metrics["judge_accuracy"] < min_judge_accuracy:
             reasons.append(
                 f"the reward model orders held-out comparisons only {metrics['judge_accuracy']:.2f} of the "

@@ -130,6 +130,15 @@ class RewardModel(nn.Module):
         )
         (path / META_FILE).write_text(json.dumps({"offset": float(self.offset)}))
 
+    @staticmethod
+    def scale_saved(path: Path, factor: float) -> None:
+        """Multiply the saved model's every reward by factor: its head and offset, in place."""
+        path = Path(path)
+        head = load_file(path / HEAD_FILE)
+        save_file({k: (v * factor).contiguous() for k, v in head.items()}, path / HEAD_FILE)
+        offset = json.loads((path / META_FILE).read_text())["offset"]
+        (path / META_FILE).write_text(json.dumps({"offset": offset * factor}))
+
     def save_pretrained(
         self,
         path: Path,

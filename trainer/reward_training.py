@@ -31,17 +31,27 @@ def split(rankings: list[Ranking], eval_fraction: float) -> tuple[list[Ranking],
     return [r for r, h in zip(rankings, held) if not h], [r for r, h in zip(rankings, held) if h]
 
 
+def pair_margins(
+    model: RewardModel, tok, rankings: list[Ranking], max_len: int = 256, runtime: Runtime | None = None
+) -> torch.Tensor:
+    """r(better) - r(worse) for every pair the rankings order (> 0 where the model agrees)."""
+    margins: list[float] = []
+    for r in rankings:
+        rewards = score(model, tok, [r.prompt] * len(r.responses), r.responses, max_len, runtime=runtime)
+        margins += [float(rewards[better] - rewards[worse]) for better, worse in ranking_pairs(r.ranking)]
+    return torch.tensor(margins)
+
+
 def pairwise_accuracy(
     model: RewardModel, tok, rankings: list[Ranking], max_len: int = 256, runtime: Runtime | None = None
 ) -> float:
     """The fraction of the held-out rankings' pairs that the model orders as the ranking does."""
-    right = total = 0
-    for r in rankings:
-        rewards = score(model, tok, [r.prompt] * len(r.responses), r.responses, max_len, runtime=runtime)
-        for better, worse in ranking_pairs(r.ranking):
-            right += int(rewards[better] > rewards[worse])
-            total += 1
-    return right / max(total, 1)
+    return accuracy(pair_margins(model, tok, rankings, max_len, runtime))
+
+
+def accuracy(margins: torch.Tensor) -> float:
+    """The fraction of pairs ordered right, from their margins (0 without pairs)."""
+    return float((margins > 0).float().mean()) if len(margins) else 0.0
 
 
 def micro_batches(batch: list[Ranking], max_sequences: int | None) -> list[list[Ranking]]:

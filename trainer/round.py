@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import LoopConfig, Settings
+from trainer.calibration import calibrate
 from trainer.data import Ranking, held_out, read_texts, stable_subset
 from trainer.dataset_store import RankedBy
 from trainer.gate import GateResult, evaluate
@@ -23,7 +24,7 @@ from trainer.runtime import Runtime
 class RoundInputs:
     """What a round trains and judges on, and where it starts from."""
 
-    rankings: list[Ranking]  # the reward model trains on these
+    rankings: list[Ranking]  # the reward model trains on these (oldest first)
     judge_set: list[Ranking]  # held out: they judge the reward model before its scores judge a candidate
     prompts: list[str]  # every prompt collected; split here into PPO's and the gate's
     sft: Path  # the KL anchor and PPO reference
@@ -97,12 +98,14 @@ def train_candidate(
     train_prompts, eval_prompts = split_prompts(inputs.prompts, settings)
     rm = train_rm(
         inputs.rm_init,
-        inputs.rankings,
+        inputs.rankings[-cfg.rm_window :] if cfg.rm_window else inputs.rankings,
         round_dir / "rm",
         settings.train.rm,
         runtime,
         max_steps=cfg.rm_max_steps,
     )
+    if settings.train.rm.calibrate and inputs.judge_set:
+        rm |= calibrate(round_dir / "rm", inputs.judge_set, runtime, settings.train.rm.max_len)
     ppo = train_ppo(
         inputs.sft,
         round_dir / "rm",

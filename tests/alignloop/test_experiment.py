@@ -21,6 +21,8 @@ def test_the_experiment_runs_rounds_and_draws_a_learning_curve(tmp_path, tiny_mo
         f"train.loop.pretraining_data={pretraining}",
         "train.ppo.iterations=2",
         "train.loop.rm_max_steps=5",
+        "train.loop.rm_window=6",  # round 2's RM trains on the newest 6 rankings only
+        "train.rm.calibrate=true",
         # The demo's settings set torch's threads to 1, and in this process that would hold for every
         # later test of the session (torch's thread count is process-wide): keep torch's default.
         "train.cpu_threads=null",
@@ -50,6 +52,7 @@ def test_the_experiment_runs_rounds_and_draws_a_learning_curve(tmp_path, tiny_mo
     promoted_yet = False
     for r in rows:
         assert 0.0 <= r["rm_accuracy"] <= 1.0 and r["kl_from_sft"] == r["kl_from_sft"]  # not NaN
+        assert 0 < r["rm_trained_on"] <= 6 and 0.0 <= r["rm_calibration_error"] <= 1.0
         assert r["gate"] == "passed" or not r["promoted"]
         promoted_yet |= r["promoted"]
         if r["promoted"]:
