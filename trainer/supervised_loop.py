@@ -69,7 +69,14 @@ def run(
         state = load_training_state(out_dir, optimizer)
         log.info("%s: resuming at step %d (epoch %d, item %d)", name, state.step, state.epoch, state.position)
     per_step = batch_size * world.size
-    steps_per_epoch = max(1, n_items // per_step)
+    if n_items < per_step:
+        # Fewer items than one batch (a round's few rankings of K = 9): one smaller step per epoch,
+        # of as many as the ranks can share evenly; none if they cannot share any.
+        per_step = n_items - n_items % world.size
+        log.warning(
+            "%s: %d items, fewer than a batch of %d: steps of %d", name, n_items, batch_size, per_step
+        )
+    steps_per_epoch = n_items // per_step if per_step else 0
     total = min(epochs * steps_per_epoch, max_steps) if max_steps else epochs * steps_per_epoch
     if world.main:
         log.info("%s: %d steps of %d items on %s", name, total, per_step, runtime.describe())
