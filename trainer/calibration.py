@@ -8,6 +8,7 @@ the uncertainty the labelling queue ranks items by (trainer/acquisition.py).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -18,6 +19,8 @@ from trainer.data import Ranking
 from trainer.reward_model import RewardModel
 from trainer.reward_training import pair_margins
 from trainer.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 _BINS = 5  # confidence bins over [0.5, 1]
 _TEMPERATURES = torch.logspace(-1, 1, 201)  # the search range, 0.1 to 10
@@ -55,8 +58,16 @@ def calibrate(rm_dir: Path, rankings: list[Ranking], runtime: Runtime, max_len: 
     if runtime.world.main:
         RewardModel.scale_saved(rm_dir, 1.0 / temperature)
     runtime.world.barrier()  # every rank's next stage reads the rescaled head
-    return {
+    fitted = {
         "temperature": temperature,
         "calibration_error_before": calibration_error(margins),
         "calibration_error": calibration_error(margins / temperature),
     }
+    log.info(
+        "rm: calibrated on %d held-out pairs: temperature %.2f, calibration error %.3f -> %.3f",
+        len(margins),
+        temperature,
+        fitted["calibration_error_before"],
+        fitted["calibration_error"],
+    )
+    return fitted
