@@ -73,9 +73,10 @@ def run(
         # Fewer items than one batch (a round's few rankings of K = 9): one smaller step per epoch,
         # of as many as the ranks can share evenly; none if they cannot share any.
         per_step = n_items - n_items % world.size
-        log.warning(
-            "%s: %d items, fewer than a batch of %d: steps of %d", name, n_items, batch_size, per_step
-        )
+        if world.main:
+            log.warning(
+                "%s: %d items, fewer than a batch of %d: steps of %d", name, n_items, batch_size, per_step
+            )
     steps_per_epoch = n_items // per_step if per_step else 0
     total = min(epochs * steps_per_epoch, max_steps) if max_steps else epochs * steps_per_epoch
     if world.main:

@@ -1,4 +1,5 @@
-"""The embedded durable log: append, read from an offset, group offsets, atomic transactions, and\na consumer group polling it."""
+"""The embedded durable log: append, read from an offset, group offsets, atomic transactions, and
+a consumer group polling it."""
 
 import threading
 
