@@ -360,6 +360,7 @@ class LoopConfig(_Section):
     rm_max_steps: int | None = None
     # The reward model trains on the newest this-many rankings only (warm-starting from the last RM
     # still), so that old rankings of old policies' answers fall away. None: every ranking so far.
+    # A window weakens per_user_cap: one key's latest rankings (up to the cap) can fill it alone.
     rm_window: int | None = Field(default=None, ge=1)
     # Pretraining text for PPO-ptx's LM term and the gate's alignment-tax check: JSON lines of
     # {"text": ...}, a .txt file (paragraphs), or a folder of either. A real model's user gives text
