@@ -10,6 +10,7 @@ where C is the number of ordered pairs (C(K,2) without ties; tied responses form
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -98,11 +99,13 @@ class RewardModel(nn.Module):
         return value
 
     def _load_head(self, path: Path) -> None:
+        meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).exists() else {}
+        scale = meta.get("scale", 1.0)
         if (path / HEAD_FILE).exists():
             head = load_file(path / HEAD_FILE)
-            self.head.load_state_dict({"weight": head["weight"], "bias": head["bias"]})
-        if (path / META_FILE).exists():
-            self.offset.fill_(json.loads((path / META_FILE).read_text())["offset"])
+            self.head.load_state_dict({"weight": head["weight"] * scale, "bias": head["bias"] * scale})
+        if meta:
+            self.offset.fill_(meta["offset"] * scale)
 
     @classmethod
     def from_pretrained(
@@ -128,16 +131,13 @@ class RewardModel(nn.Module):
             {k: v.detach().float().cpu().contiguous() for k, v in self.head.state_dict().items()},
             path / HEAD_FILE,
         )
-        (path / META_FILE).write_text(json.dumps({"offset": float(self.offset)}))
+        _write_meta(path, {"offset": float(self.offset)})
 
     @staticmethod
     def scale_saved(path: Path, factor: float) -> None:
-        """Multiply the saved model's every reward by factor: its head and offset, in place."""
-        path = Path(path)
-        head = load_file(path / HEAD_FILE)
-        save_file({k: (v * factor).contiguous() for k, v in head.items()}, path / HEAD_FILE)
-        offset = json.loads((path / META_FILE).read_text())["offset"]
-        (path / META_FILE).write_text(json.dumps({"offset": offset * factor}))
+        """Multiply the saved model's every reward by factor (head and offset alike, applied on load)."""
+        meta = json.loads((Path(path) / META_FILE).read_text())
+        _write_meta(Path(path), {**meta, "scale": meta.get("scale", 1.0) * factor})
 
     def save_pretrained(
         self,
@@ -159,4 +159,11 @@ class RewardModel(nn.Module):
             path, state_dict={k: v.to(dtype) for k, v in backbone.items()}, safe_serialization=True
         )
         save_file({k: state[f"head.{k}"].float().contiguous() for k in ("weight", "bias")}, path / HEAD_FILE)
-        (path / META_FILE).write_text(json.dumps({"offset": float(state["offset"])}))
+        _write_meta(path, {"offset": float(state["offset"])})
+
+
+def _write_meta(path: Path, meta: dict[str, float]) -> None:
+    # One file, replaced whole: a crash leaves the old scale or the new one, never half of a change.
+    tmp = path / f"{META_FILE}.tmp"
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, path / META_FILE)

@@ -49,3 +49,7 @@ def test_calibrating_a_saved_reward_model_divides_every_reward_by_the_temperatur
     assert fitted["temperature"] != 1.0  # a random head is not calibrated on arbitrary rankings
     torch.testing.assert_close(after, before / fitted["temperature"], rtol=1e-4, atol=1e-5)
     assert fitted["calibration_error"] <= fitted["calibration_error_before"]
+    # A second calibration (a resumed round's) finds it calibrated and keeps the first's scale.
+    again = calibrate(rm_dir, rankings, runtime, max_len=64)
+    assert again["temperature"] == pytest.approx(1.0, rel=0.03)
+    torch.testing.assert_close(rewards(), after / again["temperature"], rtol=1e-4, atol=1e-5)
