@@ -1,11 +1,16 @@
 """The ranking page in a real browser (Debian's Chromium driven by Playwright) against the real
-gateway, vLLM and Kafka: every submission is read back from Kafka. Screenshots of each screen go
-to docs/ui/ (linked from the README)."""
+gateway, vLLM and Kafka: every submission is read back from Kafka. Each screen is photographed
+into a temporary folder, or into the folder ALIGNLOOP_UI_SHOTS names (`ALIGNLOOP_UI_SHOTS=docs/ui`
+refreshes the README's screenshots)."""
 
 from __future__ import annotations
 
+import functools
+import os
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 
@@ -14,7 +19,14 @@ from feedback.events import Comparison, CompletionServed, Demonstration
 from feedback.source import open_source
 from tests.conftest import ADMIN_KEY, MODEL, PRIVATE_KEY, RATER_KEY, REPO, USER_KEY
 
-SHOTS = REPO / "docs" / "ui"
+
+@functools.cache
+def shots() -> Path:
+    """Where screenshots go: a test run leaves the working tree as it was unless asked to refresh
+    the committed ones."""
+    if folder := os.environ.get("ALIGNLOOP_UI_SHOTS"):
+        return REPO / folder
+    return Path(tempfile.mkdtemp(prefix="alignloop-ui-"))
 
 
 def open_page(browser, gateway, key: str, width: int = 1280, height: int = 900):
@@ -43,8 +55,8 @@ def order(page) -> list[str]:
 
 
 def shoot(page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    shots().mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots() / f"{name}.png"), full_page=True)
 
 
 def events_of(gateway, kafka: str, request_id: str, until=lambda events: True, timeout: float = 60) -> list:
