@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -27,7 +26,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from core.config import EngineConfig
 from inference.engine_stats import EngineStats
 from inference.sampling import Chunk, Sampling
-from inference.vllm_args import engine_kwargs
+from inference.vllm_args import engine_kwargs, start_async_llm
 from registry.errors import RegistryError
 from registry.fingerprint import arch_fingerprint, tokenizer_fingerprint
 
@@ -163,17 +162,6 @@ class VLLMEngine:
     ) -> VLLMEngine:
         """Build and warm up an engine on a checkpoint (validated by the caller), with LoRA support for
         adapters up to `lora_rank` if given; RegistryError if it cannot be started."""
-        # Spawn the engine's processes, never fork them from the serving process: a forked child
-        # inherits every client socket (a connection the server has closed stays open in it, and
-        # is reset when that engine retires: "server disconnected" for whoever reused it) and any
-        # lock that another of the gateway's threads held at that instant.
-        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
-        if not torch.cuda.is_available():
-            # AsyncLLM runs its engine core in a process of its own either way; on CPU, vLLM would
-            # also give the core's one worker a process of its own (one more spawn and import of
-            # vLLM per engine start) unless this is off. Off, the worker runs inside the core's
-            # process. GPUs keep vLLM's default.
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         lora = {}
         if lora_rank is not None:
             lora_rank = lora_rank_bucket(lora_rank)
@@ -184,7 +172,9 @@ class VLLMEngine:
         # Construction blocks for tens of seconds (importing vLLM, process spawn, model load): off
         # the event loop, so that requests, /healthz and /readyz are answered meanwhile.
         try:
-            llm = await asyncio.to_thread(_start_async_llm, engine_kwargs(path, config, **lora), stats)
+            llm = await asyncio.to_thread(  # the stat logger imports vLLM too
+                lambda: start_async_llm(engine_kwargs(path, config, **lora), [stats.logger()])
+            )
         except Exception as exc:
             hint = ""
             if torch.cuda.is_available():
@@ -377,11 +367,3 @@ class VLLMEngine:
         if self.llm is not None:
             self.llm.shutdown()
             self.llm = None
-
-
-def _start_async_llm(kwargs: dict, stats: EngineStats) -> Any:
-    """vLLM's AsyncLLM on these engine arguments (blocking: the first call imports vLLM)."""
-    from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.v1.engine.async_llm import AsyncLLM
-
-    return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs), stat_loggers=[stats.logger()])
