@@ -4,6 +4,7 @@ name them (a rename is only durable once its folder is synced)."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -26,3 +27,15 @@ def fsync_tree(root: Path) -> None:
             finally:
                 os.close(fd)
         fsync_dir(Path(folder))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace path's content with text whole: a reader or a crash sees the old file or the new one,
+    never part of either."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)

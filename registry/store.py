@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.durable_files import fsync_dir
+from core.durable_files import fsync_dir, write_atomic
 from core.failpoints import failpoint
 from registry import checksums
 from registry.errors import RegistryError, UnknownVersion
@@ -96,16 +96,6 @@ class VersionInfo:
     def is_adapter(self) -> bool:
         """Whether this version is a LoRA adapter on its base rather than full weights."""
         return self.base is not None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 class PolicyRegistry:
@@ -178,7 +168,7 @@ class PolicyRegistry:
         """Point CURRENT at an existing version (atomic)."""
         validate_version(self.path(name))
         with self._pointer_lock():
-            _write_atomic(self.root / "CURRENT", name + "\n")
+            write_atomic(self.root / "CURRENT", name + "\n")
 
     def compare_and_set_current(self, expected: str | None, name: str) -> bool:
         """Point CURRENT at `name` only if it still names `expected`; False (nothing written) if
@@ -188,7 +178,7 @@ class PolicyRegistry:
         with self._pointer_lock():
             if self.current() != expected:
                 return False
-            _write_atomic(self.root / "CURRENT", name + "\n")
+            write_atomic(self.root / "CURRENT", name + "\n")
             return True
 
     def candidate(self) -> str | None:
@@ -210,7 +200,7 @@ class PolicyRegistry:
         """Offer a version to the gateway's canary (replacing an undecided earlier proposal)."""
         validate_version(self.path(name))
         with self._pointer_lock():
-            _write_atomic(self.root / "CANDIDATE", name + "\n")
+            write_atomic(self.root / "CANDIDATE", name + "\n")
 
     def clear_candidate(self, expected: str) -> bool:
         """Withdraw the proposal if it still names `expected` (a newer one stays)."""
@@ -233,7 +223,7 @@ class PolicyRegistry:
 
     def publish_uncertainty(self, uncertainty: dict[str, float]) -> None:
         """Replace the published reward-model uncertainty about labelling items (request id -> 0..1)."""
-        _write_atomic(self.root / _UNCERTAINTY, json.dumps(uncertainty))
+        write_atomic(self.root / _UNCERTAINTY, json.dumps(uncertainty))
 
     def uncertainty(self) -> dict[str, float]:
         """The published reward-model uncertainty about labelling items; empty when there is none or
@@ -260,7 +250,7 @@ class PolicyRegistry:
         with self._pointer_lock():
             if path.exists():
                 return False
-            _write_atomic(path, json.dumps(record, indent=2, default=str))
+            write_atomic(path, json.dumps(record, indent=2, default=str))
             return True
 
     def publish(

@@ -10,7 +10,6 @@ where C is the number of ordered pairs (C(K,2) without ties; tied responses form
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from torch import nn
 from transformers import AutoModel
 
 from core.config import LoRAConfig
+from core.durable_files import write_atomic
 from feedback.events import ranking_pairs
 from trainer import lora
 from trainer.runtime import Runtime
@@ -131,13 +131,14 @@ class RewardModel(nn.Module):
             {k: v.detach().float().cpu().contiguous() for k, v in self.head.state_dict().items()},
             path / HEAD_FILE,
         )
-        _write_meta(path, {"offset": float(self.offset)})
+        write_atomic(path / META_FILE, json.dumps({"offset": float(self.offset)}))
 
     @staticmethod
     def scale_saved(path: Path, factor: float) -> None:
         """Multiply the saved model's every reward by factor (head and offset alike, applied on load)."""
+        # One file rewritten whole: a crash leaves the old scale or the new one, never half of a change.
         meta = json.loads((Path(path) / META_FILE).read_text())
-        _write_meta(Path(path), {**meta, "scale": meta.get("scale", 1.0) * factor})
+        write_atomic(Path(path) / META_FILE, json.dumps({**meta, "scale": meta.get("scale", 1.0) * factor}))
 
     def save_pretrained(
         self,
@@ -159,11 +160,4 @@ class RewardModel(nn.Module):
             path, state_dict={k: v.to(dtype) for k, v in backbone.items()}, safe_serialization=True
         )
         save_file({k: state[f"head.{k}"].float().contiguous() for k in ("weight", "bias")}, path / HEAD_FILE)
-        _write_meta(path, {"offset": float(state["offset"])})
-
-
-def _write_meta(path: Path, meta: dict[str, float]) -> None:
-    # One file, replaced whole: a crash leaves the old scale or the new one, never half of a change.
-    tmp = path / f"{META_FILE}.tmp"
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, path / META_FILE)
+        write_atomic(path / META_FILE, json.dumps({"offset": float(state["offset"])}))
