@@ -319,6 +319,10 @@ class PPOConfig(_Section):
     # With LoRA and vLLM rollouts: "adapter" hands the engine only the new adapter each iteration
     # (its base stays loaded); "merged" writes and reloads the whole merged checkpoint.
     rollout_weights: Literal["adapter", "merged"] = "adapter"
+    # How whole (or merged) weights reach the vLLM rollout engine each iteration: "memory" loads them
+    # into the running engine in place through shared memory; "checkpoint" writes a checkpoint that
+    # the engine reloads from disk (the slower way, kept to compare and for hosts short of /dev/shm).
+    weight_sync: Literal["memory", "checkpoint"] = "memory"
     seed: int = 0
     save_every: int = 5
 

@@ -109,11 +109,18 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
-def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The whole, unsharded state dict on the CPU (a collective under FSDP: every rank calls it)."""
+def full_state_dict(model: torch.nn.Module, *, every_rank: bool = False) -> dict[str, torch.Tensor]:
+    """The whole, unsharded state dict on the CPU. Under FSDP a collective (every rank calls it),
+    gathered onto rank 0 alone (the others get {}) unless every_rank, where each rank gathers one
+    tensor at a time (device memory for one whole tensor, not the model)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     model = unwrap(model)
-    if any(type(p).__name__ == "DTensor" for p in model.parameters()):
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if not any(type(p).__name__ == "DTensor" for p in model.parameters()):
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if every_rank:
+        return {
+            k: (v.full_tensor() if type(v).__name__ == "DTensor" else v).detach().cpu()
+            for k, v in model.state_dict().items()
+        }
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -55,6 +55,31 @@ def save_dtype(runtime: Runtime, base: Path) -> torch.dtype:
     return checkpoint_dtype(base) if runtime.save_dtype == "auto" else DTYPES[runtime.save_dtype]
 
 
+def published_weights(
+    model: torch.nn.Module, runtime: Runtime, base: Path, *, every_rank: bool = False
+) -> dict[str, torch.Tensor]:
+    """The policy's weights as published, on the CPU: LoRA merged in float32, then all in the save
+    dtype. A collective under FSDP: every rank calls it; only rank 0 gets them unless every_rank."""
+    model = unwrap(model)
+    return _as_published(full_state_dict(model, every_rank=every_rank), lora.is_lora(model), runtime, base)
+
+
+def _as_published(
+    state: dict[str, torch.Tensor], adapted: bool, runtime: Runtime, base: Path
+) -> dict[str, torch.Tensor]:
+    dtype = save_dtype(runtime, base)
+    if adapted and state:
+        if dtype != torch.float32 and runtime.world.main:
+            log.info(
+                "lora: the merged policy is published in %s, which keeps the adapter's update to within "
+                "%.1f%% (train.save_dtype=fp32 keeps all of it)",
+                str(dtype).removeprefix("torch."),
+                100 * lora.update_lost(state, lora.scaling(runtime.lora), dtype),
+            )
+        state = lora.merged_state_dict(state, lora.scaling(runtime.lora))
+    return {k: v.to(dtype) for k, v in state.items()}
+
+
 def save_policy(
     model: torch.nn.Module, tok: PreTrainedTokenizerBase, out_dir: Path, runtime: Runtime, base: Path
 ) -> None:
@@ -64,22 +89,11 @@ def save_policy(
     state = full_state_dict(model)
     if not runtime.world.main:
         return
-    dtype = save_dtype(runtime, base)
     if lora.is_lora(model):
         model.save_pretrained(Path(out_dir) / lora.ADAPTER_DIR, state_dict=state)
-        if dtype != torch.float32:
-            log.info(
-                "lora: the merged policy is published in %s, which keeps the adapter's update to within "
-                "%.1f%% (train.save_dtype=fp32 keeps all of it)",
-                str(dtype).removeprefix("torch."),
-                100 * lora.update_lost(state, lora.scaling(runtime.lora), dtype),
-            )
-        state = lora.merged_state_dict(state, lora.scaling(runtime.lora))
-    plain = lora.base_model(model)
-    plain.save_pretrained(
-        out_dir, state_dict={k: v.to(dtype) for k, v in state.items()}, safe_serialization=True
-    )
-    _mark_dtype(Path(out_dir) / "config.json", dtype)
+    weights = _as_published(state, lora.is_lora(model), runtime, base)
+    lora.base_model(model).save_pretrained(out_dir, state_dict=weights, safe_serialization=True)
+    _mark_dtype(Path(out_dir) / "config.json", save_dtype(runtime, base))
     tok.save_pretrained(out_dir)
 
 

@@ -27,7 +27,7 @@ from trainer.checkpoint import TrainState, load_training_state, resumable, save_
 from trainer.data import pad_batch, pretraining_batch, prompt_ids
 from trainer.distributed import unwrap
 from trainer.lm import lm_loss, token_logprobs
-from trainer.models import save_adapter, save_policy
+from trainer.models import published_weights, save_adapter, save_policy
 from trainer.optim import adamw, optimizer_step
 from trainer.ppo_models import PPOModels, load_ppo_models
 from trainer.rollout import Sampler, TransformersSampler, VLLMSampler
@@ -172,6 +172,8 @@ def _open_sampler(
     if sampler is None:
         if _adapter_rollouts(models, cfg):  # the engine holds the base; the adapter comes below
             sampler = VLLMSampler(base, engine, cfg.rollout_gpu_memory, lora_rank=runtime.lora.r)
+        elif cfg.weight_sync == "memory":  # the engine starts on the base; the policy comes below
+            sampler = VLLMSampler(base, engine, cfg.rollout_gpu_memory)
         else:
             save_policy(models.policy_train, tok, weights_dir, runtime, base)
             runtime.world.barrier()  # rank 0 wrote the weights every rank's engine starts on
@@ -187,12 +189,15 @@ def _adapter_rollouts(models: PPOModels, cfg: PPOConfig) -> bool:
 def _sync_rollouts(
     models: PPOModels, tok, cfg: PPOConfig, sampler, weights_dir: Path, runtime: Runtime, base: Path
 ) -> None:
-    """Hand the rollout engine the policy as trained now: the adapter alone (LoRA), or the merged
-    weights through a checkpoint. Every rank's engine reads what rank 0 wrote."""
+    """Hand every rank's rollout engine the policy as trained now: the adapter alone (LoRA, through
+    the folder rank 0 wrote it to); the merged weights in memory, each rank loading its own copy
+    (weight_sync = memory); or the merged weights through a checkpoint rank 0 wrote."""
     if _adapter_rollouts(models, cfg):
         save_adapter(models.policy_train, weights_dir / lora.ADAPTER_DIR, runtime)
         runtime.world.barrier()
         sampler.update_adapter(weights_dir / lora.ADAPTER_DIR)
+    elif cfg.weight_sync == "memory":
+        sampler.update_weights(published_weights(models.policy_train, runtime, base, every_rank=True))
     else:
         save_policy(models.policy_train, tok, weights_dir, runtime, base)
         runtime.world.barrier()

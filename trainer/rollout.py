@@ -1,4 +1,4 @@
-"""Rollout samplers for PPO: vLLM (fast; the trainer's weights pushed in place between iterations)
+"""Rollout samplers for PPO: vLLM (fast; the trainer's weights loaded in place between iterations)
 or transformers' generate (the fallback). Either returns token ids only; the log-probabilities
 PPO needs are recomputed by the trainer's own model, never trusted from the sampler."""
 
@@ -13,6 +13,7 @@ from typing import Protocol
 import torch
 
 from core.config import EngineConfig
+from inference import weight_sync
 from inference.vllm_args import engine_kwargs
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class VLLMSampler:
                 config or EngineConfig(),
                 gpu_memory_utilization=gpu_memory,
                 tensor_parallel_size=1,  # one engine per rank, on the rank's own GPU
+                worker_extension_cls=weight_sync.WORKER_EXTENSION,  # update_weights() below
                 **({"enable_sleep_mode": True} if self.sleeps else {}),
                 **lora,
             )
@@ -148,6 +150,13 @@ class VLLMSampler:
         """Load a whole checkpoint's weights into the running engine."""
         self._wake()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(model_dir)})
+
+    def update_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """Load these weights (checkpoint names, any dtype) into the running engine in place, through
+        shared memory: no checkpoint is written or read."""
+        self._wake()
+        with weight_sync.shared_block(state) as (path, layout):
+            self.llm.collective_rpc("load_shared_weights", args=(path, layout))
 
     def update_adapter(self, adapter_dir: Path) -> None:
         """Load this adapter into the engine now (the folder may go once this returns) and sample

@@ -37,18 +37,15 @@ def test_interrupted_rm_training_resumes_exactly(tiny_model_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_rm_and_ppo_under_torchrun_with_two_processes(tiny_model_dir, tmp_path):
+def test_rm_under_torchrun_with_two_processes(tiny_model_dir, tmp_path):
+    """The CLI's RM stage under DDP over two gloo ranks (PPO under DDP is in test_vllm_rollout.py,
+    the CLI's PPO under torchrun in the FSDP test below)."""
     write_jsonl(
         tmp_path / "rankings.jsonl",
         [
             {"prompt": r.prompt, "responses": r.responses, "ranking": r.ranking}
             for r in task.rankings(40, k=4, seed=4)
         ],
-    )
-    write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in task.prompts(16, seed=5)])
-    write_jsonl(
-        tmp_path / "pretraining.jsonl",
-        [{"text": t} for t in ["The cat sees the dog.", "The red fox helps."] * 8],
     )
     env = dict(os.environ, OMP_NUM_THREADS="1")
     torchrun = [
@@ -84,44 +81,6 @@ def test_rm_and_ppo_under_torchrun_with_two_processes(tiny_model_dir, tmp_path):
     )
     assert rm.returncode == 0, rm.stderr[-3000:]
     assert json.loads(rm.stdout.strip().splitlines()[-1])["steps"] == 3
-    ppo = subprocess.run(
-        [
-            *torchrun,
-            "ppo",
-            "--init",
-            str(tiny_model_dir),
-            "--rm",
-            str(tmp_path / "rm"),
-            "--data",
-            str(tmp_path / "prompts.jsonl"),
-            "--pretraining",
-            str(tmp_path / "pretraining.jsonl"),
-            "--out",
-            str(tmp_path / "ppo"),
-            "--set",
-            "train.ppo.iterations=2",
-            "--set",
-            "train.ppo.rollout_batch=8",
-            "--set",
-            "train.ppo.minibatch=2",
-            "--set",
-            "train.ppo.max_new_tokens=8",
-            "--set",
-            "train.ppo.rollout_engine=transformers",
-            "--set",
-            "train.ppo.ptx_batch=2",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert ppo.returncode == 0, ppo.stderr[-3000:]
-    assert json.loads(ppo.stdout.strip().splitlines()[-1])["iteration"] == 2
-    assert (tmp_path / "ppo" / "model.safetensors").exists() and (
-        tmp_path / "ppo" / "value" / "reward_head.safetensors"
-    ).exists()
 
 
 def test_fsdp2_matches_one_process_and_trains_lora_ppo_under_torchrun(tiny_model_dir, tmp_path):
@@ -238,27 +197,41 @@ def test_fsdp2_matches_one_process_and_trains_lora_ppo_under_torchrun(tiny_model
     )
 
 
-def _agree(rank: int, init_file: str, out: str) -> None:
+def _gather(rank: int, init_file: str, model_dir: str, out: str) -> None:
     import tempfile
 
     import torch.distributed as dist
+    from safetensors.torch import save_file
 
-    from trainer.distributed import World
+    from trainer.distributed import World, full_state_dict, wrap
+    from trainer.models import load_causal_lm
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
-        path = World(rank=rank, size=2).agreed_path(lambda: tempfile.mkdtemp(prefix="agreed-"))
-        with open(f"{out}.{rank}", "w") as f:
-            f.write(str(path))
+        world = World(rank=rank, size=2)
+        model = wrap(load_causal_lm(model_dir), world, "fsdp")
+        state = full_state_dict(model, every_rank=True)
+        save_file({k: v.clone().contiguous() for k, v in state.items()}, f"{out}.{rank}.safetensors")
+        agreed = world.agreed_path(lambda: tempfile.mkdtemp(prefix="agreed-"))
+        with open(f"{out}.{rank}.path", "w") as f:
+            f.write(str(agreed))
     finally:
         dist.destroy_process_group()
 
 
-def test_every_rank_reads_the_rollout_weights_rank_0_writes(tmp_path):
-    """PPO's vLLM rollouts: rank 0 saves the policy and every rank's engine loads it, so the ranks
-    must agree on the folder (each making its own left every other rank's empty)."""
-    torch.multiprocessing.spawn(_agree, args=(str(tmp_path / "init"), str(tmp_path / "path")), nprocs=2)
-    paths = [(tmp_path / f"path.{r}").read_text() for r in (0, 1)]
+def test_every_rank_gets_the_whole_weights_and_the_folder_rank_0_writes(tiny_model_dir, tmp_path):
+    """Each rank's rollout engine is handed the whole policy: under FSDP2 every rank gathers every
+    tensor whole (rank 0 alone gets them for a checkpoint). And the ranks agree on the folder where
+    rank 0 writes what every rank reads (the LoRA adapter for the rollout engines): each making its
+    own left every other rank's empty."""
+    args = (str(tmp_path / "init"), str(tiny_model_dir), str(tmp_path / "state"))
+    torch.multiprocessing.spawn(_gather, args=args, nprocs=2)
+    saved = load_file(tiny_model_dir / "model.safetensors")
+    for rank in (0, 1):
+        gathered = load_file(tmp_path / f"state.{rank}.safetensors")
+        assert saved.keys() <= gathered.keys()
+        assert all(torch.equal(gathered[k], v) for k, v in saved.items()), f"rank {rank}"
+    paths = [(tmp_path / f"state.{rank}.path").read_text() for rank in (0, 1)]
     assert paths[0] == paths[1] and os.path.isdir(paths[0])
     os.rmdir(paths[0])
 

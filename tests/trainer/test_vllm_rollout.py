@@ -1,7 +1,8 @@
-"""PPO rollouts on vLLM: the sampler follows the trainer's weights after each in-place reload."""
+"""PPO rollouts on vLLM: every rank's engine follows the trainer's weights, loaded in place in memory or from disk."""
 
-import shutil
+import os
 
+from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from core.config import PPOConfig
@@ -32,38 +33,68 @@ def hf_greedy(path, prompts):
     return [sampler.generate([p], 16, 0.0, 0)[0] for p in prompts]
 
 
-def test_vllm_rollouts_follow_pushed_weights(tiny_model_dir, tmp_path):
-    live = tmp_path / "live"
-    shutil.copytree(tiny_model_dir, live)
-    tok = AutoTokenizer.from_pretrained(live)
+def _ppo_rank(rank: int, init_file: str, base: str, other: str, rm: str, out: str) -> None:
+    """One of two gloo ranks with its own vLLM engine: rank 0 first loads `other`'s weights in
+    memory and then `base` back from its checkpoint; both train PPO. Each rank's greedy text on
+    QUESTIONS at each point goes to out/greedy.<rank>."""
+    import json
+
+    import torch.distributed as dist
+
+    from trainer.distributed import World
+    from trainer.runtime import Runtime
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    tok = AutoTokenizer.from_pretrained(base)
     prompts = [prompt_ids(tok, q) for q in QUESTIONS]
-    sampler = VLLMSampler(live)
+    sampler = VLLMSampler(base)  # every rank's engine starts on the base, not on trained weights
+    seen: dict = {}
     try:
-        before = sampler.generate(prompts, 16, 0.0, 0)
-        assert before == hf_greedy(live, prompts)
-
-        shutil.copy(
-            perturbed_copy(tiny_model_dir, tmp_path / "other", seed=5) / "model.safetensors",
-            live / "model.safetensors",
+        if rank == 0:  # the other rank waits at the run's first collective meanwhile
+            seen["base"] = sampler.generate(prompts, 16, 0.0, 0)
+            blocks = set(os.listdir("/dev/shm"))
+            sampler.update_weights(load_file(f"{other}/model.safetensors"))
+            seen["blocks_left"] = sorted(set(os.listdir("/dev/shm")) - blocks)
+            seen["in_memory"] = sampler.generate(prompts, 16, 0.0, 0)
+            sampler.update(base)  # from its checkpoint on disk
+            seen["reloaded"] = sampler.generate(prompts, 16, 0.0, 0)
+        world = World(rank=rank, size=2, local_rank=rank)
+        cfg = TWO_VLLM_ITERATIONS.model_copy(
+            update={"learning_rate": 2e-3}
+        )  # far enough to change greedy text
+        train_ppo(
+            base, rm, task.prompts(16, seed=1), [], f"{out}/ppo", cfg, Runtime(world=world), sampler=sampler
         )
-        sampler.update(live)
-        after = sampler.generate(prompts, 16, 0.0, 0)
-        assert after == hf_greedy(live, prompts)
-        assert after != before
-
-        # Two PPO iterations sampling on this engine; afterwards it serves the trained policy.
-        RewardModel.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "rm")
-        metrics = train_ppo(
-            tiny_model_dir,
-            tmp_path / "rm",
-            task.prompts(16, seed=1),
-            [],
-            tmp_path / "ppo",
-            TWO_VLLM_ITERATIONS,
-            sampler=sampler,
-        )
-        assert metrics["iteration"] == 2 and metrics["samples_per_s"] > 0
-        sampler.update(tmp_path / "ppo")
-        assert sampler.generate(prompts, 16, 0.0, 0) == hf_greedy(tmp_path / "ppo", prompts)
+        seen["trained"] = sampler.generate(prompts, 16, 0.0, 0)
+        with open(f"{out}/greedy.{rank}", "w") as f:
+            json.dump(seen, f)
     finally:
         sampler.close()
+        World(rank=rank, size=2).barrier()
+        dist.destroy_process_group()
+
+
+def test_every_ranks_rollout_engine_samples_the_trained_weights(tiny_model_dir, tmp_path, monkeypatch):
+    """An engine samples what transformers samples on the same weights, whether they came in memory
+    (update_weights: no file written, the shared block gone after) or from a checkpoint reloaded.
+    Then PPO on two ranks, each with its own engine synced in memory: afterwards every rank's engine
+    gives the published policy's greedy text (none is left on the base or another rank's copy)."""
+    import json
+
+    import torch
+
+    other = perturbed_copy(tiny_model_dir, tmp_path / "other", seed=5)
+    RewardModel.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "rm")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two ranks and two engines share the cores
+    paths = (tmp_path / "init", tiny_model_dir, other, tmp_path / "rm", tmp_path)
+    torch.multiprocessing.spawn(_ppo_rank, args=tuple(str(p) for p in paths), nprocs=2)
+    seen = [json.loads((tmp_path / f"greedy.{rank}").read_text()) for rank in (0, 1)]
+    prompts = [prompt_ids(AutoTokenizer.from_pretrained(tiny_model_dir), q) for q in QUESTIONS]
+    base = hf_greedy(tiny_model_dir, prompts)
+    assert seen[0]["base"] == base and seen[0]["reloaded"] == base
+    assert seen[0]["in_memory"] == hf_greedy(other, prompts) != base
+    assert seen[0]["blocks_left"] == []
+    published = hf_greedy(tmp_path / "ppo", prompts)
+    assert published != base
+    for rank in (0, 1):
+        assert seen[rank]["trained"] == published, f"rank {rank}"
