@@ -119,6 +119,7 @@ class VLLMSampler:
             )
         )
         self.eos_id = self.llm.get_tokenizer().eos_token_id
+        self._weights = weight_sync.SharedBlock()  # update_weights()'s, kept between updates
         self.asleep = False
 
     def generate(
@@ -155,8 +156,7 @@ class VLLMSampler:
         """Load these weights (checkpoint names, any dtype) into the running engine in place, through
         shared memory: no checkpoint is written or read."""
         self._wake()
-        with weight_sync.shared_block(state) as (path, layout):
-            self.llm.collective_rpc("load_shared_weights", args=(path, layout))
+        self.llm.collective_rpc("load_shared_weights", args=self._weights.write(state))
 
     def update_adapter(self, adapter_dir: Path) -> None:
         """Load this adapter into the engine now (the folder may go once this returns) and sample
@@ -179,3 +179,4 @@ class VLLMSampler:
         core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
         if core is not None:
             core.shutdown()
+        self._weights.close()
