@@ -294,20 +294,26 @@ def ppo_rates(
     shape: dict | None = None,
 ) -> dict:
     """samples/s, peak memory and the time to sync the trained weights into the rollout engine
-    (last iteration) of PPO-ptx, per rollout engine, full weights and/or LoRA; with LoRA on vLLM,
-    both ways of syncing: the adapter alone, and a merged checkpoint reloaded."""
+    (last iteration) of PPO-ptx, per rollout engine, full weights and/or LoRA; on vLLM, each way of
+    syncing: whole weights in memory and through a checkpoint reloaded (the old way), and with LoRA
+    the adapter alone too."""
     from trainer.ppo_training import train_ppo
 
     out = {}
     shape = shape or {"rollout_batch": 32, "minibatch": 8, "max_new_tokens": 32, "ptx_batch": 16}
     prompts = task.prompts(64, seed=31)
+    vllm_ways = [("merged", "memory"), ("merged", "checkpoint")]
     runs = [
-        (engine, lora, weights)
+        (engine, lora, weights, sync)
         for engine in engines
         for lora in variants
-        for weights in (("adapter", "merged") if engine == "vllm" and lora else ("merged",))
+        for weights, sync in (
+            ([("adapter", "memory")] if lora else []) + vllm_ways
+            if engine == "vllm"
+            else [("merged", "memory")]
+        )
     ]
-    for engine, lora, weights in runs:
+    for engine, lora, weights, sync in runs:
         rt = Runtime(
             runtime.device,
             runtime.precision,
@@ -319,18 +325,23 @@ def ppo_rates(
             ptx_coef=1.0,
             rollout_engine=engine,
             rollout_weights=weights,
+            weight_sync=sync,
             save_every=0,
             **shape,
         )
         rt.reset_peak_memory()
         name = f"{engine}, {'LoRA' if lora else 'full weights'}"
-        name += f", {weights} into the engine" if engine == "vllm" and lora else ""
+        if engine == "vllm":
+            name += ", adapter into the engine" if weights == "adapter" else ", merged" if lora else ""
+            name += (
+                "" if weights == "adapter" else f", {'in memory' if sync == 'memory' else 'via a checkpoint'}"
+            )
         metrics = train_ppo(
             model_dir,
             rm_dir,
             prompts,
             pretraining_texts(256, seed=3),
-            work / f"ppo-{engine}-{lora}-{weights}",
+            work / f"ppo-{engine}-{lora}-{weights}-{sync}",
             cfg,
             rt,
         )
@@ -338,6 +349,7 @@ def ppo_rates(
             "samples_per_s": metrics["samples_per_s"],
             "peak_gib": metrics["peak_memory_gib"],
             "sync_s": metrics["sync_s"] if engine == "vllm" else None,
+            "iteration_s": metrics["rollout_s"] + metrics["update_s"] + metrics["sync_s"],
         }
         log.info("ppo (%s): %s", name, out[name])
     return out
@@ -411,11 +423,9 @@ def main() -> None:
         if args.trl:
             results["trl"] = trl_rm(model_dir, train, work, args.lr, per_step * 9 // 2)
         if args.only in ("all", "ppo"):
-            from trainer.reward_model import RewardModel
-
-            rm_dir = work / "ours"
-            if not rm_dir.exists():  # PPO alone: a reward model with a fresh head on the same backbone
-                RewardModel.from_pretrained(model_dir).save_pretrained(rm_dir)
+            # PPO alone scores with a fresh head on the policy's own backbone: a checkpoint without a
+            # head file loads as one (no second copy of a 7B model written and read).
+            rm_dir = work / "ours" if (work / "ours").exists() else model_dir
             try:
                 import vllm  # noqa: F401
 

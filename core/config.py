@@ -414,6 +414,9 @@ class TrainConfig(_Section):
     # vLLM engine on the same cores, set 1: both sides' OpenMP threads spin waiting for cores the
     # other holds, and every step slows by far more than the cores' fair share.
     cpu_threads: int | None = Field(default=None, ge=1)
+    # What a round may use on its device, checked against its memory plan before it loads anything
+    # (trainer/memory_plan.py). None: the GPU's memory, or the host's available memory on a CPU.
+    memory_limit_gib: float | None = Field(default=None, gt=0)
     lora: LoRAConfig = LoRAConfig()
     sft: SFTConfig = SFTConfig()
     rm: RMConfig = RMConfig()

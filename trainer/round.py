@@ -6,6 +6,7 @@ The trainer service feeds it what people sent through Kafka; the experiment runn
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,12 @@ from trainer.calibration import calibrate
 from trainer.data import Ranking, held_out, read_texts, stable_subset
 from trainer.dataset_store import RankedBy
 from trainer.gate import GateResult, evaluate
+from trainer.memory_plan import check_round
 from trainer.ppo_training import train_ppo
 from trainer.reward_training import train_rm
 from trainer.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,6 +99,9 @@ def train_candidate(
 ) -> RoundOutputs:
     """Train the reward model into round_dir/rm and the policy into round_dir/policy, then gate it."""
     cfg = settings.train.loop
+    plan = check_round(inputs.sft, inputs.rm_init, settings, runtime)  # refuses before loading anything
+    if runtime.world.main:
+        log.info("%s", plan.table())
     train_prompts, eval_prompts = split_prompts(inputs.prompts, settings)
     rm = train_rm(
         inputs.rm_init,
