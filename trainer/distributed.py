@@ -86,20 +86,27 @@ def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if type(m).__name__ in names]
 
 
-def wrap(model: torch.nn.Module, world: World, sharding: str = "ddp") -> torch.nn.Module:
+def wrap(
+    model: torch.nn.Module, world: World, sharding: str = "ddp", precision: str = "fp32"
+) -> torch.nn.Module:
     """The model made ready for several ranks: DDP around it, or FSDP2 applied in place (each
-    decoder layer a unit, then the root); the model itself when there is one rank."""
+    decoder layer a unit, then the root); the model itself when there is one rank. In bf16, FSDP
+    gathers parameters in bf16 for compute and reduces gradients in float32 (the shards stay
+    float32, the optimiser's copy)."""
     if world.size == 1:
         return model
     if sharding == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mixed = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        options = {"mp_policy": mixed} if precision == "bf16" else {}
 
         # The root is the transformers model even under a peft adapter: generate() and the
         # adapter-off reference call it directly, and the root's hooks must run on every call.
         root = model.get_base_model() if hasattr(model, "get_base_model") else model
         for layer in _decoder_layers(root):
-            fully_shard(layer)
-        fully_shard(root)
+            fully_shard(layer, **options)
+        fully_shard(root, **options)
         return model
     return torch.nn.parallel.DistributedDataParallel(model)
 

@@ -17,7 +17,6 @@ gate's memory does not grow with the number of held-out prompts or with the mode
 
 from __future__ import annotations
 
-import gc
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,13 +39,6 @@ class GateResult:
     passed: bool
     reasons: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
-
-
-def _free() -> None:
-    """Give back the memory of a model the caller has just deleted."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def evaluate(
@@ -96,7 +88,7 @@ def evaluate(
         if pretraining:
             metrics["candidate_ptx_loss"] = pretraining_loss(cand, tok, pretraining, batch)
     del cand
-    _free()
+    runtime.release_memory()
     cand_rewards = score(reward_model, tok, asked, answers, runtime=runtime)
     metrics["candidate_reward"] = cand_rewards.mean().item()
     metrics["candidate_answer_tokens"] = _mean_tokens(tok, answers)  # length is what an RM is hacked by first
@@ -105,7 +97,7 @@ def evaluate(
     with runtime.autocast():
         _, serv_answers = sampled_answers(serv, tok, prompts, samples_per_prompt, max_new_tokens, batch)
     del serv
-    _free()
+    runtime.release_memory()
     serv_rewards = score(reward_model, tok, asked, serv_answers, runtime=runtime)
     metrics["serving_reward"] = serv_rewards.mean().item()
     metrics["serving_answer_tokens"] = _mean_tokens(tok, serv_answers)
@@ -120,7 +112,7 @@ def evaluate(
         if pretraining:  # plain PPO (no pretraining text) has no alignment-tax check
             metrics["sft_ptx_loss"] = pretraining_loss(ref, tok, pretraining, batch)
     del ref
-    _free()
+    runtime.release_memory()
     metrics["kl_from_sft"] = float((cand_logp - ref_logp).mean()) if prompts else 0.0
 
     if any(not math.isfinite(v) for v in metrics.values()):

@@ -104,13 +104,13 @@ def load_ppo_models(
     if world.size > 1 and sharding == "fsdp":  # frozen models are sharded too: they are as big
         for frozen in (reference, reward_model):
             if frozen is not None:
-                wrap(frozen, world, sharding)
+                wrap(frozen, world, sharding, runtime.precision)
     return PPOModels(
         policy,
         reference,
         reward_model,
         value,
-        wrap(policy, world, sharding),
-        wrap(value, world, sharding),
+        wrap(policy, world, sharding, runtime.precision),
+        wrap(value, world, sharding, runtime.precision),
         shares,
     )

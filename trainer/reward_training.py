@@ -100,7 +100,7 @@ def train_rm(
     tok = AutoTokenizer.from_pretrained(init)
     train, held = split(rankings, cfg.eval_fraction)
     model = _load(init, out_dir, runtime)
-    ddp = wrap(model, runtime.world, runtime.sharding)
+    ddp = wrap(model, runtime.world, runtime.sharding, runtime.precision)
     optimizer = adamw(model.parameters(), cfg.learning_rate, runtime)
 
     def step(indices: list[int]) -> dict[str, float]:
@@ -165,6 +165,7 @@ def train_rm(
         "steps": state.step,
         "comparisons": sum(len(ranking_pairs(r.ranking)) for r in train),
         "train_seconds": train_seconds,
+        "peak_memory_gib": runtime.peak_memory_gib(),
     }
     log.info("rm: held-out pairwise accuracy %.3f on %d rankings", metrics["heldout_accuracy"], len(held))
     return metrics

@@ -113,6 +113,7 @@ def train_candidate(
     )
     if settings.train.rm.calibrate and inputs.judge_set:
         rm |= calibrate(round_dir / "rm", inputs.judge_set, runtime, settings.train.rm.max_len)
+    runtime.release_memory()  # the RM stage's models are gone: PPO (and its engine) gets their memory
     ppo = train_ppo(
         inputs.sft,
         round_dir / "rm",
@@ -125,6 +126,14 @@ def train_candidate(
         init=inputs.policy_init,
         init_adapter=inputs.policy_adapter,
     )
+    runtime.release_memory()
+    if runtime.world.main:
+        log.info(
+            "round: peak memory per stage: rm %.2f GiB, ppo %.2f GiB (planned %s)",
+            rm["peak_memory_gib"],
+            ppo.get("peak_memory_gib", float("nan")),  # nan: PPO had finished before a restart
+            ", ".join(f"{s.stage} {s.total / 2**30:.2f} GiB" for s in plan.stages if s.stage != "sft"),
+        )
     gate = evaluate(
         round_dir / "policy",
         inputs.serving,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import resource
 from dataclasses import dataclass, field
@@ -90,6 +91,13 @@ class Runtime:
         if self.gradient_checkpointing:
             extras.append("gradient checkpointing")
         return f"device {self.device} ({name}), precision {how}, {', '.join(extras)}"
+
+    def release_memory(self) -> None:
+        """Give back the memory of models the caller has just dropped (the GPU's cached blocks too),
+        so the next stage, or a vLLM engine's memory check, finds it free."""
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def reset_peak_memory(self) -> None:
         """Start measuring peak memory afresh (GPU only; the CPU's peak RSS cannot be reset)."""

@@ -39,7 +39,7 @@ def train_sft(
         model = trainable_policy(base, runtime, adapter=out_dir / ADAPTER_DIR)
     else:
         model = trainable_policy(out_dir if resume else base, runtime)
-    ddp = wrap(model, runtime.world, runtime.sharding)
+    ddp = wrap(model, runtime.world, runtime.sharding, runtime.precision)
     optimizer = adamw(model.parameters(), cfg.learning_rate, runtime)
 
     def step(indices: list[int]) -> dict[str, float]:

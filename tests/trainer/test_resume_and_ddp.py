@@ -215,15 +215,36 @@ def _gather(rank: int, init_file: str, model_dir: str, out: str) -> None:
         agreed = world.agreed_path(lambda: tempfile.mkdtemp(prefix="agreed-"))
         with open(f"{out}.{rank}.path", "w") as f:
             f.write(str(agreed))
+        # bf16 under FSDP: what the linear layers compute with, and the shards' and gradients' dtypes.
+        mixed = wrap(load_causal_lm(model_dir), world, "fsdp", "bf16")
+        compute: set[str] = set()
+
+        def linear_weight(module, args):
+            if isinstance(module, torch.nn.Linear):
+                compute.add(str(module.weight.dtype))
+
+        hook = torch.nn.modules.module.register_module_forward_pre_hook(linear_weight)
+        try:
+            mixed(input_ids=torch.tensor([[4, 5, 6, 7]])).logits.float().sum().backward()
+        finally:
+            hook.remove()
+        dtypes = {
+            "compute": sorted(compute),
+            "shards": sorted({str(p.dtype) for p in mixed.parameters()}),
+            "grads": sorted({str(p.grad.dtype) for p in mixed.parameters() if p.grad is not None}),
+        }
+        with open(f"{out}.{rank}.dtypes", "w") as f:
+            json.dump(dtypes, f)
     finally:
         dist.destroy_process_group()
 
 
 def test_every_rank_gets_the_whole_weights_and_the_folder_rank_0_writes(tiny_model_dir, tmp_path):
     """Each rank's rollout engine is handed the whole policy: under FSDP2 every rank gathers every
-    tensor whole (rank 0 alone gets them for a checkpoint). And the ranks agree on the folder where
+    tensor whole (rank 0 alone gets them for a checkpoint). The ranks agree on the folder where
     rank 0 writes what every rank reads (the LoRA adapter for the rollout engines): each making its
-    own left every other rank's empty."""
+    own left every other rank's empty. And in bf16, FSDP2 computes in bf16 while its shards and
+    gradients stay float32 (a MixedPrecisionPolicy; without one it gathers float32)."""
     args = (str(tmp_path / "init"), str(tiny_model_dir), str(tmp_path / "state"))
     torch.multiprocessing.spawn(_gather, args=args, nprocs=2)
     saved = load_file(tiny_model_dir / "model.safetensors")
@@ -231,6 +252,12 @@ def test_every_rank_gets_the_whole_weights_and_the_folder_rank_0_writes(tiny_mod
         gathered = load_file(tmp_path / f"state.{rank}.safetensors")
         assert saved.keys() <= gathered.keys()
         assert all(torch.equal(gathered[k], v) for k, v in saved.items()), f"rank {rank}"
+        dtypes = json.loads((tmp_path / f"state.{rank}.dtypes").read_text())
+        assert dtypes == {
+            "compute": ["torch.bfloat16"],
+            "shards": ["torch.float32"],
+            "grads": ["torch.float32"],
+        }
     paths = [(tmp_path / f"state.{rank}.path").read_text() for rank in (0, 1)]
     assert paths[0] == paths[1] and os.path.isdir(paths[0])
     os.rmdir(paths[0])
