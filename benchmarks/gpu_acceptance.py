@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -39,8 +40,6 @@ LIMITS_S = {"rm": 180, "ppo": 300, "nccl": 200, "parity": 90}
 
 def _run(cmd: list[str], limit_s: int) -> tuple[bool, float, str]:
     """(succeeded, seconds, the output's tail) of a child process run to a time limit."""
-    import os
-
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     )
@@ -77,7 +76,7 @@ def part_rm(work: Path, small: bool) -> dict:
 def part_ppo(work: Path, small: bool) -> dict:
     """One LoRA PPO-ptx iteration of a 7B-class model: time, peak memory, and the plan's peak."""
     from benchmarks.training import MODELS
-    from core.config import LoRAConfig, Settings
+    from core.config import LoRAConfig, Settings, TinyModelConfig
     from trainer.memory_plan import GIB, ModelShape, plan_round
     from trainer.runtime import Runtime
 
@@ -93,10 +92,11 @@ def part_ppo(work: Path, small: bool) -> dict:
     # The plan for the same run: prompts of about 30 tokens + 64 new ones, the benchmark's shapes.
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    vocab = TinyModelConfig().vocab_size  # build_models gives the big models the tiny tokenizer
     with torch.device("meta"):
-        params = LlamaForCausalLM(LlamaConfig(vocab_size=512, **MODELS[model])).num_parameters()
+        params = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, **MODELS[model])).num_parameters()
     m = MODELS[model]
-    model_shape = ModelShape(params, m["hidden_size"], m["num_hidden_layers"], m["intermediate_size"], 512)
+    model_shape = ModelShape(params, m["hidden_size"], m["num_hidden_layers"], m["intermediate_size"], vocab)
     settings = Settings()
     train = settings.train.model_copy(
         update={

@@ -317,11 +317,12 @@ class PPOConfig(_Section):
     # the engine sleeps (frees its KV cache) while the trainer updates.
     rollout_gpu_memory: float = 0.3
     # With LoRA and vLLM rollouts: "adapter" hands the engine only the new adapter each iteration
-    # (its base stays loaded); "merged" writes and reloads the whole merged checkpoint.
+    # (its base stays loaded); "merged" hands it the whole merged weights (as weight_sync says).
     rollout_weights: Literal["adapter", "merged"] = "adapter"
     # How whole (or merged) weights reach the vLLM rollout engine each iteration: "memory" loads them
-    # into the running engine in place through shared memory; "checkpoint" writes a checkpoint that
-    # the engine reloads from disk (the slower way, kept to compare and for hosts short of /dev/shm).
+    # into the running engine in place through a shared-memory block (one more copy of the policy in
+    # host memory); "checkpoint" writes a checkpoint that the engine reloads from disk (the slower
+    # way, kept to compare and for a host short of memory).
     weight_sync: Literal["memory", "checkpoint"] = "memory"
     seed: int = 0
     save_every: int = 5

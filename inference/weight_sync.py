@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -93,6 +94,17 @@ class SharedBlock:
             self._file = None
 
 
+def views(block: torch.Tensor, layout: Layout) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for each tensor of a mapped block (bytes), as views of it: no copy."""
+    for name, dtype, shape, offset, nbytes in layout:
+        yield name, block[offset : offset + nbytes].view(getattr(torch, dtype)).view(shape)
+
+
+def block_size(layout: Layout) -> int:
+    """The bytes a reader maps to see every tensor of the layout."""
+    return max((offset + nbytes for *_, offset, nbytes in layout), default=1)
+
+
 class WeightSyncWorker:
     """Mixed into vLLM's worker: the methods the trainer calls with `collective_rpc`."""
 
@@ -101,13 +113,8 @@ class WeightSyncWorker:
         how many tensors it read. The block stays mapped for the next sync until its id changes."""
         mapped = getattr(self, "_weight_block", None)
         if mapped is None or mapped[0] != block_id:
-            size = max((offset + nbytes for *_, offset, nbytes in layout), default=1)
             self._weight_block = (block_id, None)  # drop the old mapping first
-            self._weight_block = (block_id, torch.from_file(path, shared=True, size=size, dtype=torch.uint8))
-        block = self._weight_block[1]
-        views = (
-            (name, block[offset : offset + nbytes].view(getattr(torch, dtype)).view(shape))
-            for name, dtype, shape, offset, nbytes in layout
-        )
-        self.model_runner.reload_weights(weights_iterator=views)  # type: ignore[attr-defined]
+            block = torch.from_file(path, shared=True, size=block_size(layout), dtype=torch.uint8)
+            self._weight_block = (block_id, block)
+        self.model_runner.reload_weights(weights_iterator=views(self._weight_block[1], layout))  # type: ignore[attr-defined]
         return len(layout)

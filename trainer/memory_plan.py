@@ -12,12 +12,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from core.config import Settings
 from trainer.runtime import Runtime
@@ -68,10 +68,8 @@ class ModelShape:
 
 
 def _tensor_elements(file: Path) -> int:
-    with open(file, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(size))
-    return sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    with safe_open(file, framework="pt") as f:  # reads the header only
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 (a safe_open handle is not iterable)
 
 
 @dataclass(frozen=True)
@@ -109,6 +107,10 @@ class MemoryPlan:
             parts = (s.weights, s.gradients, s.optimizer, s.activations, s.engine, s.total)
             rows.append(f"  {s.stage:<5}" + "".join(f"{p / GIB:>11.2f}" for p in parts))
         return "\n".join(rows)
+
+    def summary(self) -> str:
+        """The round's stages' planned peaks on one line."""
+        return ", ".join(f"{s.stage} {s.total / GIB:.2f} GiB" for s in self.stages if s.stage != "sft")
 
     def over(self) -> list[StagePlan]:
         """The stages that do not fit."""

@@ -132,7 +132,7 @@ def train_candidate(
             "round: peak memory per stage: rm %.2f GiB, ppo %.2f GiB (planned %s)",
             rm["peak_memory_gib"],
             ppo.get("peak_memory_gib", float("nan")),  # nan: PPO had finished before a restart
-            ", ".join(f"{s.stage} {s.total / 2**30:.2f} GiB" for s in plan.stages if s.stage != "sft"),
+            plan.summary(),
         )
     gate = evaluate(
         round_dir / "policy",

@@ -3,17 +3,13 @@ a reader of the block gets, and the block is kept while the layout stays the sam
 
 import torch
 
-from inference.weight_sync import SharedBlock
+from inference.weight_sync import SharedBlock, block_size, views
 
 
 def read(path: str, layout: list[list]) -> dict[str, torch.Tensor]:
     """The block's tensors as another process maps them (the worker's reading, without vLLM)."""
-    size = max(offset + nbytes for *_, offset, nbytes in layout)
-    block = torch.from_file(path, shared=True, size=size, dtype=torch.uint8)
-    return {
-        name: block[offset : offset + nbytes].view(getattr(torch, dtype)).view(shape).clone()
-        for name, dtype, shape, offset, nbytes in layout
-    }
+    block = torch.from_file(path, shared=True, size=block_size(layout), dtype=torch.uint8)
+    return {name: t.clone() for name, t in views(block, layout)}
 
 
 def test_the_block_carries_the_weights_and_is_kept_while_the_layout_is_the_same():
